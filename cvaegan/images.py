@@ -1,0 +1,181 @@
+"""Image I/O and conversions: open any image safely, crop/resize to the model, tensors <-> PIL, grids, masks."""
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+# Refuse images above this many pixels before decoding them (decompression-bomb guard).
+MAX_PIXELS = 40_000_000
+
+
+class ImageError(ValueError):
+    """An input image or mask that cannot be used; the message says why and what to do."""
+
+
+
+
+def open_raw(src, max_pixels: int = MAX_PIXELS, name: str | None = None) -> Image.Image:
+    """Open a path, bytes, numpy array or PIL image, EXIF-rotated, in its own mode (not converted).
+
+    Raises ImageError for missing, empty, truncated, non-image or too-large inputs; the size is
+    checked from the header, before the pixels are decoded.
+    """
+    label = name or (str(src) if isinstance(src, (str, os.PathLike)) else "image")
+    if isinstance(src, Image.Image):
+        img = src
+    elif isinstance(src, np.ndarray):
+        img = _from_array(src, label)
+    else:
+        if isinstance(src, (str, os.PathLike)):
+            path = Path(src)
+            if not path.is_file():
+                raise ImageError(f"{label}: file not found")
+            data = path.read_bytes()
+        elif isinstance(src, (bytes, bytearray)):
+            data = bytes(src)
+        else:
+            raise ImageError(f"{label}: expected a path, bytes, array or PIL image, got {type(src).__name__}")
+        if not data:
+            raise ImageError(f"{label}: the file is empty (0 bytes)")
+        try:
+            img = Image.open(io.BytesIO(data))
+        except (UnidentifiedImageError, Image.DecompressionBombError) as e:
+            raise ImageError(f"{label}: not an image file PIL can read (PNG, JPEG, WebP, ...): {e}") from e
+    w, h = img.size
+    if w < 1 or h < 1:
+        raise ImageError(f"{label}: image has no pixels ({w}x{h})")
+    if w * h > max_pixels:
+        raise ImageError(f"{label}: image is {w}x{h} = {w * h:,} pixels, over the limit of {max_pixels:,}; resize it first")
+    try:
+        img.load()
+        return ImageOps.exif_transpose(img)
+    except (OSError, SyntaxError, ValueError) as e:  # truncated or corrupt data
+        raise ImageError(f"{label}: the image data is broken or truncated ({e})") from e
+
+
+def open_image(src, max_pixels: int = MAX_PIXELS, name: str | None = None) -> Image.Image:
+    """Open any image as RGB (see open_raw). Every PIL mode is accepted (1, L, LA, P, RGBA, CMYK,
+    I;16, F, ...); transparency is composited on white, 16-bit and float images are rescaled."""
+    return _to_rgb(open_raw(src, max_pixels, name))
+
+
+def _from_array(a: np.ndarray, label: str) -> Image.Image:
+    if a.ndim == 2:
+        a = a[:, :, None]
+    if a.ndim != 3 or a.shape[2] not in (1, 3, 4):
+        raise ImageError(f"{label}: array must be (H, W), (H, W, 1), (H, W, 3) or (H, W, 4), got {a.shape}")
+    if a.dtype != np.uint8:
+        a = np.nan_to_num(a.astype(np.float64))
+        a = np.clip(a * 255.0 if a.max(initial=0) <= 1.0 else a, 0, 255).astype(np.uint8)
+    if a.shape[2] == 1:
+        return Image.fromarray(a[:, :, 0], "L")
+    return Image.fromarray(a, "RGB" if a.shape[2] == 3 else "RGBA")
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        a = np.asarray(img, dtype=np.float64)
+        lo, hi = np.nanmin(a), np.nanmax(a)
+        a = np.zeros_like(a) if hi <= lo else (a - lo) / (hi - lo)
+        img = Image.fromarray((np.nan_to_num(a) * 255).astype(np.uint8), "L")
+    if img.mode == "P":
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA"):
+        rgba = img.convert("RGBA")
+        bg = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(bg, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def center_crop_box(w: int, h: int) -> tuple[int, int, int, int]:
+    """The centred square (left, top, right, bottom) of side min(w, h)."""
+    s = min(w, h)
+    left, top = (w - s) // 2, (h - s) // 2
+    return left, top, left + s, top + s
+
+
+def fit(img: Image.Image, resolution: int) -> Image.Image:
+    """Centre-crop to a square and resize to resolution x resolution (antialiased)."""
+    img = img.crop(center_crop_box(*img.size))
+    if img.size != (resolution, resolution):
+        img = img.resize((resolution, resolution), Image.BICUBIC, reducing_gap=3.0)
+    return img
+
+
+def pil_to_uint8(img: Image.Image) -> torch.Tensor:
+    """RGB PIL -> (3, H, W) uint8 tensor."""
+    return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1).contiguous()
+
+
+def uint8_to_float(x: torch.Tensor) -> torch.Tensor:
+    """(…, 3, H, W) uint8 -> float in [-1, 1]."""
+    return x.float().div(127.5).sub(1.0)
+
+
+def load_tensor(src, resolution: int, name: str | None = None) -> torch.Tensor:
+    """Any image -> (3, R, R) float tensor in [-1, 1] (centre-cropped, resized)."""
+    return uint8_to_float(pil_to_uint8(fit(open_image(src, name=name), resolution)))
+
+
+def to_uint8(x: torch.Tensor) -> torch.Tensor:
+    """(…, 3, H, W) float in [-1, 1] -> uint8 (rounded, clamped)."""
+    return ((x.detach().float().clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8).cpu()
+
+
+def to_pil(x: torch.Tensor) -> Image.Image:
+    """(3, H, W) float in [-1, 1] -> RGB PIL image."""
+    assert x.dim() == 3 and x.shape[0] == 3, f"expected (3, H, W), got {tuple(x.shape)}"
+    return Image.fromarray(to_uint8(x).permute(1, 2, 0).numpy(), "RGB")
+
+
+def make_grid(x: torch.Tensor, ncol: int, pad: int = 2) -> Image.Image:
+    """(N, 3, H, W) in [-1, 1] -> one PIL image, `ncol` images per row, `pad` white pixels between."""
+    n, _, h, w = x.shape
+    nrow = (n + ncol - 1) // ncol
+    canvas = torch.full((3, nrow * (h + pad) + pad, ncol * (w + pad) + pad), 255, dtype=torch.uint8)
+    u8 = to_uint8(x)
+    for i in range(n):
+        r, c = divmod(i, ncol)
+        canvas[:, pad + r * (h + pad): pad + r * (h + pad) + h, pad + c * (w + pad): pad + c * (w + pad) + w] = u8[i]
+    return Image.fromarray(canvas.permute(1, 2, 0).numpy(), "RGB")
+
+
+def save_png(img: Image.Image, path: str | os.PathLike) -> None:
+    """Save a PNG byte-identically for identical pixels (no timestamps or variable metadata)."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    img.save(path, format="PNG", optimize=False, compress_level=6)
+
+
+def open_mask(src, size: tuple[int, int], name: str | None = None) -> np.ndarray:
+    """A mask image -> (H, W) bool array at `size` (w, h); True = missing pixel to fill.
+
+    Any image works: alpha > 0 marks missing where the image has transparency that is not fully
+    opaque everywhere; otherwise any non-zero (non-black) pixel marks missing. A mask of another
+    size is resized (nearest).
+    """
+    label = name or "mask"
+    if isinstance(src, np.ndarray):
+        a = np.nan_to_num(src.astype(np.float64))
+        m = (a.max(axis=2) if a.ndim == 3 else a) > 0
+    else:
+        m = _mask_from_pil(open_raw(src, name=label))
+    if m.ndim != 2:
+        raise ImageError(f"{label}: mask must be 2-D, got shape {m.shape}")
+    if (m.shape[1], m.shape[0]) != tuple(size):
+        m = np.asarray(Image.fromarray(m.astype(np.uint8) * 255).resize(tuple(size), Image.NEAREST)) > 127
+    return m
+
+
+def _mask_from_pil(img: Image.Image) -> np.ndarray:
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        alpha = np.asarray(img.convert("RGBA"))[:, :, 3]
+        if alpha.min() < 255:
+            return alpha > 0
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        return np.nan_to_num(np.asarray(img, dtype=np.float64)) > 0
+    return np.asarray(img.convert("L")) > 0

@@ -1,0 +1,380 @@
+"""Inference as plain functions of a CVAEGAN and tensors: sample, swap, interpolate, encode, reconstruct,
+latent directions, inpaint, super-resolve, augment. Images are (B, 3, R, R) float tensors in [-1, 1].
+
+Every function runs the networks in eval mode (BatchNorm uses its running statistics), so each image
+depends only on its own (z, c): "seed s, class c" is the same picture whatever else is in the batch.
+"""
+from __future__ import annotations
+
+import csv
+import os
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from .images import ImageError, load_tensor, open_image, open_mask, pil_to_uint8, save_png, to_pil, uint8_to_float
+from .models import CVAEGAN
+from .seeds import z_from_seeds
+
+Progress = Callable[[float, str], None] | None
+
+
+def class_indices(model: CVAEGAN, classes) -> list[int]:
+    """One class spec (name, folder or index) or a list of them -> list of indices (raises on unknown)."""
+    if isinstance(classes, (str, int)):
+        classes = [classes]
+    return [model.config.class_index(c) for c in classes]
+
+
+def _onehot(model: CVAEGAN, idx: Sequence[int]) -> torch.Tensor:
+    return F.one_hot(torch.tensor(list(idx)), model.config.num_classes).float().to(model.device)
+
+
+@torch.no_grad()
+def generate(model: CVAEGAN, z: torch.Tensor, c: torch.Tensor, batch_size: int = 1) -> torch.Tensor:
+    """G(z, c) in eval mode, in chunks of `batch_size`. z: (N, z_dim); c: (N,) indices or (N, K) weights."""
+    model.generator.eval()
+    dev = model.device
+    out = [model.generator(z[i:i + batch_size].to(dev), c[i:i + batch_size].to(dev)).float().cpu()
+           for i in range(0, len(z), batch_size)]
+    return torch.cat(out)
+
+
+def sample(model: CVAEGAN, classes, seeds: Sequence[int], truncation: float = 1.0,
+           batch_size: int = 1) -> torch.Tensor:
+    """Images for `seeds` (one per seed) of one class, or of one class per seed when `classes` is a list
+    of the same length. batch_size 1 (default) makes every image bit-identical however many are asked."""
+    idx = class_indices(model, classes)
+    if len(idx) == 1:
+        idx = idx * len(seeds)
+    if len(idx) != len(seeds):
+        raise ValueError(f"got {len(idx)} classes for {len(seeds)} seeds; give one class or one per seed")
+    z = z_from_seeds(list(seeds), model.config.z_dim, truncation)
+    return generate(model, z, torch.tensor(idx), batch_size)
+
+
+def swap(model: CVAEGAN, z: torch.Tensor, classes) -> torch.Tensor:
+    """The paper's category change: one z (z_dim,) rendered as each of `classes` -> (len, 3, R, R)."""
+    idx = class_indices(model, classes)
+    return generate(model, z.reshape(1, -1).expand(len(idx), -1), torch.tensor(idx), batch_size=len(idx))
+
+
+def as_model_input(model: CVAEGAN, image) -> torch.Tensor:
+    """Any image (path, bytes, PIL, array, or a (3, R, R) tensor) -> (1, 3, R, R) in [-1, 1] on the model's device."""
+    if isinstance(image, torch.Tensor):
+        x = image if image.dim() == 4 else image.unsqueeze(0)
+        r = model.config.resolution
+        if x.shape[1:] != (3, r, r):
+            raise ImageError(f"tensor image must be (3, {r}, {r}), got {tuple(image.shape)}")
+    else:
+        x = load_tensor(image, model.config.resolution).unsqueeze(0)
+    return x.to(model.device)
+
+
+@torch.no_grad()
+def classify(model: CVAEGAN, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """C's guess for (B, 3, R, R) images -> (class indices (B,), probabilities (B,))."""
+    model.classifier.eval()
+    probs = model.classifier(x.to(model.device))[0].float().softmax(1)
+    p, i = probs.max(1)
+    return i.cpu(), p.cpu()
+
+
+@torch.no_grad()
+def encode(model: CVAEGAN, x: torch.Tensor, cls=None) -> tuple[torch.Tensor, int, float | None]:
+    """x: (1, 3, R, R) -> (z = E's mean (z_dim,), class index, C's probability or None when given)."""
+    model.encoder.eval()
+    if cls is None or cls == "":
+        i, p = classify(model, x)
+        idx, prob = int(i[0]), float(p[0])
+    else:
+        idx, prob = class_indices(model, cls)[0], None
+    mu, _ = model.encoder(x.to(model.device), torch.tensor([idx], device=model.device))
+    return mu[0].float().cpu(), idx, prob
+
+
+def reconstruct(model: CVAEGAN, image, cls=None) -> tuple[torch.Tensor, int, float | None]:
+    """Photo -> E -> G at model resolution. Returns (image (3, R, R), class used, C's probability if predicted)."""
+    z, idx, prob = encode(model, as_model_input(model, image), cls)
+    return generate(model, z[None], torch.tensor([idx]))[0], idx, prob
+
+
+def slerp(a: torch.Tensor, b: torch.Tensor, t: float) -> torch.Tensor:
+    """Spherical interpolation between two vectors (linear when they are (anti)parallel)."""
+    na, nb = a.norm(), b.norm()
+    cos = (a @ b / (na * nb).clamp(min=1e-12)).clamp(-1, 1)
+    omega = torch.arccos(cos)
+    if omega.abs() < 1e-4 or (torch.pi - omega).abs() < 1e-4:
+        return (1 - t) * a + t * b
+    return (torch.sin((1 - t) * omega) * a + torch.sin(t * omega) * b) / torch.sin(omega)
+
+
+def endpoint(model: CVAEGAN, cls=None, seed: int | None = None, image=None, truncation: float = 1.0) -> tuple[torch.Tensor, int]:
+    """An interpolation endpoint: (class, seed) or an encoded photo (class given or predicted) -> (z, class)."""
+    if image is not None:
+        z, idx, _ = encode(model, as_model_input(model, image), cls)
+        return z, idx
+    if cls is None or seed is None:
+        raise ValueError("an endpoint needs either an image, or both a class and a seed")
+    return z_from_seeds([seed], model.config.z_dim, truncation)[0], class_indices(model, cls)[0]
+
+
+def interpolate(model: CVAEGAN, a: tuple[torch.Tensor, int], b: tuple[torch.Tensor, int], frames: int = 8,
+                mode: str = "both") -> torch.Tensor:
+    """Frames from endpoint a to b -> (frames, 3, R, R); the first and last frames equal G(a) and G(b)
+    exactly. mode "z": z slerped, class of a; "class": one-hot weights mixed, z of a; "both": both."""
+    if mode not in ("z", "class", "both"):
+        raise ValueError(f"mode must be 'z', 'class' or 'both', got {mode!r}")
+    if not 2 <= frames <= 256:
+        raise ValueError(f"frames must be between 2 and 256, got {frames}")
+    (za, ca), (zb, cb) = a, b
+    ha, hb = _onehot(model, [ca])[0].cpu(), _onehot(model, [cb])[0].cpu()
+    zs, cs = [], []
+    for i in range(frames):
+        t = i / (frames - 1)
+        zs.append(slerp(za, zb, t) if mode in ("z", "both") else za)
+        cs.append((1 - t) * ha + t * hb if mode in ("class", "both") else ha)
+    return generate(model, torch.stack(zs), torch.stack(cs))
+
+
+def save_gif(frames: torch.Tensor, path: str | os.PathLike, ms_per_frame: int = 120, bounce: bool = True) -> None:
+    """(N, 3, H, W) in [-1, 1] -> looping animated GIF (played forwards then backwards when bounce)."""
+    imgs = [to_pil(f) for f in frames]
+    if bounce and len(imgs) > 2:
+        imgs = imgs + imgs[-2:0:-1]
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    imgs[0].save(path, format="GIF", save_all=True, append_images=imgs[1:], duration=ms_per_frame, loop=0)
+
+
+def edit(model: CVAEGAN, z: torch.Tensor, amounts: dict[str, float]) -> torch.Tensor:
+    """Move z (z_dim,) along saved directions: z + sum_k amount_k * scale_k * dir_k.
+    Amounts are in each direction's unit (standard deviations for PCs, attribute units for attr_*).
+    Amount 0 for every direction returns z unchanged."""
+    if not amounts:
+        return z
+    if model.directions is None:
+        raise ValueError("these weights have no latent directions; run `cvaegan directions` first")
+    names = model.config.directions
+    out = z.clone()
+    for name, amount in amounts.items():
+        if name not in names:
+            raise ValueError(f"unknown direction {name!r}; available: {names}")
+        amount = float(amount)
+        if amount != amount or abs(amount) > 1e3:
+            raise ValueError(f"direction amount must be a finite number within +-1000, got {amount!r}")
+        if amount:
+            k = names.index(name)
+            out = out + amount * model.direction_scales[k] * model.directions[k]
+    return out
+
+
+@torch.no_grad()
+def encoder_means(model: CVAEGAN, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 128) -> torch.Tensor:
+    """E's means for uint8 images (N, 3, R, R) with labels (N,) -> (N, z_dim)."""
+    model.encoder.eval()
+    out = []
+    for i in range(0, len(images), batch_size):
+        x = uint8_to_float(images[i:i + batch_size]).to(model.device)
+        out.append(model.encoder(x, labels[i:i + batch_size].to(model.device))[0].float().cpu())
+    return torch.cat(out)
+
+
+def compute_directions(model: CVAEGAN, images: torch.Tensor, labels: torch.Tensor, k: int = 8,
+                       attributes: dict[str, torch.Tensor] | None = None, ridge: float = 1.0) -> None:
+    """Set model.directions / direction_scales / config.directions from encoder means over images.
+
+    (a) the top-k principal directions of z (amount unit: one standard deviation along it);
+    (b) per attribute column (e.g. attr_smile): a ridge regression of the attribute on z; the
+        direction is the regression weight vector normalised, and one unit of amount moves the
+        predicted attribute by one unit of the attribute (scale = 1 / ||w||).
+    """
+    mu = encoder_means(model, images, labels)
+    centred = mu - mu.mean(0)
+    _, s, vh = torch.linalg.svd(centred, full_matrices=False)
+    k = min(k, vh.shape[0])
+    dirs, scales, names, units = [], [], [], []
+    for i in range(k):
+        v = vh[i]
+        # fix the sign so that the direction points towards the heavier tail (deterministic)
+        proj = centred @ v
+        if (proj.pow(3).mean() < 0):
+            v = -v
+        dirs.append(v)
+        scales.append(float(s[i] / (len(mu) - 1) ** 0.5))
+        names.append(f"pc{i + 1}")
+        units.append("std")
+    for name, values in sorted((attributes or {}).items()):
+        ok = torch.isfinite(values)
+        if ok.sum() < 10 or values[ok].std() == 0:
+            continue
+        x, y = centred[ok], values[ok] - values[ok].mean()
+        w = torch.linalg.solve(x.T @ x + ridge * torch.eye(x.shape[1]), x.T @ y)
+        norm = w.norm()
+        if norm == 0:
+            continue
+        dirs.append(w / norm)
+        scales.append(float(1.0 / norm))
+        names.append(name)
+        units.append("attribute units")
+    model.directions = torch.stack(dirs).float()
+    model.direction_scales = torch.tensor(scales, dtype=torch.float32)
+    model.config.directions, model.config.direction_units = names, units
+
+
+def _fill_known_mean(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    known = (~m).float()
+    mean = (x * known).sum((2, 3), keepdim=True) / known.sum((2, 3), keepdim=True).clamp(min=1)
+    return torch.where(m, mean.expand_as(x), x)
+
+
+def inpaint_tensor(model: CVAEGAN, x: torch.Tensor, m: torch.Tensor, cls: int, iterations: int = 4,
+                   refine_steps: int = 0, refine_lr: float = 0.05, progress: Progress = None) -> torch.Tensor:
+    """The paper's iterative inpainting at model resolution.
+
+    x: (1, 3, R, R) in [-1, 1]; m: (1, 1, R, R) bool, True = missing; cls: class index.
+    Repeat `iterations` times: z = E(x_k, c); x_gen = G(z, c); x_{k+1} = known pixels of x, x_gen elsewhere.
+    refine_steps > 0 then optimises z so that G(z, c) matches the known pixels. Returns x_gen (1, 3, R, R)
+    (the full generated image; composite it with the known pixels yourself, or use `inpaint`).
+    """
+    dev = model.device
+    x, m = x.to(dev), m.to(dev)
+    c = torch.tensor([cls], device=dev)
+    model.encoder.eval()
+    model.generator.eval()
+    cur = _fill_known_mean(x, m)
+    gen = cur
+    with torch.no_grad():
+        for k in range(max(1, iterations)):
+            z = model.encoder(cur, c)[0]
+            gen = model.generator(z, c).float()
+            cur = torch.where(m, gen, x)
+            if progress:
+                progress((k + 1) / (max(1, iterations) + refine_steps), f"iteration {k + 1}/{iterations}")
+    if refine_steps > 0:
+        z = z.detach().clone().requires_grad_(True)
+        opt = torch.optim.Adam([z], lr=refine_lr)
+        known = (~m).float()
+        for step in range(refine_steps):
+            out = model.generator(z, c)
+            loss = ((out - x).pow(2) * known).sum() / known.sum().clamp(min=1) + 1e-3 * z.pow(2).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            if progress and step % 10 == 0:
+                progress((iterations + step + 1) / (iterations + refine_steps), f"refining {step + 1}/{refine_steps}")
+        with torch.no_grad():
+            gen = model.generator(z, c).float()
+    return gen.detach()
+
+
+def _ring(mask: np.ndarray, width: int) -> np.ndarray:
+    t = torch.from_numpy(mask.astype(np.float32))[None, None]
+    dil = F.max_pool2d(t, 2 * width + 1, stride=1, padding=width)[0, 0].numpy() > 0
+    return dil & ~mask
+
+
+def inpaint(model: CVAEGAN, image, mask, cls=None, iterations: int = 4, refine_steps: int = 0,
+            blend: bool = True, progress: Progress = None) -> dict:
+    """Fill the masked pixels of a photo of any size.
+
+    image: path/bytes/PIL/array; mask: any image or (H, W) array, non-zero (or alpha > 0) = missing.
+    The photo is resized to the model's square resolution (not cropped, so every masked pixel is
+    covered), inpainted, and the generated pixels are resized back. Known pixels are returned
+    unchanged. blend: shift the generated colours so they match the ring of known pixels around
+    the hole (seam blending). Returns {"image": PIL at input size, "model_image": PIL at model
+    resolution, "class": index, "probability": C's probability or None}.
+    """
+    img = open_image(image, name="image")
+    w, h = img.size
+    miss = open_mask(mask, (w, h))
+    if not miss.any():
+        r = model.config.resolution
+        small = img.resize((r, r), Image.BICUBIC)
+        return {"image": img, "model_image": small, "class": None, "probability": None}
+    r = model.config.resolution
+    x = uint8_to_float(pil_to_uint8(img.resize((r, r), Image.BICUBIC)))[None]
+    m_small = open_mask(miss, (r, r))
+    if miss.all():
+        m_small[:] = True
+    m = torch.from_numpy(m_small)[None, None]
+    if cls is None or cls == "":
+        idx, prob = classify(model, _fill_known_mean(x.to(model.device), m.to(model.device)))
+        cls_idx, prob = int(idx[0]), float(prob[0])
+    else:
+        cls_idx, prob = class_indices(model, cls)[0], None
+    gen = inpaint_tensor(model, x, m, cls_idx, iterations, refine_steps, progress=progress).cpu()
+    gen_big = np.asarray(to_pil(gen[0]).resize((w, h), Image.BICUBIC)).astype(np.float32)
+    src = np.asarray(img).astype(np.float32)
+    if blend and (~miss).any():
+        ring = _ring(miss, max(2, min(w, h) // 32))
+        if ring.any():
+            gen_big = gen_big + (src[ring].mean(0) - gen_big[ring].mean(0))
+    out = np.where(miss[:, :, None], np.clip(np.round(gen_big), 0, 255), src).astype(np.uint8)
+    model_img = torch.where(m, gen, x)[0]
+    return {"image": Image.fromarray(out, "RGB"), "model_image": to_pil(model_img), "class": cls_idx, "probability": prob}
+
+
+def superresolve(model: CVAEGAN, image, cls=None, steps: int = 100, lr: float = 0.05,
+                 progress: Progress = None) -> dict:
+    """Low-resolution photo -> model resolution by projecting onto the generator.
+
+    Start from E's code of the bicubic-upsampled input, then optimise z so that the area-downsampled
+    output matches the input. Returns {"image": PIL at model resolution, "psnr": dB of the
+    downsampled result against the input, "input_size": (w, h), "class", "probability"}.
+    """
+    img = open_image(image, name="image")
+    r = model.config.resolution
+    w, h = img.size
+    if min(w, h) >= r:
+        raise ImageError(f"the image is already {w}x{h}; super-resolution takes photos smaller than {r} px")
+    from .images import center_crop_box
+
+    img = img.crop(center_crop_box(w, h))
+    s = img.size[0]
+    lo = uint8_to_float(pil_to_uint8(img))[None].to(model.device)
+    up = F.interpolate(lo, size=(r, r), mode="bicubic", align_corners=False).clamp(-1, 1)
+    z, cls_idx, prob = encode(model, up, cls)
+    c = torch.tensor([cls_idx], device=model.device)
+    z = z[None].to(model.device).requires_grad_(True)
+    opt = torch.optim.Adam([z], lr=lr)
+    model.generator.eval()
+    for i in range(steps):
+        down = F.interpolate(model.generator(z, c), size=(s, s), mode="area")
+        loss = (down - lo).pow(2).mean() + 1e-4 * z.pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if progress and i % 10 == 0:
+            progress((i + 1) / steps, f"step {i + 1}/{steps}")
+    with torch.no_grad():
+        out = model.generator(z, c).float()
+        down = F.interpolate(out, size=(s, s), mode="area")
+        mse = ((down.clamp(-1, 1) - lo) / 2).pow(2).mean().item()
+    psnr = 10 * np.log10(1.0 / max(mse, 1e-12))
+    return {"image": to_pil(out[0].cpu()), "psnr": float(psnr), "input_size": (w, h), "class": cls_idx, "probability": prob}
+
+
+def augment(model: CVAEGAN, out: str | os.PathLike, per_class: int, first_seed: int = 0, classes=None,
+            truncation: float = 1.0, progress: Progress = None) -> Path:
+    """Write an ImageFolder of generated images: out/<class_folder>/<seed>.png + out/seeds.csv."""
+    out = Path(out)
+    idx = class_indices(model, classes) if classes is not None else list(range(model.config.num_classes))
+    rows = []
+    for n, c in enumerate(idx):
+        folder = model.config.class_folders[c]
+        seeds = list(range(first_seed + c * per_class, first_seed + (c + 1) * per_class))
+        imgs = sample(model, c, seeds, truncation, batch_size=1)
+        for s, x in zip(seeds, imgs):
+            save_png(to_pil(x), out / folder / f"{s}.png")
+            rows.append((f"{folder}/{s}.png", folder, model.config.class_names[c], c, s, truncation))
+        if progress:
+            progress((n + 1) / len(idx), folder)
+    with open(out / "seeds.csv", "w", newline="", encoding="utf-8") as fh:
+        wr = csv.writer(fh)
+        wr.writerow(["path", "class_folder", "class_name", "class_index", "seed", "truncation"])
+        wr.writerows(rows)
+    return out
