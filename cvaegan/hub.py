@@ -249,7 +249,7 @@ def bundled(name: str | None = None) -> Path:
 
 
 def resolve_weights(spec: str | None = None, revision: str | None = None, device: str = "cpu",
-                    fallback: bool = True, endpoint: str | None = None) -> Resolved:
+                    fallback: bool = True, endpoint: str | None = None, cache_dir: str | None = None) -> Resolved:
     """The one resolver: explicit folder -> Hub repo id (cache first) -> bundled weights/.
 
     spec None (or "") uses the bundled weights. With fallback=True, a Hub or folder failure falls
@@ -259,7 +259,7 @@ def resolve_weights(spec: str | None = None, revision: str | None = None, device
         if spec in BUNDLED_ORDER and not Path(spec).exists():
             spec = str(bundled(spec))
         try:
-            model = load_pretrained(spec, revision=revision, device=device, endpoint=endpoint)
+            model = load_pretrained(spec, revision=revision, device=device, endpoint=endpoint, cache_dir=cache_dir)
             kind = "Hub" if model.source.startswith("Hub") else "folder"
             return Resolved(model, model.source if kind == "Hub" else f"folder {spec}")
         except WeightsError as e:
