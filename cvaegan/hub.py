@@ -191,11 +191,11 @@ def download(repo_id: str, revision: str | None = None, cache_dir: str | None = 
         raise WeightsError(f"Hub repo {repo_id!r} not found (or private: log in with `hf auth login`)") from e
     except RevisionNotFoundError as e:
         raise WeightsError(f"Hub repo {repo_id!r} has no revision {revision!r}") from e
-    except EntryNotFoundError as e:
-        raise WeightsError(f"Hub repo {repo_id!r} lacks a weights file: {e}") from e
-    except LocalEntryNotFoundError as e:
+    except LocalEntryNotFoundError as e:  # (a subclass of EntryNotFoundError: must come first)
         raise WeightsError(f"Hub repo {repo_id!r} is not in the local cache and the Hub cannot be reached "
                            f"(offline or HF_HUB_OFFLINE=1)") from e
+    except EntryNotFoundError as e:
+        raise WeightsError(f"Hub repo {repo_id!r} lacks a weights file: {e}") from e
     except OSError as e:  # network errors, refused connections, interrupted downloads
         raise WeightsError(f"could not download {repo_id!r} from the Hub: {e}") from e
     folder = cfg_path.parent
