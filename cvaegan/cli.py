@@ -74,6 +74,74 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--columns", type=int, default=8, help="images per grid row (default 8)")
     p.add_argument("--out", required=True, help="output PNG path")
 
+    p = sub.add_parser("swap", help="one z rendered as many classes (the paper's category change)", description=(
+        "Render one latent code as several classes. The code comes from --seed, or from --image (encoded by E "
+        "with --source-class, or the class C predicts). Writes a one-row grid PNG."))
+    _add_weights(p)
+    p.add_argument("--seed", type=int, default=None, help="seed of z (when no --image)")
+    p.add_argument("--image", default=None, help="photo to encode instead of a seed")
+    p.add_argument("--source-class", default=None, help="class of --image (default: C's prediction)")
+    p.add_argument("--classes", default=None, help="comma-separated target classes (names or indices; default: the first 8)")
+    p.add_argument("--truncation", type=float, default=1.0, help="scale of z from --seed (default 1)")
+    p.add_argument("--out", required=True, help="output PNG path")
+
+    p = sub.add_parser("interpolate", help="morph between two endpoints (GIF or PNG strip)", description=(
+        "Interpolate between endpoint A and B, each (class, seed) or a photo. z is slerped, the class one-hot "
+        "weights are mixed linearly. --out ending in .gif writes an animation, otherwise a PNG strip."))
+    _add_weights(p)
+    for e in ("a", "b"):
+        p.add_argument(f"--class-{e}", default=None, help=f"class of endpoint {e.upper()}")
+        p.add_argument(f"--seed-{e}", type=int, default=None, help=f"seed of endpoint {e.upper()}")
+        p.add_argument(f"--image-{e}", default=None, help=f"photo for endpoint {e.upper()} (class given or predicted)")
+    p.add_argument("--mode", default="both", choices=["z", "class", "both"], help="what changes along the path (default both)")
+    p.add_argument("--frames", type=int, default=8, help="number of frames, endpoints included (default 8)")
+    p.add_argument("--out", required=True, help="output .gif or .png")
+
+    p = sub.add_parser("directions", help="compute latent directions (slider axes) and save them with the weights", description=(
+        "Encode the training images with E, then save the top principal directions of z and one direction per "
+        "attr_* column of metadata.csv (ridge regression) into WEIGHTS/directions.safetensors + config.json."))
+    p.add_argument("--weights", required=True, help="local weights folder to add the directions to")
+    p.add_argument("--data", required=True, help="the training data (folder or .tar) with its metadata.csv")
+    p.add_argument("--components", type=int, default=8, help="number of principal directions (default 8)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to run (default auto)")
+
+    p = sub.add_parser("reconstruct", help="photo -> E -> G", description=(
+        "Encode a photo with E and regenerate it with G at the model resolution; prints the class used."))
+    _add_weights(p)
+    p.add_argument("--image", required=True, help="input photo (any size or mode)")
+    p.add_argument("--class", dest="cls", default=None, help="class of the photo (default: C's prediction)")
+    p.add_argument("--out", required=True, help="output PNG path")
+
+    p = sub.add_parser("inpaint", help="fill the masked part of a photo", description=(
+        "The paper's iterative inpainting: encode, generate, paste the known pixels back, K times; optional "
+        "refinement of z. Mask: any image, non-zero (or alpha > 0) = missing. Known pixels are kept exactly."))
+    _add_weights(p)
+    p.add_argument("--image", required=True, help="input photo (any size or mode)")
+    p.add_argument("--mask", required=True, help="mask image (white/opaque = fill in)")
+    p.add_argument("--class", dest="cls", default=None, help="class of the photo (default: C's prediction)")
+    p.add_argument("--iterations", type=int, default=4, help="encode-generate-paste rounds (default 4)")
+    p.add_argument("--refine-steps", type=int, default=0, help="extra steps optimising z on the known pixels (default 0)")
+    p.add_argument("--no-blend", action="store_true", help="do not colour-match the fill to its border")
+    p.add_argument("--out", required=True, help="output image at the input's size")
+
+    p = sub.add_parser("superres", help="super-resolve a small photo by projecting onto G", description=(
+        "Upsample a photo smaller than the model resolution: start from E's code of the bicubic upsample and "
+        "optimise z so the downsampled output matches the input. Prints the PSNR against the input."))
+    _add_weights(p)
+    p.add_argument("--image", required=True, help="small input photo (e.g. 16 or 32 px)")
+    p.add_argument("--class", dest="cls", default=None, help="class of the photo (default: C's prediction)")
+    p.add_argument("--steps", type=int, default=100, help="optimisation steps (default 100)")
+    p.add_argument("--out", required=True, help="output PNG at model resolution")
+
+    p = sub.add_parser("augment", help="write an ImageFolder of generated images for data augmentation", description=(
+        "Generate N images per class into OUT/<class_folder>/<seed>.png and record every seed in OUT/seeds.csv."))
+    _add_weights(p)
+    p.add_argument("--per-class", type=int, required=True, help="images per class")
+    p.add_argument("--classes", default=None, help="comma-separated classes (default: all)")
+    p.add_argument("--first-seed", type=int, default=0, help="seed of the first image (default 0)")
+    p.add_argument("--truncation", type=float, default=1.0, help="scale of z (default 1)")
+    p.add_argument("--out", required=True, help="output folder")
+
     p = sub.add_parser("push", help="upload a weights folder to the Hugging Face Hub", description=(
         "Upload config.json + *.safetensors (+ README.md model card, generated if absent) to a Hub model repo."))
     p.add_argument("--weights", required=True, help="weights folder to upload")
@@ -133,12 +201,11 @@ def cmd_export(a: argparse.Namespace) -> int:
 
 
 def cmd_sample(a: argparse.Namespace) -> int:
-    from .hub import resolve_weights
     from .images import make_grid, save_png
     from .inference import sample
     from .seeds import parse_seeds
 
-    model = resolve_weights(a.weights, a.revision, _device(a.device), fallback=False).model
+    model = _model(a)
     seeds = parse_seeds(a.seeds)
     x = sample(model, a.cls, seeds, truncation=a.truncation)
     save_png(make_grid(x, ncol=min(a.columns, len(seeds)), pad=0 if len(seeds) == 1 else 2), a.out)
@@ -153,7 +220,114 @@ def cmd_push(a: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "export": cmd_export, "sample": cmd_sample, "push": cmd_push}
+def _model(a: argparse.Namespace):
+    from .hub import resolve_weights
+
+    return resolve_weights(a.weights, a.revision, _device(a.device), fallback=False).model
+
+
+def _split(text: str | None) -> list[str] | None:
+    return [t.strip() for t in text.split(",") if t.strip()] if text else None
+
+
+def cmd_swap(a: argparse.Namespace) -> int:
+    from .images import make_grid, save_png
+    from .inference import endpoint, swap
+
+    model = _model(a)
+    if a.image is None and a.seed is None:
+        raise ValueError("give --seed or --image")
+    z, _ = endpoint(model, a.source_class if a.image else 0, a.seed, a.image, a.truncation)
+    classes = _split(a.classes) or list(range(min(8, model.config.num_classes)))
+    x = swap(model, z, classes)
+    save_png(make_grid(x, ncol=len(classes)), a.out)
+    print(f"wrote {a.out}")
+    return 0
+
+
+def cmd_interpolate(a: argparse.Namespace) -> int:
+    from .images import make_grid, save_png
+    from .inference import endpoint, interpolate, save_gif
+
+    model = _model(a)
+    ea = endpoint(model, a.class_a, a.seed_a, a.image_a)
+    eb = endpoint(model, a.class_b, a.seed_b, a.image_b)
+    frames = interpolate(model, ea, eb, a.frames, a.mode)
+    if a.out.lower().endswith(".gif"):
+        save_gif(frames, a.out)
+    else:
+        save_png(make_grid(frames, ncol=len(frames)), a.out)
+    print(f"wrote {a.out} ({a.frames} frames)")
+    return 0
+
+
+def cmd_directions(a: argparse.Namespace) -> int:
+    from .data import load_images
+    from .hub import load_folder, save_directions
+    from .inference import compute_directions
+
+    model = load_folder(a.weights, _device(a.device))
+    data = load_images(a.data, model.config.resolution)
+    if data.class_folders != model.config.class_folders:
+        raise ValueError(f"{a.data} has other classes than the weights in {a.weights}; use the training data")
+    compute_directions(model, data.images, data.labels, a.components, data.attributes)
+    save_directions(model, a.weights)
+    print(f"saved {len(model.config.directions)} directions to {a.weights}: {', '.join(model.config.directions)}")
+    return 0
+
+
+def _class_note(model, idx: int, prob) -> str:
+    name = model.config.class_names[idx]
+    return f"class {name!r}" + (f" (predicted by C, p={prob:.2f})" if prob is not None else "")
+
+
+def cmd_reconstruct(a: argparse.Namespace) -> int:
+    from .images import save_png, to_pil
+    from .inference import reconstruct
+
+    model = _model(a)
+    x, idx, prob = reconstruct(model, a.image, a.cls)
+    save_png(to_pil(x), a.out)
+    print(f"wrote {a.out}; {_class_note(model, idx, prob)}")
+    return 0
+
+
+def cmd_inpaint(a: argparse.Namespace) -> int:
+    from .inference import inpaint
+
+    model = _model(a)
+    r = inpaint(model, a.image, a.mask, a.cls, a.iterations, a.refine_steps, blend=not a.no_blend)
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    r["image"].save(a.out)
+    note = "the mask is empty: nothing to fill" if r["class"] is None else _class_note(model, r["class"], r["probability"])
+    print(f"wrote {a.out}; {note}")
+    return 0
+
+
+def cmd_superres(a: argparse.Namespace) -> int:
+    from .images import save_png
+    from .inference import superresolve
+
+    model = _model(a)
+    r = superresolve(model, a.image, a.cls, a.steps)
+    save_png(r["image"], a.out)
+    print(f"wrote {a.out}; PSNR of the downsampled result vs the input: {r['psnr']:.2f} dB; "
+          f"{_class_note(model, r['class'], r['probability'])}")
+    return 0
+
+
+def cmd_augment(a: argparse.Namespace) -> int:
+    from .inference import augment
+
+    model = _model(a)
+    out = augment(model, a.out, a.per_class, a.first_seed, _split(a.classes), a.truncation)
+    print(f"wrote {out} (seeds in {out / 'seeds.csv'})")
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "export": cmd_export, "sample": cmd_sample, "swap": cmd_swap,
+            "interpolate": cmd_interpolate, "directions": cmd_directions, "reconstruct": cmd_reconstruct,
+            "inpaint": cmd_inpaint, "superres": cmd_superres, "augment": cmd_augment, "push": cmd_push}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -75,15 +75,33 @@ def save_pretrained(model: CVAEGAN, path: str | os.PathLike, fp16: bool = True,
         os.replace(tmp, out / fname)
         files[fname] = _sha256(out / fname)
     if model.directions is not None:
-        tmp = out / (DIRECTIONS_NAME + ".tmp")
-        save_file({"directions": model.directions.float().cpu().contiguous(),
-                   "scales": model.direction_scales.float().cpu().contiguous()}, str(tmp))
-        os.replace(tmp, out / DIRECTIONS_NAME)
-        files[DIRECTIONS_NAME] = _sha256(out / DIRECTIONS_NAME)
+        files[DIRECTIONS_NAME] = _write_directions(model, out)
+    _write_config(model, out, files)
+    return out
+
+
+def _write_directions(model: CVAEGAN, out: Path) -> str:
+    tmp = out / (DIRECTIONS_NAME + ".tmp")
+    save_file({"directions": model.directions.float().cpu().contiguous(),
+               "scales": model.direction_scales.float().cpu().contiguous()}, str(tmp))
+    os.replace(tmp, out / DIRECTIONS_NAME)
+    return _sha256(out / DIRECTIONS_NAME)
+
+
+def _write_config(model: CVAEGAN, out: Path, files: dict[str, str]) -> None:
     cfg = ModelConfig.from_dict({**model.config.to_dict(), "files": files, "package_version": __version__})
     model.config = cfg
     _atomic_write_bytes(out / CONFIG_NAME, cfg.to_json().encode("utf-8"))
-    return out
+
+
+def save_directions(model: CVAEGAN, path: str | os.PathLike) -> None:
+    """Add (or replace) the latent directions of an existing weights folder; network files stay as they are."""
+    out = Path(path)
+    if model.directions is None:
+        raise WeightsError("the model has no directions to save; compute them first")
+    files = {k: v for k, v in read_config(out).files.items() if k != DIRECTIONS_NAME}
+    files[DIRECTIONS_NAME] = _write_directions(model, out)
+    _write_config(model, out, files)
 
 
 def read_config(folder: str | os.PathLike) -> ModelConfig:

@@ -104,7 +104,11 @@ def reconstruct(model: CVAEGAN, image, cls=None) -> tuple[torch.Tensor, int, flo
 
 
 def slerp(a: torch.Tensor, b: torch.Tensor, t: float) -> torch.Tensor:
-    """Spherical interpolation between two vectors (linear when they are (anti)parallel)."""
+    """Spherical interpolation between two vectors (linear when they are (anti)parallel); exact at t = 0 and 1."""
+    if t == 0:
+        return a.clone()
+    if t == 1:
+        return b.clone()
     na, nb = a.norm(), b.norm()
     cos = (a @ b / (na * nb).clamp(min=1e-12)).clamp(-1, 1)
     omega = torch.arccos(cos)

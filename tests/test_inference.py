@@ -1,0 +1,182 @@
+"""Inference functions on a tiny model trained on coloured shapes: determinism, shapes, endpoints,
+directions, inpainting keeps known pixels, super-resolution matches its input, augment's files."""
+import csv
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from cvaegan import CVAEGAN, inference as I
+from cvaegan.data import load_images
+from cvaegan.hub import save_directions
+from cvaegan.images import to_pil
+from cvaegan.seeds import z_from_seeds
+
+from conftest import draw_shape
+
+
+@pytest.fixture(scope="module")
+def model(trained_export):
+    return CVAEGAN.from_pretrained(str(trained_export))
+
+
+def test_sample_deterministic_and_independent_of_batch(model):
+    a = I.sample(model, "Triangle 2", [3, 4, 5])
+    b = I.sample(model, 2, [5])
+    assert a.shape == (3, 3, 32, 32) and a.min() >= -1 and a.max() <= 1
+    assert torch.equal(a[2], b[0])
+    assert not torch.equal(a[0], a[1])
+    t = I.sample(model, 2, [5], truncation=0.0)
+    assert torch.equal(t, I.sample(model, 2, [6], truncation=0.0))  # no variation left
+
+
+def test_unknown_class_lists_valid_names(model):
+    with pytest.raises(ValueError, match="unknown class 'Hexagon'.*Circle 0"):
+        I.sample(model, "Hexagon", [0])
+    with pytest.raises(ValueError, match="out of range"):
+        I.sample(model, 9, [0])
+
+
+def test_swap_keeps_z_and_changes_class(model):
+    z = z_from_seeds([7], model.config.z_dim)[0]
+    grid = I.swap(model, z, [0, 1, 2, 3])
+    direct = torch.cat([I.sample(model, c, [7]) for c in range(4)])
+    assert torch.allclose(grid, direct, atol=1e-5)
+    pred, _ = I.classify(model, grid)
+    assert (pred == torch.arange(4)).float().mean() >= 0.75
+
+
+def test_interpolation_endpoints_equal_direct_results(model):
+    a, b = I.endpoint(model, 0, 11), I.endpoint(model, "Cross 3", 12)
+    for mode in ("z", "class", "both"):
+        frames = I.interpolate(model, a, b, frames=5, mode=mode)
+        assert frames.shape == (5, 3, 32, 32)
+        assert torch.equal(frames[0], I.sample(model, 0, [11])[0])
+    both = I.interpolate(model, a, b, frames=5, mode="both")
+    assert torch.equal(both[-1], I.sample(model, 3, [12])[0])
+    zonly = I.interpolate(model, a, b, frames=3, mode="z")
+    assert torch.equal(zonly[-1], I.sample(model, 0, [12])[0])  # z of B, class of A
+
+
+def test_interpolate_from_photo_and_gif(model, tmp_path):
+    photo = draw_shape(1, 32, np.random.default_rng(3))
+    a = I.endpoint(model, image=photo)
+    assert a[1] == 1  # C recognises the square
+    frames = I.interpolate(model, a, I.endpoint(model, 2, 0), frames=4)
+    I.save_gif(frames, tmp_path / "m.gif")
+    gif = Image.open(tmp_path / "m.gif")
+    assert gif.n_frames == 6  # 4 forwards + 2 back (bounce)
+
+
+def test_directions_amount_zero_is_identity_and_round_trip(trained_export, shapes_dir, tmp_path):
+    import shutil
+
+    w = tmp_path / "w"
+    shutil.copytree(trained_export, w)
+    m = CVAEGAN.from_pretrained(str(w))
+    data = load_images(shapes_dir, 32, progress=False)
+    I.compute_directions(m, data.images, data.labels, k=3, attributes=data.attributes)
+    assert m.config.directions == ["pc1", "pc2", "pc3", "attr_x"]
+    assert torch.allclose(m.directions.norm(dim=1), torch.ones(4), atol=1e-5)
+    z = z_from_seeds([1], m.config.z_dim)[0]
+    assert torch.equal(I.edit(m, z, {"pc1": 0.0, "attr_x": 0.0}), z)
+    moved = I.edit(m, z, {"pc1": 2.0})
+    assert torch.allclose((moved - z).norm(), 2.0 * m.direction_scales[0], atol=1e-5)
+    with pytest.raises(ValueError, match="unknown direction"):
+        I.edit(m, z, {"nope": 1.0})
+    with pytest.raises(ValueError, match="finite"):
+        I.edit(m, z, {"pc1": float("nan")})
+    save_directions(m, w)
+    again = CVAEGAN.from_pretrained(str(w))
+    assert again.config.directions == m.config.directions
+    assert torch.equal(again.directions, m.directions)
+    # the attribute direction predicts its attribute along itself: the regression's slope is positive
+    mu = I.encoder_means(m, data.images, data.labels)
+    proj = (mu - mu.mean(0)) @ m.directions[3]
+    y = data.attributes["attr_x"]
+    assert torch.corrcoef(torch.stack([proj, y]))[0, 1] > 0
+
+
+def test_reconstruct_predicts_class(model):
+    photo = draw_shape(2, 48, np.random.default_rng(5))
+    x, idx, prob = I.reconstruct(model, photo)
+    assert x.shape == (3, 32, 32) and idx == 2 and 0 < prob <= 1
+    _, idx2, prob2 = I.reconstruct(model, photo, cls="Circle 0")
+    assert idx2 == 0 and prob2 is None
+
+
+def test_inpaint_keeps_known_pixels_exactly(model):
+    photo = draw_shape(0, 57, np.random.default_rng(9)).resize((57, 41))
+    mask = np.zeros((41, 57), bool)
+    mask[10:30, 15:40] = True
+    r = I.inpaint(model, photo, mask * 255, iterations=3, refine_steps=5)
+    out, src = np.asarray(r["image"]), np.asarray(photo)
+    assert out.shape == src.shape
+    assert np.array_equal(out[~mask], src[~mask])
+    assert (out[mask] != src[mask]).any()
+    assert r["model_image"].size == (32, 32) and r["class"] in range(4)
+
+
+def test_inpaint_empty_and_full_masks(model):
+    photo = draw_shape(3, 32, np.random.default_rng(1))
+    same = I.inpaint(model, photo, np.zeros((32, 32)))
+    assert np.array_equal(np.asarray(same["image"]), np.asarray(photo))
+    full = I.inpaint(model, photo, np.ones((32, 32)), cls=3)
+    assert full["class"] == 3 and np.asarray(full["image"]).std() > 0
+    rgba = Image.new("RGBA", (64, 64), (0, 0, 0, 0))  # transparent mask of another size
+    rgba.paste((255, 255, 255, 255), (0, 0, 32, 64))
+    half = np.asarray(I.inpaint(model, photo, rgba)["image"])
+    assert np.array_equal(half[:, 16:], np.asarray(photo)[:, 16:])
+
+
+def test_superresolution_output_matches_its_input(model):
+    big = I.sample(model, 1, [4])[0]
+    small = to_pil(big).resize((8, 8), Image.BOX)
+    r = I.superresolve(model, small, steps=60)
+    assert r["image"].size == (32, 32)
+    assert r["psnr"] > 22, r["psnr"]
+    with pytest.raises(ValueError, match="already"):
+        I.superresolve(model, to_pil(big))
+
+
+def test_augment_writes_promised_files(model, tmp_path):
+    out = I.augment(model, tmp_path / "aug", per_class=2, first_seed=100)
+    rows = list(csv.DictReader(open(out / "seeds.csv")))
+    assert len(rows) == 8
+    first = rows[0]
+    assert (out / first["path"]).is_file()
+    img = np.asarray(Image.open(out / first["path"]))
+    expected = np.asarray(to_pil(I.sample(model, int(first["class_index"]), [int(first["seed"])])[0]))
+    assert np.array_equal(img, expected)
+
+
+def test_inference_cli_commands(trained_export, shapes_dir, tmp_path):
+    import shutil
+
+    from cvaegan.cli import main
+
+    w = str(trained_export)
+    photo = tmp_path / "p.png"
+    draw_shape(1, 40, np.random.default_rng(2)).save(photo)
+    mask = tmp_path / "m.png"
+    m = Image.new("L", (40, 40), 0)
+    m.paste(255, (10, 10, 30, 30))
+    m.save(mask)
+    small = tmp_path / "s.png"
+    Image.open(photo).resize((8, 8)).save(small)
+    assert main(["swap", "--weights", w, "--seed", "3", "--classes", "0,1,Cross 3", "--out", str(tmp_path / "swap.png")]) == 0
+    assert main(["swap", "--weights", w, "--image", str(photo), "--out", str(tmp_path / "swap2.png")]) == 0
+    assert main(["interpolate", "--weights", w, "--class-a", "0", "--seed-a", "1", "--image-b", str(photo),
+                 "--frames", "4", "--out", str(tmp_path / "i.gif")]) == 0
+    assert main(["reconstruct", "--weights", w, "--image", str(photo), "--out", str(tmp_path / "r.png")]) == 0
+    assert main(["inpaint", "--weights", w, "--image", str(photo), "--mask", str(mask), "--out", str(tmp_path / "f.png")]) == 0
+    assert main(["superres", "--weights", w, "--image", str(small), "--steps", "10", "--out", str(tmp_path / "sr.png")]) == 0
+    assert main(["augment", "--weights", w, "--per-class", "1", "--out", str(tmp_path / "aug")]) == 0
+    out = np.asarray(Image.open(tmp_path / "f.png"))
+    keep = np.asarray(m) == 0
+    assert np.array_equal(out[keep], np.asarray(Image.open(photo).convert("RGB"))[keep])
+    wcopy = tmp_path / "w"
+    shutil.copytree(w, wcopy)
+    assert main(["directions", "--weights", str(wcopy), "--data", str(shapes_dir), "--components", "2"]) == 0
+    assert CVAEGAN.from_pretrained(str(wcopy)).config.directions == ["pc1", "pc2", "attr_x"]
