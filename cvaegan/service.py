@@ -1,0 +1,259 @@
+"""What the demo does, without any UI: loads each model once and turns validated request values into
+images. app.py (Gradio) only wires these functions to widgets; tests call them directly."""
+from __future__ import annotations
+
+import math
+import os
+import secrets
+import tempfile
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from . import inference as I
+from .hub import BUNDLED_DIR, BUNDLED_ORDER, CONFIG_NAME, Resolved, resolve_weights
+from .images import ImageError, make_grid, open_image, to_pil
+from .models import CVAEGAN
+from .seeds import MAX_SEED, check_seed, z_from_seeds
+
+MAX_SAMPLES = 16  # images per Generate request
+MAX_FRAMES = 32  # interpolation frames per request
+MAX_ITERATIONS = 20  # inpainting rounds per request
+MAX_REFINE = 200  # z-refinement steps per request
+MAX_SR_STEPS = 300
+
+
+def bundled_names() -> list[str]:
+    """Names of the bundled weights folders present in weights/ (faces, flowers, birds order)."""
+    present = [n for n in BUNDLED_ORDER if (BUNDLED_DIR / n / CONFIG_NAME).is_file()]
+    others = sorted(p.name for p in BUNDLED_DIR.glob("*") if (p / CONFIG_NAME).is_file() and p.name not in present)
+    return present + others
+
+
+@dataclass
+class Loaded:
+    """A model ready to serve, with what the UI shows about it."""
+
+    resolved: Resolved
+    thumbnails: list[Image.Image] = field(default_factory=list)
+    card: str = ""
+
+    @property
+    def model(self) -> CVAEGAN:
+        return self.resolved.model
+
+
+class ModelRegistry:
+    """Loads each choice once (thread-safe) and keeps it. Choices: bundled data sets + an extra
+    weights folder or Hub repo id (from --weights / CVAEGAN_WEIGHTS)."""
+
+    def __init__(self, extra: str | None = None, device: str | None = None):
+        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        self.extra = extra or None
+        self.choices = ([self.extra] if self.extra else []) + bundled_names()
+        if not self.choices:
+            raise FileNotFoundError(f"no weights to show: {BUNDLED_DIR} is empty and no --weights was given")
+        self._loaded: dict[str, Loaded] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def default(self) -> str:
+        return self.choices[0]
+
+    def get(self, choice: str | None) -> Loaded:
+        choice = choice or self.default
+        if choice not in self.choices:
+            raise ValueError(f"unknown model {choice!r}; choose one of {self.choices}")
+        with self._lock:
+            if choice not in self._loaded:
+                spec = choice if choice == self.extra else str(BUNDLED_DIR / choice)
+                res = resolve_weights(spec, device=self.device, fallback=True)
+                if choice != self.extra:
+                    res.source = f"bundled weights/{choice}"
+                self._loaded[choice] = Loaded(res, _thumbnails(res.model), _card(res.model))
+            return self._loaded[choice]
+
+
+def _thumbnails(model: CVAEGAN) -> list[Image.Image]:
+    """One picture per class for the picker: thumbnails.png shipped with the weights when present
+    (a sprite sheet, one cell per class in index order), otherwise generated with seed 0."""
+    r = model.config.resolution
+    sheet = Path(model.source) / "thumbnails.png" if model.source and Path(model.source).is_dir() else None
+    if sheet is not None and sheet.is_file():
+        img = Image.open(sheet).convert("RGB")
+        cols = img.width // r
+        if cols and (img.height // r) * cols >= model.config.num_classes:
+            return [img.crop(((i % cols) * r, (i // cols) * r, (i % cols + 1) * r, (i // cols + 1) * r))
+                    for i in range(model.config.num_classes)]
+    x = I.generate(model, z_from_seeds([0] * model.config.num_classes, model.config.z_dim, 0.7),
+                   torch.arange(model.config.num_classes), batch_size=64)
+    return [to_pil(t) for t in x]
+
+
+def _card(model: CVAEGAN) -> str:
+    p = Path(model.source) / "README.md" if model.source and Path(model.source).is_dir() else None
+    if p is not None and p.is_file():
+        text = p.read_text(encoding="utf-8")
+        if text.startswith("---"):  # drop YAML front matter
+            end = text.find("\n---", 3)
+            text = text[end + 4:] if end > 0 else text
+        return text.strip()
+    c = model.config
+    return (f"No model card was shipped with these weights.\n\n{c.num_classes} classes, "
+            f"{c.resolution}x{c.resolution} px, z_dim {c.z_dim}.")
+
+
+def thumbnail_sheet(model: CVAEGAN, seed: int = 0, truncation: float = 0.7, columns: int = 16) -> Image.Image:
+    """A sprite sheet of one generated thumbnail per class (no padding), for shipping with the weights."""
+    x = I.generate(model, z_from_seeds([seed] * model.config.num_classes, model.config.z_dim, truncation),
+                   torch.arange(model.config.num_classes), batch_size=64)
+    return make_grid(x, ncol=min(columns, len(x)), pad=0)
+
+
+# ------------------------------------------------------------------ request values
+
+
+def parse_seed(seed, randomize: bool = False) -> int:
+    """The seed to use: a fresh random one when `randomize`, else the validated given seed."""
+    if randomize:
+        return secrets.randbelow(2**31)
+    if seed is None or seed == "":
+        raise ValueError("enter a seed (a whole number from 0) or tick 'randomize'")
+    return check_seed(seed)
+
+
+def parse_number(value, name: str, lo: float, hi: float, integer: bool = False) -> float:
+    """A finite number within [lo, hi] (NaN, infinities and out-of-range values refused)."""
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name} must be a number, got {value!r}") from None
+    if not math.isfinite(v) or not lo <= v <= hi:
+        raise ValueError(f"{name} must be between {lo:g} and {hi:g}, got {value!r}")
+    if integer:
+        if not v.is_integer():
+            raise ValueError(f"{name} must be a whole number, got {value!r}")
+        return int(v)
+    return v
+
+
+def class_choice(model: CVAEGAN, cls) -> int | None:
+    """Dropdown value -> class index; None for 'auto' (let C decide)."""
+    if cls is None or cls == "" or (isinstance(cls, str) and cls.lower().startswith("auto")):
+        return None
+    return model.config.class_index(cls)
+
+
+def class_label(model: CVAEGAN, idx: int, prob: float | None) -> str:
+    name = model.config.class_names[idx]
+    return f"{name} (C's guess, p = {prob:.2f})" if prob is not None else name
+
+
+# ------------------------------------------------------------------ requests
+
+
+def generate(model: CVAEGAN, cls, seed, randomize: bool, count, truncation) -> tuple[list[Image.Image], int]:
+    """`count` images of a class with seeds seed, seed+1, ...; returns (images, first seed used)."""
+    idx = model.config.class_index(cls)
+    s = parse_seed(seed, randomize)
+    n = parse_number(count, "number of samples", 1, MAX_SAMPLES, integer=True)
+    t = parse_number(truncation, "truncation", 0.0, 2.0)
+    if s + n - 1 > MAX_SEED:
+        raise ValueError(f"seed too large: seeds {s}..{s + n - 1} pass {MAX_SEED}")
+    return [to_pil(x) for x in I.sample(model, idx, list(range(s, s + n)), t)], s
+
+
+def explore(model: CVAEGAN, cls, seed, truncation, amounts: dict[str, float]) -> Image.Image:
+    """One image of (class, seed) moved along the latent directions by `amounts` (name -> amount)."""
+    idx = model.config.class_index(cls)
+    z = z_from_seeds([parse_seed(seed)], model.config.z_dim, parse_number(truncation, "truncation", 0.0, 2.0))[0]
+    clean = {k: parse_number(v, f"slider {k}", -10, 10) for k, v in amounts.items()}
+    z = I.edit(model, z, clean)
+    return to_pil(I.generate(model, z[None], torch.tensor([idx]))[0])
+
+
+def swap_grid(model: CVAEGAN, seed, truncation, limit: int = 300) -> list[tuple[Image.Image, str]]:
+    """The same z rendered as every class (up to `limit`), captioned with the class names."""
+    z = z_from_seeds([parse_seed(seed)], model.config.z_dim, parse_number(truncation, "truncation", 0.0, 2.0))[0]
+    k = min(limit, model.config.num_classes)
+    x = I.generate(model, z[None].expand(k, -1), torch.arange(k), batch_size=1)
+    return [(to_pil(t), model.config.class_names[i]) for i, t in enumerate(x)]
+
+
+def _endpoint(model: CVAEGAN, cls, seed, image) -> tuple[torch.Tensor, int]:
+    if image is not None:
+        return I.endpoint(model, class_choice(model, cls), image=image)
+    idx = class_choice(model, cls)
+    if idx is None:
+        raise ValueError("each endpoint needs a class (or an uploaded photo)")
+    return I.endpoint(model, idx, parse_seed(seed))
+
+
+def interpolate(model: CVAEGAN, a: tuple, b: tuple, mode: str, frames) -> tuple[list[Image.Image], str]:
+    """a, b: (class, seed, image or None). Returns (frames, path of an animated GIF)."""
+    n = parse_number(frames, "frames", 2, MAX_FRAMES, integer=True)
+    if mode not in ("z", "class", "both"):
+        raise ValueError(f"mode must be z, class or both, got {mode!r}")
+    x = I.interpolate(model, _endpoint(model, *a), _endpoint(model, *b), n, mode)
+    fd, path = tempfile.mkstemp(suffix=".gif", prefix="cvaegan-morph-")
+    os.close(fd)
+    I.save_gif(x, path)
+    return [to_pil(t) for t in x], path
+
+
+def editor_to_image_and_mask(value) -> tuple[Image.Image, np.ndarray]:
+    """A gr.ImageEditor value (dict with background, layers, composite) -> (RGB photo, (H, W) bool mask).
+
+    Anything painted on any layer (alpha > 0) is a pixel to fill."""
+    if not isinstance(value, dict) or value.get("background") is None:
+        raise ImageError("upload a photo (or send a generated image) to the canvas first")
+    bg = value["background"]
+    photo = open_image(bg if not isinstance(bg, (str, os.PathLike)) else Path(bg), name="canvas")
+    mask = np.zeros((photo.height, photo.width), bool)
+    for layer in value.get("layers") or []:
+        if layer is None:
+            continue
+        arr = np.asarray(layer if not isinstance(layer, (str, os.PathLike)) else Image.open(layer).convert("RGBA"))
+        if arr.ndim == 3 and arr.shape[2] == 4:
+            painted = arr[:, :, 3] > 0
+        else:
+            painted = (arr.reshape(arr.shape[0], arr.shape[1], -1).max(axis=2) > 0)
+        if painted.shape != mask.shape:
+            painted = np.asarray(Image.fromarray(painted.astype(np.uint8) * 255).resize(
+                (photo.width, photo.height), Image.NEAREST)) > 127
+        mask |= painted
+    return photo, mask
+
+
+def inpaint(model: CVAEGAN, editor_value, cls, iterations, refine_steps, progress=None) -> tuple[Image.Image, Image.Image, str]:
+    """Returns (before, after, class text) for a painted canvas."""
+    photo, mask = editor_to_image_and_mask(editor_value)
+    if not mask.any():
+        raise ValueError("paint over the part of the photo to fill in first (the mask is empty)")
+    k = parse_number(iterations, "iterations", 1, MAX_ITERATIONS, integer=True)
+    rs = parse_number(refine_steps, "refinement steps", 0, MAX_REFINE, integer=True)
+    r = I.inpaint(model, photo, mask, class_choice(model, cls), k, rs, progress=progress)
+    before = np.asarray(photo).copy()
+    before[mask] = (before[mask] * 0.35 + np.array([255, 0, 255]) * 0.65).astype(np.uint8)  # show the hole
+    return Image.fromarray(before), r["image"], class_label(model, r["class"], r["probability"])
+
+
+def enhance(model: CVAEGAN, image, cls, steps, progress=None) -> tuple[Image.Image, str]:
+    if image is None:
+        raise ImageError("upload a small photo first")
+    n = parse_number(steps, "steps", 1, MAX_SR_STEPS, integer=True)
+    r = I.superresolve(model, image, class_choice(model, cls), n, progress=progress)
+    return r["image"], (f"{r['input_size'][0]}x{r['input_size'][1]} -> {model.config.resolution} px; "
+                        f"PSNR of the downsampled result vs your photo: {r['psnr']:.1f} dB; "
+                        f"class: {class_label(model, r['class'], r['probability'])}")
+
+
+def reconstruct(model: CVAEGAN, image, cls) -> tuple[Image.Image, str]:
+    if image is None:
+        raise ImageError("upload a photo first")
+    x, idx, prob = I.reconstruct(model, open_image(image, name="photo"), class_choice(model, cls))
+    return to_pil(x), class_label(model, idx, prob)

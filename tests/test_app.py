@@ -1,0 +1,104 @@
+"""app.py through its HTTP API: every public api_name called with gradio_client on 127.0.0.1."""
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import draw_shape
+from appserver import launch_app
+
+
+@pytest.fixture(scope="module")
+def served(trained_export, tmp_path_factory):
+    app, url = launch_app(str(trained_export))
+    from gradio_client import Client
+
+    client = Client(url, verbose=False)
+    yield app, client, str(trained_export), tmp_path_factory.mktemp("files")
+    app.demo.close()
+    client.close() if hasattr(client, "close") else None
+
+
+def test_app_is_thin_and_every_event_named(served):
+    app, client, _, _ = served
+    for fn in app.demo.fns.values():
+        assert fn.api_name, f"event {fn.name} has no api_name"
+    import ast
+
+    tree = ast.parse(open(app.__file__).read())
+    assert not any(isinstance(n, ast.ClassDef) for n in ast.walk(tree))  # no networks defined in the UI
+    imported = {a.name for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom)) for a in n.names}
+    assert not imported & {"torch", "nn"}
+    api = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
+    for name in ("/generate", "/explore", "/swap", "/interpolate", "/inpaint", "/enhance", "/reconstruct",
+                 "/select_model", "/reset_sliders", "/init_sliders"):
+        assert name in api, name
+
+
+def test_generate_over_http_is_seeded(served):
+    _, client, w, _ = served
+    gallery, text, seed = client.predict(w, "Square 1", 7, False, 2, 1.0, api_name="/generate")
+    assert seed == 7 and "7" in text and [g["caption"] for g in gallery] == ["seed 7", "seed 8"]
+    again, _, _ = client.predict(w, "Square 1", 8, False, 1, 1.0, api_name="/generate")
+    assert np.array_equal(np.asarray(Image.open(gallery[1]["image"])), np.asarray(Image.open(again[0]["image"])))
+
+
+def test_bad_input_gives_a_clear_error_not_a_dead_worker(served):
+    _, client, w, _ = served
+    with pytest.raises(Exception, match="Nope"):  # refused by the dropdown or by our check
+        client.predict(w, "Nope", 1, False, 1, 1.0, api_name="/generate")
+    with pytest.raises(Exception, match="maximum|truncation"):
+        client.predict(w, "Square 1", 1, False, 1, 5.0, api_name="/generate")
+    gallery, _, _ = client.predict(w, "Square 1", 1, False, 1, 1.0, api_name="/generate")
+    assert len(gallery) == 1  # the worker still serves
+
+
+def test_explore_swap_and_model_events(served):
+    _, client, w, _ = served
+    sliders = [0.0] * 12
+    img = client.predict(w, "Circle 0", 3, 1.0, *sliders, api_name="/explore")
+    assert Image.open(img).size == (32, 32)
+    grid = client.predict(w, 3, 1.0, api_name="/swap")
+    assert [g["caption"] for g in grid] == ["Circle 0", "Square 1", "Triangle 2", "Cross 3"]
+    out = client.predict(w, api_name="/select_model")
+    assert "Showing" in out[0]
+    assert len(client.predict(w, api_name="/reset_sliders")) == 12
+
+
+def test_interpolate_with_upload(served):
+    from gradio_client import handle_file
+
+    _, client, w, tmp = served
+    photo = tmp / "photo.png"
+    draw_shape(2, 48, np.random.default_rng(0)).save(photo)
+    frames, gif = client.predict(w, "Circle 0", 1, None, "auto (C decides)", 0, handle_file(str(photo)),
+                                 "both", 4, api_name="/interpolate")
+    assert len(frames) == 4 and Image.open(gif).format == "GIF"
+
+
+def test_inpaint_with_image_editor_payload(served):
+    from gradio_client import handle_file
+
+    _, client, w, tmp = served
+    photo = np.asarray(draw_shape(0, 40, np.random.default_rng(1)))
+    Image.fromarray(photo).save(tmp / "bg.png")
+    layer = np.zeros((40, 40, 4), np.uint8)
+    layer[8:20, 8:30] = (255, 0, 255, 255)
+    Image.fromarray(layer, "RGBA").save(tmp / "layer.png")
+    value = {"background": handle_file(str(tmp / "bg.png")), "layers": [handle_file(str(tmp / "layer.png"))],
+             "composite": None, "id": None}
+    (before, after), text = client.predict(w, value, "auto (C decides)", 2, 0, api_name="/inpaint")
+    out = np.asarray(Image.open(after).convert("RGB"))
+    mask = layer[:, :, 3] > 0
+    assert np.array_equal(out[~mask], photo[~mask]) and (out[mask] != photo[mask]).any()
+    assert "Class used" in text
+
+
+def test_enhance_and_reconstruct_over_http(served):
+    from gradio_client import handle_file
+
+    _, client, w, tmp = served
+    draw_shape(3, 12, np.random.default_rng(2)).save(tmp / "small.png")
+    img, info = client.predict(w, handle_file(str(tmp / "small.png")), "auto (C decides)", 10, api_name="/enhance")
+    assert Image.open(img).size == (32, 32) and "PSNR" in info
+    img, info = client.predict(w, handle_file(str(tmp / "small.png")), "Cross 3", api_name="/reconstruct")
+    assert Image.open(img).size == (32, 32) and "Cross 3" in info
