@@ -103,8 +103,9 @@ def build_demo(registry: S.ModelRegistry) -> gr.Blocks:
                 for tag in ("A", "B"):
                     with gr.Column():
                         gr.Markdown(f"**Endpoint {tag}**: a class and seed, or upload a photo")
-                        e_cls = gr.Dropdown(names, value=names[0 if tag == "A" else min(1, len(names) - 1)],
-                                            label=f"Class {tag}", filterable=True)
+                        e_cls = gr.Dropdown(["auto (C decides)"] + names,
+                                            value=names[0 if tag == "A" else min(1, len(names) - 1)],
+                                            label=f"Class {tag} (auto: C's guess for a photo)", filterable=True)
                         e_seed = gr.Number(0 if tag == "A" else 1, label=f"Seed {tag}", precision=0, minimum=0)
                         e_img = gr.Image(label=f"Photo {tag} (optional)", type="pil", sources=["upload"])
                         ends += [e_cls, e_seed, e_img]
@@ -120,7 +121,8 @@ def build_demo(registry: S.ModelRegistry) -> gr.Blocks:
             with gr.Row():
                 editor = gr.ImageEditor(label="Photo + mask", type="numpy", sources=["upload", "clipboard"],
                                         brush=gr.Brush(default_size=12, colors=["#ffffff", "#ff00ff"], color_mode="defaults"),
-                                        eraser=gr.Eraser(default_size=12), layers=False, transforms=(), height=420)
+                                        eraser=gr.Eraser(default_size=12), layers=False, transforms=(), height=420,
+                                        elem_id="inpaint-editor")
                 with gr.Column():
                     in_cls = gr.Dropdown(["auto (C decides)"] + names, value="auto (C decides)", label="Class", filterable=True)
                     iters = gr.Slider(1, S.MAX_ITERATIONS, value=4, step=1, label="Iterations (encode-generate-paste)")
@@ -158,12 +160,12 @@ def build_demo(registry: S.ModelRegistry) -> gr.Blocks:
             n = m.config.class_names
             auto = ["auto (C decides)"] + n
             dd = gr.update(choices=n, value=n[0])
-            return [status_text(loaded), dd, dd, dd, gr.update(choices=n, value=n[min(1, len(n) - 1)]), dd,
-                    gr.update(choices=auto, value=auto[0]), gr.update(choices=auto, value=auto[0]),
-                    gr.update(choices=auto, value=auto[0]), [(t, c) for t, c in zip(loaded.thumbnails, n)],
-                    loaded.card, *slider_updates(m)]
+            auto_dd = gr.update(choices=auto, value=auto[0])
+            return [status_text(loaded), dd, dd, gr.update(choices=auto, value=n[0]),
+                    gr.update(choices=auto, value=n[min(1, len(n) - 1)]), auto_dd, auto_dd, auto_dd,
+                    [(t, c) for t, c in zip(loaded.thumbnails, n)], loaded.card, *slider_updates(m)]
         model_dd.change(on_model, model_dd,
-                        [status, cls, ex_cls, ends[0], ends[3], ends[0], in_cls, sr_cls, rc_cls, thumbs, card, *sliders],
+                        [status, cls, ex_cls, ends[0], ends[3], in_cls, sr_cls, rc_cls, thumbs, card, *sliders],
                         api_name="select_model")
         demo.load(lambda: slider_updates(first.model), None, sliders, api_name="init_sliders")
 

@@ -40,7 +40,8 @@ def page_and_app(trained_export, tmp_path_factory):
     errors = []
     page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
     page.on("pageerror", lambda e: errors.append(str(e)))
-    page.goto(url, wait_until="networkidle")
+    page.goto(url, wait_until="load")
+    page.get_by_text("CVAE-GAN: fine-grained image generation").wait_for(timeout=60_000)
     SHOTS.mkdir(parents=True, exist_ok=True)
     yield page, errors, calls
     browser.close()
@@ -86,10 +87,11 @@ def test_draw_on_inpaint_canvas_changes_only_the_stroke(page_and_app, tmp_path):
     _tab(page, "Inpaint")
     photo = tmp_path / "photo.png"
     draw_shape(0, 256, np.random.default_rng(4)).save(photo)
-    page.locator("input[type=file]").first.set_input_files(str(photo))
-    canvas = page.locator("canvas").first
+    editor = page.locator("#inpaint-editor")
+    editor.locator("input[type=file]").set_input_files(str(photo))
+    canvas = editor.locator("canvas").first
     canvas.wait_for(timeout=30_000)
-    page.wait_for_timeout(1000)
+    page.wait_for_timeout(3000)  # the editor decodes and draws the upload asynchronously
     box = canvas.bounding_box()
     brush = page.get_by_role("button", name="Brush")
     if brush.count():
@@ -107,6 +109,8 @@ def test_draw_on_inpaint_canvas_changes_only_the_stroke(page_and_app, tmp_path):
     assert calls, "the inpaint handler was not called"
     (img, mask), after = calls[-1]
     src, out = np.asarray(img), np.asarray(after)
+    assert src.std() > 10, "the uploaded photo did not reach the handler"
+    assert img.size == (256, 256)
     assert mask.any() and not mask.all()
     assert np.array_equal(out[~mask], src[~mask])
     assert (out[mask] != src[mask]).any()
