@@ -142,6 +142,18 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--truncation", type=float, default=1.0, help="scale of z (default 1)")
     p.add_argument("--out", required=True, help="output folder")
 
+    p = sub.add_parser("release", help="export a run as a published weights folder with figures and a model card",
+                       description=("Export RUN's checkpoint into OUT, add latent directions (PCs + attr_* columns), "
+                                    "measure C's top-1 and reconstruction PSNR on the run's held-out split, and write "
+                                    "samples.png, thumbnails.png, loss_curves.png and README.md (the model card)."))
+    p.add_argument("--run", required=True, help="run folder (checkpoint.pt, metrics.jsonl, train_config.json)")
+    p.add_argument("--out", required=True, help="weights folder to write, e.g. weights/faces")
+    p.add_argument("--data", required=True, help="the run's training data (folder or .tar + metadata.csv)")
+    p.add_argument("--name", required=True, help="data set key for the card: faces, flowers, birds or your own")
+    p.add_argument("--hardware", default=None, help="what it was trained on, for the card (default: this CPU)")
+    p.add_argument("--notes", default="", help="extra paragraph for the card (e.g. known weaknesses)")
+    p.add_argument("--components", type=int, default=8, help="principal directions to save (default 8)")
+
     p = sub.add_parser("push", help="upload a weights folder to the Hugging Face Hub", description=(
         "Upload config.json + *.safetensors (+ README.md model card, generated if absent) to a Hub model repo."))
     p.add_argument("--weights", required=True, help="weights folder to upload")
@@ -210,6 +222,14 @@ def cmd_sample(a: argparse.Namespace) -> int:
     x = sample(model, a.cls, seeds, truncation=a.truncation)
     save_png(make_grid(x, ncol=min(a.columns, len(seeds)), pad=0 if len(seeds) == 1 else 2), a.out)
     print(f"wrote {a.out} ({len(seeds)} image(s) of class {model.config.class_names[model.config.class_index(a.cls)]!r})")
+    return 0
+
+
+def cmd_release(a: argparse.Namespace) -> int:
+    from .release import release
+
+    figures = release(a.run, a.out, a.data, a.name, a.hardware, a.notes, a.components)
+    print(json.dumps({k: v for k, v in figures.items() if k != "c_top1_generated_per_class"}, indent=1))
     return 0
 
 
@@ -327,7 +347,7 @@ def cmd_augment(a: argparse.Namespace) -> int:
 
 COMMANDS = {"train": cmd_train, "export": cmd_export, "sample": cmd_sample, "swap": cmd_swap,
             "interpolate": cmd_interpolate, "directions": cmd_directions, "reconstruct": cmd_reconstruct,
-            "inpaint": cmd_inpaint, "superres": cmd_superres, "augment": cmd_augment, "push": cmd_push}
+            "inpaint": cmd_inpaint, "superres": cmd_superres, "augment": cmd_augment, "release": cmd_release, "push": cmd_push}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,207 @@
+"""Turning a training run into a published weights folder: export, latent directions, measured
+figures on the held-out split, pictures (samples, per-class thumbnails, loss curves) and the model card."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+from pathlib import Path
+
+import torch
+from PIL import Image, ImageDraw
+
+from . import inference as I
+from .data import LabelledImages, load_images, split_indices
+from .hub import load_folder, save_directions
+from .images import make_grid, save_png, uint8_to_float
+from .models import CVAEGAN
+from .seeds import z_from_seeds
+from .service import thumbnail_sheet
+from .train import CHECKPOINT, export_checkpoint, grid_classes
+
+DATASETS = {
+    "faces": {
+        "title": "faces of 264 people (CelebA + LFW identities)",
+        "source": "CelebA (Liu, Luo, Wang, Tang, ICCV 2015) and Labeled Faces in the Wild (Huang, Ramesh, Berg, "
+                  "Learned-Miller, 2007; deep-funneled images, Huang et al., NIPS 2012); aligned 128x128 crops",
+        "terms": "CelebA: non-commercial research and educational use only; LFW: news photographs, copyright stays "
+                 "with their owners. These weights inherit those terms: research / non-commercial use only.",
+        "citation": "Z. Liu, P. Luo, X. Wang, X. Tang, \"Deep Learning Face Attributes in the Wild\", ICCV 2015; "
+                    "G. B. Huang, M. Ramesh, T. Berg, E. Learned-Miller, \"Labeled Faces in the Wild\", UMass TR 07-49, 2007.",
+    },
+    "flowers": {
+        "title": "Oxford 102 flower species",
+        "source": "Oxford 102 Category Flowers (Nilsback and Zisserman, ICVGIP 2008), 128x128 centre crops",
+        "terms": "No licence stated by the data set; photos' copyright stays with their owners. Research / "
+                 "non-commercial use only.",
+        "citation": "M.-E. Nilsback, A. Zisserman, \"Automated flower classification over a large number of "
+                    "classes\", ICVGIP 2008.",
+    },
+    "birds": {
+        "title": "100 bird species from CUB-200-2011",
+        "source": "Caltech-UCSD Birds-200-2011 (Wah et al., CNS-TR-2011-001), 100-species subset, 128x128",
+        "terms": "No licence stated by the data set; Flickr photos, copyright stays with the photographers. "
+                 "Research / non-commercial use only.",
+        "citation": "C. Wah, S. Branson, P. Welinder, P. Perona, S. Belongie, \"The Caltech-UCSD Birds-200-2011 "
+                    "Dataset\", CNS-TR-2011-001, 2011.",
+    },
+}
+
+
+@torch.no_grad()
+def measure(model: CVAEGAN, val: LabelledImages, samples_per_class: int = 4, first_seed: int = 10_000) -> dict:
+    """Figures on held-out real images and on generated samples (C judges both: it is NOT independent)."""
+    x = uint8_to_float(val.images)
+    pred, _ = I.classify(model, x)
+    real_top1 = (pred == val.labels).float().mean().item()
+    psnr = []
+    for i in range(0, len(x), 64):
+        xb, cb = x[i:i + 64].to(model.device), val.labels[i:i + 64].to(model.device)
+        mu, _ = model.encoder.eval()(xb, cb)
+        rec = model.generator.eval()(mu, cb).float().clamp(-1, 1)
+        mse = ((rec - xb) / 2).pow(2).flatten(1).mean(1)
+        psnr.append((10 * torch.log10(1 / mse.clamp(min=1e-10))).cpu())
+    k = model.config.num_classes
+    classes = torch.arange(k).repeat_interleave(samples_per_class)
+    seeds = [first_seed + i for i in range(len(classes))]
+    gen = I.generate(model, z_from_seeds(seeds, model.config.z_dim), classes, batch_size=64)
+    gpred, _ = I.classify(model, gen)
+    hits = (gpred == classes).float().view(k, samples_per_class).mean(1)
+    return {
+        "val_images": len(val.labels),
+        "c_top1_real_val": round(real_top1, 4),
+        "c_top1_generated": round(hits.mean().item(), 4),
+        "c_top1_generated_per_class": [round(v, 4) for v in hits.tolist()],
+        "generated_per_class": samples_per_class,
+        "recon_psnr_val_db": round(torch.cat(psnr).mean().item(), 2),
+        "chance": round(1 / k, 4),
+    }
+
+
+def loss_curves(metrics_path: Path, out: Path, keys=("loss/C", "loss/D", "loss/G_recon", "loss/KL",
+                                                       "loss/G_mean_fm_D", "loss/G_mean_fm_C", "acc/C", "psnr/recon")) -> None:
+    """Small-multiples PNG of named scalars from metrics.jsonl (drawn with PIL: no plotting dependency)."""
+    rows = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
+    w, h, cols = 300, 160, 4
+    nrow = (len(keys) + cols - 1) // cols
+    img = Image.new("RGB", (cols * w, nrow * h), "white")
+    d = ImageDraw.Draw(img)
+    for n, key in enumerate(keys):
+        pts = [(r["step"], r[key]) for r in rows if key in r]
+        ox, oy = (n % cols) * w, (n // cols) * h
+        d.rectangle([ox + 40, oy + 20, ox + w - 10, oy + h - 25], outline="gray")
+        d.text((ox + 45, oy + 4), key, fill="black")
+        if len(pts) < 2:
+            continue
+        xs, ys = [p[0] for p in pts], [p[1] for p in pts]
+        lo, hi = min(ys), max(ys)
+        hi = hi if hi > lo else lo + 1
+        d.text((ox + 2, oy + 20), f"{hi:.3g}", fill="black")
+        d.text((ox + 2, oy + h - 35), f"{lo:.3g}", fill="black")
+        d.text((ox + w - 60, oy + h - 20), f"{xs[-1]} st", fill="black")
+        sx = (w - 52) / max(1, xs[-1] - xs[0])
+        sy = (h - 47) / (hi - lo)
+        line = [(ox + 41 + (x - xs[0]) * sx, oy + h - 26 - (y - lo) * sy) for x, y in pts]
+        d.line(line, fill=(200, 40, 40), width=1)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    img.save(out)
+
+
+def _wall_time(rows: list[dict], log_every: int) -> float:
+    total, prev = 0.0, 0
+    for r in rows:
+        total += r.get("time/step_s", 0.0) * (r["step"] - prev)
+        prev = r["step"]
+    return total
+
+
+def model_card(name: str, model: CVAEGAN, run_cfg: dict, figures: dict, wall_s: float, hardware: str, notes: str) -> str:
+    info = DATASETS.get(name, {"title": name, "source": "", "terms": "", "citation": ""})
+    c = model.config
+    params = {k: sum(p.numel() for p in n.parameters()) for k, n in model.networks().items()}
+    t = run_cfg
+    return f"""---
+library_name: cvaegan
+license: other
+tags:
+- cvae-gan
+- image-generation
+---
+# CVAE-GAN weights: {info['title']}
+
+Generator, encoder and classifier of [CVAE-GAN](https://arxiv.org/abs/1703.10155) (Bao et al., ICCV 2017)
+trained with the `cvaegan` package. All pictures below were generated by this model.
+
+| | |
+|---|---|
+| data | {info['source']} |
+| classes | {c.num_classes} |
+| resolution | {c.resolution}x{c.resolution} |
+| z dim | {c.z_dim} |
+| widths | base {c.base_channels}, max {c.max_channels} channels |
+| parameters | E {params['encoder'] / 1e6:.2f} M, G {params['generator'] / 1e6:.2f} M, C {params['classifier'] / 1e6:.2f} M (stored as float16) |
+| steps x batch | {figures.get('steps')} x {t.get('batch_size')} |
+| optimiser | Adam lr {t.get('lr')}, betas {tuple(t.get('betas', ()))}; lambdas {t.get('lambda1')}, {t.get('lambda2')}, {t.get('lambda3')}, {t.get('lambda4')}; running-mean momentum {t.get('momentum')} |
+| options | DiffAugment: {t.get('diffaugment') or 'off'}; EMA of G: {t.get('ema_decay') or 'off'} |
+| hardware | {hardware} |
+| wall time | {wall_s / 3600:.2f} h of training |
+| latent directions | {', '.join(c.directions) if c.directions else 'none'} |
+
+## Measured on {figures['val_images']} real images: {figures['split']}, about 10% of each class
+
+| figure | value |
+|---|---|
+| C's top-1 on held-out real images | {figures['c_top1_real_val']:.1%} |
+| C's top-1 on generated samples ({figures['generated_per_class']} per class, all classes) | {figures['c_top1_generated']:.1%} |
+| chance | {figures['chance']:.2%} |
+| mean reconstruction PSNR (E then G, held-out images) | {figures['recon_psnr_val_db']:.2f} dB |
+
+C is the model's own classifier, trained with it: it is **not** an independent judge, so its score on
+generated samples flatters the model. An independent judge's figures will be added by the evaluation work.
+
+{notes}
+
+![samples](samples.png)
+
+Rows: classes spread over the class list; columns: seeds 0-7. Loss curves: ![losses](loss_curves.png)
+
+## Terms
+{info['terms']}
+
+## Citation
+Bao, Chen, Wen, Li, Hua, "CVAE-GAN: Fine-Grained Image Generation through Asymmetric Training", ICCV 2017.
+Data: {info['citation']}
+"""
+
+
+def release(run: str | os.PathLike, out: str | os.PathLike, data_path: str | os.PathLike, name: str,
+            hardware: str | None = None, notes: str = "", components: int = 8) -> dict:
+    """Export RUN's checkpoint into OUT and add directions, figures, pictures and the model card."""
+    run, out = Path(run), Path(out)
+    if not (run / CHECKPOINT).is_file():
+        raise FileNotFoundError(f"{run / CHECKPOINT} not found")
+    export_checkpoint(run, out)
+    model = load_folder(out)
+    data = load_images(data_path, model.config.resolution)
+    if data.class_folders != model.config.class_folders:
+        raise ValueError(f"{data_path} does not hold the classes this run was trained on")
+    run_cfg = json.loads((run / "train_config.json").read_text())
+    held_out = (run_cfg.get("val_fraction") or 0) > 0
+    train_idx, val_idx = split_indices(data.labels, run_cfg["val_fraction"] if held_out else 0.1, seed=1234)
+    train_set = data.subset(train_idx) if held_out else data
+    I.compute_directions(model, train_set.images, train_set.labels, components, train_set.attributes)
+    save_directions(model, out)
+    figures = measure(model, data.subset(val_idx))
+    state_step = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["step"]
+    figures["steps"] = state_step
+    figures["split"] = "held-out" if held_out else "training images (the run kept no held-out split)"
+    classes = grid_classes(model.config.num_classes, 8)
+    grid = torch.cat([I.sample(model, c, list(range(8))) for c in classes])
+    save_png(make_grid(grid, ncol=8), out / "samples.png")
+    save_png(thumbnail_sheet(model), out / "thumbnails.png")
+    loss_curves(run / "metrics.jsonl", out / "loss_curves.png")
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    hw = hardware or f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    (out / "README.md").write_text(model_card(name, model, run_cfg, figures, _wall_time(rows, 1), hw, notes))
+    (out / "figures.json").write_text(json.dumps(figures, indent=1) + "\n")
+    return figures
