@@ -1,0 +1,132 @@
+"""Benchmarks (not tests): training-step time and peak memory per configuration, and inference latency
+and throughput, on CPU and (when present) CUDA. `python -m cvaegan bench [--write-readme]`."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from .config import ModelConfig, TrainConfig
+from .models import CVAEGAN
+
+README_START, README_END = "<!-- bench:start -->", "<!-- bench:end -->"
+
+
+def _timeit(fn, repeats: int, warmup: int = 2) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    out = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        out.append(time.perf_counter() - t)
+    return out
+
+
+def train_step_once(resolution: int, batch: int, device: str, steps: int = 4) -> dict:
+    """Time `steps` training iterations of the default config (264 classes) on random data."""
+    from .seeds import step_generator
+    from .train import Trainer
+
+    dev = torch.device(device)
+    cfg = ModelConfig.for_resolution(resolution, 264)
+    model = CVAEGAN(cfg).to(dev)
+    tr = Trainer(model, TrainConfig(batch_size=batch, device=device), dev)
+    x = torch.rand(batch, 3, resolution, resolution, device=dev) * 2 - 1
+    c = torch.randint(0, 264, (batch,), device=dev)
+    if dev.type == "cuda":
+        x = x.contiguous(memory_format=torch.channels_last)
+        torch.cuda.reset_peak_memory_stats()
+
+    def step():
+        g = step_generator(0, tr.step)
+        noise = {"eps": torch.randn(batch, cfg.z_dim, generator=g).to(dev),
+                 "z_p": torch.randn(batch, cfg.z_dim, generator=g).to(dev),
+                 "c_p": torch.randint(0, 264, (batch,), generator=g).to(dev)}
+        tr.train_step(x, c, g, noise)
+    times = _timeit(step, steps, warmup=1)
+    peak = (torch.cuda.max_memory_allocated() / 2**20 if dev.type == "cuda"
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    return {"resolution": resolution, "batch": batch, "device": device,
+            "step_s": statistics.median(times), "peak_mib": round(peak)}
+
+
+def inference_latency(resolution: int, device: str, repeats: int = 20) -> dict:
+    """Median latency of sample (1 image), throughput of batched sampling, and inpaint / reconstruct."""
+    from PIL import Image
+
+    from . import inference as I
+
+    cfg = ModelConfig.for_resolution(resolution, 264)
+    model = CVAEGAN(cfg, with_discriminator=False).to(device).eval()
+    one = _timeit(lambda: I.sample(model, 0, [0]), repeats)
+    seeds = list(range(32))
+    batched = _timeit(lambda: I.sample(model, 0, seeds, batch_size=32), max(3, repeats // 5))
+    photo = Image.new("RGB", (resolution, resolution), (120, 100, 90))
+    mask = torch.zeros(resolution, resolution)
+    mask[resolution // 4: 3 * resolution // 4, resolution // 4: 3 * resolution // 4] = 1
+    inp = _timeit(lambda: I.inpaint(model, photo, mask.numpy()), max(3, repeats // 2))
+    rec = _timeit(lambda: I.reconstruct(model, photo), max(3, repeats // 2))
+    return {"resolution": resolution, "device": device, "sample_ms": 1000 * statistics.median(one),
+            "batched_img_per_s": 32 / statistics.median(batched), "inpaint_ms": 1000 * statistics.median(inp),
+            "reconstruct_ms": 1000 * statistics.median(rec)}
+
+
+def _in_subprocess(kind: str, *args) -> dict:
+    """Run one measurement in a fresh process so peak memory belongs to it alone."""
+    code = f"import json, torch; from cvaegan import bench; torch.set_num_threads({torch.get_num_threads()}); " \
+           f"print(json.dumps(bench.{kind}(*{list(args)!r})))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parent.parent)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def run(write_readme: bool = False, quick: bool = False) -> str:
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    train_cfgs = [(32, 32), (64, 32), (64, 64), (128, 16)] if not quick else [(32, 8)]
+    lines = [f"Measured {time.strftime('%Y-%m-%d')} with `python -m cvaegan bench` on {platform.machine()} "
+             f"({os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads); default "
+             "widths per resolution, 264 classes, random weights (speed does not depend on training).", "",
+             "| training step | device | seconds / step | peak memory (MiB) |", "|---|---|---|---|"]
+    for dev in devices:
+        for res, b in train_cfgs:
+            r = _in_subprocess("train_step_once", res, b, dev)
+            mem = "process RSS" if dev == "cpu" else "CUDA allocated"
+            lines.append(f"| {res} px, batch {b} | {dev} | {r['step_s']:.2f} | {r['peak_mib']} ({mem}) |")
+    lines += ["", "| inference | device | sample, 1 image (ms) | batched sampling (img/s) | inpaint, 4 iterations (ms) | reconstruct (ms) |",
+              "|---|---|---|---|---|---|"]
+    for dev in devices:
+        for res in ((64, 128) if not quick else (32,)):
+            r = _in_subprocess("inference_latency", res, dev, 5 if quick else 20)
+            lines.append(f"| {res} px | {dev} | {r['sample_ms']:.1f} | {r['batched_img_per_s']:.0f} | "
+                         f"{r['inpaint_ms']:.0f} | {r['reconstruct_ms']:.1f} |")
+    table = "\n".join(lines)
+    if write_readme:
+        readme = Path(__file__).resolve().parent.parent / "README.md"
+        text = readme.read_text()
+        if README_START in text and README_END in text:
+            a, b = text.index(README_START) + len(README_START), text.index(README_END)
+            readme.write_text(text[:a] + "\n" + table + "\n" + text[b:])
+    return table
+
+
+if __name__ == "__main__":
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--write-readme", action="store_true", help="replace the table between the bench markers in README.md")
+    ap.add_argument("--quick", action="store_true", help="one small configuration (to check the script works)")
+    ap.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    print(run(a.write_readme, a.quick))
