@@ -141,8 +141,6 @@ class TrainConfig:
     grad_clip: float | None = None  # max global grad norm per network and phase; None = off
     lr_schedule: str = "constant"  # "constant" or "cosine" (decays to 10% of lr over `steps`)
     warmup_steps: int = 0  # linear learning-rate warm-up steps; 0 = off
-    workers: int = 0  # DataLoader worker processes when images are not preloaded
-    preload: bool = True  # decode the whole data set into memory once (uint8) before training
     device: str = "auto"  # "auto" (cuda if present), "cpu" or "cuda"
     export_fp16: bool = True  # store exported E, G, C weights as float16 (halves file size)
     export_discriminator: bool = False  # also export D (only needed to fine-tune later)

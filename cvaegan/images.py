@@ -46,6 +46,8 @@ def open_raw(src, max_pixels: int = MAX_PIXELS, name: str | None = None) -> Imag
             img = Image.open(io.BytesIO(data))
         except (UnidentifiedImageError, Image.DecompressionBombError) as e:
             raise ImageError(f"{label}: not an image file PIL can read (PNG, JPEG, WebP, ...): {e}") from e
+        except (OSError, SyntaxError, ValueError) as e:
+            raise ImageError(f"{label}: the image data is broken or truncated ({e})") from e
     w, h = img.size
     if w < 1 or h < 1:
         raise ImageError(f"{label}: image has no pixels ({w}x{h})")

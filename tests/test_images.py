@@ -1,0 +1,71 @@
+"""Input images and masks of every kind: modes, EXIF rotation, broken files, decompression bombs."""
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from cvaegan.images import ImageError, MAX_PIXELS, load_tensor, open_image, open_mask
+
+
+def _png(img: Image.Image, fmt: str = "PNG", **kw) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format=fmt, **kw)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("mode", ["1", "L", "LA", "P", "RGBA", "CMYK", "I;16", "I", "F", "RGB"])
+def test_every_mode_becomes_rgb(mode):
+    img = Image.new(mode, (20, 10))
+    if mode == "P":
+        img.info["transparency"] = 0
+    fmt = "TIFF" if mode in ("CMYK", "F", "I") else "PNG"
+    out = open_image(_png(img, fmt))
+    assert out.mode == "RGB" and out.size == (20, 10)
+    x = load_tensor(_png(img, fmt), 16)
+    assert x.shape == (3, 16, 16) and x.min() >= -1 and x.max() <= 1
+
+
+def test_exif_rotation_is_applied():
+    img = Image.new("RGB", (40, 20), (255, 0, 0))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees on display
+    out = open_image(_png(img, "JPEG", exif=exif.tobytes()))
+    assert out.size == (20, 40)
+
+
+@pytest.mark.parametrize("data,match", [
+    (b"", "empty"),
+    (b"this is text, not pixels", "not an image"),
+    (None, "truncated"),
+])
+def test_broken_files(data, match):
+    if data is None:
+        data = _png(Image.new("RGB", (64, 64), (1, 2, 3)), "JPEG")[:200]
+    with pytest.raises(ImageError, match=match):
+        open_image(data)
+
+
+def test_decompression_bomb_refused_before_decoding():
+    header_only = _png(Image.new("L", (1, 1)))
+    big = Image.new("1", (9000, 9000))  # 81 M pixels declared, tiny file
+    with pytest.raises(ImageError, match="over the limit"):
+        open_image(_png(big), max_pixels=MAX_PIXELS)
+    assert open_image(header_only).size == (1, 1)
+
+
+def test_extreme_aspect_ratio_is_centre_cropped():
+    x = load_tensor(_png(Image.new("RGB", (1000, 3), (0, 255, 0))), 8)
+    assert x.shape == (3, 8, 8)
+
+
+def test_masks_from_any_image():
+    a = np.zeros((10, 10), np.uint8)
+    a[2:4, 2:4] = 128  # non-binary grey still counts as "missing"
+    m = open_mask(_png(Image.fromarray(a)), (10, 10))
+    assert m.sum() == 4
+    rgba = np.zeros((10, 10, 4), np.uint8)
+    rgba[5:, :, 3] = 255
+    assert open_mask(_png(Image.fromarray(rgba, "RGBA")), (10, 10)).sum() == 50
+    assert open_mask(a, (20, 20)).sum() == 16  # another size is resized (nearest)
+    assert not open_mask(np.zeros((4, 4)), (4, 4)).any()
