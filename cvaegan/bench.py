@@ -77,9 +77,52 @@ def inference_latency(resolution: int, device: str, repeats: int = 20) -> dict:
     mask[resolution // 4: 3 * resolution // 4, resolution // 4: 3 * resolution // 4] = 1
     inp = _timeit(lambda: I.inpaint(model, photo, mask.numpy()), max(3, repeats // 2))
     rec = _timeit(lambda: I.reconstruct(model, photo), max(3, repeats // 2))
+    a, b = I.endpoint(model, 0, 1), I.endpoint(model, 5, 2)
+    morph = _timeit(lambda: I.interpolate(model, a, b, frames=8), max(3, repeats // 5))
+    small = photo.resize((resolution // 4, resolution // 4))
+    sr = _timeit(lambda: I.superresolve(model, small, steps=100), 2, warmup=1)
     return {"resolution": resolution, "device": device, "sample_ms": 1000 * statistics.median(one),
             "batched_img_per_s": 32 / statistics.median(batched), "inpaint_ms": 1000 * statistics.median(inp),
-            "reconstruct_ms": 1000 * statistics.median(rec)}
+            "reconstruct_ms": 1000 * statistics.median(rec), "interpolate8_ms": 1000 * statistics.median(morph),
+            "superres100_ms": 1000 * statistics.median(sr)}
+
+
+def app_round_trip(requests: int = 30) -> dict:
+    """p50 / p95 latency through gradio_client against app.py on 127.0.0.1 (bundled weights):
+    one generated image, and one inpaint of a 64-px square hole with the default 4 iterations."""
+    import tempfile
+
+    import numpy as np
+    from gradio_client import Client, handle_file
+    from PIL import Image
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    import app  # noqa: E402  (the demo, built on import)
+
+    app.demo.launch(server_name="127.0.0.1", prevent_thread_lock=True, quiet=True)
+    try:
+        client = Client(app.demo.local_url, verbose=False)
+        choice = app.registry.default
+        model = app.registry.get(choice).model
+        cls = model.config.class_names[0]
+        r = model.config.resolution
+        tmp = Path(tempfile.mkdtemp())
+        Image.fromarray((np.random.default_rng(0).random((r, r, 3)) * 255).astype("uint8")).save(tmp / "bg.png")
+        layer = np.zeros((r, r, 4), np.uint8)
+        layer[r // 4: 3 * r // 4, r // 4: 3 * r // 4] = 255
+        Image.fromarray(layer, "RGBA").save(tmp / "mask.png")
+        editor = {"background": handle_file(str(tmp / "bg.png")), "layers": [handle_file(str(tmp / "mask.png"))],
+                  "composite": None, "id": None}
+        gen = _timeit(lambda: client.predict(choice, cls, 1, False, 1, 1.0, api_name="/generate"), requests)
+        inp = _timeit(lambda: client.predict(choice, editor, "auto (C decides)", 4, 0, api_name="/inpaint"), requests)
+    finally:
+        app.demo.close()
+
+    def pct(v, q):
+        v = sorted(v)
+        return 1000 * v[min(len(v) - 1, int(round(q * (len(v) - 1))))]
+    return {"model": choice, "requests": requests, "generate_p50_ms": pct(gen, 0.5), "generate_p95_ms": pct(gen, 0.95),
+            "inpaint_p50_ms": pct(inp, 0.5), "inpaint_p95_ms": pct(inp, 0.95)}
 
 
 def _in_subprocess(kind: str, *args) -> dict:
@@ -91,7 +134,7 @@ def _in_subprocess(kind: str, *args) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def run(write_readme: bool = False, quick: bool = False) -> str:
+def run(write_readme: bool = False, quick: bool = False, app: bool = True) -> str:
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     train_cfgs = [(32, 32), (64, 32), (64, 64), (128, 16)] if not quick else [(32, 8)]
     lines = [f"Measured {time.strftime('%Y-%m-%d')} with `python -m cvaegan bench` on {platform.machine()} "
@@ -103,13 +146,21 @@ def run(write_readme: bool = False, quick: bool = False) -> str:
             r = _in_subprocess("train_step_once", res, b, dev)
             mem = "process RSS" if dev == "cpu" else "CUDA allocated"
             lines.append(f"| {res} px, batch {b} | {dev} | {r['step_s']:.2f} | {r['peak_mib']} ({mem}) |")
-    lines += ["", "| inference | device | sample, 1 image (ms) | batched sampling (img/s) | inpaint, 4 iterations (ms) | reconstruct (ms) |",
-              "|---|---|---|---|---|---|"]
+    lines += ["", "| inference | device | sample, 1 image (ms) | batched sampling (img/s) | inpaint, 4 iterations (ms) "
+              "| reconstruct (ms) | interpolate, 8 frames (ms) | super-resolve, 100 steps (ms) |",
+              "|---|---|---|---|---|---|---|---|"]
     for dev in devices:
         for res in ((64, 128) if not quick else (32,)):
             r = _in_subprocess("inference_latency", res, dev, 5 if quick else 20)
             lines.append(f"| {res} px | {dev} | {r['sample_ms']:.1f} | {r['batched_img_per_s']:.0f} | "
-                         f"{r['inpaint_ms']:.0f} | {r['reconstruct_ms']:.1f} |")
+                         f"{r['inpaint_ms']:.0f} | {r['reconstruct_ms']:.1f} | {r['interpolate8_ms']:.0f} | "
+                         f"{r['superres100_ms']:.0f} |")
+    if app:
+        r = _in_subprocess("app_round_trip", 10 if quick else 30)
+        lines += ["", f"| app round trip via gradio_client ({r['model']}, {r['requests']} sequential requests) | p50 (ms) | p95 (ms) |",
+                  "|---|---|---|",
+                  f"| generate 1 image | {r['generate_p50_ms']:.0f} | {r['generate_p95_ms']:.0f} |",
+                  f"| inpaint (4 iterations) | {r['inpaint_p50_ms']:.0f} | {r['inpaint_p95_ms']:.0f} |"]
     table = "\n".join(lines)
     if write_readme:
         readme = Path(__file__).resolve().parent.parent / "README.md"
@@ -127,6 +178,7 @@ if __name__ == "__main__":
     ap.add_argument("--write-readme", action="store_true", help="replace the table between the bench markers in README.md")
     ap.add_argument("--quick", action="store_true", help="one small configuration (to check the script works)")
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
+    ap.add_argument("--no-app", action="store_true", help="skip the app round-trip measurement")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
-    print(run(a.write_readme, a.quick))
+    print(run(a.write_readme, a.quick, app=not a.no_app))

@@ -219,3 +219,39 @@ def test_hf_hub_offline_uses_cache_only(fake_hub, tmp_path):
     assert "['a', 'b', 'c', 'd']" in out.stdout
     assert "ERR" in out.stdout and "not in the local cache" in out.stdout
     assert len(fake_hub.requests) == n  # offline means offline
+
+
+def test_push_uploads_folder_and_model_card(tiny_model, tmp_path, monkeypatch):
+    """`push` verifies the folder loads, creates the repo, adds a card and uploads the files
+    (huggingface_hub's upload API recorded, no network)."""
+    import huggingface_hub
+
+    calls = []
+
+    class RecordingApi:
+        def __init__(self, token=None, endpoint=None):
+            calls.append(("init", token, endpoint))
+
+        def create_repo(self, repo_id, **kw):
+            calls.append(("create_repo", repo_id, kw))
+
+        def upload_file(self, **kw):
+            calls.append(("upload_file", kw["path_in_repo"], kw["path_or_fileobj"]))
+
+        def upload_folder(self, **kw):
+            calls.append(("upload_folder", kw["folder_path"], kw["allow_patterns"]))
+            return type("Info", (), {"commit_url": "http://127.0.0.1/commit/1"})()
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", RecordingApi)
+    w = tmp_path / "w"
+    tiny_model.save_pretrained(w)
+    from cvaegan.cli import main
+
+    assert main(["push", "--weights", str(w), "--repo", "me/shapes", "--token", "t0k"]) == 0
+    names = [c[0] for c in calls]
+    assert names == ["init", "create_repo", "upload_file", "upload_folder"]
+    assert calls[1][1] == "me/shapes" and calls[2][1] == "README.md" and b"me/shapes" in calls[2][2]
+    assert "*.safetensors" in calls[3][2]
+    (w / "generator.safetensors").write_bytes(b"garbage")
+    with pytest.raises(WeightsError):
+        hub.push(w, "me/shapes")  # a folder that does not load is never published
