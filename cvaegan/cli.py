@@ -229,7 +229,7 @@ def cmd_release(a: argparse.Namespace) -> int:
     from .release import release
 
     figures = release(a.run, a.out, a.data, a.name, a.hardware, a.notes, a.components)
-    print(json.dumps({k: v for k, v in figures.items() if k != "c_top1_generated_per_class"}, indent=1))
+    print(json.dumps({k: v for k, v in figures.items() if k not in ("c_top1_generated_per_class", "directions")}, indent=1))
     return 0
 
 

@@ -78,6 +78,42 @@ def measure(model: CVAEGAN, val: LabelledImages, samples_per_class: int = 4, fir
     }
 
 
+def _luma_box(x: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) in [-1, 1] -> luma (B, h, w) in [0, 1] of the central half (a stand-in for the face box)."""
+    y = (0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2] + 1) / 2
+    h, w = y.shape[-2:]
+    return y[:, h // 4: 3 * h // 4, w // 4: 3 * w // 4]
+
+
+# Attributes that can be re-measured from pixels alone (the others need a landmark detector).
+PIXEL_MEASURES = {
+    "attr_brightness": lambda x: _luma_box(x).mean((1, 2)),
+    "attr_light_lr": lambda x: (lambda y: y[:, :, y.shape[-1] // 2:].mean((1, 2)) - y[:, :, :y.shape[-1] // 2].mean((1, 2)))(_luma_box(x)),
+}
+
+
+@torch.no_grad()
+def check_directions(model: CVAEGAN, amounts: dict[str, float], classes: int = 16, seeds: int = 4) -> dict:
+    """Move samples along each direction by -a, 0, +a: how often C still sees the same class, and the
+    re-measured attribute where it can be measured from pixels."""
+    k = model.config.num_classes
+    cls = torch.tensor(grid_classes(k, classes)).repeat_interleave(seeds)
+    z = z_from_seeds([20_000 + i for i in range(len(cls))], model.config.z_dim)
+    out = {}
+    for name in model.config.directions:
+        a = amounts.get(name, 2.0)
+        row = {"amounts": [-a, 0.0, a], "class_kept": [], "measured": []}
+        for amount in row["amounts"]:
+            zz = torch.stack([I.edit(model, zi, {name: amount}) for zi in z])
+            x = I.generate(model, zz, cls, batch_size=64)
+            pred, _ = I.classify(model, x)
+            row["class_kept"].append(round((pred == cls).float().mean().item(), 3))
+            if name in PIXEL_MEASURES:
+                row["measured"].append(round(PIXEL_MEASURES[name](x).mean().item(), 4))
+        out[name] = row
+    return out
+
+
 def loss_curves(metrics_path: Path, out: Path, keys=("loss/C", "loss/D", "loss/G_recon", "loss/KL",
                                                        "loss/G_mean_fm_D", "loss/G_mean_fm_C", "acc/C", "psnr/recon")) -> None:
     """Small-multiples PNG of named scalars from metrics.jsonl (drawn with PIL: no plotting dependency)."""
@@ -174,6 +210,26 @@ Data: {info['citation']}
 """
 
 
+def directions_table(checks: dict) -> str:
+    """Markdown table of check_directions' results for the model card."""
+    if not checks:
+        return ""
+    lines = ["\n## Latent directions (the app's sliders)\n",
+             "Principal components move z by standard deviations; `attr_*` directions are ridge regressions of the "
+             "attribute on E's codes, amounts in the attribute's own units (here +-2 standard deviations). "
+             "'C keeps class' is how often C still assigns the generated sample to its class after the move; the "
+             "re-measured attribute uses pixels (mean luma of the central square) where possible - other attributes "
+             "need a landmark detector and are not re-measured here.\n",
+             "| direction | amounts | C keeps class at -a / 0 / +a | re-measured attribute at -a / 0 / +a |",
+             "|---|---|---|---|"]
+    for name, r in checks.items():
+        a = r["amounts"][2]
+        kept = " / ".join(f"{v:.0%}" for v in r["class_kept"])
+        meas = " / ".join(f"{v:.3f}" for v in r["measured"]) if r["measured"] else "n/a"
+        lines.append(f"| {name} | +-{a:g} | {kept} | {meas} |")
+    return "\n".join(lines) + "\n"
+
+
 def release(run: str | os.PathLike, out: str | os.PathLike, data_path: str | os.PathLike, name: str,
             hardware: str | None = None, notes: str = "", components: int = 8) -> dict:
     """Export RUN's checkpoint into OUT and add directions, figures, pictures and the model card."""
@@ -192,6 +248,12 @@ def release(run: str | os.PathLike, out: str | os.PathLike, data_path: str | os.
     I.compute_directions(model, train_set.images, train_set.labels, components, train_set.attributes)
     save_directions(model, out)
     figures = measure(model, data.subset(val_idx))
+    amounts = {n: 2.0 for n in model.config.directions}
+    for n, v in train_set.attributes.items():
+        ok = torch.isfinite(v)
+        if n in amounts and ok.any():
+            amounts[n] = round(2 * v[ok].std().item(), 4)
+    figures["directions"] = check_directions(model, amounts)
     state_step = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["step"]
     figures["steps"] = state_step
     figures["split"] = "held-out" if held_out else "training images (the run kept no held-out split)"
@@ -202,6 +264,7 @@ def release(run: str | os.PathLike, out: str | os.PathLike, data_path: str | os.
     loss_curves(run / "metrics.jsonl", out / "loss_curves.png")
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
     hw = hardware or f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
-    (out / "README.md").write_text(model_card(name, model, run_cfg, figures, _wall_time(rows, 1), hw, notes))
+    (out / "README.md").write_text(model_card(name, model, run_cfg, figures, _wall_time(rows, 1), hw, notes)
+                                   + directions_table(figures["directions"]))
     (out / "figures.json").write_text(json.dumps(figures, indent=1) + "\n")
     return figures

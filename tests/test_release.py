@@ -17,6 +17,9 @@ def test_release_folder(trained_export, shapes_dir, tmp_path):
     assert model.config.directions[:2] == ["pc1", "pc2"] and "attr_x" in model.config.directions
     assert 0 <= figures["c_top1_real_val"] <= 1 and len(figures["c_top1_generated_per_class"]) == 4
     assert figures["recon_psnr_val_db"] > 5 and figures["split"].startswith("training images")
+    checks = figures["directions"]
+    assert set(checks) == set(model.config.directions) and len(checks["pc1"]["class_kept"]) == 3
+    assert "## Latent directions" in (out / "README.md").read_text()
     card = (out / "README.md").read_text()
     assert "test CPU" in card and "not** an independent judge" in card and "Tiny test model." in card
     assert f"{figures['c_top1_real_val']:.1%}" in card
