@@ -153,6 +153,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--hardware", default=None, help="what it was trained on, for the card (default: this CPU)")
     p.add_argument("--notes", default="", help="extra paragraph for the card (e.g. known weaknesses)")
     p.add_argument("--components", type=int, default=8, help="principal directions to save (default 8)")
+    p.add_argument("--examples", default=None, help="also write generated example images + masks for the app here (e.g. examples)")
 
     p = sub.add_parser("push", help="upload a weights folder to the Hugging Face Hub", description=(
         "Upload config.json + *.safetensors (+ README.md model card, generated if absent) to a Hub model repo."))
@@ -228,7 +229,7 @@ def cmd_sample(a: argparse.Namespace) -> int:
 def cmd_release(a: argparse.Namespace) -> int:
     from .release import release
 
-    figures = release(a.run, a.out, a.data, a.name, a.hardware, a.notes, a.components)
+    figures = release(a.run, a.out, a.data, a.name, a.hardware, a.notes, a.components, a.examples)
     print(json.dumps({k: v for k, v in figures.items() if k not in ("c_top1_generated_per_class", "directions")}, indent=1))
     return 0
 

@@ -13,7 +13,7 @@ from PIL import Image, ImageDraw
 from . import inference as I
 from .data import LabelledImages, load_images, split_indices
 from .hub import load_folder, save_directions
-from .images import make_grid, save_png, uint8_to_float
+from .images import make_grid, save_png, to_pil, uint8_to_float
 from .models import CVAEGAN
 from .seeds import z_from_seeds
 from .service import thumbnail_sheet
@@ -210,6 +210,32 @@ Data: {info['citation']}
 """
 
 
+def write_examples(model: CVAEGAN, name: str, out: str | os.PathLike, count: int = 3) -> list[Path]:
+    """Generated example photos + masks for the app's Inpaint tab: OUT/<name>_<i>_image.png and _mask.png
+    (mask: opaque white = fill in; a centre box, a horizontal band, a diagonal stroke)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    r = model.config.resolution
+    classes = grid_classes(model.config.num_classes, count)
+    paths = []
+    for i, c in enumerate(classes):
+        img = I.sample(model, c, [100 + i], truncation=0.8)[0]
+        mask = Image.new("RGBA", (r, r), (0, 0, 0, 0))
+        d = ImageDraw.Draw(mask)
+        white = (255, 255, 255, 255)
+        if i % 3 == 0:
+            d.rectangle([r // 3, r // 3, 2 * r // 3, 2 * r // 3], fill=white)
+        elif i % 3 == 1:
+            d.rectangle([0, r // 2 - r // 10, r, r // 2 + r // 10], fill=white)
+        else:
+            d.line([(r // 5, r // 5), (4 * r // 5, 4 * r // 5)], fill=white, width=max(3, r // 10))
+        base = out / f"{name}_{i}"
+        save_png(to_pil(img), f"{base}_image.png")
+        mask.save(f"{base}_mask.png")
+        paths.append(Path(f"{base}_image.png"))
+    return paths
+
+
 def directions_table(checks: dict) -> str:
     """Markdown table of check_directions' results for the model card."""
     if not checks:
@@ -231,7 +257,8 @@ def directions_table(checks: dict) -> str:
 
 
 def release(run: str | os.PathLike, out: str | os.PathLike, data_path: str | os.PathLike, name: str,
-            hardware: str | None = None, notes: str = "", components: int = 8) -> dict:
+            hardware: str | None = None, notes: str = "", components: int = 8,
+            examples: str | os.PathLike | None = None) -> dict:
     """Export RUN's checkpoint into OUT and add directions, figures, pictures and the model card."""
     run, out = Path(run), Path(out)
     if not (run / CHECKPOINT).is_file():
@@ -267,4 +294,6 @@ def release(run: str | os.PathLike, out: str | os.PathLike, data_path: str | os.
     (out / "README.md").write_text(model_card(name, model, run_cfg, figures, _wall_time(rows, 1), hw, notes)
                                    + directions_table(figures["directions"]))
     (out / "figures.json").write_text(json.dumps(figures, indent=1) + "\n")
+    if examples is not None:
+        write_examples(model, name, examples)
     return figures

@@ -9,7 +9,10 @@ from cvaegan.release import release
 
 def test_release_folder(trained_export, shapes_dir, tmp_path):
     out = tmp_path / "weights" / "shapes"
-    figures = release(trained_export.parent, out, shapes_dir, "shapes", hardware="test CPU", notes="Tiny test model.")
+    figures = release(trained_export.parent, out, shapes_dir, "shapes", hardware="test CPU", notes="Tiny test model.",
+                      examples=tmp_path / "examples")
+    ex = sorted((tmp_path / "examples").glob("shapes_*_image.png"))
+    assert len(ex) == 3 and all(p.with_name(p.name.replace("_image", "_mask")).is_file() for p in ex)
     for name in ("config.json", "encoder.safetensors", "generator.safetensors", "classifier.safetensors",
                  "directions.safetensors", "samples.png", "thumbnails.png", "loss_curves.png", "README.md", "figures.json"):
         assert (out / name).is_file(), name
