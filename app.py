@@ -190,7 +190,7 @@ def build_demo(registry: S.ModelRegistry) -> gr.Blocks:
         def on_explore(choice, c, s, t, *amounts):
             m = model_of(choice)
             return S.explore(m, c, s, t, dict(zip(m.config.directions, amounts)))
-        gr.on([s.release for s in sliders] + [ex_cls.change, ex_seed.submit], on_explore,
+        gr.on([s.release for s in sliders] + [ex_cls.change, ex_seed.submit, ex_trunc.release], on_explore,
               [model_dd, ex_cls, ex_seed, ex_trunc, *sliders], ex_img, api_name="explore", concurrency_limit=2)
         reset.click(lambda choice: [gr.update(value=0) for _ in sliders], model_dd, sliders,
                     api_name="reset_sliders").then(on_explore, [model_dd, ex_cls, ex_seed, ex_trunc, *sliders], ex_img,
