@@ -362,6 +362,8 @@ def train(data: LabelledImages, out: str | os.PathLike, tcfg: TrainConfig, mcfg:
     per_rank = tcfg.batch_size // world
     bar = tqdm(total=tcfg.steps, initial=trainer.step, desc="train", disable=not progress or rank != 0,
                dynamic_ncols=True)
+    if rank == 0 and resume:
+        _truncate_metrics(out / "metrics.jsonl", trainer.step)
     metrics = open(out / "metrics.jsonl", "a", encoding="utf-8") if rank == 0 else None
     t_last, steps_since = time.perf_counter(), 0
     try:
@@ -417,6 +419,18 @@ def train(data: LabelledImages, out: str | os.PathLike, tcfg: TrainConfig, mcfg:
     if world > 1:
         dist.barrier()
     return export
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop rows logged after the checkpoint a resumed run restarts from (they will be logged again)."""
+    if not path.is_file():
+        return
+    lines = path.read_text(encoding="utf-8").splitlines()
+    keep = [line for line in lines if line.strip() and json.loads(line).get("step", 0) <= step]
+    if len(keep) != len(lines):
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(line + "\n" for line in keep), encoding="utf-8")
+        os.replace(tmp, path)
 
 
 def export_checkpoint(run: str | os.PathLike, out: str | os.PathLike, fp16: bool = True,

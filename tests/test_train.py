@@ -90,6 +90,8 @@ def test_resume_continues_exactly(shapes_dir, tmp_path):
     cfg = dict(batch_size=16, log_every=1, sample_every=0, checkpoint_every=2, ema_decay=0.5)
     train(data, tmp_path / "a", TrainConfig(steps=4, **cfg), tiny_config(), progress=False)
     train(data, tmp_path / "b", TrainConfig(steps=2, **cfg), tiny_config(), progress=False)
+    with open(tmp_path / "b" / "metrics.jsonl", "a") as fh:  # rows a killed run logged after its checkpoint
+        fh.write('{"step": 3, "loss/D": -1}\n')
     with pytest.raises(TrainError, match="--resume"):
         train(data, tmp_path / "b", TrainConfig(steps=4, **cfg), tiny_config(), progress=False)
     train(data, tmp_path / "b", TrainConfig(steps=4, **cfg), None, resume=True, progress=False)
