@@ -46,9 +46,9 @@ def build_demo(registry: S.ModelRegistry) -> gr.Blocks:
 
     def slider_updates(model):
         dirs = model.config.directions
+        units = model.config.direction_units
         return [gr.update(visible=i < len(dirs), value=0,
-                          label=(dirs[i] if i < len(dirs) else f"direction {i}") +
-                          (f" ({model.config.direction_units[i]})" if i < len(dirs) else ""))
+                          label=f"{S.direction_label(dirs[i])} ({units[i]})" if i < len(dirs) else f"direction {i}")
                 for i in range(MAX_SLIDERS)]
 
     def status_text(loaded):

@@ -27,6 +27,22 @@ MAX_REFINE = 200  # z-refinement steps per request
 MAX_SR_STEPS = 300
 
 
+DIRECTION_LABELS = {  # friendlier slider names for the attribute columns of the faces pack
+    "attr_yaw": "head turn", "attr_pitch": "head tilt", "attr_mouth_open": "mouth open",
+    "attr_smile": "smile (mouth width)", "attr_eye_open": "eyes open", "attr_brightness": "brightness",
+    "attr_light_lr": "lighting left/right",
+}
+
+
+def direction_label(name: str) -> str:
+    """Slider label of a saved direction: "pc3" -> "principal direction 3", "attr_smile" -> "smile (mouth width)"."""
+    if name in DIRECTION_LABELS:
+        return DIRECTION_LABELS[name]
+    if name.startswith("pc") and name[2:].isdigit():
+        return f"principal direction {name[2:]}"
+    return name.removeprefix("attr_").replace("_", " ")
+
+
 def bundled_names() -> list[str]:
     """Names of the bundled weights folders present in weights/ (faces, flowers, birds order)."""
     present = [n for n in BUNDLED_ORDER if (BUNDLED_DIR / n / CONFIG_NAME).is_file()]

@@ -103,3 +103,9 @@ def test_registry_loads_once_and_falls_back(trained_export, monkeypatch, tmp_pat
     assert ok is reg.get("faces") and len(ok.thumbnails) == 4
     with pytest.raises(ValueError, match="unknown model"):
         reg.get("nope")
+
+
+def test_direction_labels():
+    assert S.direction_label("pc3") == "principal direction 3"
+    assert S.direction_label("attr_yaw") == "head turn"
+    assert S.direction_label("attr_hat_size") == "hat size"
