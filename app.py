@@ -14,7 +14,7 @@ import gradio as gr
 
 from cvaegan import service as S
 
-MAX_SLIDERS = 12
+MAX_SLIDERS = 16
 EXAMPLES_DIR = Path(__file__).resolve().parent / "examples"
 CITATION = """```bibtex
 @inproceedings{bao2017cvaegan,

@@ -191,27 +191,18 @@ def compute_directions(model: CVAEGAN, images: torch.Tensor, labels: torch.Tenso
                        attributes: dict[str, torch.Tensor] | None = None, ridge: float = 1.0) -> None:
     """Set model.directions / direction_scales / config.directions from encoder means over images.
 
-    (a) the top-k principal directions of z (amount unit: one standard deviation along it);
-    (b) per attribute column (e.g. attr_smile): a ridge regression of the attribute on z; the
+    (a) per attribute column (e.g. attr_smile): a ridge regression of the attribute on z; the
         direction is the regression weight vector normalised, and one unit of amount moves the
-        predicted attribute by one unit of the attribute (scale = 1 / ||w||).
+        predicted attribute by one unit of the attribute (scale = 1 / ||w||);
+    (b) the top-k principal directions of z (amount unit: one standard deviation along it).
+    Attribute directions come first in the saved order.
     """
     mu = encoder_means(model, images, labels)
     centred = mu - mu.mean(0)
     _, s, vh = torch.linalg.svd(centred, full_matrices=False)
     k = min(k, vh.shape[0])
     dirs, scales, names, units = [], [], [], []
-    for i in range(k):
-        v = vh[i]
-        # fix the sign so that the direction points towards the heavier tail (deterministic)
-        proj = centred @ v
-        if (proj.pow(3).mean() < 0):
-            v = -v
-        dirs.append(v)
-        scales.append(float(s[i] / (len(mu) - 1) ** 0.5))
-        names.append(f"pc{i + 1}")
-        units.append("std")
-    for name, values in sorted((attributes or {}).items()):
+    for name, values in sorted((attributes or {}).items()):  # named attributes first: they lead the sliders
         ok = torch.isfinite(values)
         if ok.sum() < 10 or values[ok].std() == 0:
             continue
@@ -224,6 +215,16 @@ def compute_directions(model: CVAEGAN, images: torch.Tensor, labels: torch.Tenso
         scales.append(float(1.0 / norm))
         names.append(name)
         units.append("attribute units")
+    for i in range(k):
+        v = vh[i]
+        # fix the sign so that the direction points towards the heavier tail (deterministic)
+        proj = centred @ v
+        if (proj.pow(3).mean() < 0):
+            v = -v
+        dirs.append(v)
+        scales.append(float(s[i] / (len(mu) - 1) ** 0.5))
+        names.append(f"pc{i + 1}")
+        units.append("std")
     model.directions = torch.stack(dirs).float()
     model.direction_scales = torch.tensor(scales, dtype=torch.float32)
     model.config.directions, model.config.direction_units = names, units

@@ -54,14 +54,14 @@ def test_bad_input_gives_a_clear_error_not_a_dead_worker(served):
 
 def test_explore_swap_and_model_events(served):
     _, client, w, _ = served
-    sliders = [0.0] * 12
+    sliders = [0.0] * 16
     img = client.predict(w, "Circle 0", 3, 1.0, *sliders, api_name="/explore")
     assert Image.open(img).size == (32, 32)
     grid = client.predict(w, 3, 1.0, api_name="/swap")
     assert [g["caption"] for g in grid] == ["Circle 0", "Square 1", "Triangle 2", "Cross 3"]
     out = client.predict(w, api_name="/select_model")
     assert "Showing" in out[0]
-    assert len(client.predict(w, api_name="/reset_sliders")) == 12
+    assert len(client.predict(w, api_name="/reset_sliders")) == 16
 
 
 def test_interpolate_with_upload(served):

@@ -77,12 +77,12 @@ def test_directions_amount_zero_is_identity_and_round_trip(trained_export, shape
     m = CVAEGAN.from_pretrained(str(w))
     data = load_images(shapes_dir, 32, progress=False)
     I.compute_directions(m, data.images, data.labels, k=3, attributes=data.attributes)
-    assert m.config.directions == ["pc1", "pc2", "pc3", "attr_x"]
+    assert m.config.directions == ["attr_x", "pc1", "pc2", "pc3"]
     assert torch.allclose(m.directions.norm(dim=1), torch.ones(4), atol=1e-5)
     z = z_from_seeds([1], m.config.z_dim)[0]
     assert torch.equal(I.edit(m, z, {"pc1": 0.0, "attr_x": 0.0}), z)
     moved = I.edit(m, z, {"pc1": 2.0})
-    assert torch.allclose((moved - z).norm(), 2.0 * m.direction_scales[0], atol=1e-5)
+    assert torch.allclose((moved - z).norm(), 2.0 * m.direction_scales[1], atol=1e-5)
     with pytest.raises(ValueError, match="unknown direction"):
         I.edit(m, z, {"nope": 1.0})
     with pytest.raises(ValueError, match="finite"):
@@ -93,7 +93,7 @@ def test_directions_amount_zero_is_identity_and_round_trip(trained_export, shape
     assert torch.equal(again.directions, m.directions)
     # the attribute direction predicts its attribute along itself: the regression's slope is positive
     mu = I.encoder_means(m, data.images, data.labels)
-    proj = (mu - mu.mean(0)) @ m.directions[3]
+    proj = (mu - mu.mean(0)) @ m.directions[0]
     y = data.attributes["attr_x"]
     assert torch.corrcoef(torch.stack([proj, y]))[0, 1] > 0
 
@@ -179,4 +179,4 @@ def test_inference_cli_commands(trained_export, shapes_dir, tmp_path):
     wcopy = tmp_path / "w"
     shutil.copytree(w, wcopy)
     assert main(["directions", "--weights", str(wcopy), "--data", str(shapes_dir), "--components", "2"]) == 0
-    assert CVAEGAN.from_pretrained(str(wcopy)).config.directions == ["pc1", "pc2", "attr_x"]
+    assert CVAEGAN.from_pretrained(str(wcopy)).config.directions == ["attr_x", "pc1", "pc2"]

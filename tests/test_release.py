@@ -17,7 +17,7 @@ def test_release_folder(trained_export, shapes_dir, tmp_path):
                  "directions.safetensors", "samples.png", "thumbnails.png", "loss_curves.png", "README.md", "figures.json"):
         assert (out / name).is_file(), name
     model = CVAEGAN.from_pretrained(str(out))
-    assert model.config.directions[:2] == ["pc1", "pc2"] and "attr_x" in model.config.directions
+    assert model.config.directions[:3] == ["attr_x", "pc1", "pc2"]
     assert 0 <= figures["c_top1_real_val"] <= 1 and len(figures["c_top1_generated_per_class"]) == 4
     assert figures["recon_psnr_val_db"] > 5 and figures["split"].startswith("training images")
     checks = figures["directions"]
