@@ -64,6 +64,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="weights folder to write")
     p.add_argument("--no-fp16", action="store_true", help="store float32 weights")
     p.add_argument("--export-discriminator", action="store_true", help="also export D")
+    p.add_argument("--no-ema", action="store_true", help="export the raw generator even if the run kept an EMA of it")
 
     p = sub.add_parser("sample", help="generate images of a class", description=(
         "Generate one image per seed for a class and save them as a grid PNG (or one file per seed with --out DIR/)."))
@@ -154,6 +155,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--notes", default="", help="extra paragraph for the card (e.g. known weaknesses)")
     p.add_argument("--components", type=int, default=8, help="principal directions to save (default 8)")
     p.add_argument("--examples", default=None, help="also write generated example images + masks for the app here (e.g. examples)")
+    p.add_argument("--no-ema", action="store_true", help="ship the raw generator even if the run kept an EMA of it")
 
     p = sub.add_parser("push", help="upload a weights folder to the Hugging Face Hub", description=(
         "Upload config.json + *.safetensors (+ README.md model card, generated if absent) to a Hub model repo."))
@@ -209,7 +211,7 @@ def cmd_train(a: argparse.Namespace) -> int:
 def cmd_export(a: argparse.Namespace) -> int:
     from .train import export_checkpoint
 
-    print(f"wrote {export_checkpoint(a.run, a.out, fp16=not a.no_fp16, include_discriminator=a.export_discriminator)}")
+    print(f"wrote {export_checkpoint(a.run, a.out, fp16=not a.no_fp16, include_discriminator=a.export_discriminator, use_ema=not a.no_ema)}")
     return 0
 
 
@@ -229,7 +231,7 @@ def cmd_sample(a: argparse.Namespace) -> int:
 def cmd_release(a: argparse.Namespace) -> int:
     from .release import release
 
-    figures = release(a.run, a.out, a.data, a.name, a.hardware, a.notes, a.components, a.examples)
+    figures = release(a.run, a.out, a.data, a.name, a.hardware, a.notes, a.components, a.examples, use_ema=not a.no_ema)
     print(json.dumps({k: v for k, v in figures.items() if k not in ("c_top1_generated_per_class", "directions")}, indent=1))
     return 0
 

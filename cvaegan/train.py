@@ -434,8 +434,8 @@ def _truncate_metrics(path: Path, step: int) -> None:
 
 
 def export_checkpoint(run: str | os.PathLike, out: str | os.PathLike, fp16: bool = True,
-                      include_discriminator: bool = False) -> Path:
-    """Write a weights folder from RUN/checkpoint.pt (EMA generator when the run has one)."""
+                      include_discriminator: bool = False, use_ema: bool = True) -> Path:
+    """Write a weights folder from RUN/checkpoint.pt (the EMA generator when the run has one and use_ema)."""
     path = Path(run) / CHECKPOINT
     if not path.is_file():
         raise TrainError(f"{path} not found; is {run} a run folder written by `cvaegan train`?")
@@ -443,6 +443,6 @@ def export_checkpoint(run: str | os.PathLike, out: str | os.PathLike, fp16: bool
     model = CVAEGAN(ModelConfig.from_dict(state["model_config"]))
     for key, net in (("C", model.classifier), ("D", model.discriminator), ("G", model.generator), ("E", model.encoder)):
         net.load_state_dict(state["nets"][key])
-    if state.get("ema") is not None:
+    if use_ema and state.get("ema") is not None:
         model.generator.load_state_dict(state["ema"])
     return save_pretrained(model.eval(), out, fp16=fp16, include_discriminator=include_discriminator)
