@@ -76,7 +76,7 @@ def build_demo(registry: S.ModelRegistry) -> gr.Blocks:
             seed_used = gr.Markdown()
             gallery = gr.Gallery(label="Samples", columns=4, height="auto", format="png", buttons=["download"])
             to_inpaint = gr.Button("Send first sample to Inpaint")
-            with gr.Accordion("Pick a class by picture", open=False):
+            with gr.Accordion("Pick a class by picture", open=True):
                 thumbs = gr.Gallery(value=[(t, n) for t, n in zip(first.thumbnails, names)], columns=12,
                                     height=320, allow_preview=False, label="One generated sample per class")
             last_images = gr.State([])
