@@ -231,11 +231,11 @@ class Trainer:
             be.copy_(b)
 
     def export_model(self) -> CVAEGAN:
-        """The model to publish: G replaced by its EMA when that option is on."""
-        if self.ema is None:
-            return self.model
+        """The model to publish: G (or its EMA when that option is on) with BatchNorm statistics
+        re-estimated on prior samples (see recalibrate_batchnorm)."""
         out = copy.copy(self.model)
-        out.generator = self.ema
+        g = self.ema if self.ema is not None else self.model.generator
+        out.generator = recalibrate_batchnorm(g, self.cfg, self.device)
         return out
 
     def state_dict(self) -> dict:
@@ -262,6 +262,32 @@ class Trainer:
             self.ema.load_state_dict(state["ema"])
         torch.set_rng_state(state["torch_rng"])
         self.step = int(state["step"])
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(generator: nn.Module, cfg: ModelConfig, device: torch.device, batches: int = 16,
+                          batch_size: int = 64, seed: int = 0) -> nn.Module:
+    """A copy of G whose BatchNorm running statistics are re-estimated on prior samples.
+
+    During training G's running statistics mix reconstruction codes (from E) and prior codes, and an
+    EMA of the weights has none of its own; inference samples from the prior, so the statistics are
+    recomputed there (cumulative average over `batches` batches of z ~ N(0, I), c uniform, fixed seed).
+    """
+    g = copy.deepcopy(generator).to(device)
+    bns = [m for m in g.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative moving average
+    g.train()
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(batches):
+        z = torch.randn(batch_size, cfg.z_dim, generator=gen).to(device)
+        c = torch.randint(0, cfg.num_classes, (batch_size,), generator=gen).to(device)
+        g(z, c)
+    for m, mom in zip(bns, saved):
+        m.momentum = mom
+    return g.eval()
 
 
 def grid_classes(num_classes: int, rows: int) -> list[int]:
@@ -398,7 +424,7 @@ def train(data: LabelledImages, out: str | os.PathLike, tcfg: TrainConfig, mcfg:
                     metrics.flush()
                     t_last, steps_since = now, 0
                 if tcfg.sample_every and (s % tcfg.sample_every == 0 or s == tcfg.steps):
-                    g = trainer.ema if trainer.ema is not None else model.generator
+                    g = trainer.export_model().generator
                     save_png(sample_grid(g, mcfg, grid_c, grid_s, device), out / "samples" / f"step_{s:07d}.png")
             if s % tcfg.checkpoint_every == 0 or s == tcfg.steps:
                 if world > 1:  # every process must hold identical running means before saving
@@ -445,4 +471,5 @@ def export_checkpoint(run: str | os.PathLike, out: str | os.PathLike, fp16: bool
         net.load_state_dict(state["nets"][key])
     if use_ema and state.get("ema") is not None:
         model.generator.load_state_dict(state["ema"])
+    model.generator = recalibrate_batchnorm(model.generator, model.config, torch.device("cpu"))
     return save_pretrained(model.eval(), out, fp16=fp16, include_discriminator=include_discriminator)

@@ -1,4 +1,5 @@
 """The training loop: update order, gradient routing, a full step, resume, and a short real training run."""
+import copy
 import json
 
 import pytest
@@ -132,3 +133,28 @@ def test_short_training_learns_classes(trained_export, shapes_dir):
     gen_acc = (gen_pred == torch.tensor(classes)).float().mean().item()
     assert real_acc > 0.9, real_acc
     assert gen_acc > 0.6, gen_acc
+
+
+def test_batchnorm_recalibration_matches_prior_batch_statistics():
+    """An EMA (or any) generator gets running statistics measured on prior samples: in eval mode it
+    then behaves like train mode on a large prior batch, whatever stale statistics it had before."""
+    from cvaegan.train import recalibrate_batchnorm
+
+    torch.manual_seed(0)
+    model = CVAEGAN(tiny_config())
+    g = model.generator
+    for m in g.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.fill_(5.0)  # stale, wrong statistics
+            m.running_var.fill_(9.0)
+    fixed = recalibrate_batchnorm(g, model.config, torch.device("cpu"), batches=32, batch_size=64)
+    assert g.bn0.running_mean[0] == 5.0  # the original is untouched
+    gen = torch.Generator().manual_seed(1)
+    z = torch.randn(512, 16, generator=gen)
+    c = torch.randint(0, 4, (512,), generator=gen)
+    with torch.no_grad():
+        eval_out = fixed.eval()(z, c)
+        train_out = copy.deepcopy(fixed).train()(z, c)
+        stale_out = g.eval()(z, c)
+    assert (eval_out - train_out).abs().mean() < 0.05
+    assert (stale_out - train_out).abs().mean() > 0.1
