@@ -20,6 +20,7 @@ def test_release_folder(trained_export, shapes_dir, tmp_path):
     assert model.config.directions[:3] == ["attr_x", "pc1", "pc2"]
     assert 0 <= figures["c_top1_real_val"] <= 1 and len(figures["c_top1_generated_per_class"]) == 4
     assert figures["recon_psnr_val_db"] > 5 and figures["split"].startswith("training images")
+    assert set(figures["inpaint_psnr_by_iterations"]) == {"1", "2", "4", "8"}
     checks = figures["directions"]
     assert set(checks) == set(model.config.directions) and len(checks["pc1"]["class_kept"]) == 3
     assert "## Latent directions" in (out / "README.md").read_text()
