@@ -231,11 +231,12 @@ class Trainer:
             be.copy_(b)
 
     def export_model(self) -> CVAEGAN:
-        """The model to publish: G (or its EMA when that option is on) with BatchNorm statistics
-        re-estimated on prior samples (see recalibrate_batchnorm)."""
+        """The model to publish: G, or with the EMA option its EMA with BatchNorm statistics
+        re-estimated on prior samples (an average of weights has no statistics of its own)."""
+        if self.ema is None:  # the live G keeps the running statistics it was trained with
+            return self.model
         out = copy.copy(self.model)
-        g = self.ema if self.ema is not None else self.model.generator
-        out.generator = recalibrate_batchnorm(g, self.cfg, self.device)
+        out.generator = recalibrate_batchnorm(self.ema, self.cfg, self.device)
         return out
 
     def state_dict(self) -> dict:
@@ -269,9 +270,9 @@ def recalibrate_batchnorm(generator: nn.Module, cfg: ModelConfig, device: torch.
                           batch_size: int = 64, seed: int = 0) -> nn.Module:
     """A copy of G whose BatchNorm running statistics are re-estimated on prior samples.
 
-    During training G's running statistics mix reconstruction codes (from E) and prior codes, and an
-    EMA of the weights has none of its own; inference samples from the prior, so the statistics are
-    recomputed there (cumulative average over `batches` batches of z ~ N(0, I), c uniform, fixed seed).
+    Used for the EMA of G: an average of weights has no running statistics of its own (copying the
+    live G's gave flat, colourless samples). Cumulative average over `batches` batches of
+    z ~ N(0, I), c uniform, fixed seed.
     """
     g = copy.deepcopy(generator).to(device)
     bns = [m for m in g.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
@@ -471,5 +472,5 @@ def export_checkpoint(run: str | os.PathLike, out: str | os.PathLike, fp16: bool
         net.load_state_dict(state["nets"][key])
     if use_ema and state.get("ema") is not None:
         model.generator.load_state_dict(state["ema"])
-    model.generator = recalibrate_batchnorm(model.generator, model.config, torch.device("cpu"))
+        model.generator = recalibrate_batchnorm(model.generator, model.config, torch.device("cpu"))
     return save_pretrained(model.eval(), out, fp16=fp16, include_discriminator=include_discriminator)
