@@ -162,7 +162,8 @@ def loss_curves(metrics_path: Path, out: Path, keys=("loss/C", "loss/D", "loss/G
     img.save(out)
 
 
-def _wall_time(rows: list[dict], log_every: int) -> float:
+def _wall_time(rows: list[dict]) -> float:
+    """Training seconds from metrics.jsonl: each row's time/step_s times the steps since the previous row."""
     total, prev = 0.0, 0
     for r in rows:
         total += r.get("time/step_s", 0.0) * (r["step"] - prev)
@@ -313,7 +314,7 @@ def release(run: str | os.PathLike, out: str | os.PathLike, data_path: str | os.
     loss_curves(run / "metrics.jsonl", out / "loss_curves.png")
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
     hw = hardware or f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
-    (out / "README.md").write_text(model_card(name, model, run_cfg, figures, _wall_time(rows, 1), hw, notes)
+    (out / "README.md").write_text(model_card(name, model, run_cfg, figures, _wall_time(rows), hw, notes)
                                    + directions_table(figures["directions"]))
     (out / "figures.json").write_text(json.dumps(figures, indent=1) + "\n")
     if examples is not None:

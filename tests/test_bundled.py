@@ -3,7 +3,6 @@ deterministically, and the CLI works on it from a fresh clone (no network)."""
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
