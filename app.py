@@ -150,6 +150,8 @@ def build_demo(registry: S.ModelRegistry) -> gr.Blocks:
 
         with gr.Tab("About"):
             card = gr.Markdown(first.card)
+            card_samples = gr.Image(first.samples_png, label="samples.png shipped with these weights (rows: classes, "
+                                    "columns: seeds 0-7)", interactive=False, visible=first.samples_png is not None)
             gr.Markdown("### Cite the paper\n" + CITATION)
 
         # ---------------------------------------------------------------- events
@@ -163,9 +165,10 @@ def build_demo(registry: S.ModelRegistry) -> gr.Blocks:
             auto_dd = gr.update(choices=auto, value=auto[0])
             return [status_text(loaded), dd, dd, gr.update(choices=auto, value=n[0]),
                     gr.update(choices=auto, value=n[min(1, len(n) - 1)]), auto_dd, auto_dd, auto_dd,
-                    [(t, c) for t, c in zip(loaded.thumbnails, n)], loaded.card, *slider_updates(m)]
+                    [(t, c) for t, c in zip(loaded.thumbnails, n)], loaded.card,
+                    gr.update(value=loaded.samples_png, visible=loaded.samples_png is not None), *slider_updates(m)]
         model_dd.change(on_model, model_dd,
-                        [status, cls, ex_cls, ends[0], ends[3], in_cls, sr_cls, rc_cls, thumbs, card, *sliders],
+                        [status, cls, ex_cls, ends[0], ends[3], in_cls, sr_cls, rc_cls, thumbs, card, card_samples, *sliders],
                         api_name="select_model")
         demo.load(lambda: slider_updates(first.model), None, sliders, api_name="init_sliders")
 

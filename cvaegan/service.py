@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import secrets
 import tempfile
 import threading
@@ -57,6 +58,13 @@ class Loaded:
     resolved: Resolved
     thumbnails: list[Image.Image] = field(default_factory=list)
     card: str = ""
+
+    @property
+    def samples_png(self) -> str | None:
+        """Path of the sample grid shipped with the weights, if any."""
+        src = self.resolved.model.source
+        p = Path(src) / "samples.png" if src and Path(src).is_dir() else None
+        return str(p) if p is not None and p.is_file() else None
 
     @property
     def model(self) -> CVAEGAN:
@@ -117,6 +125,8 @@ def _card(model: CVAEGAN) -> str:
         if text.startswith("---"):  # drop YAML front matter
             end = text.find("\n---", 3)
             text = text[end + 4:] if end > 0 else text
+        # relative picture links cannot be served from the card; the app shows samples.png itself
+        text = re.sub(r"!\[[^\]]*\]\([^)]*\)", "", text)
         return text.strip()
     c = model.config
     return (f"No model card was shipped with these weights.\n\n{c.num_classes} classes, "

@@ -109,3 +109,15 @@ def test_direction_labels():
     assert S.direction_label("pc3") == "principal direction 3"
     assert S.direction_label("attr_yaw") == "head turn"
     assert S.direction_label("attr_hat_size") == "hat size"
+
+
+def test_model_card_drops_relative_picture_links(trained_export, tmp_path):
+    import shutil
+
+    from cvaegan.hub import load_folder
+
+    w = tmp_path / "w"
+    shutil.copytree(trained_export, w)
+    (w / "README.md").write_text("---\nlicense: other\n---\n# Card\n![samples](samples.png)\nText.\n")
+    model = load_folder(w)
+    assert S._card(model) == "# Card\n\nText."
