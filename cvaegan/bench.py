@@ -1,5 +1,5 @@
 """Benchmarks (not tests): training-step time and peak memory per configuration, and inference latency
-and throughput, on CPU and (when present) CUDA. `python -m cvaegan bench [--write-readme]`."""
+and throughput, on CPU and (when present) CUDA. `python -m cvaegan.bench [--write-readme]`."""
 from __future__ import annotations
 
 import json
@@ -137,7 +137,7 @@ def _in_subprocess(kind: str, *args) -> dict:
 def run(write_readme: bool = False, quick: bool = False, app: bool = True) -> str:
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     train_cfgs = [(32, 32), (64, 32), (64, 64), (128, 16)] if not quick else [(32, 8)]
-    lines = [f"Measured {time.strftime('%Y-%m-%d')} with `python -m cvaegan bench` on {platform.machine()} "
+    lines = [f"Measured {time.strftime('%Y-%m-%d')} with `python -m cvaegan.bench` on {platform.machine()} "
              f"({os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads); default "
              "widths per resolution, 264 classes, random weights (speed does not depend on training).", "",
              "| training step | device | seconds / step | peak memory (MiB) |", "|---|---|---|---|"]
