@@ -159,11 +159,13 @@ def load_state_strict(net: torch.nn.Module, state: dict[str, torch.Tensor], sour
 
 
 def load_folder(folder: str | os.PathLike, device: str | torch.device = "cpu",
-                with_discriminator: bool = False) -> CVAEGAN:
-    """Load a local weights folder strictly; networks in eval mode, float32, on `device`."""
+                with_discriminator: bool = False, verify: bool = True) -> CVAEGAN:
+    """Load a local weights folder strictly; networks in eval mode, float32, on `device`.
+    verify=False skips the sha256 check (only for folders `download` has just verified)."""
     folder = Path(folder)
     cfg = read_config(folder)
-    verify_files(folder, cfg)
+    if verify:
+        verify_files(folder, cfg)
     has_d = (folder / "discriminator.safetensors").is_file()
     if with_discriminator and not has_d:
         raise WeightsError(f"{folder}: no discriminator.safetensors; export with --export-discriminator to fine-tune")
@@ -243,7 +245,7 @@ def load_pretrained(name_or_path: str | os.PathLike, revision: str | None = None
             folder = download(spec, revision, cache_dir, local_files_only=True, endpoint=endpoint)
         except WeightsError:
             folder = download(spec, revision, cache_dir, endpoint=endpoint)
-        model = load_folder(folder, device, with_discriminator)
+        model = load_folder(folder, device, with_discriminator, verify=False)  # download() verified the hashes
         model.source = f"Hub {spec}" + (f"@{revision}" if revision else "") + f" (commit {folder.name[:10]})"
         return model
     raise WeightsError(f"{spec!r} is neither a weights folder nor a Hub repo id like 'owner/name'")

@@ -113,9 +113,7 @@ def _thumbnails(model: CVAEGAN) -> list[Image.Image]:
         if cols and (img.height // r) * cols >= model.config.num_classes:
             return [img.crop(((i % cols) * r, (i // cols) * r, (i % cols + 1) * r, (i // cols + 1) * r))
                     for i in range(model.config.num_classes)]
-    x = I.generate(model, z_from_seeds([0] * model.config.num_classes, model.config.z_dim, 0.7),
-                   torch.arange(model.config.num_classes), batch_size=64)
-    return [to_pil(t) for t in x]
+    return [to_pil(t) for t in _class_samples(model)]
 
 
 def _card(model: CVAEGAN) -> str:
@@ -135,9 +133,14 @@ def _card(model: CVAEGAN) -> str:
 
 def thumbnail_sheet(model: CVAEGAN, seed: int = 0, truncation: float = 0.7, columns: int = 16) -> Image.Image:
     """A sprite sheet of one generated thumbnail per class (no padding), for shipping with the weights."""
-    x = I.generate(model, z_from_seeds([seed] * model.config.num_classes, model.config.z_dim, truncation),
-                   torch.arange(model.config.num_classes), batch_size=64)
+    x = _class_samples(model, seed, truncation)
     return make_grid(x, ncol=min(columns, len(x)), pad=0)
+
+
+def _class_samples(model: CVAEGAN, seed: int = 0, truncation: float = 0.7) -> torch.Tensor:
+    """One sample per class, all with the same z: (K, 3, R, R) in [-1, 1]."""
+    k = model.config.num_classes
+    return I.generate(model, z_from_seeds([seed] * k, model.config.z_dim, truncation), torch.arange(k), batch_size=64)
 
 
 # ------------------------------------------------------------------ request values
