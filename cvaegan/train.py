@@ -98,7 +98,10 @@ class Trainer:
             "d_real": L.RunningMeans(1, f, tcfg.momentum), "d_fake": L.RunningMeans(1, f, tcfg.momentum),
             "c_real": L.RunningMeans(k, f, tcfg.momentum), "c_fake": L.RunningMeans(k, f, tcfg.momentum),
         }).to(device)
+        # EMA copies of G and E: exported together, so that E still inverts the G it ships with.
         self.ema = copy.deepcopy(model.generator).eval().requires_grad_(False) if tcfg.ema_decay else None
+        self.ema_e = copy.deepcopy(model.encoder).eval().requires_grad_(False) if tcfg.ema_decay else None
+        self.calib: torch.Tensor | None = None  # (N, 3, R, R) uint8 real images to re-estimate EMA E's BatchNorm
         self.step = 0
 
     def autocast(self):
@@ -225,10 +228,30 @@ class Trainer:
     @torch.no_grad()
     def _update_ema(self) -> None:
         d = self.tcfg.ema_decay
-        for pe, p in zip(self.ema.parameters(), self.nets["G"].parameters()):
-            pe.lerp_(p.detach().to(pe.dtype), 1 - d)
-        for be, b in zip(self.ema.buffers(), self.nets["G"].buffers()):
-            be.copy_(b)
+        for ema, live in ((self.ema, self.nets["G"]), (self.ema_e, self.nets["E"])):
+            for pe, p in zip(ema.parameters(), live.parameters()):
+                pe.lerp_(p.detach().to(pe.dtype), 1 - d)
+            for be, b in zip(ema.buffers(), live.buffers()):
+                be.copy_(b)
+
+    def ema_encoder(self) -> nn.Module:
+        """The EMA of E with BatchNorm statistics re-estimated on real training images (self.calib);
+        without calibration images, the live E's statistics."""
+        if self.calib is None:
+            return copy.deepcopy(self.ema_e).eval()
+        return recalibrate_encoder(self.ema_e, self.calib, self.device)
+
+    @torch.no_grad()
+    def d_accuracy(self, images: torch.Tensor) -> float:
+        """D's accuracy on real uint8 images (logit > 0), D in eval mode: compared between training
+        and held-out images it shows whether D memorises the training set."""
+        D = self.nets["D"]
+        was = D.training
+        D.eval()
+        with self.autocast():
+            logits, _ = D(uint8_to_float(images).to(self.device))
+        D.train(was)
+        return (logits.float() > 0).float().mean().item()
 
     def export_model(self) -> CVAEGAN:
         """The model to publish: G, or with the EMA option its EMA with BatchNorm statistics
@@ -237,6 +260,7 @@ class Trainer:
             return self.model
         out = copy.copy(self.model)
         out.generator = recalibrate_batchnorm(self.ema, self.cfg, self.device)
+        out.encoder = self.ema_encoder()
         return out
 
     def state_dict(self) -> dict:
@@ -246,6 +270,7 @@ class Trainer:
             "opt": {k: v.state_dict() for k, v in self.opt.items()},
             "means": self.means.state_dict(),
             "ema": self.ema.state_dict() if self.ema is not None else None,
+            "ema_E": self.ema_encoder().state_dict() if self.ema_e is not None else None,
             "model_config": self.cfg.to_dict(),
             "train_config": self.tcfg.to_dict(),
             "torch_rng": torch.get_rng_state(),
@@ -261,6 +286,8 @@ class Trainer:
             if state.get("ema") is None:
                 raise TrainError("the checkpoint was written without --ema-decay; resume without it")
             self.ema.load_state_dict(state["ema"])
+            # checkpoints from before the EMA of E start it from the live E
+            self.ema_e.load_state_dict(state.get("ema_E") or state["nets"]["E"])
         torch.set_rng_state(state["torch_rng"])
         self.step = int(state["step"])
 
@@ -289,6 +316,25 @@ def recalibrate_batchnorm(generator: nn.Module, cfg: ModelConfig, device: torch.
     for m, mom in zip(bns, saved):
         m.momentum = mom
     return g.eval()
+
+
+@torch.no_grad()
+def recalibrate_encoder(encoder: nn.Module, images: torch.Tensor, device: torch.device,
+                        batch_size: int = 64) -> nn.Module:
+    """A copy of E whose BatchNorm statistics are re-estimated (cumulative average) on real uint8
+    `images` (the class input does not reach E's BatchNorm layers, which sit in the image trunk)."""
+    e = copy.deepcopy(encoder).to(device)
+    bns = [m for m in e.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None
+    e.train()
+    for i in range(0, len(images), batch_size):
+        e.trunk(uint8_to_float(images[i:i + batch_size]).to(device))
+    for m, mom in zip(bns, saved):
+        m.momentum = mom
+    return e.eval()
 
 
 def grid_classes(num_classes: int, rows: int) -> list[int]:
@@ -384,6 +430,12 @@ def train(data: LabelledImages, out: str | os.PathLike, tcfg: TrainConfig, mcfg:
     if state is not None:
         trainer.load_state_dict(state)
         del state
+    # fixed real images: training ones re-estimate the EMA encoder's BatchNorm; training vs held-out
+    # ones measure D's memorisation (acc/D_train_eval vs acc/D_val_eval in metrics.jsonl)
+    pick = torch.randperm(n, generator=torch.Generator().manual_seed(4321))
+    trainer.calib = images[pick[:512]]
+    vpick = val_idx[torch.randperm(len(val_idx), generator=torch.Generator().manual_seed(4321))]
+    probe_train, probe_val = images[pick[:128]], data.images[vpick[:128]]
     grid_c = grid_classes(mcfg.num_classes, tcfg.sample_classes)
     grid_s = list(range(tcfg.sample_seeds))
     per_rank = tcfg.batch_size // world
@@ -419,6 +471,9 @@ def train(data: LabelledImages, out: str | os.PathLike, tcfg: TrainConfig, mcfg:
                 bar.set_postfix({short: f"{log[k]:.3g}" for k, short in POSTFIX.items()})
                 if s % tcfg.log_every == 0 or s == tcfg.steps:
                     now = time.perf_counter()
+                    if len(probe_val):
+                        log["acc/D_train_eval"] = trainer.d_accuracy(probe_train)
+                        log["acc/D_val_eval"] = trainer.d_accuracy(probe_val)
                     rec = {"step": s, **{k: round(v, 6) for k, v in log.items()},
                            "lr": tcfg.lr * lr_factor(tcfg, s - 1), "time/step_s": (now - t_last) / steps_since}
                     metrics.write(json.dumps(rec) + "\n")
@@ -473,4 +528,6 @@ def export_checkpoint(run: str | os.PathLike, out: str | os.PathLike, fp16: bool
     if use_ema and state.get("ema") is not None:
         model.generator.load_state_dict(state["ema"])
         model.generator = recalibrate_batchnorm(model.generator, model.config, torch.device("cpu"))
+        if state.get("ema_E") is not None:  # older checkpoints kept no EMA of E: the live E is exported
+            model.encoder.load_state_dict(state["ema_E"])
     return save_pretrained(model.eval(), out, fp16=fp16, include_discriminator=include_discriminator)
