@@ -45,7 +45,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=d.seed, help=f"training seed (default {d.seed})")
     p.add_argument("--val-fraction", type=float, default=d.val_fraction, help="fraction of each class held out for validation (default 0)")
     p.add_argument("--diffaugment", default=d.diffaugment, help="DiffAugment policy for D, e.g. color,translation,cutout (default off)")
-    p.add_argument("--ema-decay", type=float, default=None, help="EMA of G's weights for export/samples, e.g. 0.999 (default off)")
+    p.add_argument("--ema-decay", type=float, default=None, help="EMA of G's and E's weights for export/samples, e.g. 0.999 (default off)")
+    p.add_argument("--variant", default=d.variant, choices=["cvae-gan", "cvae", "cgan", "fm-cgan"],
+                   help="model for the paper's Table 1 ablation: the full CVAE-GAN (default), CVAE (E+G, KL + L2), "
+                        "CGAN (-log D(G(z)) generator loss), FM-CGAN (mean feature matching generator loss)")
     p.add_argument("--grad-clip", type=float, default=None, help="clip each network's gradient norm to this (default off)")
     p.add_argument("--lr-schedule", default=d.lr_schedule, choices=["constant", "cosine"], help="learning-rate schedule (default constant)")
     p.add_argument("--warmup-steps", type=int, default=0, help="linear learning-rate warm-up steps (default 0)")
@@ -157,6 +160,37 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--examples", default=None, help="also write generated example images + masks for the app here (e.g. examples)")
     p.add_argument("--no-ema", action="store_true", help="ship the raw generator even if the run kept an EMA of it")
 
+    p = sub.add_parser("judge", help="train an independent classifier (the evaluation's judge) on real images", description=(
+        "Train a judge (residual net, GroupNorm, augmentation, its own seed; different from the model's C) on the 90%% "
+        "training split of DATA (per class, the same split as `train --val-fraction 0.1`) and report its top-1 on "
+        "the held-out 10%%. Writes OUT/config.json + OUT/judge.safetensors."))
+    p.add_argument("--data", required=True, help="folder or .tar in ImageFolder layout")
+    p.add_argument("--out", required=True, help="judge folder to write")
+    p.add_argument("--resolution", type=int, default=64, help="input side in pixels (default 64)")
+    p.add_argument("--epochs", type=int, default=20, help="passes over the training split (default 20)")
+    p.add_argument("--batch-size", type=int, default=64, help="images per step (default 64)")
+    p.add_argument("--lr", type=float, default=2e-3, help="peak AdamW learning rate, one-cycle schedule (default 2e-3)")
+    p.add_argument("--seed", type=int, default=7, help="judge seed (default 7; the generator's default is 0)")
+    p.add_argument("--extra", default=None, help="extra labelled images to train on too (e.g. `cvaegan augment` output)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to train (default auto)")
+
+    p = sub.add_parser("evaluate", help="measure weights with a judge: discriminability, FID/KID/IS (judge space), "
+                       "diversity, reconstruction, inpainting vs baselines", description=(
+        "Write a JSON report: the judge's top-1 on generated samples of each class and on held-out real images, "
+        "inception score / FID / KID / precision-recall-density-coverage in the judge's feature space (not "
+        "comparable to Inception-based values), 1 - MS-SSIM intra-class diversity, E->G reconstruction PSNR/SSIM, "
+        "and inpainting PSNR/SSIM inside centre-box and brush-stroke masks against OpenCV Telea, Navier-Stokes "
+        "and a mean-colour fill. Held-out images: the per-class 10%% split of `train --val-fraction 0.1`."))
+    _add_weights(p)
+    p.add_argument("--judge", required=True, help="judge folder from `cvaegan judge`")
+    p.add_argument("--data", required=True, help="the data set the weights were trained on")
+    p.add_argument("--out", required=True, help="report .json to write")
+    p.add_argument("--samples-per-class", type=int, default=8, help="generated images per class (default 8)")
+    p.add_argument("--classes", default=None, help="comma-separated classes to generate (default: all)")
+    p.add_argument("--inpaint-images", type=int, default=64, help="held-out images for the inpainting figures (default 64)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+
     p = sub.add_parser("push", help="upload a weights folder to the Hugging Face Hub", description=(
         "Upload config.json + *.safetensors (+ README.md model card, generated if absent) to a Hub model repo."))
     p.add_argument("--weights", required=True, help="weights folder to upload")
@@ -192,7 +226,7 @@ def cmd_train(a: argparse.Namespace) -> int:
         val_fraction=a.val_fraction, log_every=a.log_every, sample_every=a.sample_every,
         checkpoint_every=a.checkpoint_every, diffaugment=a.diffaugment, ema_decay=a.ema_decay,
         grad_clip=a.grad_clip, lr_schedule=a.lr_schedule, warmup_steps=a.warmup_steps, device=a.device,
-        export_fp16=not a.no_fp16_export, export_discriminator=a.export_discriminator,
+        export_fp16=not a.no_fp16_export, export_discriminator=a.export_discriminator, variant=a.variant,
     )
     resolution = a.resolution
     if a.resume:  # the checkpoint's resolution wins
@@ -348,7 +382,52 @@ def cmd_augment(a: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "export": cmd_export, "sample": cmd_sample, "swap": cmd_swap,
+def cmd_judge(a: argparse.Namespace) -> int:
+    import torch
+
+    from .data import load_images, remap_classes
+    from .judge import train_judge
+
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    if a.epochs < 1:
+        raise ValueError("--epochs must be at least 1")
+    data = load_images(a.data, a.resolution)
+    extra = remap_classes(load_images(a.extra, a.resolution), data) if a.extra else None
+    cfg = train_judge(data, a.out, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, seed=a.seed, extra=extra,
+                      device=_device(a.device))
+    t = cfg.training
+    print(f"judge top-1 on {t['val_images']} held-out images: {t['val_top1']:.4f} (chance {1 / cfg.num_classes:.4f}); "
+          f"wrote {a.out}")
+    return 0
+
+
+def cmd_evaluate(a: argparse.Namespace) -> int:
+    import torch
+
+    from .data import load_images
+    from .evaluate import evaluate, write_report
+    from .judge import load_judge
+
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    model = _model(a)
+    judge = load_judge(a.judge, device=model.device)
+    data = load_images(a.data, model.config.resolution)
+    classes = None
+    if a.classes:
+        from .inference import class_indices
+        classes = class_indices(model, _split(a.classes))
+    report = evaluate(model, judge, data, a.samples_per_class, classes, a.inpaint_images)
+    write_report(report, a.out)
+    d = report["discriminability"]
+    print(f"judge top-1: generated {d['judge_top1_generated']:.4f}, held-out real {d['judge_top1_real_val']:.4f} "
+          f"(chance {report['chance_top1']:.4f}); FID(judge) {report['fid_judge']:.3f}; "
+          f"reconstruction {report['reconstruction']['psnr_db']:.2f} dB; wrote {a.out}")
+    return 0
+
+
+COMMANDS = {"judge": cmd_judge, "evaluate": cmd_evaluate, "train": cmd_train, "export": cmd_export, "sample": cmd_sample, "swap": cmd_swap,
             "interpolate": cmd_interpolate, "directions": cmd_directions, "reconstruct": cmd_reconstruct,
             "inpaint": cmd_inpaint, "superres": cmd_superres, "augment": cmd_augment, "release": cmd_release, "push": cmd_push}
 

@@ -116,6 +116,9 @@ class ModelConfig:
         return idx
 
 
+VARIANTS = ("cvae-gan", "cvae", "cgan", "fm-cgan")
+
+
 @dataclass
 class TrainConfig:
     """Options of one training run. Saved as train_config.json in the run folder."""
@@ -144,9 +147,16 @@ class TrainConfig:
     device: str = "auto"  # "auto" (cuda if present), "cpu" or "cuda"
     export_fp16: bool = True  # store exported E, G, C weights as float16 (halves file size)
     export_discriminator: bool = False  # also export D (only needed to fine-tune later)
+    # Ablations of the paper's Table 1: "cvae-gan" (the full model), "cvae" (E + G, KL + pixel L2 only),
+    # "cgan" (G + class-conditional D, generator loss -log D(G(z, c))), "fm-cgan" (the same D, generator
+    # loss = mean feature matching on D's features). The GAN variants condition D by projection
+    # (Miyato & Koyama 2018): logit + <embed(c), f_D(x)>.
+    variant: str = "cvae-gan"
 
     def __post_init__(self) -> None:
         self.betas = tuple(self.betas)  # JSON round trips give lists
+        if self.variant not in VARIANTS:
+            raise ConfigError(f"variant must be one of {list(VARIANTS)}, got {self.variant!r}")
         if self.steps < 1 or self.batch_size < 2:
             raise ConfigError("steps must be >= 1 and batch_size >= 2")
         if not 0.0 <= self.momentum < 1.0:

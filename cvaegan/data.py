@@ -199,3 +199,14 @@ def split_indices(labels: torch.Tensor, fraction: float, seed: int = 1234) -> tu
         val.extend(idx[:k].tolist())
         train.extend(idx[k:].tolist())
     return torch.tensor(sorted(train), dtype=torch.int64), torch.tensor(sorted(val), dtype=torch.int64)
+
+
+def remap_classes(extra: LabelledImages, data: LabelledImages) -> LabelledImages:
+    """Relabel `extra` (e.g. generated images in class folders) with `data`'s class indices, by folder name."""
+    index = {f: i for i, f in enumerate(data.class_folders)}
+    unknown = sorted(set(extra.class_folders) - set(index))
+    if unknown:
+        raise DataError(f"extra images have class folders the data lacks: {unknown[:5]}")
+    lut = torch.tensor([index[f] for f in extra.class_folders], dtype=torch.int64)
+    return LabelledImages(extra.images, lut[extra.labels], list(data.class_folders), list(data.class_names),
+                          extra.paths, {}, extra.skipped)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
+import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm.auto import tqdm
@@ -92,7 +93,14 @@ class Trainer:
                 net.to(memory_format=torch.channels_last)
         # Data-parallel wrappers, used only in the phase that trains each network (others call .module).
         self.train_nets = {k: (DDP(v) if world > 1 else v) for k, v in self.nets.items()}
-        self.opt = {k: torch.optim.Adam(v.parameters(), lr=tcfg.lr, betas=tcfg.betas) for k, v in self.nets.items()}
+        # GAN ablations: D is made class-conditional by a projection embedding trained with D
+        self.proj = (nn.Embedding(model.config.num_classes, model.config.feature_dim).to(device)
+                     if tcfg.variant in ("cgan", "fm-cgan") else None)
+        if self.proj is not None:
+            nn.init.normal_(self.proj.weight, std=0.02)
+        self.opt = {k: torch.optim.Adam(list(v.parameters()) + (list(self.proj.parameters())
+                                        if k == "D" and self.proj is not None else []), lr=tcfg.lr, betas=tcfg.betas)
+                    for k, v in self.nets.items()}
         f, k = self.cfg.feature_dim, self.cfg.num_classes
         self.means = nn.ModuleDict({
             "d_real": L.RunningMeans(1, f, tcfg.momentum), "d_fake": L.RunningMeans(1, f, tcfg.momentum),
@@ -111,6 +119,8 @@ class Trainer:
         opt = self.opt[name]
         for net in self.nets.values():  # stale gradients of other phases never reach a step
             net.zero_grad(set_to_none=True)
+        if self.proj is not None:
+            self.proj.zero_grad(set_to_none=True)
         loss.backward()
         if self.tcfg.grad_clip:
             nn.utils.clip_grad_norm_(self.nets[name].parameters(), self.tcfg.grad_clip)
@@ -135,6 +145,10 @@ class Trainer:
         log: dict[str, float] = {}
         for net in self.nets.values():
             net.train()
+        if t.variant == "cvae":
+            return self._step_cvae(x_r, c_r, eps, log)
+        if t.variant in ("cgan", "fm-cgan"):
+            return self._step_cgan(x_r, c_r, z_p, c_p, gen, log)
 
         # 1. C <- grad L_C  (real images only)
         set_requires_grad(self.nets, "C")
@@ -225,6 +239,87 @@ class Trainer:
         self.step += 1
         return log
 
+    def _finish(self, log: dict[str, float]) -> dict[str, float]:
+        if self.ema is not None:
+            self._update_ema()
+        self.step += 1
+        return log
+
+    def _step_cvae(self, x_r, c_r, eps, log):
+        """Ablation "cvae": G <- grad lambda2 * 1/2||x_r - G(z, c)||^2, then E <- grad (lambda1 KL + the same
+        pixel loss) through the updated G. No D, no C (they stay untrained)."""
+        t, E, G = self.tcfg, self.nets["E"], self.nets["G"]
+        with torch.no_grad(), self.autocast():
+            mu, logvar = E(x_r, c_r)
+            z = mu + eps * torch.exp(0.5 * logvar)
+        set_requires_grad(self.nets, "G")
+        with self.autocast():
+            loss_g = t.lambda2 * 0.5 * L.sq_norm(x_r.float() - self.train_nets["G"](z, c_r).float()).mean()
+        self._update("G", loss_g)
+        set_requires_grad(self.nets, "E")
+        with self.autocast():
+            mu, logvar = self.train_nets["E"](x_r, c_r)
+            x_f = G(mu + eps * torch.exp(0.5 * logvar), c_r)
+            loss_rec = 0.5 * L.sq_norm(x_r.float() - x_f.float()).mean()
+            loss_kl = L.kl_loss(mu, logvar)
+            loss_e = t.lambda1 * loss_kl + t.lambda2 * loss_rec
+        self._update("E", loss_e)
+        set_requires_grad(self.nets, None)
+        log.update({"loss/G_recon": loss_g.item(), "loss/G": loss_g.item(), "loss/KL": loss_kl.item(),
+                    "loss/E": loss_e.item()})
+        x_pix = (x_r.float() - x_f.detach().float()).pow(2).flatten(1).mean(1)
+        log["psnr/recon"] = (10 * torch.log10(4.0 / x_pix.clamp(min=1e-10))).mean().item()
+        return self._finish(log)
+
+    def _d_cond(self, x: torch.Tensor, c: torch.Tensor, net: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+        logits, f = net(x)
+        return logits.view(-1) + (self.proj(c) * f.float()).sum(1), f
+
+    def _step_cgan(self, x_r, c_r, z_p, c_p, gen, log):
+        """Ablations "cgan" / "fm-cgan": D <- grad -[log D(x_r, c_r) + log(1 - D(G(z_p, c_p), c_p))];
+        G <- grad -log D(G(z_p, c_p), c_p) (cgan) or 1/2||mean f_D(x_r) - mean f_D(x_p)||^2 (fm-cgan,
+        with the same running means as L_GD). No E, no C (they stay untrained)."""
+        t, D = self.tcfg, self.nets["D"]
+        with torch.no_grad(), self.autocast():
+            x_p = self.nets["G"](z_p, c_p)
+        set_requires_grad(self.nets, "D")
+        for p in self.proj.parameters():
+            p.requires_grad_(True)
+        b = x_r.shape[0]
+        with self.autocast():
+            logits, _ = self._d_cond(torch.cat([self._aug(x_r, gen), self._aug(x_p, gen)]),
+                                     torch.cat([c_r, c_p]), self.train_nets["D"])
+            l_r, l_p = logits.float().split(b)
+            loss_d = (F.binary_cross_entropy_with_logits(l_r, torch.ones_like(l_r))
+                      + F.binary_cross_entropy_with_logits(l_p, torch.zeros_like(l_p)))
+        self._update("D", loss_d)
+        for p in self.proj.parameters():
+            p.requires_grad_(False)
+        log.update({"loss/D": loss_d.item(), "acc/D_real": (l_r > 0).float().mean().item(),
+                    "acc/D_fake": (l_p < 0).float().mean().item()})
+        set_requires_grad(self.nets, "G")
+        with self.autocast():
+            x_p = self.train_nets["G"](z_p, c_p)
+            if t.variant == "cgan":
+                lg, _ = self._d_cond(self._aug(x_p, gen), c_p, D)
+                loss_g = L.nonsaturating_generator_loss(lg)
+            else:
+                D.eval()
+                with torch.no_grad():
+                    _, fd_r = D(self._aug(x_r, gen))
+                _, fd_p = D(self._aug(x_p, gen))
+                one = torch.ones(1, dtype=torch.bool, device=self.device)
+                d_real = self.means["d_real"].estimate(fd_r.float().mean(0, keepdim=True), one)
+                d_fake = self.means["d_fake"].estimate(fd_p.float().mean(0, keepdim=True), one)
+                loss_g = L.mean_feature_matching(d_real[0], d_fake[0])
+        self._update("G", loss_g)
+        if t.variant == "fm-cgan":
+            self.means["d_real"].update(d_real, one)
+            self.means["d_fake"].update(d_fake, one)
+        set_requires_grad(self.nets, None)
+        log["loss/G"] = loss_g.item()
+        return self._finish(log)
+
     @torch.no_grad()
     def _update_ema(self) -> None:
         d = self.tcfg.ema_decay
@@ -271,6 +366,7 @@ class Trainer:
             "means": self.means.state_dict(),
             "ema": self.ema.state_dict() if self.ema is not None else None,
             "ema_E": self.ema_encoder().state_dict() if self.ema_e is not None else None,
+            "proj": self.proj.state_dict() if self.proj is not None else None,
             "model_config": self.cfg.to_dict(),
             "train_config": self.tcfg.to_dict(),
             "torch_rng": torch.get_rng_state(),
@@ -288,6 +384,8 @@ class Trainer:
             self.ema.load_state_dict(state["ema"])
             # checkpoints from before the EMA of E start it from the live E
             self.ema_e.load_state_dict(state.get("ema_E") or state["nets"]["E"])
+        if self.proj is not None:
+            self.proj.load_state_dict(state["proj"])
         torch.set_rng_state(state["torch_rng"])
         self.step = int(state["step"])
 
@@ -468,10 +566,10 @@ def train(data: LabelledImages, out: str | os.PathLike, tcfg: TrainConfig, mcfg:
                 on_step(s, log)
             if rank == 0:
                 bar.update(1)
-                bar.set_postfix({short: f"{log[k]:.3g}" for k, short in POSTFIX.items()})
+                bar.set_postfix({short: f"{log[k]:.3g}" for k, short in POSTFIX.items() if k in log})
                 if s % tcfg.log_every == 0 or s == tcfg.steps:
                     now = time.perf_counter()
-                    if len(probe_val):
+                    if len(probe_val) and tcfg.variant == "cvae-gan":
                         log["acc/D_train_eval"] = trainer.d_accuracy(probe_train)
                         log["acc/D_val_eval"] = trainer.d_accuracy(probe_val)
                     rec = {"step": s, **{k: round(v, 6) for k, v in log.items()},

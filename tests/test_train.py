@@ -85,10 +85,12 @@ def test_one_step_changes_all_four_networks_and_running_means():
     assert tr.step == 1
 
 
-def test_resume_continues_exactly(shapes_dir, tmp_path):
+@pytest.mark.parametrize("variant", ["cvae-gan", "fm-cgan"])
+def test_resume_continues_exactly(shapes_dir, tmp_path, variant):
     """4 steps in one go == 2 steps, stop, resume for 2 more (same parameters, same metrics)."""
     data = load_images(shapes_dir, 32, progress=False)
-    cfg = dict(batch_size=16, log_every=1, sample_every=0, checkpoint_every=2, ema_decay=0.5)
+    cfg = dict(batch_size=16, log_every=1, sample_every=0, checkpoint_every=2, ema_decay=0.5, variant=variant,
+               val_fraction=0.2)
     train(data, tmp_path / "a", TrainConfig(steps=4, **cfg), tiny_config(), progress=False)
     train(data, tmp_path / "b", TrainConfig(steps=2, **cfg), tiny_config(), progress=False)
     with open(tmp_path / "b" / "metrics.jsonl", "a") as fh:  # rows a killed run logged after its checkpoint
@@ -106,6 +108,51 @@ def test_resume_continues_exactly(shapes_dir, tmp_path):
     lb = [json.loads(line) for line in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in lb] == [1, 2, 3, 4]
     assert la[-1]["loss/D"] == pytest.approx(lb[-1]["loss/D"], rel=1e-4)
+    for key in ("ema", "ema_E", "proj"):
+        if a[key] is not None:
+            for name, t in a[key].items():
+                assert torch.allclose(t.float(), b[key][name].float(), atol=1e-5), f"{key}.{name}"
+
+
+@pytest.mark.parametrize("variant,trained,untouched", [
+    ("cvae", "GE", "CD"), ("cgan", "DG", "CE"), ("fm-cgan", "DG", "CE")])
+def test_ablation_variants_train_only_their_networks(variant, trained, untouched, monkeypatch):
+    """Table 1 ablations: CVAE never touches D or C; the GAN variants never touch E or C; only the
+    CGAN variant calls -log D(G(z)), and the class-conditional projection is trained with D."""
+    tr = _trainer(variant=variant)
+    before = {k: copy.deepcopy(v.state_dict()) for k, v in tr.nets.items()}
+    proj_before = None if tr.proj is None else tr.proj.weight.detach().clone()
+    calls = []
+    orig = L.nonsaturating_generator_loss
+    monkeypatch.setattr(L, "nonsaturating_generator_loss", lambda x: calls.append(1) or orig(x))
+    x, c, noise = _batch(tr.model)
+    log = tr.train_step(x, c, step_generator(0, 0), noise)
+    changed = {k for k, v in tr.nets.items()
+               if any(not torch.equal(t, before[k][n]) for n, t in v.state_dict().items() if t.is_floating_point())}
+    assert set(trained) <= changed and not (set(untouched) & changed)
+    assert bool(calls) == (variant == "cgan")
+    assert all(torch.isfinite(torch.tensor(v)) for v in log.values())
+    if proj_before is not None:
+        assert not torch.equal(proj_before, tr.proj.weight)
+
+
+def test_ema_exports_encoder_and_generator_pair(shapes_dir, tmp_path):
+    """With --ema-decay the export holds the EMA of E (BatchNorm re-estimated on real images) beside
+    the EMA of G, and the checkpoint keeps it for `cvaegan export`."""
+    from cvaegan.train import export_checkpoint
+
+    data = load_images(shapes_dir, 32, progress=False)
+    cfg = TrainConfig(steps=3, batch_size=16, sample_every=0, checkpoint_every=3, ema_decay=0.5)
+    out = train(data, tmp_path / "r", cfg, tiny_config(), progress=False)
+    state = torch.load(tmp_path / "r" / "checkpoint.pt", weights_only=True)
+    assert state["ema_E"] is not None
+    live = state["nets"]["E"]
+    assert any(not torch.equal(state["ema_E"][k], live[k]) for k in live if live[k].is_floating_point())
+    exported = CVAEGAN.from_pretrained(str(out))
+    again = CVAEGAN.from_pretrained(str(export_checkpoint(tmp_path / "r", tmp_path / "x")))
+    for k, t in exported.encoder.state_dict().items():
+        assert torch.allclose(t.float(), again.encoder.state_dict()[k].float(), atol=1e-3), k
+        assert torch.allclose(t.float(), state["ema_E"][k].float(), atol=1e-2), k
 
 
 def test_run_folder_contents(trained_export):

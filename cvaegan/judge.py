@@ -1,0 +1,240 @@
+"""An independent judge: a classifier trained on real images only, used to score generated images.
+
+The paper (Sec. 5) measures generators with a classifier trained on the target data rather than an
+ImageNet Inception network; we do the same, fully offline. The judge deliberately differs from the
+model's C: residual blocks with GroupNorm and SiLU (C: a plain strided conv trunk with BatchNorm and
+LeakyReLU), trained with its own seed, with input augmentation and label smoothing. It never sees a
+generated image. Saved as judge/config.json + judge.safetensors, loaded strictly.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+from torch import nn
+from tqdm.auto import tqdm
+
+from .data import LabelledImages, split_indices
+from .hub import WeightsError, _atomic_write_bytes, _load_tensors, _sha256, load_state_strict
+from .images import uint8_to_float
+
+JUDGE_KIND = "cvaegan-judge"
+JUDGE_FORMAT = 1
+JUDGE_FILE = "judge.safetensors"
+SPLIT_SEED = 1234  # the same held-out images as `cvaegan train --val-fraction 0.1`
+
+
+@dataclass
+class JudgeConfig:
+    resolution: int = 64
+    num_classes: int = 2
+    widths: list[int] = field(default_factory=lambda: [32, 64, 128, 256])
+    class_names: list[str] = field(default_factory=list)
+    class_folders: list[str] = field(default_factory=list)
+    kind: str = JUDGE_KIND
+    format_version: int = JUDGE_FORMAT
+    training: dict = field(default_factory=dict)  # epochs, seed, split, val top-1, wall time
+    files: dict = field(default_factory=dict)     # file name -> sha256
+
+    @property
+    def feature_dim(self) -> int:
+        return self.widths[-1]
+
+    @classmethod
+    def from_dict(cls, data: dict, source: str) -> "JudgeConfig":
+        if not isinstance(data, dict) or data.get("kind") != JUDGE_KIND:
+            raise WeightsError(f"{source}: not a judge config (kind {data.get('kind') if isinstance(data, dict) else None!r}); "
+                               "make one with `cvaegan judge --data ... --out DIR`")
+        if not isinstance(data.get("format_version"), int) or data["format_version"] > JUDGE_FORMAT:
+            raise WeightsError(f"{source}: judge format {data.get('format_version')!r} is newer than this cvaegan "
+                               f"understands ({JUDGE_FORMAT}); upgrade cvaegan")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise WeightsError(f"{source}: unknown judge config keys {unknown}")
+        return cls(**data)
+
+
+class _Block(nn.Module):
+    """Pre-activation residual block (GroupNorm, SiLU); stride 2 halves the size."""
+
+    def __init__(self, cin: int, cout: int, stride: int):
+        super().__init__()
+        self.n1 = nn.GroupNorm(min(8, cin), cin)
+        self.c1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.n2 = nn.GroupNorm(min(8, cout), cout)
+        self.c2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.skip = nn.Conv2d(cin, cout, 1, stride, bias=False) if (stride != 1 or cin != cout) else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.c1(F.silu(self.n1(x)))
+        h = self.c2(F.silu(self.n2(h)))
+        return h + self.skip(x)
+
+
+class Judge(nn.Module):
+    """x: (B, 3, R, R) in [-1, 1] -> (logits (B, K), features (B, widths[-1]))."""
+
+    def __init__(self, cfg: JudgeConfig):
+        super().__init__()
+        self.config = cfg
+        w = cfg.widths
+        self.stem = nn.Conv2d(3, w[0], 3, 2, 1)  # halves the input at once: keeps CPU training cheap
+        blocks, cin = [], w[0]
+        for i, cout in enumerate(w):
+            blocks.append(_Block(cin, cout, 1 if i == 0 else 2))
+            cin = cout
+        self.blocks = nn.Sequential(*blocks)
+        self.norm = nn.GroupNorm(min(8, cin), cin)
+        self.drop = nn.Dropout(0.2)
+        self.fc = nn.Linear(cin, cfg.num_classes)
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[-1] != self.config.resolution or x.shape[-2] != self.config.resolution:
+            x = F.interpolate(x, size=(self.config.resolution,) * 2, mode="bilinear", antialias=True, align_corners=False)
+        h = F.silu(self.norm(self.blocks(self.stem(x))))
+        return h.mean((2, 3))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        f = self.features(x)
+        return self.fc(self.drop(f)), f
+
+
+def augment_batch(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Judge training augmentation on (B, 3, R, R) in [-1, 1]: horizontal flips, translations of up
+    to 1/8 of the side (reflect padding), brightness / contrast / saturation jitter of +-20%."""
+    b, _, h, w = x.shape
+    flip = torch.rand(b, generator=gen) < 0.5
+    x = torch.where(flip.view(b, 1, 1, 1), x.flip(-1), x)
+    p = max(1, h // 8)
+    padded = F.pad(x, [p, p, p, p], mode="reflect")
+    oy = torch.randint(0, 2 * p + 1, (b,), generator=gen)
+    ox = torch.randint(0, 2 * p + 1, (b,), generator=gen)
+    x = torch.stack([padded[i, :, oy[i]:oy[i] + h, ox[i]:ox[i] + w] for i in range(b)])
+    j = lambda: (1 + 0.4 * (torch.rand(b, 1, 1, 1, generator=gen) - 0.5))  # noqa: E731
+    x = x * j()  # brightness (around mid-grey 0)
+    m = x.mean((1, 2, 3), keepdim=True)
+    x = (x - m) * j() + m  # contrast
+    g = x.mean(1, keepdim=True)
+    x = (x - g) * j() + g  # saturation
+    return x.clamp(-1, 1)
+
+
+@torch.no_grad()
+def predict(judge: Judge, x: torch.Tensor, batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits, features) for float images in [-1, 1] (any resolution; resized to the judge's)."""
+    judge.eval()
+    dev = next(judge.parameters()).device
+    outs = [judge(x[i:i + batch_size].to(dev).float()) for i in range(0, len(x), batch_size)]
+    return torch.cat([o[0] for o in outs]).cpu(), torch.cat([o[1] for o in outs]).cpu()
+
+
+def top1(judge: Judge, images_u8: torch.Tensor, labels: torch.Tensor) -> float:
+    if len(labels) == 0:
+        return float("nan")
+    logits, _ = predict(judge, uint8_to_float(images_u8))
+    return (logits.argmax(1) == labels).float().mean().item()
+
+
+def train_judge(data: LabelledImages, out: str | os.PathLike, epochs: int = 20, batch_size: int = 64,
+                lr: float = 2e-3, seed: int = 7, widths: list[int] | None = None, extra: LabelledImages | None = None,
+                progress: bool = True, device: str | torch.device = "cpu") -> JudgeConfig:
+    """Train a judge on the 90% training split of `data` (plus `extra` images, e.g. generated ones for
+    the augmentation experiment), report top-1 on the 10% held-out split, save to `out`.
+
+    The split is split_indices(labels, 0.1, seed=1234): the same images `cvaegan train
+    --val-fraction 0.1` holds out, so the judge and the generator never see the held-out images.
+    """
+    if data.num_classes < 2:
+        raise ValueError(f"the judge needs at least 2 classes, the data has {data.num_classes}")
+    out = Path(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"cannot create {out} ({e}); choose a writable --out") from e
+    device = torch.device(device)
+    res = int(data.images.shape[-1])
+    tr, va = split_indices(data.labels, 0.1, seed=SPLIT_SEED)
+    x_tr, y_tr = data.images[tr], data.labels[tr]
+    if extra is not None:
+        if extra.class_folders != data.class_folders:
+            raise ValueError("the extra images must use the same class folders as the data")
+        if extra.images.shape[-1] != res:
+            raise ValueError(f"extra images are {extra.images.shape[-1]} px, the data {res} px")
+        x_tr, y_tr = torch.cat([x_tr, extra.images]), torch.cat([y_tr, extra.labels])
+    cfg = JudgeConfig(resolution=res, num_classes=data.num_classes, widths=list(widths or [32, 64, 128, 256]),
+                      class_names=list(data.class_names), class_folders=list(data.class_folders))
+    torch.manual_seed(seed)
+    judge = Judge(cfg).to(device)
+    opt = torch.optim.AdamW(judge.parameters(), lr=lr, weight_decay=0.05)
+    n = len(y_tr)
+    per_epoch = max(1, math.ceil(n / batch_size))
+    total = epochs * per_epoch
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=total, pct_start=0.15)
+    gen = torch.Generator().manual_seed(seed)
+    t0 = time.perf_counter()
+    bar = tqdm(total=total, desc="judge", disable=not progress, dynamic_ncols=True)
+    for epoch in range(epochs):
+        judge.train()
+        perm = torch.randperm(n, generator=gen)
+        for k in range(per_epoch):
+            idx = perm[k * batch_size:(k + 1) * batch_size]
+            x = augment_batch(uint8_to_float(x_tr[idx]), gen).to(device)
+            logits, _ = judge(x)
+            loss = F.cross_entropy(logits, y_tr[idx].to(device), label_smoothing=0.1)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            bar.update(1)
+            bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.3f}")
+    bar.close()
+    judge.eval()
+    val_top1 = top1(judge, data.images[va], data.labels[va])
+    cfg.training = {
+        "epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed, "train_images": n,
+        "extra_images": 0 if extra is None else len(extra.labels), "val_images": len(va),
+        "split": "per class 90/10, split_indices(seed=1234)", "val_top1": round(val_top1, 4),
+        "wall_s": round(time.perf_counter() - t0, 1), "device": str(device),
+    }
+    save_judge(judge, out)
+    return judge.config
+
+
+def save_judge(judge: Judge, out: str | os.PathLike) -> Path:
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in judge.state_dict().items()}
+    tmp = out / (JUDGE_FILE + ".tmp")
+    save_file(state, str(tmp), metadata={"format": "pt", "kind": JUDGE_KIND})
+    os.replace(tmp, out / JUDGE_FILE)
+    judge.config.files = {JUDGE_FILE: _sha256(out / JUDGE_FILE)}
+    _atomic_write_bytes(out / "config.json", (json.dumps(dataclasses.asdict(judge.config), indent=2) + "\n").encode())
+    return out
+
+
+def load_judge(folder: str | os.PathLike, device: str | torch.device = "cpu") -> Judge:
+    folder = Path(folder)
+    path = folder / "config.json"
+    if not path.is_file():
+        raise WeightsError(f"{path}: missing; make a judge with `cvaegan judge --data ... --out {folder}`")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise WeightsError(f"{path}: not valid JSON ({e}); re-create the judge") from e
+    cfg = JudgeConfig.from_dict(data, str(path))
+    weights = folder / JUDGE_FILE
+    digest = cfg.files.get(JUDGE_FILE)
+    if weights.is_file() and digest and _sha256(weights) != digest:
+        raise WeightsError(f"{weights}: sha256 does not match config.json (file corrupted or replaced); re-create the judge")
+    judge = Judge(cfg)
+    load_state_strict(judge, _load_tensors(weights), str(weights))
+    return judge.to(device).eval()
