@@ -12,6 +12,7 @@ import json
 import math
 import os
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +33,17 @@ FIRST_SEED = 20_000  # generated samples use seeds FIRST_SEED + i (disjoint from
 
 class EvaluationError(ValueError):
     """The weights, judge and data do not fit together; the message says how."""
+
+
+def require_libraries() -> None:
+    """The metric libraries are evaluation-only dependencies (requirements-dev.txt, or the `eval` extra)."""
+    import importlib.util
+
+    missing = [pip for mod, pip in (("torchmetrics", "torchmetrics"), ("prdc", "prdc"), ("cv2", "opencv-python-headless"),
+                                    ("scipy", "scipy")) if importlib.util.find_spec(mod) is None]
+    if missing:
+        raise EvaluationError(f"evaluation needs {', '.join(missing)}: pip install -r requirements-dev.txt "
+                              "(or pip install -e '.[eval]')")
 
 
 class _JudgeFeatures(torch.nn.Module):
@@ -61,7 +73,9 @@ def fid_kid(judge: Judge, real: torch.Tensor, fake: torch.Tensor, seed: int = 0)
     feat = _JudgeFeatures(judge)
     fid = FrechetInceptionDistance(feature=feat, normalize=False)
     subset = min(1000, len(real), len(fake))
-    kid = KernelInceptionDistance(feature=feat, subsets=50, subset_size=subset, normalize=False)
+    with warnings.catch_warnings():  # "will save all extracted features": a few thousand vectors here
+        warnings.simplefilter("ignore", UserWarning)
+        kid = KernelInceptionDistance(feature=feat, subsets=50, subset_size=subset, normalize=False)
     for m in (fid, kid):
         for i in range(0, len(real), 256):
             m.update(real[i:i + 256], real=True)
@@ -80,10 +94,12 @@ def inception_score(logits: torch.Tensor, splits: int = 10, seed: int = 0) -> di
         def forward(self, x):  # the "images" are already logits
             return x
 
-    m = InceptionScore(feature=_Given(), splits=max(1, min(splits, len(logits))), normalize=False)
-    m.update(logits.double())
-    torch.manual_seed(seed)  # the score shuffles before splitting
-    mean, std = m.compute()
+    with warnings.catch_warnings():  # the buffer warning, and std() of a single split
+        warnings.simplefilter("ignore", UserWarning)
+        m = InceptionScore(feature=_Given(), splits=max(1, min(splits, len(logits))), normalize=False)
+        m.update(logits.double())
+        torch.manual_seed(seed)  # the score shuffles before splitting
+        mean, std = m.compute()
     return {"mean": float(mean), "std": float(0.0 if torch.isnan(std) else std)}
 
 
@@ -255,6 +271,7 @@ def check_compatible(model: CVAEGAN, judge: Judge, data: LabelledImages) -> None
 def evaluate(model: CVAEGAN, judge: Judge, data: LabelledImages, samples_per_class: int = 8,
              classes: list[int] | None = None, inpaint_images: int = 64, progress: bool = True) -> dict:
     """All figures of the evaluation issue for one generator; `data` at the model's resolution."""
+    require_libraries()
     check_compatible(model, judge, data)
     if samples_per_class < 1:
         raise EvaluationError("--samples-per-class must be at least 1")

@@ -1,0 +1,189 @@
+"""The judge and the evaluation metrics: known answers for each metric, then judge + evaluate end to end."""
+import json
+
+import pytest
+import torch
+
+from cvaegan import cli
+from cvaegan import evaluate as E
+from cvaegan.data import load_images
+from cvaegan.hub import WeightsError
+from cvaegan.judge import Judge, JudgeConfig, load_judge, save_judge, top1, train_judge
+
+
+def _random_judge(res=32, k=4):
+    torch.manual_seed(0)
+    return Judge(JudgeConfig(resolution=res, num_classes=k)).eval()
+
+
+def _images(n, res=32, seed=0):
+    return torch.rand(n, 3, res, res, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+
+
+def test_fid_kid_zero_for_identical_sets_and_positive_otherwise():
+    j = _random_judge()
+    x = _images(200)
+    same = E.fid_kid(j, x, x)
+    assert abs(same["fid"]) < 1e-6 and abs(same["kid_mean"]) < 5e-3
+    other = E.fid_kid(j, x, _images(200, seed=1) * 0.3)
+    assert other["fid"] > 0.1 and other["kid_mean"] > same["kid_mean"]
+
+
+class _Oracle(torch.nn.Module):
+    """A perfect classifier for images that carry their class in the red channel of pixel (0, 0)."""
+
+    def __init__(self, k):
+        super().__init__()
+        self.config = JudgeConfig(resolution=32, num_classes=k, widths=[4])
+        self.w = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, x):
+        cls = ((x[:, 0, 0, 0] + 1) / 2 * (self.config.num_classes - 1)).round().long()
+        logits = torch.nn.functional.one_hot(cls, self.config.num_classes).float() * 10
+        return logits, logits
+
+
+def test_perfect_classifier_scores_top1_one_and_shuffled_labels_do_not():
+    k = 5
+    labels = torch.arange(k).repeat(8)
+    x = torch.zeros(len(labels), 3, 32, 32, dtype=torch.uint8)
+    x[:, 0, 0, 0] = (labels.float() / (k - 1) * 255).round().to(torch.uint8)
+    oracle = _Oracle(k)
+    assert top1(oracle, x, labels) == 1.0
+    assert top1(oracle, x, (labels + 1) % k) == 0.0
+
+
+def test_inception_score_bounds():
+    assert E.inception_score(torch.zeros(50, 4))["mean"] == pytest.approx(1.0)
+    confident = torch.eye(4).repeat(25, 1) * 50  # sure and balanced over 4 classes -> IS = 4
+    assert E.inception_score(confident, splits=1)["mean"] == pytest.approx(4.0, rel=1e-3)
+
+
+def test_ms_ssim_of_identical_images_is_one_and_diversity_zero():
+    x = _images(1, res=64).repeat(4, 1, 1, 1)
+    assert E.pairwise_ms_ssim(x) == pytest.approx(1.0, abs=1e-5)
+    assert E.intra_class_diversity(x, torch.zeros(4, dtype=torch.long)) == pytest.approx(0.0, abs=1e-5)
+    noise = _images(4, res=64, seed=3)
+    assert E.pairwise_ms_ssim(noise) < 0.3
+    assert E.pairwise_ms_ssim(_images(1)) != E.pairwise_ms_ssim(_images(1))  # nan for a single image
+
+
+def test_psnr_ssim_known_values_and_mask_restriction():
+    t = torch.zeros(2, 3, 32, 32)
+    p, s = E.psnr_ssim(t + 0.2, t)  # 0.1 in [0, 1] units -> 20 dB
+    assert torch.allclose(p, torch.full((2,), 20.0), atol=1e-4)
+    assert torch.all(s < 1)
+    m = torch.zeros(2, 1, 32, 32, dtype=torch.bool)
+    m[..., :8, :8] = True
+    wrong_outside = torch.where(m, t, t + 0.5)
+    p, _ = E.psnr_ssim(wrong_outside, t, m)
+    assert torch.all(p > 90)  # the error lies outside the mask only
+
+
+def test_prdc_of_identical_features_is_perfect():
+    f = torch.randn(100, 8, generator=torch.Generator().manual_seed(0))
+    out = E.prdc_metrics(f, f)
+    assert out["precision"] == out["recall"] == out["coverage"] == 1.0
+
+
+def test_masks_and_baselines():
+    box = E.centre_box_mask(64)
+    assert box.float().mean().item() == pytest.approx(0.25)
+    a, b = E.brush_mask(64, 1), E.brush_mask(64, 1)
+    assert torch.equal(a, b) and not torch.equal(a, E.brush_mask(64, 2))
+    assert 0.03 < a.float().mean().item() < 0.6
+    x = _images(1, res=64)
+    flat = torch.full((1, 3, 64, 64), 0.4)
+    for method in ("telea", "ns"):
+        out = E.opencv_inpaint(x, a, method)
+        assert torch.equal(out[~a.expand_as(out)], x[~a.expand_as(x)])  # known pixels untouched
+        p, _ = E.psnr_ssim(E.opencv_inpaint(flat, a, method), flat, a)
+        assert p.item() > 40  # a flat image is filled with its colour
+    filled = E.mean_fill(flat, a)
+    assert torch.allclose(filled, flat)
+
+
+@pytest.fixture(scope="module")
+def shapes_judge(shapes_dir, tmp_path_factory):
+    data = load_images(shapes_dir, 32, progress=False)
+    out = tmp_path_factory.mktemp("judge")
+    cfg = train_judge(data, out, epochs=12, batch_size=16, widths=[16, 32, 64], progress=False)
+    return out, cfg
+
+
+def test_judge_learns_shapes_and_round_trips(shapes_judge, shapes_dir):
+    out, cfg = shapes_judge
+    assert cfg.training["val_top1"] >= 0.75  # 4 colour-coded classes; chance 0.25
+    j = load_judge(out)
+    data = load_images(shapes_dir, 32, progress=False)
+    assert top1(j, data.images, data.labels) >= 0.75
+    again = load_judge(out)
+    x = _images(3)
+    assert torch.equal(j(x)[0], again(x)[0])
+
+
+def test_judge_rejects_corrupt_and_foreign_files(shapes_judge, tmp_path):
+    out, _ = shapes_judge
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    (bad / "config.json").write_text((out / "config.json").read_text())
+    (bad / "judge.safetensors").write_bytes((out / "judge.safetensors").read_bytes()[:100])
+    with pytest.raises(WeightsError, match="judge.safetensors"):
+        load_judge(bad)
+    cfg = json.loads((out / "config.json").read_text())
+    cfg["kind"] = "something-else"
+    (bad / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(WeightsError, match="not a judge"):
+        load_judge(bad)
+    with pytest.raises(WeightsError, match="cvaegan judge"):
+        load_judge(tmp_path / "nowhere")
+
+
+def test_judge_and_evaluate_commands_end_to_end(trained_export, shapes_dir, tmp_path, capsys):
+    judge_dir = tmp_path / "judge"
+    assert cli.main(["judge", "--data", str(shapes_dir), "--out", str(judge_dir), "--resolution", "32",
+                     "--epochs", "3", "--batch-size", "16"]) == 0
+    assert "judge top-1" in capsys.readouterr().out
+    report_path = tmp_path / "report.json"
+    assert cli.main(["evaluate", "--weights", str(trained_export), "--judge", str(judge_dir), "--data",
+                     str(shapes_dir), "--out", str(report_path), "--samples-per-class", "3",
+                     "--inpaint-images", "3", "--device", "cpu"]) == 0
+    r = json.loads(report_path.read_text())
+    assert r["format"] == E.REPORT_FORMAT
+    assert r["generated_images"] == 12 and r["classes"] == 4
+    d = r["discriminability"]
+    assert 0 <= d["judge_top1_generated"] <= 1 and 0 <= d["judge_top1_real_val"] <= 1
+    assert set(d["judge_top1_generated_per_class"]) == {"Circle 0", "Square 1", "Triangle 2", "Cross 3"}
+    assert r["fid_judge"] >= 0 and "not Inception" in r["feature_space"]
+    assert set(r["prdc_judge"]) >= {"precision", "recall", "density", "coverage"}
+    assert r["inception_score_judge"]["generated"]["mean"] >= 1
+    assert 0 <= r["intra_class_diversity"]["generated"] <= 1
+    assert r["reconstruction"]["psnr_db"] > 10
+    for kind in ("centre_box", "brush"):
+        methods = r["inpainting"][kind]
+        assert set(methods) >= {"cvaegan", "cvaegan_predicted_class", "telea", "navier_stokes", "mean_fill"}
+        assert all(m["psnr_db"] > 0 for k, m in methods.items() if isinstance(m, dict))
+    # a judge of another data set is refused with a message that says what to do
+    other = load_images(shapes_dir, 32, progress=False)
+    other.class_folders = [f + "_x" for f in other.class_folders]
+    with pytest.raises(E.EvaluationError, match="trained on other classes"):
+        from cvaegan import CVAEGAN
+        E.evaluate(CVAEGAN.from_pretrained(str(trained_export)), load_judge(judge_dir), other, 1, progress=False)
+
+
+def test_judge_command_errors_are_one_line(shapes_dir, tmp_path, capsys):
+    assert cli.main(["judge", "--data", str(tmp_path / "missing"), "--out", str(tmp_path / "j")]) == 1
+    assert "does not exist" in capsys.readouterr().err
+    assert cli.main(["judge", "--data", str(shapes_dir), "--out", str(tmp_path / "j"), "--epochs", "0"]) == 1
+    assert "--epochs" in capsys.readouterr().err
+
+
+def test_save_judge_is_strict(tmp_path):
+    j = _random_judge()
+    save_judge(j, tmp_path)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    cfg["widths"] = [8, 16, 32, 64]
+    cfg["files"] = {}
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(WeightsError, match="does not match"):
+        load_judge(tmp_path)
