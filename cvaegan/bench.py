@@ -125,6 +125,107 @@ def app_round_trip(requests: int = 30) -> dict:
             "inpaint_p50_ms": pct(inp, 0.5), "inpaint_p95_ms": pct(inp, 0.95)}
 
 
+def _rss_mib() -> float:
+    """Current resident memory of this process (Linux /proc; 0 elsewhere)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return 0.0
+
+
+def load_test(clients: int = 16, requests_per_client: int = 8, weights: str | None = None, seed: int = 0) -> dict:
+    """`clients` gradio_client clients in parallel threads against app.py on 127.0.0.1, each sending
+    `requests_per_client` requests, alternately generate (1 image, random class and seed) and inpaint
+    (random brush-free box hole, 4 iterations). Returns errors, latency percentiles and the server
+    process's resident memory (start after warm-up, peak, end)."""
+    import random
+    import tempfile
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    import numpy as np
+    from gradio_client import Client, handle_file
+    from PIL import Image
+
+    import importlib
+
+    if weights:
+        os.environ["CVAEGAN_WEIGHTS"] = weights
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    # the demo is built on import; rebuild it when another caller imported it with other weights
+    app = importlib.reload(sys.modules["app"]) if "app" in sys.modules else importlib.import_module("app")
+    app.demo.launch(server_name="127.0.0.1", prevent_thread_lock=True, quiet=True, max_file_size="10mb")
+    try:
+        choice = weights or app.registry.default
+        model = app.registry.get(choice).model
+        names, r = model.config.class_names, model.config.resolution
+        tmp = Path(tempfile.mkdtemp())
+        rng = np.random.default_rng(seed)
+        for i in range(4):
+            Image.fromarray((rng.random((r, r, 3)) * 255).astype("uint8")).save(tmp / f"bg{i}.png")
+            layer = np.zeros((r, r, 4), np.uint8)
+            a, b = sorted(rng.integers(0, r, 2))
+            layer[a:b + 4, a:b + 4] = 255
+            Image.fromarray(layer, "RGBA").save(tmp / f"mask{i}.png")
+        url = app.demo.local_url
+        warm = Client(url, verbose=False)
+        warm.predict(choice, names[0], 1, False, 1, 1.0, api_name="/generate")
+        rss = {"start": _rss_mib(), "peak": _rss_mib()}
+        stop = threading.Event()
+
+        def watch():
+            while not stop.wait(0.05):
+                rss["peak"] = max(rss["peak"], _rss_mib())
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
+
+        def client_run(k: int) -> list[tuple[str, float, str | None]]:
+            rnd = random.Random(seed * 1000 + k)
+            c = Client(url, verbose=False)
+            out = []
+            for j in range(requests_per_client):
+                t = time.perf_counter()
+                kind = "generate" if (j + k) % 2 == 0 else "inpaint"
+                try:
+                    if kind == "generate":
+                        c.predict(choice, rnd.choice(names), rnd.randrange(10**6), False, 1, 1.0, api_name="/generate")
+                    else:
+                        i = rnd.randrange(4)
+                        editor = {"background": handle_file(str(tmp / f"bg{i}.png")),
+                                  "layers": [handle_file(str(tmp / f"mask{i}.png"))], "composite": None, "id": None}
+                        c.predict(choice, editor, "auto (C decides)", 4, 0, api_name="/inpaint")
+                    err = None
+                except Exception as e:  # counted and reported, never raised
+                    err = f"{type(e).__name__}: {e}"[:200]
+                out.append((kind, time.perf_counter() - t, err))
+            return out
+
+        t0 = time.perf_counter()
+        with ThreadPoolExecutor(clients) as pool:
+            results = [x for part in pool.map(client_run, range(clients)) for x in part]
+        wall = time.perf_counter() - t0
+        stop.set()
+        watcher.join()
+        rss["end"] = _rss_mib()
+    finally:
+        app.demo.close()
+
+    def pct(v, q):
+        v = sorted(v)
+        return round(1000 * v[min(len(v) - 1, int(round(q * (len(v) - 1))))]) if v else None
+    lat = {k: [t for kind, t, e in results if kind == k and e is None] for k in ("generate", "inpaint")}
+    errors = [e for _, _, e in results if e]
+    return {"model": choice, "clients": clients, "requests": len(results), "errors": len(errors),
+            "error_examples": errors[:3], "wall_s": round(wall, 1),
+            "throughput_req_per_s": round(len(results) / wall, 2),
+            "generate_p50_ms": pct(lat["generate"], 0.5), "generate_p95_ms": pct(lat["generate"], 0.95),
+            "inpaint_p50_ms": pct(lat["inpaint"], 0.5), "inpaint_p95_ms": pct(lat["inpaint"], 0.95),
+            "rss_start_mib": round(rss["start"]), "rss_peak_mib": round(rss["peak"]), "rss_end_mib": round(rss["end"])}
+
+
 def _in_subprocess(kind: str, *args) -> dict:
     """Run one measurement in a fresh process so peak memory belongs to it alone."""
     code = f"import json, torch; from cvaegan import bench; torch.set_num_threads({torch.get_num_threads()}); " \
@@ -179,6 +280,12 @@ if __name__ == "__main__":
     ap.add_argument("--quick", action="store_true", help="one small configuration (to check the script works)")
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     ap.add_argument("--no-app", action="store_true", help="skip the app round-trip measurement")
+    ap.add_argument("--load", action="store_true", help="only the load test: 16 concurrent gradio_client clients")
+    ap.add_argument("--clients", type=int, default=16, help="load test: concurrent clients (default 16)")
+    ap.add_argument("--requests", type=int, default=8, help="load test: requests per client (default 8)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
-    print(run(a.write_readme, a.quick, app=not a.no_app))
+    if a.load:
+        print(json.dumps(load_test(a.clients, a.requests), indent=1))
+    else:
+        print(run(a.write_readme, a.quick, app=not a.no_app))

@@ -163,7 +163,10 @@ def open_mask(src, size: tuple[int, int], name: str | None = None) -> np.ndarray
     label = name or "mask"
     if isinstance(src, np.ndarray):
         a = np.nan_to_num(src.astype(np.float64))
-        m = (a.max(axis=2) if a.ndim == 3 else a) > 0
+        if a.ndim == 3 and a.shape[2] in (2, 4) and a[:, :, -1].min() < a[:, :, -1].max():
+            m = a[:, :, -1] > 0  # LA / RGBA with real transparency: painted = alpha > 0
+        else:
+            m = (a.max(axis=2) if a.ndim == 3 else a) > 0
     else:
         m = _mask_from_pil(open_raw(src, name=label))
     if m.ndim != 2:

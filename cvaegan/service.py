@@ -17,7 +17,7 @@ from PIL import Image
 
 from . import inference as I
 from .hub import BUNDLED_DIR, BUNDLED_ORDER, CONFIG_NAME, Resolved, resolve_weights
-from .images import ImageError, make_grid, open_image, to_pil
+from .images import ImageError, make_grid, open_image, open_mask, to_pil
 from .models import CVAEGAN
 from .seeds import MAX_SEED, check_seed, z_from_seeds
 
@@ -243,17 +243,14 @@ def editor_to_image_and_mask(value) -> tuple[Image.Image, np.ndarray]:
     bg = value["background"]
     photo = open_image(bg if not isinstance(bg, (str, os.PathLike)) else Path(bg), name="canvas")
     mask = np.zeros((photo.height, photo.width), bool)
-    for layer in value.get("layers") or []:
+    for n, layer in enumerate(value.get("layers") or []):
         if layer is None:
             continue
-        arr = np.asarray(layer if not isinstance(layer, (str, os.PathLike)) else Image.open(layer).convert("RGBA"))
-        if arr.ndim == 3 and arr.shape[2] == 4:
-            painted = arr[:, :, 3] > 0
-        else:
-            painted = (arr.reshape(arr.shape[0], arr.shape[1], -1).max(axis=2) > 0)
-        if painted.shape != mask.shape:
-            painted = np.asarray(Image.fromarray(painted.astype(np.uint8) * 255).resize(
-                (photo.width, photo.height), Image.NEAREST)) > 127
+        # editor layers are RGBA (painted = alpha > 0); files, bytes and other images go through
+        # open_mask, which also reads black/white and grey masks and reports broken files clearly
+        if isinstance(layer, (str, os.PathLike)):
+            layer = Path(layer)
+        painted = open_mask(layer, (photo.width, photo.height), name=f"mask layer {n + 1}")
         mask |= painted
     return photo, mask
 

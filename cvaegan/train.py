@@ -541,7 +541,8 @@ def train(data: LabelledImages, out: str | os.PathLike, tcfg: TrainConfig, mcfg:
                dynamic_ncols=True)
     if rank == 0 and resume:
         _truncate_metrics(out / "metrics.jsonl", trainer.step)
-    metrics = open(out / "metrics.jsonl", "a", encoding="utf-8") if rank == 0 else None
+    # a fresh run starts a fresh log (rows left by an attempt killed before its first checkpoint go)
+    metrics = open(out / "metrics.jsonl", "a" if resume else "w", encoding="utf-8") if rank == 0 else None
     t_last, steps_since = time.perf_counter(), 0
     try:
         while trainer.step < tcfg.steps:
