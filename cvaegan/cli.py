@@ -189,6 +189,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--samples-per-class", type=int, default=8, help="generated images per class (default 8)")
     p.add_argument("--classes", default=None, help="comma-separated classes to generate (default: all)")
     p.add_argument("--inpaint-images", type=int, default=64, help="held-out images for the inpainting figures (default 64)")
+    p.add_argument("--card", action="store_true", help="also write evaluation.json and the judge's figures into the "
+                   "weights folder's model card (README.md)")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
 
     p = sub.add_parser("push", help="upload a weights folder to the Hugging Face Hub", description=(
@@ -420,6 +422,14 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
         classes = class_indices(model, _split(a.classes))
     report = evaluate(model, judge, data, a.samples_per_class, classes, a.inpaint_images)
     write_report(report, a.out)
+    if a.card:
+        import dataclasses
+
+        from .release import attach_judge
+
+        if not a.weights or not Path(a.weights).is_dir():
+            raise ValueError("--card needs --weights to be a local weights folder")
+        attach_judge(a.weights, report, dataclasses.asdict(judge.config))
     d = report["discriminability"]
     print(f"judge top-1: generated {d['judge_top1_generated']:.4f}, held-out real {d['judge_top1_real_val']:.4f} "
           f"(chance {report['chance_top1']:.4f}); FID(judge) {report['fid_judge']:.3f}; "

@@ -1,5 +1,6 @@
 """The judge and the evaluation metrics: known answers for each metric, then judge + evaluate end to end."""
 import json
+import shutil
 
 import pytest
 import torch
@@ -8,6 +9,7 @@ from cvaegan import cli
 from cvaegan import evaluate as E
 from cvaegan.data import load_images
 from cvaegan.hub import WeightsError
+from cvaegan.release import OLD_JUDGE_LINE
 from cvaegan.judge import Judge, JudgeConfig, load_judge, save_judge, top1, train_judge
 
 
@@ -145,9 +147,15 @@ def test_judge_and_evaluate_commands_end_to_end(trained_export, shapes_dir, tmp_
                      "--epochs", "3", "--batch-size", "16"]) == 0
     assert "judge top-1" in capsys.readouterr().out
     report_path = tmp_path / "report.json"
-    assert cli.main(["evaluate", "--weights", str(trained_export), "--judge", str(judge_dir), "--data",
+    weights = tmp_path / "weights"
+    shutil.copytree(trained_export, weights)
+    (weights / "README.md").write_text("# card\n\n" + OLD_JUDGE_LINE + "\n\nmore text\n")
+    assert cli.main(["evaluate", "--weights", str(weights), "--judge", str(judge_dir), "--data",
                      str(shapes_dir), "--out", str(report_path), "--samples-per-class", "3",
-                     "--inpaint-images", "3", "--device", "cpu"]) == 0
+                     "--inpaint-images", "3", "--device", "cpu", "--card"]) == 0
+    card = (weights / "README.md").read_text()
+    assert "Independent judge" in card and OLD_JUDGE_LINE not in card and card.endswith("more text\n")
+    assert json.loads((weights / "evaluation.json").read_text()) == json.loads(report_path.read_text())
     r = json.loads(report_path.read_text())
     assert r["format"] == E.REPORT_FORMAT
     assert r["generated_images"] == 12 and r["classes"] == 4
