@@ -193,7 +193,7 @@ def augmentation(a: argparse.Namespace) -> dict:
     real + generated images (`cvaegan augment` of --weights), both scored on the held-out real split."""
     out = Path(a.out)
     res = a.judge_resolution or a.resolution
-    real = ensure_judge(a.data, out / "judge_real", res, a.judge_epochs, a.threads)
+    ensure_judge(a.data, out / "judge_real", res, a.judge_epochs, a.threads)
     gen_dir = out / "generated"
     if not (gen_dir / "seeds.csv").is_file():
         _log(f"augment: {a.per_class} generated images per class from {a.weights}")

@@ -25,7 +25,7 @@ from cvaegan import cli
 from cvaegan import service as S
 from cvaegan.config import TrainConfig
 from cvaegan.data import load_images
-from cvaegan.images import ImageError, load_tensor, open_mask
+from cvaegan.images import load_tensor, open_mask
 from cvaegan.seeds import MAX_SEED, SeedError, check_seed, parse_seeds
 from cvaegan.train import CHECKPOINT, TrainError, train
 
