@@ -3,6 +3,7 @@ import json
 import shutil
 
 import pytest
+from PIL import Image
 import torch
 
 from cvaegan import cli
@@ -195,3 +196,23 @@ def test_save_judge_is_strict(tmp_path):
     (tmp_path / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(WeightsError, match="does not match"):
         load_judge(tmp_path)
+
+
+def test_experiment_table_plot_and_readme_section(tmp_path):
+    from cvaegan import experiments as X
+
+    rows = {"real data": {"discriminability": 0.5, "inception_score": 3.0, "diversity": 0.6}}
+    for i, v in enumerate(["cvae", "cgan", "fm-cgan", "cvae-gan"]):
+        rows[v] = {"discriminability": 0.1 * i, "inception_score": 2.0 + i, "fid_judge": 40.0 - i, "diversity": 0.5}
+    md = X.table1_markdown({"rows": rows, "paper": X.PAPER_TABLE1})
+    lines = md.strip().splitlines()
+    assert len(lines) == 7 and lines[-1].startswith("| CVAE-GAN | 30.00% |") and "97.78%" in lines[-1]
+    X.bar_chart([(X.LABELS[k], v["discriminability"], X.PAPER_TABLE1[k]["discriminability"]) for k, v in rows.items()],
+                "t", tmp_path / "p.png")
+    assert Image.open(tmp_path / "p.png").size[0] == 640
+    readme = tmp_path / "README.md"
+    readme.write_text("a\n<!-- table1:start -->\nold\n<!-- table1:end -->\nb\n")
+    X.write_readme_section(readme, "table1", md)
+    assert readme.read_text() == "a\n<!-- table1:start -->\n" + md + "<!-- table1:end -->\nb\n"
+    with pytest.raises(ValueError, match="markers"):
+        X.write_readme_section(readme, "nope", md)
