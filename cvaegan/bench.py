@@ -57,8 +57,34 @@ def train_step_once(resolution: int, batch: int, device: str, steps: int = 4) ->
     times = _timeit(step, steps, warmup=1)
     peak = (torch.cuda.max_memory_allocated() / 2**20 if dev.type == "cuda"
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
-    return {"resolution": resolution, "batch": batch, "device": device,
-            "step_s": statistics.median(times), "peak_mib": round(peak)}
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as fc:  # counted once, on one extra step
+        step()
+    flops = fc.get_total_flops()
+    step_s = statistics.median(times)
+    out = {"resolution": resolution, "batch": batch, "device": device, "step_s": step_s, "peak_mib": round(peak),
+           "gflop_per_step": round(flops / 1e9, 1), "achieved_tflops": round(flops / step_s / 1e12, 4)}
+    if dev.type == "cuda":
+        peak_tflops = bf16_peak_tflops(torch.cuda.get_device_name(dev))
+        out["bf16_peak_fraction"] = round(out["achieved_tflops"] / peak_tflops, 4) if peak_tflops else None
+    return out
+
+
+# Dense bf16 tensor-core peaks from the vendors' data sheets (TFLOP/s, without sparsity).
+BF16_PEAK_TFLOPS = {"H100 SXM": 989.4, "H100 PCIe": 756.0, "H100 NVL": 835.0, "H200": 989.4, "A100": 312.0,
+                    "L40S": 362.0, "A10G": 70.0, "L4": 121.0}
+
+
+def bf16_peak_tflops(device_name: str) -> float | None:
+    """The data-sheet dense bf16 peak for a CUDA device name, or None when unknown."""
+    name = device_name.upper()
+    if "H100" in name:
+        return BF16_PEAK_TFLOPS["H100 PCIe" if "PCIE" in name else "H100 NVL" if "NVL" in name else "H100 SXM"]
+    for key, value in BF16_PEAK_TFLOPS.items():
+        if key.upper() in name:
+            return value
+    return None
 
 
 def inference_latency(resolution: int, device: str, repeats: int = 20) -> dict:
@@ -241,12 +267,16 @@ def run(write_readme: bool = False, quick: bool = False, app: bool = True) -> st
     lines = [f"Measured {time.strftime('%Y-%m-%d')} with `python -m cvaegan.bench` on {platform.machine()} "
              f"({os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads); default "
              "widths per resolution, 264 classes, random weights (speed does not depend on training).", "",
-             "| training step | device | seconds / step | peak memory (MiB) |", "|---|---|---|---|"]
+             "| training step | device | seconds / step | peak memory (MiB) | GFLOP / step | achieved TFLOP/s "
+             "| fraction of bf16 peak |", "|---|---|---|---|---|---|---|"]
     for dev in devices:
         for res, b in train_cfgs:
             r = _in_subprocess("train_step_once", res, b, dev)
             mem = "process RSS" if dev == "cpu" else "CUDA allocated"
-            lines.append(f"| {res} px, batch {b} | {dev} | {r['step_s']:.2f} | {r['peak_mib']} ({mem}) |")
+            frac = r.get("bf16_peak_fraction")
+            lines.append(f"| {res} px, batch {b} | {dev} | {r['step_s']:.2f} | {r['peak_mib']} ({mem}) | "
+                         f"{r['gflop_per_step']:.0f} | {r['achieved_tflops']:.3f} | "
+                         f"{'-' if dev == 'cpu' else (f'{100 * frac:.1f}%' if frac else 'unknown device')} |")
     lines += ["", "| inference | device | sample, 1 image (ms) | batched sampling (img/s) | inpaint, 4 iterations (ms) "
               "| reconstruct (ms) | interpolate, 8 frames (ms) | super-resolve, 100 steps (ms) |",
               "|---|---|---|---|---|---|---|---|"]
