@@ -113,6 +113,26 @@ def inference_latency(resolution: int, device: str, repeats: int = 20) -> dict:
             "superres100_ms": 1000 * statistics.median(sr)}
 
 
+def _pct_ms(seconds: list[float], q: float) -> float | None:
+    """The q-quantile (nearest rank) of a list of durations, in milliseconds; None when empty."""
+    if not seconds:
+        return None
+    v = sorted(seconds)
+    return 1000 * v[min(len(v) - 1, int(round(q * (len(v) - 1))))]
+
+
+def _launch_demo(weights: str | None = None):
+    """app.py's demo on 127.0.0.1 (built on import; rebuilt when it was imported with other weights)."""
+    import importlib
+
+    if weights:
+        os.environ["CVAEGAN_WEIGHTS"] = weights
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    app = importlib.reload(sys.modules["app"]) if "app" in sys.modules else importlib.import_module("app")
+    app.demo.launch(server_name="127.0.0.1", prevent_thread_lock=True, quiet=True, max_file_size="10mb")
+    return app
+
+
 def app_round_trip(requests: int = 30) -> dict:
     """p50 / p95 latency through gradio_client against app.py on 127.0.0.1 (bundled weights):
     one generated image, and one inpaint of a 64-px square hole with the default 4 iterations."""
@@ -122,10 +142,7 @@ def app_round_trip(requests: int = 30) -> dict:
     from gradio_client import Client, handle_file
     from PIL import Image
 
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    import app  # noqa: E402  (the demo, built on import)
-
-    app.demo.launch(server_name="127.0.0.1", prevent_thread_lock=True, quiet=True)
+    app = _launch_demo()
     try:
         client = Client(app.demo.local_url, verbose=False)
         choice = app.registry.default
@@ -144,11 +161,8 @@ def app_round_trip(requests: int = 30) -> dict:
     finally:
         app.demo.close()
 
-    def pct(v, q):
-        v = sorted(v)
-        return 1000 * v[min(len(v) - 1, int(round(q * (len(v) - 1))))]
-    return {"model": choice, "requests": requests, "generate_p50_ms": pct(gen, 0.5), "generate_p95_ms": pct(gen, 0.95),
-            "inpaint_p50_ms": pct(inp, 0.5), "inpaint_p95_ms": pct(inp, 0.95)}
+    return {"model": choice, "requests": requests, "generate_p50_ms": _pct_ms(gen, 0.5),
+            "generate_p95_ms": _pct_ms(gen, 0.95), "inpaint_p50_ms": _pct_ms(inp, 0.5), "inpaint_p95_ms": _pct_ms(inp, 0.95)}
 
 
 def _rss_mib() -> float:
@@ -176,14 +190,7 @@ def load_test(clients: int = 16, requests_per_client: int = 8, weights: str | No
     from gradio_client import Client, handle_file
     from PIL import Image
 
-    import importlib
-
-    if weights:
-        os.environ["CVAEGAN_WEIGHTS"] = weights
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    # the demo is built on import; rebuild it when another caller imported it with other weights
-    app = importlib.reload(sys.modules["app"]) if "app" in sys.modules else importlib.import_module("app")
-    app.demo.launch(server_name="127.0.0.1", prevent_thread_lock=True, quiet=True, max_file_size="10mb")
+    app = _launch_demo(weights)
     try:
         choice = weights or app.registry.default
         model = app.registry.get(choice).model
@@ -240,8 +247,8 @@ def load_test(clients: int = 16, requests_per_client: int = 8, weights: str | No
         app.demo.close()
 
     def pct(v, q):
-        v = sorted(v)
-        return round(1000 * v[min(len(v) - 1, int(round(q * (len(v) - 1))))]) if v else None
+        ms = _pct_ms(v, q)
+        return None if ms is None else round(ms)
     lat = {k: [t for kind, t, e in results if kind == k and e is None] for k in ("generate", "inpaint")}
     errors = [e for _, _, e in results if e]
     return {"model": choice, "clients": clients, "requests": len(results), "errors": len(errors),

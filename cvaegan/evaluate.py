@@ -227,9 +227,11 @@ def inpainting_scores(model: CVAEGAN, val: LabelledImages, count: int, iteration
     report = {}
     for kind in ("centre_box", "brush"):
         scores = {k: ([], []) for k in methods}
+        holes = []
         for i in range(n):
             x = x_all[i:i + 1]
             m = centre_box_mask(r) if kind == "centre_box" else brush_mask(r, seed=1000 + i)
+            holes.append(m.float().mean().item())
             with torch.no_grad():
                 guess = int(I.classify(model, torch.where(m, torch.zeros_like(x), x))[0][0])
             outs = {
@@ -247,9 +249,7 @@ def inpainting_scores(model: CVAEGAN, val: LabelledImages, count: int, iteration
                 bar.update(1)
         report[kind] = {k: {"psnr_db": round(float(np.mean(p)), 3), "ssim": round(float(np.mean(s)), 4)}
                         for k, (p, s) in scores.items()}
-        report[kind]["hole_fraction"] = round(
-            float(centre_box_mask(r).float().mean()) if kind == "centre_box"
-            else float(np.mean([brush_mask(r, 1000 + i).float().mean().item() for i in range(n)])), 3)
+        report[kind]["hole_fraction"] = round(float(np.mean(holes)), 3)
     report["images"] = n
     report["iterations"] = iterations
     return report

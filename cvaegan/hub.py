@@ -104,14 +104,21 @@ def save_directions(model: CVAEGAN, path: str | os.PathLike) -> None:
     _write_config(model, out, files)
 
 
+def read_json(path: Path, missing: str, fix: str) -> dict:
+    """A config file's JSON; WeightsError naming the file when it is missing (`missing`: what to do)
+    or not valid JSON (`fix`: what to do)."""
+    if not path.is_file():
+        raise WeightsError(f"{path}: missing; {missing}")
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise WeightsError(f"{path}: not valid JSON ({e}); {fix}") from e
+
+
 def read_config(folder: str | os.PathLike) -> ModelConfig:
     path = Path(folder) / CONFIG_NAME
-    if not path.is_file():
-        raise WeightsError(f"{path}: missing; a weights folder needs config.json + *.safetensors (see `cvaegan export`)")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise WeightsError(f"{path}: not valid JSON ({e}); re-download or re-export the weights") from e
+    data = read_json(path, "a weights folder needs config.json + *.safetensors (see `cvaegan export`)",
+                     "re-download or re-export the weights")
     try:
         return ModelConfig.from_dict(data, source=str(path))
     except ConfigError as e:

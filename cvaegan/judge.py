@@ -23,7 +23,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .data import LabelledImages, split_indices
-from .hub import WeightsError, _atomic_write_bytes, _load_tensors, _sha256, load_state_strict
+from .hub import WeightsError, _atomic_write_bytes, _load_tensors, _sha256, load_state_strict, read_json
 from .images import uint8_to_float
 
 JUDGE_KIND = "cvaegan-judge"
@@ -224,12 +224,7 @@ def save_judge(judge: Judge, out: str | os.PathLike) -> Path:
 def load_judge(folder: str | os.PathLike, device: str | torch.device = "cpu") -> Judge:
     folder = Path(folder)
     path = folder / "config.json"
-    if not path.is_file():
-        raise WeightsError(f"{path}: missing; make a judge with `cvaegan judge --data ... --out {folder}`")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise WeightsError(f"{path}: not valid JSON ({e}); re-create the judge") from e
+    data = read_json(path, f"make a judge with `cvaegan judge --data ... --out {folder}`", "re-create the judge")
     cfg = JudgeConfig.from_dict(data, str(path))
     weights = folder / JUDGE_FILE
     digest = cfg.files.get(JUDGE_FILE)

@@ -33,6 +33,12 @@ CHECKPOINT = "checkpoint.pt"
 POSTFIX = {"loss/C": "C", "loss/D": "D", "loss/G_recon": "recon", "loss/KL": "KL", "acc/C": "accC", "psnr/recon": "psnr"}
 
 
+def recon_psnr(x_r: torch.Tensor, x_f: torch.Tensor) -> float:
+    """Batch-mean PSNR (dB) of reconstructions, images in [-1, 1] (peak-to-peak 2, so peak^2 = 4)."""
+    mse = (x_r.float() - x_f.detach().float()).pow(2).flatten(1).mean(1)
+    return (10 * torch.log10(4.0 / mse.clamp(min=1e-10))).mean().item()
+
+
 class TrainError(RuntimeError):
     """Training cannot start or continue as asked; the message says how to fix it."""
 
@@ -234,8 +240,7 @@ class Trainer:
         set_requires_grad(self.nets, None)
         log["loss/KL"] = loss_kl.item()
         log["loss/E"] = loss_e.item()
-        x_pix = (x_r.float() - x_f.detach().float()).pow(2).flatten(1).mean(1)
-        log["psnr/recon"] = (10 * torch.log10(4.0 / x_pix.clamp(min=1e-10))).mean().item()
+        log["psnr/recon"] = recon_psnr(x_r, x_f)
         self.step += 1
         return log
 
@@ -267,8 +272,7 @@ class Trainer:
         set_requires_grad(self.nets, None)
         log.update({"loss/G_recon": loss_g.item(), "loss/G": loss_g.item(), "loss/KL": loss_kl.item(),
                     "loss/E": loss_e.item()})
-        x_pix = (x_r.float() - x_f.detach().float()).pow(2).flatten(1).mean(1)
-        log["psnr/recon"] = (10 * torch.log10(4.0 / x_pix.clamp(min=1e-10))).mean().item()
+        log["psnr/recon"] = recon_psnr(x_r, x_f)
         return self._finish(log)
 
     def _d_cond(self, x: torch.Tensor, c: torch.Tensor, net: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
@@ -348,13 +352,19 @@ class Trainer:
         D.train(was)
         return (logits.float() > 0).float().mean().item()
 
+    def export_generator(self) -> nn.Module:
+        """The G to publish and sample from (see export_model)."""
+        if self.ema is None:
+            return self.model.generator
+        return recalibrate_batchnorm(self.ema, self.cfg, self.device)
+
     def export_model(self) -> CVAEGAN:
         """The model to publish: G, or with the EMA option its EMA with BatchNorm statistics
         re-estimated on prior samples (an average of weights has no statistics of its own)."""
         if self.ema is None:  # the live G keeps the running statistics it was trained with
             return self.model
         out = copy.copy(self.model)
-        out.generator = recalibrate_batchnorm(self.ema, self.cfg, self.device)
+        out.generator = self.export_generator()
         out.encoder = self.ema_encoder()
         return out
 
@@ -579,7 +589,7 @@ def train(data: LabelledImages, out: str | os.PathLike, tcfg: TrainConfig, mcfg:
                     metrics.flush()
                     t_last, steps_since = now, 0
                 if tcfg.sample_every and (s % tcfg.sample_every == 0 or s == tcfg.steps):
-                    g = trainer.export_model().generator
+                    g = trainer.export_generator()  # grids need G only (no EMA-E re-estimation)
                     save_png(sample_grid(g, mcfg, grid_c, grid_s, device), out / "samples" / f"step_{s:07d}.png")
             if s % tcfg.checkpoint_every == 0 or s == tcfg.steps:
                 if world > 1:  # every process must hold identical running means before saving
