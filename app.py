@@ -165,7 +165,7 @@ def build_demo(registry: S.ModelRegistry) -> gr.Blocks:
             auto_dd = gr.update(choices=auto, value=auto[0])
             return [status_text(loaded), dd, dd, gr.update(choices=auto, value=n[0]),
                     gr.update(choices=auto, value=n[min(1, len(n) - 1)]), auto_dd, auto_dd, auto_dd,
-                    [(t, c) for t, c in zip(loaded.thumbnails, n)], loaded.card,
+                    S.as_files([(t, c) for t, c in zip(loaded.thumbnails, n)]), loaded.card,
                     gr.update(value=loaded.samples_png, visible=loaded.samples_png is not None), *slider_updates(m)]
         model_dd.change(on_model, model_dd,
                         [status, cls, ex_cls, ends[0], ends[3], in_cls, sr_cls, rc_cls, thumbs, card, card_samples, *sliders],
@@ -179,20 +179,21 @@ def build_demo(registry: S.ModelRegistry) -> gr.Blocks:
         @ui_errors
         def on_generate(choice, c, s, rnd, n, t):
             images, used = S.generate(model_of(choice), c, s, rnd, n, t)
-            return [(img, f"seed {used + i}") for i, img in enumerate(images)], f"Seed used: **{used}**", used, images
+            return S.as_files([(img, f"seed {used + i}") for i, img in enumerate(images)]), f"Seed used: **{used}**", used, images
         gen_btn.click(on_generate, [model_dd, cls, seed, randomize, count, truncation],
                       [gallery, seed_used, seed, last_images], api_name="generate", concurrency_limit=2)
 
         def send_to_inpaint(images):
             if not images:
                 raise gr.Error("generate a sample first")
-            return {"background": images[0], "layers": [], "composite": images[0]}
+            path = S.as_files(images[0])
+            return {"background": path, "layers": [], "composite": path}
         to_inpaint.click(send_to_inpaint, last_images, editor, api_name="send_to_inpaint")
 
         @ui_errors
         def on_explore(choice, c, s, t, *amounts):
             m = model_of(choice)
-            return S.explore(m, c, s, t, dict(zip(m.config.directions, amounts)))
+            return S.as_files(S.explore(m, c, s, t, dict(zip(m.config.directions, amounts))))
         gr.on([s.release for s in sliders] + [ex_cls.change, ex_seed.submit, ex_trunc.release], on_explore,
               [model_dd, ex_cls, ex_seed, ex_trunc, *sliders], ex_img, api_name="explore", concurrency_limit=2)
         reset.click(lambda choice: [gr.update(value=0) for _ in sliders], model_dd, sliders,
@@ -201,12 +202,12 @@ def build_demo(registry: S.ModelRegistry) -> gr.Blocks:
 
         @ui_errors
         def on_swap(choice, s, t):
-            return S.swap_grid(model_of(choice), s, t)
+            return S.as_files(S.swap_grid(model_of(choice), s, t))
         swap_btn.click(on_swap, [model_dd, ex_seed, ex_trunc], swap_gal, api_name="swap", concurrency_limit=1)
 
         @ui_errors
         def on_morph(choice, ca, sa, ia, cb, sb, ib, md, nf):
-            return S.interpolate(model_of(choice), (ca, sa, ia), (cb, sb, ib), md, nf)
+            return S.as_files(S.interpolate(model_of(choice), (ca, sa, ia), (cb, sb, ib), md, nf))
         morph_btn.click(on_morph, [model_dd, *ends, mode, frames], [morph_gal, morph_gif],
                         api_name="interpolate", concurrency_limit=1)
 
@@ -214,20 +215,20 @@ def build_demo(registry: S.ModelRegistry) -> gr.Blocks:
         def on_inpaint(choice, value, c, k, rs, progress=gr.Progress()):
             before, after, text = S.inpaint(model_of(choice), value, c, k, rs,
                                             progress=lambda f, d: progress(f, desc=d))
-            return (before, after), f"Class used: **{text}**"
+            return S.as_files((before, after)), f"Class used: **{text}**"
         inpaint_btn.click(on_inpaint, [model_dd, editor, in_cls, iters, refine], [in_result, in_class],
                           api_name="inpaint", concurrency_limit=2)
 
         @ui_errors
         def on_enhance(choice, img, c, n, progress=gr.Progress()):
-            return S.enhance(model_of(choice), img, c, n, progress=lambda f, d: progress(f, desc=d))
+            return S.as_files(S.enhance(model_of(choice), img, c, n, progress=lambda f, d: progress(f, desc=d)))
         sr_btn.click(on_enhance, [model_dd, sr_in, sr_cls, sr_steps], [sr_out, sr_info], api_name="enhance",
                      concurrency_limit=1)
 
         @ui_errors
         def on_reconstruct(choice, img, c):
             out, text = S.reconstruct(model_of(choice), img, c)
-            return out, f"Class used: **{text}**"
+            return S.as_files(out), f"Class used: **{text}**"
         rc_btn.click(on_reconstruct, [model_dd, rc_in, rc_cls], [rc_out, rc_info], api_name="reconstruct",
                      concurrency_limit=2)
 

@@ -8,6 +8,8 @@ import re
 import secrets
 import tempfile
 import threading
+import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,6 +35,65 @@ DIRECTION_LABELS = {  # friendlier slider names for the attribute columns of the
     "attr_smile": "smile (mouth width)", "attr_eye_open": "eyes open", "attr_brightness": "brightness",
     "attr_light_lr": "lighting left/right",
 }
+
+
+# ------------------------------------------------------------------ result files
+# The demo hands every result image to Gradio as a PNG file of its own rather than as a PIL image.
+# Gradio 6 caches a PIL result under a name derived from its bytes and writes it there with a plain
+# truncating write, so two users who ask for the same sample at the same moment can be served a file
+# that is being rewritten (seen in our 16-client load test: "received 0 bytes, expected 3172").
+# A file path is instead copied into Gradio's cache under a temporary name and renamed into place.
+OUTPUT_TTL_S = 900  # result files older than this are deleted (Gradio has copied them long before)
+_out_lock = threading.Lock()
+_out_dir: Path | None = None
+_last_sweep = 0.0
+
+
+def output_dir() -> Path:
+    """This process's private folder for result files (created on first use, under the temp dir)."""
+    global _out_dir
+    with _out_lock:
+        if _out_dir is None or not _out_dir.is_dir():
+            _out_dir = Path(tempfile.mkdtemp(prefix="cvaegan-results-"))
+        return _out_dir
+
+
+def sweep_outputs(now: float | None = None, force: bool = False) -> int:
+    """Delete result files older than OUTPUT_TTL_S (at most once a minute unless forced); returns how many."""
+    global _last_sweep
+    now = time.time() if now is None else now
+    with _out_lock:
+        if not force and now - _last_sweep < 60:
+            return 0
+        _last_sweep = now
+    removed = 0
+    for f in output_dir().iterdir():
+        try:
+            if now - f.stat().st_mtime > OUTPUT_TTL_S:
+                f.unlink()
+                removed += 1
+        except OSError:  # already gone (another thread's sweep)
+            pass
+    return removed
+
+
+def output_path(suffix: str) -> str:
+    """A fresh, unique file name for one result."""
+    sweep_outputs()
+    return str(output_dir() / f"{uuid.uuid4().hex}{suffix}")
+
+
+def as_files(value):
+    """Every PIL image inside a handler's result (nested in lists, tuples, dicts) -> path of a PNG."""
+    if isinstance(value, Image.Image):
+        path = output_path(".png")
+        value.save(path, format="PNG")
+        return path
+    if isinstance(value, (list, tuple)):
+        return type(value)(as_files(v) for v in value)
+    if isinstance(value, dict):
+        return {k: as_files(v) for k, v in value.items()}
+    return value
 
 
 def direction_label(name: str) -> str:
@@ -228,8 +289,7 @@ def interpolate(model: CVAEGAN, a: tuple, b: tuple, mode: str, frames) -> tuple[
     if mode not in ("z", "class", "both"):
         raise ValueError(f"mode must be z, class or both, got {mode!r}")
     x = I.interpolate(model, _endpoint(model, *a), _endpoint(model, *b), n, mode)
-    fd, path = tempfile.mkstemp(suffix=".gif", prefix="cvaegan-morph-")
-    os.close(fd)
+    path = output_path(".gif")
     I.save_gif(x, path)
     return [to_pil(t) for t in x], path
 

@@ -1,4 +1,6 @@
 """app.py through its HTTP API: every public api_name called with gradio_client on 127.0.0.1."""
+from pathlib import Path
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -102,3 +104,21 @@ def test_enhance_and_reconstruct_over_http(served):
     assert Image.open(img).size == (32, 32) and "PSNR" in info
     img, info = client.predict(w, handle_file(str(tmp / "small.png")), "Cross 3", api_name="/reconstruct")
     assert Image.open(img).size == (32, 32) and "Cross 3" in info
+
+
+def test_image_results_reach_gradio_as_files_of_our_own(served):
+    """The handlers behind the endpoints return paths in the demo's result folder, not PIL images."""
+    from cvaegan import service as S
+
+    app, _, w, _ = served
+    fns = {f.api_name: f.fn for f in app.demo.fns.values()}
+    gallery, _, _, state = fns["generate"](w, "Square 1", 7, False, 2, 1.0)
+    paths = [p for p, _ in gallery] + [fns["explore"](w, "Circle 0", 3, 1.0, *[0.0] * 16)]
+    paths += [p for p, _ in fns["swap"](w, 3, 1.0)]
+    frames, gif = fns["interpolate"](w, "Circle 0", 1, None, "Square 1", 2, None, "both", 3)
+    paths += frames + [gif]
+    editor = fns["send_to_inpaint"](state)
+    paths += [editor["background"]]
+    for p in paths:
+        assert isinstance(p, str) and Path(p).parent == S.output_dir() and Path(p).is_file(), p
+    assert len(set(paths)) == len(paths)

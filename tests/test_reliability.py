@@ -305,6 +305,27 @@ def _ckpt_ok(run: Path) -> int:
     return int(state["step"])
 
 
+def _mtime_ns(p: Path) -> int:
+    try:
+        return p.stat().st_mtime_ns
+    except FileNotFoundError:
+        return 0
+
+
+def _last_logged(run: Path) -> int:
+    """The last step in metrics.jsonl (a half-written last line is ignored)."""
+    try:
+        lines = (run / "metrics.jsonl").read_text().splitlines()
+    except FileNotFoundError:
+        return 0
+    for line in reversed(lines):
+        try:
+            return int(json.loads(line)["step"])
+        except (ValueError, KeyError):
+            continue
+    return 0
+
+
 def test_sigkill_at_random_moments_then_resume_matches_uninterrupted(shapes_dir, tmp_path):
     """Kill `cvaegan train` with SIGKILL again and again (once as soon as a checkpoint write begins),
     resume each time; the checkpoint always loads, at most one checkpoint interval is lost, and the
@@ -319,17 +340,21 @@ def test_sigkill_at_random_moments_then_resume_matches_uninterrupted(shapes_dir,
         done = (run / CHECKPOINT).exists() and _ckpt_ok(run) == STEPS
         if done:
             break
+        start_ns = time.time_ns()
         proc = subprocess.Popen(_train_cmd(shapes_dir, run, (run / CHECKPOINT).exists()), env=env, cwd=ROOT,
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         tmp_ckpt = run / (CHECKPOINT + ".tmp")
-        if attempt % 2 == 0:  # kill the moment a checkpoint write is under way
-            t_end = time.monotonic() + 60
-            while proc.poll() is None and time.monotonic() < t_end and not tmp_ckpt.exists():
+        t_end = time.monotonic() + 120
+        if attempt % 2 == 0:  # kill the moment a checkpoint write of this process is under way
+            # (a stale .tmp left by an earlier kill does not count: it must be (re)written after start)
+            while proc.poll() is None and time.monotonic() < t_end and _mtime_ns(tmp_ckpt) <= start_ns:
                 time.sleep(0.0005)
-            if tmp_ckpt.exists():
+            if proc.poll() is None and _mtime_ns(tmp_ckpt) > start_ns:
                 mid_write += 1
-        else:  # kill at a random moment after start-up
-            time.sleep(float(rng.uniform(2.0, 6.0)))
+        else:  # kill at a random step (not a wall-clock delay: CI machines differ in speed)
+            target = min(STEPS - 1, _last_logged(run) + int(rng.integers(1, 2 * EVERY + 1)))
+            while proc.poll() is None and time.monotonic() < t_end and _last_logged(run) < target:
+                time.sleep(0.002)
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
             kills += 1

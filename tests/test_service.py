@@ -1,4 +1,8 @@
 """The demo's request functions (what every app event calls), without any UI."""
+import os
+import time
+from pathlib import Path
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -121,3 +125,20 @@ def test_model_card_drops_relative_picture_links(trained_export, tmp_path):
     (w / "README.md").write_text("---\nlicense: other\n---\n# Card\n![samples](samples.png)\nText.\n")
     model = load_folder(w)
     assert S._card(model) == "# Card\n\nText."
+
+
+def test_results_become_png_files_of_their_own_and_old_ones_are_swept():
+    """Gradio gets result images as unique files (copied into its cache atomically), never as PIL
+    images (which Gradio 6 rewrites in place under a content hash: a race between identical requests)."""
+    a = Image.new("RGB", (8, 8), (10, 20, 30))
+    out = S.as_files([(a, "cap"), (a, "cap")])
+    (p1, c1), (p2, c2) = out
+    assert c1 == c2 == "cap" and p1 != p2  # identical images still get distinct files
+    assert Path(p1).parent == S.output_dir() and np.array_equal(np.asarray(Image.open(p1)), np.asarray(a))
+    before, after = S.as_files((a, a))
+    assert isinstance(before, str) and isinstance(after, str)
+    assert S.as_files({"background": a, "n": 3})["n"] == 3 and S.as_files("x.gif") == "x.gif"
+    old = time.time() - S.OUTPUT_TTL_S - 5
+    os.utime(p1, (old, old))
+    assert S.sweep_outputs(force=True) >= 1
+    assert not Path(p1).exists() and Path(p2).exists()
