@@ -159,6 +159,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--components", type=int, default=8, help="principal directions to save (default 8)")
     p.add_argument("--examples", default=None, help="also write generated example images + masks for the app here (e.g. examples)")
     p.add_argument("--no-ema", action="store_true", help="ship the raw generator even if the run kept an EMA of it")
+    p.add_argument("--attribute-judge", default=None, help="attribute judge folder (`cvaegan judge --attributes`): "
+                   "re-measure each attr_* direction on generated images for the model card")
 
     p = sub.add_parser("judge", help="train an independent classifier (the evaluation's judge) on real images", description=(
         "Train a judge (residual net, GroupNorm, augmentation, its own seed; different from the model's C) on the 90%% "
@@ -172,6 +174,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=2e-3, help="peak AdamW learning rate, one-cycle schedule (default 2e-3)")
     p.add_argument("--seed", type=int, default=7, help="judge seed (default 7; the generator's default is 0)")
     p.add_argument("--extra", default=None, help="extra labelled images to train on too (e.g. `cvaegan augment` output)")
+    p.add_argument("--attributes", action="store_true", help="train an attribute judge instead: regress the attr_* "
+                   "columns of metadata.csv (reports R^2 per attribute); `release --attribute-judge` uses it to "
+                   "re-measure the named latent directions")
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to train (default auto)")
 
@@ -267,7 +272,8 @@ def cmd_sample(a: argparse.Namespace) -> int:
 def cmd_release(a: argparse.Namespace) -> int:
     from .release import release
 
-    figures = release(a.run, a.out, a.data, a.name, a.hardware, a.notes, a.components, a.examples, use_ema=not a.no_ema)
+    figures = release(a.run, a.out, a.data, a.name, a.hardware, a.notes, a.components, a.examples, use_ema=not a.no_ema,
+                      attribute_judge=a.attribute_judge)
     print(json.dumps({k: v for k, v in figures.items() if k not in ("c_top1_generated_per_class", "directions")}, indent=1))
     return 0
 
@@ -397,8 +403,12 @@ def cmd_judge(a: argparse.Namespace) -> int:
     data = load_images(a.data, a.resolution)
     extra = remap_classes(load_images(a.extra, a.resolution), data) if a.extra else None
     cfg = train_judge(data, a.out, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, seed=a.seed, extra=extra,
-                      device=_device(a.device))
+                      device=_device(a.device), attributes=a.attributes)
     t = cfg.training
+    if a.attributes:
+        r2 = ", ".join(f"{k} {v:.3f}" for k, v in t["val_r2"].items())
+        print(f"attribute judge R^2 on {t['val_images']} held-out images: {r2}; wrote {a.out}")
+        return 0
     print(f"judge top-1 on {t['val_images']} held-out images: {t['val_top1']:.4f} (chance {1 / cfg.num_classes:.4f}); "
           f"wrote {a.out}")
     return 0

@@ -259,6 +259,9 @@ def inpainting_scores(model: CVAEGAN, val: LabelledImages, count: int, iteration
 
 def check_compatible(model: CVAEGAN, judge: Judge, data: LabelledImages) -> None:
     mc, jc = model.config, judge.config
+    if jc.targets:
+        raise EvaluationError("this is an attribute judge (it regresses attr_* columns); evaluation needs a class "
+                              "judge from `cvaegan judge` without --attributes")
     if mc.class_folders and mc.class_folders != data.class_folders:
         raise EvaluationError("the weights were trained on other classes than the data's folders; "
                               "pass the data set the weights were trained on")

@@ -5,6 +5,12 @@ ImageNet Inception network; we do the same, fully offline. The judge deliberatel
 model's C: residual blocks with GroupNorm and SiLU (C: a plain strided conv trunk with BatchNorm and
 LeakyReLU), trained with its own seed, with input augmentation and label smoothing. It never sees a
 generated image. Saved as judge/config.json + judge.safetensors, loaded strictly.
+
+An *attribute judge* (`cvaegan judge --attributes`) is the same network trained to regress the
+metadata's continuous `attr_*` columns (head yaw and pitch, mouth opening, smile, eye opening,
+brightness, lighting) instead of the class; it re-measures those attributes on generated images to
+check the app's named latent sliders. Its augmentation is translation only: flips would negate yaw and
+lighting direction, colour jitter would change brightness.
 """
 from __future__ import annotations
 
@@ -43,10 +49,17 @@ class JudgeConfig:
     format_version: int = JUDGE_FORMAT
     training: dict = field(default_factory=dict)  # epochs, seed, split, val top-1, wall time
     files: dict = field(default_factory=dict)     # file name -> sha256
+    targets: list[str] = field(default_factory=list)  # attribute judge: the attr_* columns it regresses
+    target_mean: list[float] = field(default_factory=list)  # training-split mean / std of each target
+    target_std: list[float] = field(default_factory=list)
 
     @property
     def feature_dim(self) -> int:
         return self.widths[-1]
+
+    @property
+    def outputs(self) -> int:
+        return len(self.targets) if self.targets else self.num_classes
 
     @classmethod
     def from_dict(cls, data: dict, source: str) -> "JudgeConfig":
@@ -95,7 +108,7 @@ class Judge(nn.Module):
         self.blocks = nn.Sequential(*blocks)
         self.norm = nn.GroupNorm(min(8, cin), cin)
         self.drop = nn.Dropout(0.2)
-        self.fc = nn.Linear(cin, cfg.num_classes)
+        self.fc = nn.Linear(cin, cfg.outputs)
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.config.resolution or x.shape[-2] != self.config.resolution:
@@ -137,6 +150,36 @@ def predict(judge: Judge, x: torch.Tensor, batch_size: int = 256) -> tuple[torch
     return torch.cat([o[0] for o in outs]).cpu(), torch.cat([o[1] for o in outs]).cpu()
 
 
+def predict_attributes(judge: Judge, x: torch.Tensor, batch_size: int = 256) -> dict[str, torch.Tensor]:
+    """An attribute judge's estimates, in each attribute's own units, for float images in [-1, 1]."""
+    cfg = judge.config
+    if not cfg.targets:
+        raise ValueError("this judge classifies; attributes need `cvaegan judge --attributes`")
+    out, _ = predict(judge, x, batch_size)
+    mean, std = torch.tensor(cfg.target_mean), torch.tensor(cfg.target_std)
+    out = out * std + mean
+    return {name: out[:, i] for i, name in enumerate(cfg.targets)}
+
+
+def r_squared(pred: torch.Tensor, target: torch.Tensor) -> float:
+    """Coefficient of determination over the finite targets (1 = perfect, 0 = as good as the mean)."""
+    ok = torch.isfinite(target)
+    p, t = pred[ok].double(), target[ok].double()
+    if len(t) < 2:
+        return float("nan")
+    return (1 - ((p - t) ** 2).sum() / ((t - t.mean()) ** 2).sum().clamp_min(1e-12)).item()
+
+
+def shift_batch(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Translations of up to 1/16 of the side (reflect padding): the attribute judge's only augmentation."""
+    b, _, h, w = x.shape
+    p = max(1, h // 16)
+    padded = F.pad(x, [p, p, p, p], mode="reflect")
+    oy = torch.randint(0, 2 * p + 1, (b,), generator=gen)
+    ox = torch.randint(0, 2 * p + 1, (b,), generator=gen)
+    return torch.stack([padded[i, :, oy[i]:oy[i] + h, ox[i]:ox[i] + w] for i in range(b)])
+
+
 def top1(judge: Judge, images_u8: torch.Tensor, labels: torch.Tensor) -> float:
     if len(labels) == 0:
         return float("nan")
@@ -146,14 +189,22 @@ def top1(judge: Judge, images_u8: torch.Tensor, labels: torch.Tensor) -> float:
 
 def train_judge(data: LabelledImages, out: str | os.PathLike, epochs: int = 20, batch_size: int = 64,
                 lr: float = 2e-3, seed: int = 7, widths: list[int] | None = None, extra: LabelledImages | None = None,
-                progress: bool = True, device: str | torch.device = "cpu") -> JudgeConfig:
+                progress: bool = True, device: str | torch.device = "cpu", attributes: bool = False) -> JudgeConfig:
     """Train a judge on the 90% training split of `data` (plus `extra` images, e.g. generated ones for
     the augmentation experiment), report top-1 on the 10% held-out split, save to `out`.
+    attributes=True trains an attribute judge instead: it regresses every attr_* column of the data's
+    metadata.csv (standardised, mean squared error over the known values) and reports R^2 per attribute.
 
     The split is split_indices(labels, 0.1, seed=1234): the same images `cvaegan train
     --val-fraction 0.1` holds out, so the judge and the generator never see the held-out images.
     """
-    if data.num_classes < 2:
+    if attributes:
+        if not data.attributes:
+            raise ValueError("the data has no attr_* columns (metadata.csv beside the data with 'path' and attr_* "
+                             "columns); an attribute judge needs them")
+        if extra is not None:
+            raise ValueError("--extra images carry no attributes; train the attribute judge on real photos only")
+    elif data.num_classes < 2:
         raise ValueError(f"the judge needs at least 2 classes, the data has {data.num_classes}")
     out = Path(out)
     try:
@@ -172,6 +223,15 @@ def train_judge(data: LabelledImages, out: str | os.PathLike, epochs: int = 20, 
         x_tr, y_tr = torch.cat([x_tr, extra.images]), torch.cat([y_tr, extra.labels])
     cfg = JudgeConfig(resolution=res, num_classes=data.num_classes, widths=list(widths or [32, 64, 128, 256]),
                       class_names=list(data.class_names), class_folders=list(data.class_folders))
+    if attributes:
+        cfg.targets = sorted(data.attributes)
+        t_all = torch.stack([data.attributes[k] for k in cfg.targets], 1).float()  # (N, A), NaN = unknown
+        t_tr = t_all[tr]
+        ok = torch.isfinite(t_tr)
+        mean = torch.stack([t_tr[ok[:, i], i].mean() for i in range(len(cfg.targets))])
+        std = torch.stack([t_tr[ok[:, i], i].std() for i in range(len(cfg.targets))]).clamp_min(1e-6)
+        cfg.target_mean, cfg.target_std = [round(v, 6) for v in mean.tolist()], [round(v, 6) for v in std.tolist()]
+        y_tr = (t_tr - mean) / std
     torch.manual_seed(seed)
     judge = Judge(cfg).to(device)
     opt = torch.optim.AdamW(judge.parameters(), lr=lr, weight_decay=0.05)
@@ -187,9 +247,16 @@ def train_judge(data: LabelledImages, out: str | os.PathLike, epochs: int = 20, 
         perm = torch.randperm(n, generator=gen)
         for k in range(per_epoch):
             idx = perm[k * batch_size:(k + 1) * batch_size]
-            x = augment_batch(uint8_to_float(x_tr[idx]), gen).to(device)
-            logits, _ = judge(x)
-            loss = F.cross_entropy(logits, y_tr[idx].to(device), label_smoothing=0.1)
+            if attributes:
+                x = shift_batch(uint8_to_float(x_tr[idx]), gen).to(device)
+                out_, _ = judge(x)
+                y = y_tr[idx].to(device)
+                known = torch.isfinite(y)
+                loss = F.mse_loss(out_[known], y[known])
+            else:
+                x = augment_batch(uint8_to_float(x_tr[idx]), gen).to(device)
+                logits, _ = judge(x)
+                loss = F.cross_entropy(logits, y_tr[idx].to(device), label_smoothing=0.1)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -198,13 +265,17 @@ def train_judge(data: LabelledImages, out: str | os.PathLike, epochs: int = 20, 
             bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.3f}")
     bar.close()
     judge.eval()
-    val_top1 = top1(judge, data.images[va], data.labels[va])
     cfg.training = {
         "epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed, "train_images": n,
         "extra_images": 0 if extra is None else len(extra.labels), "val_images": len(va),
-        "split": "per class 90/10, split_indices(seed=1234)", "val_top1": round(val_top1, 4),
+        "split": "per class 90/10, split_indices(seed=1234)",
         "wall_s": round(time.perf_counter() - t0, 1), "device": str(device),
     }
+    if attributes:
+        pred = predict_attributes(judge, uint8_to_float(data.images[va]))
+        cfg.training["val_r2"] = {k: round(r_squared(pred[k], data.attributes[k][va]), 4) for k in cfg.targets}
+    else:
+        cfg.training["val_top1"] = round(top1(judge, data.images[va], data.labels[va]), 4)
     save_judge(judge, out)
     return judge.config
 

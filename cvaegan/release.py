@@ -112,9 +112,13 @@ PIXEL_MEASURES = {
 
 
 @torch.no_grad()
-def check_directions(model: CVAEGAN, amounts: dict[str, float], classes: int = 16, seeds: int = 4) -> dict:
-    """Move samples along each direction by -a, 0, +a: how often C still sees the same class, and the
-    re-measured attribute where it can be measured from pixels."""
+def check_directions(model: CVAEGAN, amounts: dict[str, float], classes: int = 16, seeds: int = 4,
+                     attribute_judge=None) -> dict:
+    """Move samples along each direction by -a, 0, +a: how often C still sees the same class, the
+    re-measured attribute where it can be measured from pixels, and (with an attribute judge from
+    `cvaegan judge --attributes`) every attribute the judge estimates, as means over the samples."""
+    from .judge import predict_attributes
+
     k = model.config.num_classes
     cls = torch.tensor(grid_classes(k, classes)).repeat_interleave(seeds)
     z = z_from_seeds([20_000 + i for i in range(len(cls))], model.config.z_dim)
@@ -122,6 +126,8 @@ def check_directions(model: CVAEGAN, amounts: dict[str, float], classes: int = 1
     for name in model.config.directions:
         a = amounts.get(name, 2.0)
         row = {"amounts": [-a, 0.0, a], "class_kept": [], "measured": []}
+        if attribute_judge is not None:
+            row["judged"] = {t: [] for t in attribute_judge.config.targets}
         for amount in row["amounts"]:
             zz = torch.stack([I.edit(model, zi, {name: amount}) for zi in z])
             x = I.generate(model, zz, cls, batch_size=64)
@@ -129,8 +135,31 @@ def check_directions(model: CVAEGAN, amounts: dict[str, float], classes: int = 1
             row["class_kept"].append(round((pred == cls).float().mean().item(), 3))
             if name in PIXEL_MEASURES:
                 row["measured"].append(round(PIXEL_MEASURES[name](x).mean().item(), 4))
+            if attribute_judge is not None:
+                for t, v in predict_attributes(attribute_judge, x).items():
+                    row["judged"][t].append(round(v.mean().item(), 4))
+        if attribute_judge is not None:
+            row.update(judged_effects(name, row, dict(zip(attribute_judge.config.targets, attribute_judge.config.target_std))))
         out[name] = row
     return out
+
+
+def judged_effects(name: str, row: dict, stds: dict[str, float]) -> dict:
+    """From one direction's judged attribute means at -a / 0 / +a: the change of every attribute from
+    -a to +a in standard deviations of the real photos' values; for an attr_* direction also its own
+    attribute's change per slider unit (1.0 = as intended: those sliders are in attribute units) and the
+    largest change among the other attributes (a side effect)."""
+    a = row["amounts"][2]
+    change_sd = {t: round((v[2] - v[0]) / stds[t], 3) for t, v in row["judged"].items()}
+    res = {"change_sd": change_sd}
+    others = {t: c for t, c in change_sd.items() if t != name}
+    if others:
+        worst = max(others, key=lambda t: abs(others[t]))
+        res["largest_other"] = [worst, others[worst]]
+    if name in row["judged"]:
+        v = row["judged"][name]
+        res["per_unit"] = round((v[2] - v[0]) / (2 * a), 3)
+    return res
 
 
 def loss_curves(metrics_path: Path, out: Path, keys=("loss/C", "loss/D", "loss/G_recon", "loss/KL",
@@ -261,33 +290,67 @@ def write_examples(model: CVAEGAN, name: str, out: str | os.PathLike, count: int
     return paths
 
 
-def directions_table(checks: dict) -> str:
-    """Markdown table of check_directions' results for the model card."""
+def _short(attr: str) -> str:
+    return attr.removeprefix("attr_").replace("_", " ")
+
+
+def directions_table(checks: dict, attribute_judge: dict | None = None) -> str:
+    """Markdown table of check_directions' results for the model card (attribute_judge: that judge's
+    config as a dict, when one re-measured the attributes)."""
     if not checks:
         return ""
+    judged = attribute_judge is not None and any("judged" in r for r in checks.values())
     lines = ["\n## Latent directions (the app's sliders)\n",
              "Principal components move z by standard deviations; `attr_*` directions are ridge regressions of the "
              "attribute on E's codes, amounts in the attribute's own units (here +-2 standard deviations). "
-             "'C keeps class' is how often C still assigns the generated sample to its class after the move; the "
-             "re-measured attribute uses pixels (mean luma of the central square) where possible - other attributes "
-             "need a landmark detector and are not re-measured here.\n",
-             "| direction | amounts | C keeps class at -a / 0 / +a | re-measured attribute at -a / 0 / +a |",
-             "|---|---|---|---|"]
+             "'C keeps class' is how often C still assigns the generated sample to its class after the move "
+             "(identity kept; C is not independent). 'Pixels' re-measures brightness (mean luma of the central "
+             "square) and left/right lighting (right minus left half) directly."]
+    if judged:
+        t = attribute_judge.get("training", {})
+        r2 = ", ".join(f"{_short(k)} {v:.2f}" for k, v in t.get("val_r2", {}).items())
+        lines.append(
+            f" The other columns come from an independent attribute judge (`cvaegan judge --attributes`: "
+            f"{attribute_judge.get('resolution')} px, {t.get('epochs')} epochs, trained on real training photos "
+            f"only; R^2 on the held-out photos: {r2}). 'Measured per unit' is the judged change of the direction's "
+            "own attribute per slider unit (1.00 = exactly as intended, 0 = no effect); 'largest side effect' is "
+            "the other attribute that moved most, both from -a to +a in standard deviations of the real photos.")
+    lines.append("\n")
+    if judged:
+        lines += ["| direction | amounts | C keeps class at -a / 0 / +a | pixels at -a / 0 / +a | measured per unit "
+                  "(own attribute, change in SD) | largest side effect (SD) |", "|---|---|---|---|---|---|"]
+    else:
+        lines += ["| direction | amounts | C keeps class at -a / 0 / +a | pixels at -a / 0 / +a |", "|---|---|---|---|"]
     for name, r in checks.items():
         a = r["amounts"][2]
         kept = " / ".join(f"{v:.0%}" for v in r["class_kept"])
         meas = " / ".join(f"{v:.3f}" for v in r["measured"]) if r["measured"] else "n/a"
-        lines.append(f"| {name} | +-{a:g} | {kept} | {meas} |")
+        row = f"| {name} | +-{a:g} | {kept} | {meas} |"
+        if judged:
+            own = (f"{r['per_unit']:.2f} ({r['change_sd'][name]:+.2f} SD)" if "per_unit" in r
+                   else "n/a (principal component)")
+            other = f"{_short(r['largest_other'][0])} {r['largest_other'][1]:+.2f}" if "largest_other" in r else "n/a"
+            row += f" {own} | {other} |"
+        lines.append(row)
     return "\n".join(lines) + "\n"
 
 
 def release(run: str | os.PathLike, out: str | os.PathLike, data_path: str | os.PathLike, name: str,
             hardware: str | None = None, notes: str = "", components: int = 8,
-            examples: str | os.PathLike | None = None, use_ema: bool = True) -> dict:
-    """Export RUN's checkpoint into OUT and add directions, figures, pictures and the model card."""
+            examples: str | os.PathLike | None = None, use_ema: bool = True,
+            attribute_judge: str | os.PathLike | None = None) -> dict:
+    """Export RUN's checkpoint into OUT and add directions, figures, pictures and the model card
+    (attribute_judge: a folder from `cvaegan judge --attributes` to re-measure the attr_* directions)."""
+    import dataclasses
+
+    from .judge import load_judge
+
     run, out = Path(run), Path(out)
     if not (run / CHECKPOINT).is_file():
         raise FileNotFoundError(f"{run / CHECKPOINT} not found")
+    attr_judge = load_judge(attribute_judge) if attribute_judge is not None else None
+    if attr_judge is not None and not attr_judge.config.targets:
+        raise ValueError(f"{attribute_judge} is a class judge; pass one made with `cvaegan judge --attributes`")
     export_checkpoint(run, out, use_ema=use_ema)
     model = load_folder(out)
     data = load_images(data_path, model.config.resolution)
@@ -306,7 +369,7 @@ def release(run: str | os.PathLike, out: str | os.PathLike, data_path: str | os.
         ok = torch.isfinite(v)
         if n in amounts and ok.any():
             amounts[n] = round(2 * v[ok].std().item(), 4)
-    figures["directions"] = check_directions(model, amounts)
+    figures["directions"] = check_directions(model, amounts, attribute_judge=attr_judge)
     state_step = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["step"]
     figures["steps"] = state_step
     figures["generator"] = "EMA of G" if use_ema and run_cfg.get("ema_decay") else "G (no EMA)"
@@ -319,7 +382,10 @@ def release(run: str | os.PathLike, out: str | os.PathLike, data_path: str | os.
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
     hw = hardware or f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
     (out / "README.md").write_text(model_card(name, model, run_cfg, figures, _wall_time(rows), hw, notes)
-                                   + directions_table(figures["directions"]))
+                                   + directions_table(figures["directions"], None if attr_judge is None
+                                                      else dataclasses.asdict(attr_judge.config)))
+    if attr_judge is not None:
+        figures["attribute_judge"] = {"resolution": attr_judge.config.resolution, **attr_judge.config.training}
     (out / "figures.json").write_text(json.dumps(figures, indent=1) + "\n")
     if examples is not None:
         write_examples(model, name, examples)

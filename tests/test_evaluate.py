@@ -2,6 +2,8 @@
 import json
 import shutil
 
+import numpy as np
+
 import pytest
 from PIL import Image
 import torch
@@ -216,3 +218,56 @@ def test_experiment_table_plot_and_readme_section(tmp_path):
     assert readme.read_text() == "a\n<!-- table1:start -->\n" + md + "<!-- table1:end -->\nb\n"
     with pytest.raises(ValueError, match="markers"):
         X.write_readme_section(readme, "nope", md)
+
+
+def _grey_folder(root, per_class=32, seed=0):
+    """Two classes of 32 px pictures whose attr_grey is the background level and attr_left the square's x."""
+    rng = np.random.default_rng(seed)
+    rows = ["path,class_folder,class_name,attr_grey,attr_left"]
+    for c, folder in enumerate(("a", "b")):
+        (root / folder).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            grey, left = rng.uniform(0.1, 0.9), int(rng.integers(2, 20))
+            arr = np.full((32, 32, 3), int(grey * 255), np.uint8)
+            arr[10:20, left:left + 10] = (255, 0, 0) if c == 0 else (0, 0, 255)
+            Image.fromarray(arr).save(root / folder / f"{i}.png")
+            rows.append(f"{folder}/{i}.png,{folder},{folder.upper()},{grey:.4f},{'' if i == 3 else left}")
+    (root / "metadata.csv").write_text("\n".join(rows) + "\n")
+    return root
+
+
+def test_attribute_judge_learns_attributes_and_round_trips(tmp_path):
+    from cvaegan.judge import predict_attributes, r_squared
+    from cvaegan.images import uint8_to_float
+
+    data = load_images(_grey_folder(tmp_path / "grey"), 32, progress=False)
+    assert torch.isnan(data.attributes["attr_left"]).sum() == 2  # the blank cells: unknown, not 0
+    cfg = train_judge(data, tmp_path / "aj", epochs=30, batch_size=16, widths=[16, 32, 64], progress=False,
+                      attributes=True)
+    assert cfg.targets == ["attr_grey", "attr_left"] and cfg.outputs == 2
+    assert cfg.training["val_r2"]["attr_grey"] > 0.7, cfg.training  # learnable from pixels
+    j = load_judge(tmp_path / "aj")
+    pred = predict_attributes(j, uint8_to_float(data.images))
+    assert r_squared(pred["attr_grey"], data.attributes["attr_grey"]) > 0.8
+    assert abs(pred["attr_grey"].mean().item() - data.attributes["attr_grey"].mean().item()) < 0.1  # raw units
+    with pytest.raises(ValueError, match="classifies"):
+        predict_attributes(_random_judge(), _images(2))
+    with pytest.raises(E.EvaluationError, match="attribute judge"):
+        E.check_compatible(type("M", (), {"config": type("C", (), {"class_folders": data.class_folders})()})(), j, data)
+
+
+def test_attribute_judge_needs_attribute_columns(shapes_dir, tmp_path, capsys):
+    from conftest import make_shapes_folder
+
+    bare = make_shapes_folder(tmp_path / "bare", names=False)
+    rc = cli.main(["judge", "--attributes", "--data", str(bare), "--out", str(tmp_path / "j"), "--resolution", "32",
+                   "--epochs", "1"])
+    assert rc == 1 and "attr_*" in capsys.readouterr().err
+
+
+def test_r_squared_known_values():
+    from cvaegan.judge import r_squared
+
+    t = torch.tensor([1.0, 2.0, 3.0, float("nan")])
+    assert r_squared(t, t) == pytest.approx(1.0)
+    assert r_squared(torch.full((4,), 2.0), t) == pytest.approx(0.0)

@@ -1,16 +1,23 @@
 """Publishing a run: the release folder loads strictly and carries directions, figures, pictures and a card."""
 import json
 
+import numpy as np
+
 from PIL import Image
 
 from cvaegan import CVAEGAN, service as S
-from cvaegan.release import release
+from cvaegan.data import load_images
+from cvaegan.judge import train_judge
+from cvaegan.release import directions_table, judged_effects, release
 
 
 def test_release_folder(trained_export, shapes_dir, tmp_path):
     out = tmp_path / "weights" / "shapes"
+    data = load_images(shapes_dir, 32, progress=False)
+    aj = train_judge(data, tmp_path / "attr_judge", epochs=1, batch_size=16, widths=[8, 16], progress=False,
+                     attributes=True)
     figures = release(trained_export.parent, out, shapes_dir, "shapes", hardware="test CPU", notes="Tiny test model.",
-                      examples=tmp_path / "examples")
+                      examples=tmp_path / "examples", attribute_judge=tmp_path / "attr_judge")
     ex = sorted((tmp_path / "examples").glob("shapes_*_image.png"))
     assert len(ex) == 3 and all(p.with_name(p.name.replace("_image", "_mask")).is_file() for p in ex)
     for name in ("config.json", "encoder.safetensors", "generator.safetensors", "classifier.safetensors",
@@ -24,6 +31,11 @@ def test_release_folder(trained_export, shapes_dir, tmp_path):
     checks = figures["directions"]
     assert set(checks) == set(model.config.directions) and len(checks["pc1"]["class_kept"]) == 3
     assert "## Latent directions" in (out / "README.md").read_text()
+    # the attribute judge re-measured every direction; attr_x's own change per slider unit is reported
+    assert len(checks["attr_x"]["judged"]["attr_x"]) == 3 and "per_unit" in checks["attr_x"]
+    assert "per_unit" not in checks["pc1"] and set(checks["pc1"]["change_sd"]) == set(aj.targets)
+    assert figures["attribute_judge"]["val_r2"] == aj.training["val_r2"]
+    assert "attribute judge" in (out / "README.md").read_text() and "n/a (principal component)" in (out / "README.md").read_text()
     card = (out / "README.md").read_text()
     assert "test CPU" in card and "not** an independent judge" in card and "Tiny test model." in card
     assert f"{figures['c_top1_real_val']:.1%}" in card
@@ -34,4 +46,14 @@ def test_release_folder(trained_export, shapes_dir, tmp_path):
     model.source = str(out)
     thumbs = S._thumbnails(model)
     assert len(thumbs) == 4 and thumbs[2].size == (32, 32)
-    assert list(thumbs[2].getdata()) == list(sheet.crop((64, 0, 96, 32)).getdata())
+    assert np.array_equal(np.asarray(thumbs[2]), np.asarray(sheet.crop((64, 0, 96, 32))))
+
+
+def test_judged_effects_known_answer():
+    row = {"amounts": [-2.0, 0.0, 2.0], "judged": {"attr_smile": [0.0, 1.0, 2.0], "attr_yaw": [5.0, 5.0, -1.0]}}
+    e = judged_effects("attr_smile", row, {"attr_smile": 0.5, "attr_yaw": 3.0})
+    assert e["per_unit"] == 0.5  # +2 attribute units over 4 slider units
+    assert e["change_sd"] == {"attr_smile": 4.0, "attr_yaw": -2.0} and e["largest_other"] == ["attr_yaw", -2.0]
+    row.update(e, class_kept=[1.0, 1.0, 0.5], measured=[])
+    table = directions_table({"attr_smile": row}, {"resolution": 64, "training": {"epochs": 3, "val_r2": {"attr_smile": 0.5}}})
+    assert "| attr_smile | +-2 | 100% / 100% / 50% | n/a | 0.50 (+4.00 SD) | yaw -2.00 |" in table
