@@ -144,6 +144,21 @@ def check_directions(model: CVAEGAN, amounts: dict[str, float], classes: int = 1
     return out
 
 
+@torch.no_grad()
+def directions_sheet(model: CVAEGAN, amounts: dict[str, float], classes: tuple[int, ...] = (0, 1),
+                     seed: int = 20_000, steps: int = 5) -> torch.Tensor:
+    """For checking the sliders by eye: one row per (direction, class), columns from -a to +a in `steps`
+    equal moves (the middle column is the unedited sample). Returns (rows * steps, 3, R, R)."""
+    z = z_from_seeds([seed], model.config.z_dim)[0]
+    rows = []
+    for name in model.config.directions:
+        a = amounts.get(name, 2.0)
+        zz = torch.stack([I.edit(model, z, {name: float(t)}) for t in torch.linspace(-a, a, steps)])
+        for c in classes:
+            rows.append(I.generate(model, zz, torch.full((steps,), c % model.config.num_classes)))
+    return torch.cat(rows)
+
+
 def judged_effects(name: str, row: dict, stds: dict[str, float]) -> dict:
     """From one direction's judged attribute means at -a / 0 / +a: the change of every attribute from
     -a to +a in standard deviations of the real photos' values; for an attr_* direction also its own
@@ -315,7 +330,8 @@ def directions_table(checks: dict, attribute_judge: dict | None = None) -> str:
             f"only; R^2 on the held-out photos: {r2}). 'Measured per unit' is the judged change of the direction's "
             "own attribute per slider unit (1.00 = exactly as intended, 0 = no effect); 'largest side effect' is "
             "the other attribute that moved most, both from -a to +a in standard deviations of the real photos.")
-    lines.append("\n")
+    lines.append("\n\n![directions](directions.png)\n\n`directions.png`: two rows per direction (the table's order; two "
+                 "classes, one seed), columns from -a to +a; the middle column is the unedited sample.\n")
     if judged:
         lines += ["| direction | amounts | C keeps class at -a / 0 / +a | pixels at -a / 0 / +a | measured per unit "
                   "(own attribute, change in SD) | largest side effect (SD) |", "|---|---|---|---|---|---|"]
@@ -379,6 +395,7 @@ def release(run: str | os.PathLike, out: str | os.PathLike, data_path: str | os.
     save_png(make_grid(grid, ncol=8), out / "samples.png")
     save_png(thumbnail_sheet(model), out / "thumbnails.png")
     loss_curves(run / "metrics.jsonl", out / "loss_curves.png")
+    save_png(make_grid(directions_sheet(model, amounts), ncol=5), out / "directions.png")
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
     hw = hardware or f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
     (out / "README.md").write_text(model_card(name, model, run_cfg, figures, _wall_time(rows), hw, notes)

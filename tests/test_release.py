@@ -40,6 +40,9 @@ def test_release_folder(trained_export, shapes_dir, tmp_path):
     assert "test CPU" in card and "not** an independent judge" in card and "Tiny test model." in card
     assert f"{figures['c_top1_real_val']:.1%}" in card
     assert json.loads((out / "figures.json").read_text())["steps"] == figures["steps"]
+    dirs = Image.open(out / "directions.png")  # 2 rows per direction, 5 columns, 2-px padding
+    assert dirs.size[0] == 5 * 32 + 6 * 2 and dirs.size[1] == 2 * len(model.config.directions) * 34 + 2
+    assert "![directions](directions.png)" in card
     sheet = Image.open(out / "thumbnails.png")
     assert sheet.size == (4 * 32, 32)
     # the app's picker slices the shipped sheet: one thumbnail per class, equal to a fresh render
