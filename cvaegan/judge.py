@@ -121,17 +121,23 @@ class Judge(nn.Module):
         return self.fc(self.drop(f)), f
 
 
-def augment_batch(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Judge training augmentation on (B, 3, R, R) in [-1, 1]: horizontal flips, translations of up
-    to 1/8 of the side (reflect padding), brightness / contrast / saturation jitter of +-20%."""
+def shift_batch(x: torch.Tensor, gen: torch.Generator, fraction: int = 16) -> torch.Tensor:
+    """Random translations of up to 1/fraction of the side (reflect padding); with the default 1/16,
+    the attribute judge's only augmentation."""
     b, _, h, w = x.shape
-    flip = torch.rand(b, generator=gen) < 0.5
-    x = torch.where(flip.view(b, 1, 1, 1), x.flip(-1), x)
-    p = max(1, h // 8)
+    p = max(1, h // fraction)
     padded = F.pad(x, [p, p, p, p], mode="reflect")
     oy = torch.randint(0, 2 * p + 1, (b,), generator=gen)
     ox = torch.randint(0, 2 * p + 1, (b,), generator=gen)
-    x = torch.stack([padded[i, :, oy[i]:oy[i] + h, ox[i]:ox[i] + w] for i in range(b)])
+    return torch.stack([padded[i, :, oy[i]:oy[i] + h, ox[i]:ox[i] + w] for i in range(b)])
+
+
+def augment_batch(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """Judge training augmentation on (B, 3, R, R) in [-1, 1]: horizontal flips, translations of up
+    to 1/8 of the side (reflect padding), brightness / contrast / saturation jitter of +-20%."""
+    b = x.shape[0]
+    flip = torch.rand(b, generator=gen) < 0.5
+    x = shift_batch(torch.where(flip.view(b, 1, 1, 1), x.flip(-1), x), gen, fraction=8)
     j = lambda: (1 + 0.4 * (torch.rand(b, 1, 1, 1, generator=gen) - 0.5))  # noqa: E731
     x = x * j()  # brightness (around mid-grey 0)
     m = x.mean((1, 2, 3), keepdim=True)
@@ -168,16 +174,6 @@ def r_squared(pred: torch.Tensor, target: torch.Tensor) -> float:
     if len(t) < 2:
         return float("nan")
     return (1 - ((p - t) ** 2).sum() / ((t - t.mean()) ** 2).sum().clamp_min(1e-12)).item()
-
-
-def shift_batch(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Translations of up to 1/16 of the side (reflect padding): the attribute judge's only augmentation."""
-    b, _, h, w = x.shape
-    p = max(1, h // 16)
-    padded = F.pad(x, [p, p, p, p], mode="reflect")
-    oy = torch.randint(0, 2 * p + 1, (b,), generator=gen)
-    ox = torch.randint(0, 2 * p + 1, (b,), generator=gen)
-    return torch.stack([padded[i, :, oy[i]:oy[i] + h, ox[i]:ox[i] + w] for i in range(b)])
 
 
 def top1(judge: Judge, images_u8: torch.Tensor, labels: torch.Tensor) -> float:
