@@ -243,16 +243,13 @@ def train_judge(data: LabelledImages, out: str | os.PathLike, epochs: int = 20, 
         perm = torch.randperm(n, generator=gen)
         for k in range(per_epoch):
             idx = perm[k * batch_size:(k + 1) * batch_size]
-            if attributes:
-                x = shift_batch(uint8_to_float(x_tr[idx]), gen).to(device)
-                out_, _ = judge(x)
-                y = y_tr[idx].to(device)
+            out_, _ = judge((shift_batch if attributes else augment_batch)(uint8_to_float(x_tr[idx]), gen).to(device))
+            y = y_tr[idx].to(device)
+            if attributes:  # standardised targets; NaN = unknown, left out of the loss
                 known = torch.isfinite(y)
                 loss = F.mse_loss(out_[known], y[known])
             else:
-                x = augment_batch(uint8_to_float(x_tr[idx]), gen).to(device)
-                logits, _ = judge(x)
-                loss = F.cross_entropy(logits, y_tr[idx].to(device), label_smoothing=0.1)
+                loss = F.cross_entropy(out_, y, label_smoothing=0.1)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

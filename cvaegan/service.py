@@ -19,7 +19,7 @@ from PIL import Image
 
 from . import inference as I
 from .hub import BUNDLED_DIR, BUNDLED_ORDER, CONFIG_NAME, Resolved, resolve_weights
-from .images import ImageError, make_grid, open_image, open_mask, to_pil
+from .images import ImageError, make_grid, open_image, open_mask, save_png, to_pil
 from .models import CVAEGAN
 from .seeds import MAX_SEED, check_seed, z_from_seeds
 
@@ -87,7 +87,7 @@ def as_files(value):
     """Every PIL image inside a handler's result (nested in lists, tuples, dicts) -> path of a PNG."""
     if isinstance(value, Image.Image):
         path = output_path(".png")
-        value.save(path, format="PNG")
+        save_png(value, path)
         return path
     if isinstance(value, (list, tuple)):
         return type(value)(as_files(v) for v in value)
