@@ -103,10 +103,18 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("directions", help="compute latent directions (slider axes) and save them with the weights", description=(
         "Encode the training images with E, then save the top principal directions of z and one direction per "
-        "attr_* column of metadata.csv (ridge regression) into WEIGHTS/directions.safetensors + config.json."))
+        "attr_* column of metadata.csv (ridge regression of the attribute on E's codes) into "
+        "WEIGHTS/directions.safetensors + config.json. With --attribute-judge the attr_* directions are fitted on "
+        "generated samples instead (the judge's estimate of each attribute regressed on z), which follows how G "
+        "responds to z; see README, 'Latent directions'."))
     p.add_argument("--weights", required=True, help="local weights folder to add the directions to")
     p.add_argument("--data", required=True, help="the training data (folder or .tar) with its metadata.csv")
     p.add_argument("--components", type=int, default=8, help="number of principal directions (default 8)")
+    p.add_argument("--attribute-judge", default=None, help="attribute judge folder (`cvaegan judge --attributes`): "
+                   "fit the attr_* directions on generated samples it scores")
+    p.add_argument("--judge-samples", type=int, default=4096, help="generated samples for --attribute-judge (default 4096)")
+    p.add_argument("--decorrelate", action="store_true", help="make each attr_* direction orthogonal to the other "
+                   "attributes' regression weights, so that its slider leaves them unchanged to first order")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to run (default auto)")
 
     p = sub.add_parser("reconstruct", help="photo -> E -> G", description=(
@@ -160,7 +168,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--examples", default=None, help="also write generated example images + masks for the app here (e.g. examples)")
     p.add_argument("--no-ema", action="store_true", help="ship the raw generator even if the run kept an EMA of it")
     p.add_argument("--attribute-judge", default=None, help="attribute judge folder (`cvaegan judge --attributes`): "
-                   "re-measure each attr_* direction on generated images for the model card")
+                   "re-measure each direction on generated images for the model card")
+    p.add_argument("--direction-judge", default=None, help="attribute judge folder: fit the attr_* directions on "
+                   "generated samples it scores (default: on E's codes of the training photos). Use a different "
+                   "judge (another --seed) for --attribute-judge so that the check is independent of the fit")
+    p.add_argument("--decorrelate", action="store_true", help="make each attr_* direction orthogonal to the other "
+                   "attributes' regression weights (fewer side effects, see `directions --help`)")
 
     p = sub.add_parser("judge", help="train an independent classifier (the evaluation's judge) on real images", description=(
         "Train a judge (residual net, GroupNorm, augmentation, its own seed; different from the model's C) on the 90%% "
@@ -273,7 +286,7 @@ def cmd_release(a: argparse.Namespace) -> int:
     from .release import release
 
     figures = release(a.run, a.out, a.data, a.name, a.hardware, a.notes, a.components, a.examples, use_ema=not a.no_ema,
-                      attribute_judge=a.attribute_judge)
+                      attribute_judge=a.attribute_judge, direction_judge=a.direction_judge, decorrelate=a.decorrelate)
     print(json.dumps({k: v for k, v in figures.items() if k not in ("c_top1_generated_per_class", "directions")}, indent=1))
     return 0
 
@@ -335,9 +348,18 @@ def cmd_directions(a: argparse.Namespace) -> int:
     data = load_images(a.data, model.config.resolution)
     if data.class_folders != model.config.class_folders:
         raise ValueError(f"{a.data} has other classes than the weights in {a.weights}; use the training data")
-    compute_directions(model, data.images, data.labels, a.components, data.attributes)
+    judge = None
+    if a.attribute_judge is not None:
+        from .judge import load_attribute_judge
+
+        judge = load_attribute_judge(a.attribute_judge, model.device)
+    fits = compute_directions(model, data.images, data.labels, a.components, data.attributes, judge=judge,
+                              judge_samples=a.judge_samples, decorrelate=a.decorrelate)
     save_directions(model, a.weights)
     print(f"saved {len(model.config.directions)} directions to {a.weights}: {', '.join(model.config.directions)}")
+    for name, f in fits.items():
+        print(f"  {name}: fitted on {f['source']} (n={f['n']}, R^2 of the linear fit {f['r2']:.2f}"
+              f"{', decorrelated' if f['decorrelated'] else ''})")
     return 0
 
 

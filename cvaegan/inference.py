@@ -156,7 +156,9 @@ def save_gif(frames: torch.Tensor, path: str | os.PathLike, ms_per_frame: int = 
 
 def edit(model: CVAEGAN, z: torch.Tensor, amounts: dict[str, float]) -> torch.Tensor:
     """Move z (z_dim,) along saved directions: z + sum_k amount_k * scale_k * dir_k.
-    Amounts are in each direction's unit (standard deviations for PCs, attribute units for attr_*).
+    Amounts are in each direction's unit (config.direction_units): "std" = standard deviations (of z
+    along a PC, or of the real photos' attribute for attr_*); "attribute units" (older weights) = the
+    attribute's own units.
     Amount 0 for every direction returns z unchanged."""
     if not amounts:
         return z
@@ -187,34 +189,90 @@ def encoder_means(model: CVAEGAN, images: torch.Tensor, labels: torch.Tensor, ba
     return torch.cat(out)
 
 
-def compute_directions(model: CVAEGAN, images: torch.Tensor, labels: torch.Tensor, k: int = 8,
-                       attributes: dict[str, torch.Tensor] | None = None, ridge: float = 1.0) -> None:
-    """Set model.directions / direction_scales / config.directions from encoder means over images.
+def _ridge(x: torch.Tensor, y: torch.Tensor, ridge: float) -> torch.Tensor:
+    """Weights w of the ridge regression y ~ x w on centred x (N, D) and y (N,)."""
+    x, y = x.double(), y.double()
+    return torch.linalg.solve(x.T @ x + ridge * torch.eye(x.shape[1], dtype=x.dtype), x.T @ y).float()
 
-    (a) per attribute column (e.g. attr_smile): a ridge regression of the attribute on z; the
-        direction is the regression weight vector normalised, and one unit of amount moves the
-        predicted attribute by one unit of the attribute (scale = 1 / ||w||);
-    (b) the top-k principal directions of z (amount unit: one standard deviation along it).
-    Attribute directions come first in the saved order.
+
+@torch.no_grad()
+def judged_attributes(model: CVAEGAN, judge, samples: int = 4096, first_seed: int = 100_000,
+                      batch_size: int = 128) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Generate `samples` images (z from seeds first_seed.., classes drawn uniformly with that seed)
+    and let an attribute judge (`cvaegan judge --attributes`) estimate their attributes.
+    Returns (z (N, z_dim), {attribute: (N,) estimates in the attribute's units})."""
+    from .judge import predict_attributes
+
+    if samples < 2 * model.config.z_dim:
+        raise ValueError(f"need at least {2 * model.config.z_dim} samples to fit directions in a "
+                         f"{model.config.z_dim}-d latent space, got {samples}")
+    gen = torch.Generator().manual_seed(first_seed)
+    cls = torch.randint(0, model.config.num_classes, (samples,), generator=gen)
+    z = z_from_seeds(list(range(first_seed, first_seed + samples)), model.config.z_dim)
+    est: dict[str, list[torch.Tensor]] = {}
+    for i in range(0, samples, batch_size):
+        x = generate(model, z[i:i + batch_size], cls[i:i + batch_size], batch_size)
+        for name, v in predict_attributes(judge, x, batch_size).items():
+            est.setdefault(name, []).append(v)
+    return z, {name: torch.cat(v) for name, v in est.items()}
+
+
+def compute_directions(model: CVAEGAN, images: torch.Tensor, labels: torch.Tensor, k: int = 8,
+                       attributes: dict[str, torch.Tensor] | None = None, ridge: float = 1.0,
+                       judge=None, judge_samples: int = 4096, decorrelate: bool = False) -> dict:
+    """Set model.directions / direction_scales / config.directions.
+
+    (a) per attribute (e.g. attr_smile): a ridge regression of the attribute on z; the direction is
+        the regression weight vector normalised, and one unit of amount moves the predicted attribute
+        by one standard deviation of the real photos' values (scale = sd / ||w||). Two ways to get (z, attribute) pairs:
+        - default: E's means of the real images against their metadata values (`attributes`);
+        - with `judge` (an attribute judge): `judge_samples` generated images, z from the prior,
+          their attributes as the judge estimates them. This fits how G actually responds to z,
+          which the codes of real photos need not show (E's codes can vary along directions G ignores).
+        With `decorrelate`, each attribute's weight vector is made orthogonal to the others' first, so
+        that its slider leaves the other attributes unchanged to first order (conditional editing, as in
+        InterFaceGAN, Shen et al. 2020); one unit still moves its own attribute by one unit.
+    (b) the top-k principal directions of E's means of the images (amount unit: one standard deviation).
+    Attribute directions come first in the saved order. Returns {attribute: fit summary}.
     """
     mu = encoder_means(model, images, labels)
     centred = mu - mu.mean(0)
     _, s, vh = torch.linalg.svd(centred, full_matrices=False)
     k = min(k, vh.shape[0])
-    dirs, scales, names, units = [], [], [], []
-    for name, values in sorted((attributes or {}).items()):  # named attributes first: they lead the sliders
+    if judge is not None:  # the real photos' spread comes from the judge's training split
+        zs, values_by_name = judged_attributes(model, judge, judge_samples)
+        zs, source = zs - zs.mean(0), "generated samples, judged"
+        sds = dict(zip(judge.config.targets, judge.config.target_std))
+    else:
+        zs, values_by_name, source = centred, attributes or {}, "E's codes of the real images"
+        sds = {n: v[torch.isfinite(v)].std().item() for n, v in values_by_name.items() if torch.isfinite(v).sum() > 1}
+    weights, fits = {}, {}
+    for name, values in sorted(values_by_name.items()):  # named attributes first: they lead the sliders
         ok = torch.isfinite(values)
         if ok.sum() < 10 or values[ok].std() == 0:
             continue
-        x, y = centred[ok], values[ok] - values[ok].mean()
-        w = torch.linalg.solve(x.T @ x + ridge * torch.eye(x.shape[1]), x.T @ y)
+        x, y = zs[ok], values[ok] - values[ok].mean()
+        w = _ridge(x, y, ridge)
+        if w.norm() == 0:
+            continue
+        resid = y - x @ w
+        weights[name] = w
+        fits[name] = {"source": source, "n": int(ok.sum()), "r2": round(1 - (resid.var() / y.var()).item(), 3),
+                      "sd_per_unit_latent": round(w.norm().item() / sds[name], 5), "decorrelated": decorrelate}
+    dirs, scales, names, units = [], [], [], []
+    for name, w in weights.items():
+        if decorrelate and len(weights) > 1:
+            # remove the parts of w that move the other attributes: along the result, the others stay
+            # constant to first order, and this one changes by |d| per unit of latent distance
+            q, _ = torch.linalg.qr(torch.stack([v for n, v in weights.items() if n != name], 1))
+            w = w - q @ (q.T @ w)
         norm = w.norm()
-        if norm == 0:
+        if norm < 1e-8:
             continue
         dirs.append(w / norm)
-        scales.append(float(1.0 / norm))
+        scales.append(float(sds[name] / norm))
         names.append(name)
-        units.append("attribute units")
+        units.append("std")
     for i in range(k):
         v = vh[i]
         # fix the sign so that the direction points towards the heavier tail (deterministic)
@@ -228,6 +286,7 @@ def compute_directions(model: CVAEGAN, images: torch.Tensor, labels: torch.Tenso
     model.directions = torch.stack(dirs).float()
     model.direction_scales = torch.tensor(scales, dtype=torch.float32)
     model.config.directions, model.config.direction_units = names, units
+    return fits
 
 
 def _fill_known_mean(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:

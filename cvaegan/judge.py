@@ -297,3 +297,11 @@ def load_judge(folder: str | os.PathLike, device: str | torch.device = "cpu") ->
     judge = Judge(cfg)
     load_state_strict(judge, _load_tensors(weights), str(weights))
     return judge.to(device).eval()
+
+
+def load_attribute_judge(folder: str | os.PathLike, device: str | torch.device = "cpu") -> Judge:
+    """load_judge, refusing a class judge (the latent directions need attribute estimates)."""
+    judge = load_judge(folder, device)
+    if not judge.config.targets:
+        raise ValueError(f"{folder} is a class judge; pass one made with `cvaegan judge --attributes`")
+    return judge

@@ -139,7 +139,8 @@ def check_directions(model: CVAEGAN, amounts: dict[str, float], classes: int = 1
                 for t, v in predict_attributes(attribute_judge, x).items():
                     row["judged"][t].append(round(v.mean().item(), 4))
         if attribute_judge is not None:
-            row.update(judged_effects(name, row, dict(zip(attribute_judge.config.targets, attribute_judge.config.target_std))))
+            unit = model.config.direction_units[model.config.directions.index(name)]
+            row.update(judged_effects(name, row, dict(zip(attribute_judge.config.targets, attribute_judge.config.target_std)), unit))
         out[name] = row
     return out
 
@@ -159,11 +160,11 @@ def directions_sheet(model: CVAEGAN, amounts: dict[str, float], classes: tuple[i
     return torch.cat(rows)
 
 
-def judged_effects(name: str, row: dict, stds: dict[str, float]) -> dict:
+def judged_effects(name: str, row: dict, stds: dict[str, float], unit: str = "std") -> dict:
     """From one direction's judged attribute means at -a / 0 / +a: the change of every attribute from
     -a to +a in standard deviations of the real photos' values; for an attr_* direction also its own
-    attribute's change per slider unit (1.0 = as intended: those sliders are in attribute units) and the
-    largest change among the other attributes (a side effect)."""
+    attribute's change per slider unit, in the slider's unit (`unit`: "std" or, for older weights,
+    "attribute units"; 1.0 = as intended) and the largest change among the other attributes (a side effect)."""
     a = row["amounts"][2]
     change_sd = {t: round((v[2] - v[0]) / stds[t], 3) for t, v in row["judged"].items()}
     res = {"change_sd": change_sd}
@@ -173,7 +174,7 @@ def judged_effects(name: str, row: dict, stds: dict[str, float]) -> dict:
         res["largest_other"] = [worst, others[worst]]
     if name in row["judged"]:
         v = row["judged"][name]
-        res["per_unit"] = round((v[2] - v[0]) / (2 * a), 3)
+        res["per_unit"] = round((v[2] - v[0]) / (2 * a) / (stds[name] if unit == "std" else 1.0), 3)
     return res
 
 
@@ -309,25 +310,52 @@ def _short(attr: str) -> str:
     return attr.removeprefix("attr_").replace("_", " ")
 
 
-def directions_table(checks: dict, attribute_judge: dict | None = None) -> str:
-    """Markdown table of check_directions' results for the model card (attribute_judge: that judge's
-    config as a dict, when one re-measured the attributes)."""
+def _judge_words(cfg: dict) -> str:
+    t = cfg.get("training", {})
+    r2 = ", ".join(f"{_short(k)} {v:.2f}" for k, v in t.get("val_r2", {}).items())
+    return (f"`cvaegan judge --attributes`: {cfg.get('resolution')} px, {t.get('epochs')} epochs, seed "
+            f"{t.get('seed')}, trained on real training photos only; R^2 on the held-out photos: {r2}")
+
+
+def directions_table(checks: dict, attribute_judge: dict | None = None, fits: dict | None = None,
+                     direction_judge: dict | None = None) -> str:
+    """Markdown table of check_directions' results for the model card. attribute_judge / direction_judge:
+    the configs (as dicts) of the judge that re-measured the directions / that fitted them; fits: what
+    compute_directions returned."""
     if not checks:
         return ""
     judged = attribute_judge is not None and any("judged" in r for r in checks.values())
+    fits = fits or {}
+    if direction_judge is not None and fits:
+        n = next(iter(fits.values()))["n"]
+        fit_r2 = ", ".join(f"{_short(k)} {f['r2']:.2f}" for k, f in fits.items())
+        how = (f"`attr_*` directions are ridge regressions of the attribute, as an attribute judge ({_judge_words(direction_judge)}) "
+               f"estimates it on {n:,} generated samples, on their z (z from the prior, classes drawn at random; "
+               f"R^2 of these linear fits: {fit_r2})")
+    else:
+        how = "`attr_*` directions are ridge regressions of the attribute on E's codes of the training photos"
+    if any(f.get("decorrelated") for f in fits.values()):
+        how += (", each then made orthogonal to the other attributes' regression weights so that it leaves them "
+                "unchanged to first order (conditional editing as in InterFaceGAN, Shen et al. 2020)")
     lines = ["\n## Latent directions (the app's sliders)\n",
-             "Principal components move z by standard deviations; `attr_*` directions are ridge regressions of the "
-             "attribute on E's codes, amounts in the attribute's own units (here +-2 standard deviations). "
+             f"Principal components (of E's codes) move z by standard deviations; {how}. An `attr_*` slider's unit is "
+             "one standard deviation of the attribute over the real photos. The table moves every direction by "
+             "+-2 units. "
              "'C keeps class' is how often C still assigns the generated sample to its class after the move "
              "(identity kept; C is not independent). 'Pixels' re-measures brightness (mean luma of the central "
              "square) and left/right lighting (right minus left half) directly."]
     if judged:
-        t = attribute_judge.get("training", {})
-        r2 = ", ".join(f"{_short(k)} {v:.2f}" for k, v in t.get("val_r2", {}).items())
+        same = direction_judge is not None and direction_judge.get("training", {}) == attribute_judge.get("training", {})
+        if direction_judge is None:
+            whose = "an independent attribute judge"
+        elif same:
+            whose = "the same attribute judge that fitted the directions (so this check is NOT independent of the fit)"
+        else:
+            whose = ("a second attribute judge, trained separately with another seed (it shares the architecture and "
+                     "the photos with the fitting judge, so the check is only partly independent)")
         lines.append(
-            f" The other columns come from an independent attribute judge (`cvaegan judge --attributes`: "
-            f"{attribute_judge.get('resolution')} px, {t.get('epochs')} epochs, trained on real training photos "
-            f"only; R^2 on the held-out photos: {r2}). 'Measured per unit' is the judged change of the direction's "
+            f" The other columns are re-measured on other seeds than the fit used, by {whose} ({_judge_words(attribute_judge)}). "
+            "'Measured per unit' is the judged change of the direction's "
             "own attribute per slider unit (1.00 = exactly as intended, 0 = no effect); 'largest side effect' is "
             "the other attribute that moved most, both from -a to +a in standard deviations of the real photos.")
     lines.append("\n\n![directions](directions.png)\n\n`directions.png`: two rows per direction (the table's order; two "
@@ -354,19 +382,21 @@ def directions_table(checks: dict, attribute_judge: dict | None = None) -> str:
 def release(run: str | os.PathLike, out: str | os.PathLike, data_path: str | os.PathLike, name: str,
             hardware: str | None = None, notes: str = "", components: int = 8,
             examples: str | os.PathLike | None = None, use_ema: bool = True,
-            attribute_judge: str | os.PathLike | None = None) -> dict:
-    """Export RUN's checkpoint into OUT and add directions, figures, pictures and the model card
-    (attribute_judge: a folder from `cvaegan judge --attributes` to re-measure the attr_* directions)."""
+            attribute_judge: str | os.PathLike | None = None,
+            direction_judge: str | os.PathLike | None = None, decorrelate: bool = False) -> dict:
+    """Export RUN's checkpoint into OUT and add directions, figures, pictures and the model card.
+    attribute_judge: a folder from `cvaegan judge --attributes` that re-measures every direction;
+    direction_judge: one whose estimates on generated samples fit the attr_* directions (default: fit
+    them on E's codes of the training photos); decorrelate: see inference.compute_directions."""
     import dataclasses
 
-    from .judge import load_judge
+    from .judge import load_attribute_judge
 
     run, out = Path(run), Path(out)
     if not (run / CHECKPOINT).is_file():
         raise FileNotFoundError(f"{run / CHECKPOINT} not found")
-    attr_judge = load_judge(attribute_judge) if attribute_judge is not None else None
-    if attr_judge is not None and not attr_judge.config.targets:
-        raise ValueError(f"{attribute_judge} is a class judge; pass one made with `cvaegan judge --attributes`")
+    attr_judge = load_attribute_judge(attribute_judge) if attribute_judge is not None else None
+    fit_judge = load_attribute_judge(direction_judge) if direction_judge is not None else None
     export_checkpoint(run, out, use_ema=use_ema)
     model = load_folder(out)
     data = load_images(data_path, model.config.resolution)
@@ -376,15 +406,21 @@ def release(run: str | os.PathLike, out: str | os.PathLike, data_path: str | os.
     held_out = (run_cfg.get("val_fraction") or 0) > 0
     train_idx, val_idx = split_indices(data.labels, run_cfg["val_fraction"] if held_out else 0.1, seed=1234)
     train_set = data.subset(train_idx) if held_out else data
-    I.compute_directions(model, train_set.images, train_set.labels, components, train_set.attributes)
+    fits = I.compute_directions(model, train_set.images, train_set.labels, components, train_set.attributes,
+                                judge=fit_judge, decorrelate=decorrelate)
     save_directions(model, out)
     figures = measure(model, data.subset(val_idx))
+    figures["direction_fits"] = fits
+    if fit_judge is not None:
+        figures["direction_judge"] = {"resolution": fit_judge.config.resolution, **fit_judge.config.training,
+                                      "same_as_attribute_judge": attribute_judge is not None and
+                                      Path(attribute_judge).resolve() == Path(direction_judge).resolve()}
     figures["inpaint_psnr_by_iterations"] = measure_inpainting(model, data.subset(val_idx))
-    amounts = {n: 2.0 for n in model.config.directions}
-    for n, v in train_set.attributes.items():
-        ok = torch.isfinite(v)
-        if n in amounts and ok.any():
-            amounts[n] = round(2 * v[ok].std().item(), 4)
+    amounts = {n: 2.0 for n in model.config.directions}  # 2 standard deviations
+    for n, unit in zip(model.config.directions, model.config.direction_units):
+        v = train_set.attributes.get(n)
+        if unit == "attribute units" and v is not None and torch.isfinite(v).any():  # weights made before "std"
+            amounts[n] = round(2 * v[torch.isfinite(v)].std().item(), 4)
     figures["directions"] = check_directions(model, amounts, attribute_judge=attr_judge)
     state_step = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["step"]
     figures["steps"] = state_step
@@ -400,7 +436,8 @@ def release(run: str | os.PathLike, out: str | os.PathLike, data_path: str | os.
     hw = hardware or f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
     (out / "README.md").write_text(model_card(name, model, run_cfg, figures, _wall_time(rows), hw, notes)
                                    + directions_table(figures["directions"], None if attr_judge is None
-                                                      else dataclasses.asdict(attr_judge.config)))
+                                                      else dataclasses.asdict(attr_judge.config), fits,
+                                                      None if fit_judge is None else dataclasses.asdict(fit_judge.config)))
     if attr_judge is not None:
         figures["attribute_judge"] = {"resolution": attr_judge.config.resolution, **attr_judge.config.training}
     (out / "figures.json").write_text(json.dumps(figures, indent=1) + "\n")

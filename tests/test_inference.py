@@ -151,7 +151,7 @@ def test_augment_writes_promised_files(model, tmp_path):
     assert np.array_equal(img, expected)
 
 
-def test_inference_cli_commands(trained_export, shapes_dir, tmp_path):
+def test_inference_cli_commands(trained_export, shapes_dir, tmp_path, capsys):
     import shutil
 
     from cvaegan.cli import main
@@ -180,3 +180,104 @@ def test_inference_cli_commands(trained_export, shapes_dir, tmp_path):
     shutil.copytree(w, wcopy)
     assert main(["directions", "--weights", str(wcopy), "--data", str(shapes_dir), "--components", "2"]) == 0
     assert CVAEGAN.from_pretrained(str(wcopy)).config.directions == ["attr_x", "pc1", "pc2"]
+    # attr_* directions fitted on generated samples that an attribute judge scores
+    from cvaegan.judge import train_judge
+
+    data = load_images(shapes_dir, 32, progress=False)
+    train_judge(data, tmp_path / "aj", epochs=1, batch_size=16, widths=[8, 16], progress=False, attributes=True)
+    before = CVAEGAN.from_pretrained(str(wcopy)).directions[0]
+    capsys.readouterr()
+    assert main(["directions", "--weights", str(wcopy), "--data", str(shapes_dir), "--components", "2",
+                 "--attribute-judge", str(tmp_path / "aj"), "--judge-samples", "64", "--decorrelate"]) == 0
+    assert "attr_x: fitted on generated samples, judged (n=64" in capsys.readouterr().out
+    after = CVAEGAN.from_pretrained(str(wcopy))
+    assert after.config.directions == ["attr_x", "pc1", "pc2"] and not torch.allclose(after.directions[0], before)
+    train_judge(data, tmp_path / "cj", epochs=1, batch_size=16, widths=[8, 16], progress=False)
+    assert main(["directions", "--weights", str(wcopy), "--data", str(shapes_dir),
+                 "--attribute-judge", str(tmp_path / "cj")]) == 1
+    assert "is a class judge" in capsys.readouterr().err
+
+
+class _ProbeGenerator(torch.nn.Module):
+    """A generator with known answers: brightness = 0.05 z.u, left-minus-right = 0.05 z.v (u, v orthonormal)."""
+
+    def __init__(self, u: torch.Tensor, v: torch.Tensor, resolution: int):
+        super().__init__()
+        self.register_buffer("u", u)
+        self.register_buffer("v", v)
+        self.r = resolution
+        self.unused = torch.nn.Parameter(torch.zeros(1))  # the model finds its device from G's parameters
+
+    def forward(self, z, c):
+        b, d = 0.05 * (z @ self.u), 0.05 * (z @ self.v)
+        x = b[:, None, None, None].expand(-1, 3, self.r, self.r).clone()
+        x[..., : self.r // 2] += d[:, None, None, None] / 2
+        x[..., self.r // 2:] -= d[:, None, None, None] / 2
+        return x
+
+
+class _ProbeJudge(torch.nn.Module):
+    """An 'attribute judge' that measures those two attributes exactly (real photos' SDs 0.5 and 0.2)."""
+
+    def __init__(self):
+        super().__init__()
+        from cvaegan.judge import JudgeConfig
+
+        self.config = JudgeConfig(targets=["attr_bright", "attr_lr"], target_mean=[0.0, 0.0], target_std=[0.5, 0.2])
+        self.unused = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, x):
+        h = x.shape[-1] // 2
+        out = torch.stack([x.mean((1, 2, 3)), x[..., :h].mean((1, 2, 3)) - x[..., h:].mean((1, 2, 3))], 1)
+        out = out / torch.tensor(self.config.target_std)  # a judge's outputs are standardised
+        return out, out
+
+
+def test_directions_fitted_on_judged_samples_follow_the_generator(tiny_model, shapes_dir):
+    """With an attribute judge, attr_* directions come from how G responds to z (known here), and a
+    slider unit moves the judged attribute by one unit; the encoder's codes play no part in them."""
+    from cvaegan.release import check_directions
+
+    m = tiny_model
+    q, _ = torch.linalg.qr(torch.randn(m.config.z_dim, 2, generator=torch.Generator().manual_seed(0)))
+    u, v = q[:, 0], q[:, 1]
+    m.generator = _ProbeGenerator(u, v, m.config.resolution)
+    data = load_images(shapes_dir, 32, progress=False)
+    judge = _ProbeJudge()
+    fits = I.compute_directions(m, data.images, data.labels, k=2, judge=judge, judge_samples=256)
+    assert m.config.directions == ["attr_bright", "attr_lr", "pc1", "pc2"]
+    assert m.config.direction_units == ["std"] * 4  # attr_*: the real photos' SD, which the judge keeps
+    assert abs(float(m.directions[0] @ u)) > 0.999 and abs(float(m.directions[1] @ v)) > 0.999
+    assert float(m.directions[0] @ u) > 0  # moving up the slider raises the attribute
+    assert m.direction_scales[0].item() == pytest.approx(10.0, rel=0.01)  # 1 SD (0.5) of brightness = 10 along u
+    assert fits["attr_bright"]["r2"] > 0.999 and fits["attr_bright"]["source"] == "generated samples, judged"
+    checks = check_directions(m, {"attr_bright": 0.2, "attr_lr": 0.5, "pc1": 1.0, "pc2": 1.0}, classes=4, seeds=4,
+                              attribute_judge=judge)
+    assert checks["attr_bright"]["per_unit"] == pytest.approx(1.0, abs=0.01)
+    assert checks["attr_lr"]["per_unit"] == pytest.approx(1.0, abs=0.01)
+    assert abs(checks["attr_bright"]["change_sd"]["attr_lr"]) < 0.01  # no side effect on the other
+    with pytest.raises(ValueError, match="at least 32 samples"):
+        I.compute_directions(m, data.images, data.labels, k=2, judge=judge, judge_samples=10)
+
+
+@pytest.mark.parametrize("decorrelate", [False, True])
+def test_decorrelated_directions_leave_the_other_attribute_alone(tiny_model, shapes_dir, decorrelate):
+    """G's left/right attribute also follows brightness's latent axis (0.6 u + 0.8 v): the plain brightness
+    direction drags it along, the decorrelated one does not; both move brightness by one SD per unit."""
+    from cvaegan.release import check_directions
+
+    m = tiny_model
+    q, _ = torch.linalg.qr(torch.randn(m.config.z_dim, 2, generator=torch.Generator().manual_seed(1)))
+    m.generator = _ProbeGenerator(q[:, 0], 0.6 * q[:, 0] + 0.8 * q[:, 1], m.config.resolution)
+    data = load_images(shapes_dir, 32, progress=False)
+    judge = _ProbeJudge()
+    fits = I.compute_directions(m, data.images, data.labels, k=1, judge=judge, judge_samples=256, decorrelate=decorrelate)
+    assert fits["attr_bright"]["decorrelated"] is decorrelate
+    checks = check_directions(m, {"attr_bright": 0.5, "attr_lr": 0.5, "pc1": 1.0}, classes=4, seeds=4, attribute_judge=judge)
+    assert checks["attr_bright"]["per_unit"] == pytest.approx(1.0, abs=0.02)
+    assert checks["attr_lr"]["per_unit"] == pytest.approx(1.0, abs=0.02)
+    side = abs(checks["attr_bright"]["change_sd"]["attr_lr"])
+    if decorrelate:
+        assert side < 0.02
+    else:  # 1 SD of brightness = 10 along u, which moves lr by 0.05 * 0.6 * 10 = 0.3 = 1.5 of its SDs
+        assert side == pytest.approx(1.5, rel=0.05)

@@ -17,7 +17,8 @@ def test_release_folder(trained_export, shapes_dir, tmp_path):
     aj = train_judge(data, tmp_path / "attr_judge", epochs=1, batch_size=16, widths=[8, 16], progress=False,
                      attributes=True)
     figures = release(trained_export.parent, out, shapes_dir, "shapes", hardware="test CPU", notes="Tiny test model.",
-                      examples=tmp_path / "examples", attribute_judge=tmp_path / "attr_judge")
+                      examples=tmp_path / "examples", attribute_judge=tmp_path / "attr_judge",
+                      direction_judge=tmp_path / "attr_judge")
     ex = sorted((tmp_path / "examples").glob("shapes_*_image.png"))
     assert len(ex) == 3 and all(p.with_name(p.name.replace("_image", "_mask")).is_file() for p in ex)
     for name in ("config.json", "encoder.safetensors", "generator.safetensors", "classifier.safetensors",
@@ -37,6 +38,10 @@ def test_release_folder(trained_export, shapes_dir, tmp_path):
     assert figures["attribute_judge"]["val_r2"] == aj.training["val_r2"]
     assert "attribute judge" in (out / "README.md").read_text() and "n/a (principal component)" in (out / "README.md").read_text()
     card = (out / "README.md").read_text()
+    # the attr_* directions were fitted on generated samples scored by the same judge: the card says so
+    assert figures["direction_fits"]["attr_x"]["source"] == "generated samples, judged"
+    assert figures["direction_fits"]["attr_x"]["n"] == 4096 and figures["direction_judge"]["same_as_attribute_judge"]
+    assert "NOT independent of the fit" in card and "on 4,096 generated samples" in card
     assert "test CPU" in card and "not** an independent judge" in card and "Tiny test model." in card
     assert f"{figures['c_top1_real_val']:.1%}" in card
     assert json.loads((out / "figures.json").read_text())["steps"] == figures["steps"]
@@ -55,8 +60,15 @@ def test_release_folder(trained_export, shapes_dir, tmp_path):
 def test_judged_effects_known_answer():
     row = {"amounts": [-2.0, 0.0, 2.0], "judged": {"attr_smile": [0.0, 1.0, 2.0], "attr_yaw": [5.0, 5.0, -1.0]}}
     e = judged_effects("attr_smile", row, {"attr_smile": 0.5, "attr_yaw": 3.0})
-    assert e["per_unit"] == 0.5  # +2 attribute units over 4 slider units
+    assert e["per_unit"] == 1.0  # +2 attribute units = 4 SD over 4 slider units of one SD each
+    assert judged_effects("attr_smile", row, {"attr_smile": 0.5, "attr_yaw": 3.0}, "attribute units")["per_unit"] == 0.5
     assert e["change_sd"] == {"attr_smile": 4.0, "attr_yaw": -2.0} and e["largest_other"] == ["attr_yaw", -2.0]
     row.update(e, class_kept=[1.0, 1.0, 0.5], measured=[])
     table = directions_table({"attr_smile": row}, {"resolution": 64, "training": {"epochs": 3, "val_r2": {"attr_smile": 0.5}}})
-    assert "| attr_smile | +-2 | 100% / 100% / 50% | n/a | 0.50 (+4.00 SD) | yaw -2.00 |" in table
+    assert "| attr_smile | +-2 | 100% / 100% / 50% | n/a | 1.00 (+4.00 SD) | yaw -2.00 |" in table
+    assert "on E's codes of the training photos" in table and "an independent attribute judge" in table
+    fit_cfg = {"resolution": 64, "training": {"epochs": 3, "seed": 8, "val_r2": {"attr_smile": 0.6}}}
+    fits = {"attr_smile": {"source": "generated samples, judged", "n": 512, "r2": 0.41, "per_unit_latent": 0.05}}
+    table = directions_table({"attr_smile": row}, {"resolution": 64, "training": {"epochs": 3, "seed": 7}}, fits, fit_cfg)
+    assert "estimates it on 512 generated samples" in table and "R^2 of these linear fits: smile 0.41" in table
+    assert "a second attribute judge, trained separately with another seed" in table
