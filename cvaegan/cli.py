@@ -104,15 +104,15 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("directions", help="compute latent directions (slider axes) and save them with the weights", description=(
         "Encode the training images with E, then save the top principal directions of z and one direction per "
         "attr_* column of metadata.csv (ridge regression of the attribute on E's codes) into "
-        "WEIGHTS/directions.safetensors + config.json. With --attribute-judge the attr_* directions are fitted on "
+        "WEIGHTS/directions.safetensors + config.json. With --direction-judge the attr_* directions are fitted on "
         "generated samples instead (the judge's estimate of each attribute regressed on z), which follows how G "
         "responds to z; see README, 'Latent directions'."))
     p.add_argument("--weights", required=True, help="local weights folder to add the directions to")
     p.add_argument("--data", required=True, help="the training data (folder or .tar) with its metadata.csv")
     p.add_argument("--components", type=int, default=8, help="number of principal directions (default 8)")
-    p.add_argument("--attribute-judge", default=None, help="attribute judge folder (`cvaegan judge --attributes`): "
+    p.add_argument("--direction-judge", default=None, help="attribute judge folder (`cvaegan judge --attributes`): "
                    "fit the attr_* directions on generated samples it scores")
-    p.add_argument("--judge-samples", type=int, default=4096, help="generated samples for --attribute-judge (default 4096)")
+    p.add_argument("--judge-samples", type=int, default=4096, help="generated samples for --direction-judge (default 4096)")
     p.add_argument("--decorrelate", action="store_true", help="make each attr_* direction orthogonal to the other "
                    "attributes' regression weights, so that its slider leaves them unchanged to first order")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to run (default auto)")
@@ -349,10 +349,10 @@ def cmd_directions(a: argparse.Namespace) -> int:
     if data.class_folders != model.config.class_folders:
         raise ValueError(f"{a.data} has other classes than the weights in {a.weights}; use the training data")
     judge = None
-    if a.attribute_judge is not None:
+    if a.direction_judge is not None:
         from .judge import load_attribute_judge
 
-        judge = load_attribute_judge(a.attribute_judge, model.device)
+        judge = load_attribute_judge(a.direction_judge, model.device)
     fits = compute_directions(model, data.images, data.labels, a.components, data.attributes, judge=judge,
                               judge_samples=a.judge_samples, decorrelate=a.decorrelate)
     save_directions(model, a.weights)

@@ -188,13 +188,13 @@ def test_inference_cli_commands(trained_export, shapes_dir, tmp_path, capsys):
     before = CVAEGAN.from_pretrained(str(wcopy)).directions[0]
     capsys.readouterr()
     assert main(["directions", "--weights", str(wcopy), "--data", str(shapes_dir), "--components", "2",
-                 "--attribute-judge", str(tmp_path / "aj"), "--judge-samples", "64", "--decorrelate"]) == 0
+                 "--direction-judge", str(tmp_path / "aj"), "--judge-samples", "64", "--decorrelate"]) == 0
     assert "attr_x: fitted on generated samples, judged (n=64" in capsys.readouterr().out
     after = CVAEGAN.from_pretrained(str(wcopy))
     assert after.config.directions == ["attr_x", "pc1", "pc2"] and not torch.allclose(after.directions[0], before)
     train_judge(data, tmp_path / "cj", epochs=1, batch_size=16, widths=[8, 16], progress=False)
     assert main(["directions", "--weights", str(wcopy), "--data", str(shapes_dir),
-                 "--attribute-judge", str(tmp_path / "cj")]) == 1
+                 "--direction-judge", str(tmp_path / "cj")]) == 1
     assert "is a class judge" in capsys.readouterr().err
 
 
