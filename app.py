@@ -83,7 +83,9 @@ def build_demo(registry: S.ModelRegistry) -> gr.Blocks:
 
         with gr.Tab("Explore"):
             gr.Markdown("Move a sample along saved latent directions (principal components of z, and named "
-                        "attributes where the training data had them). Sliders update on release.")
+                        "attributes where the training data had them). One slider unit is one standard deviation "
+                        "(of z along a principal direction; of the attribute over the training photos for a named "
+                        "one). Sliders update on release.")
             with gr.Row():
                 ex_cls = gr.Dropdown(names, value=names[0], label="Class", filterable=True)
                 ex_seed = gr.Number(0, label="Seed", precision=0, minimum=0)
