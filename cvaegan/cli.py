@@ -106,7 +106,8 @@ def _parser() -> argparse.ArgumentParser:
         "attr_* column of metadata.csv (ridge regression of the attribute on E's codes) into "
         "WEIGHTS/directions.safetensors + config.json. With --direction-judge the attr_* directions are fitted on "
         "generated samples instead (the judge's estimate of each attribute regressed on z), which follows how G "
-        "responds to z; see README, 'Latent directions'."))
+        "responds to z; see README, 'Latent directions'. Also re-checks them (directions.png, figures.json and the "
+        "card's 'Latent directions' section are replaced; the networks are not touched)."))
     p.add_argument("--weights", required=True, help="local weights folder to add the directions to")
     p.add_argument("--data", required=True, help="the training data (folder or .tar) with its metadata.csv")
     p.add_argument("--components", type=int, default=8, help="number of principal directions (default 8)")
@@ -115,6 +116,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--judge-samples", type=int, default=4096, help="generated samples for --direction-judge (default 4096)")
     p.add_argument("--decorrelate", action="store_true", help="make each attr_* direction orthogonal to the other "
                    "attributes' regression weights, so that its slider leaves them unchanged to first order")
+    p.add_argument("--attribute-judge", default=None, help="attribute judge folder that re-measures every direction "
+                   "for figures.json and the card (best another one than --direction-judge)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to run (default auto)")
 
     p = sub.add_parser("reconstruct", help="photo -> E -> G", description=(
@@ -340,26 +343,19 @@ def cmd_interpolate(a: argparse.Namespace) -> int:
 
 
 def cmd_directions(a: argparse.Namespace) -> int:
-    from .data import load_images
-    from .hub import load_folder, save_directions
-    from .inference import compute_directions
+    from .release import refresh_directions
 
-    model = load_folder(a.weights, _device(a.device))
-    data = load_images(a.data, model.config.resolution)
-    if data.class_folders != model.config.class_folders:
-        raise ValueError(f"{a.data} has other classes than the weights in {a.weights}; use the training data")
-    judge = None
-    if a.direction_judge is not None:
-        from .judge import load_attribute_judge
-
-        judge = load_attribute_judge(a.direction_judge, model.device)
-    fits = compute_directions(model, data.images, data.labels, a.components, data.attributes, judge=judge,
-                              judge_samples=a.judge_samples, decorrelate=a.decorrelate)
-    save_directions(model, a.weights)
-    print(f"saved {len(model.config.directions)} directions to {a.weights}: {', '.join(model.config.directions)}")
-    for name, f in fits.items():
+    figures = refresh_directions(a.weights, a.data, a.components, a.attribute_judge, a.direction_judge, a.decorrelate,
+                                 _device(a.device), a.judge_samples)
+    names = list(figures["directions"])
+    print(f"saved {len(names)} directions to {a.weights}: {', '.join(names)} (checked in directions.png, "
+          "figures.json and the card's 'Latent directions' section)")
+    for name, f in figures["direction_fits"].items():
         print(f"  {name}: fitted on {f['source']} (n={f['n']}, R^2 of the linear fit {f['r2']:.2f}"
               f"{', decorrelated' if f['decorrelated'] else ''})")
+    for name, r in figures["directions"].items():
+        if "per_unit" in r:
+            print(f"  {name}: re-measured {r['per_unit']:.2f} SD per slider unit (1 = as intended)")
     return 0
 
 

@@ -337,7 +337,7 @@ def directions_table(checks: dict, attribute_judge: dict | None = None, fits: di
     if any(f.get("decorrelated") for f in fits.values()):
         how += (", each then made orthogonal to the other attributes' regression weights so that it leaves them "
                 "unchanged to first order (conditional editing as in InterFaceGAN, Shen et al. 2020)")
-    lines = ["\n## Latent directions (the app's sliders)\n",
+    lines = [DIRECTIONS_HEADING,
              f"Principal components (of E's codes) move z by standard deviations; {how}. An `attr_*` slider's unit is "
              "one standard deviation of the attribute over the real photos. The table moves every direction by "
              "+-2 units. "
@@ -379,6 +379,75 @@ def directions_table(checks: dict, attribute_judge: dict | None = None, fits: di
     return "\n".join(lines) + "\n"
 
 
+def same_judge(a: str | os.PathLike | None, b: str | os.PathLike | None) -> bool:
+    return a is not None and b is not None and Path(a).resolve() == Path(b).resolve()
+
+
+def fit_and_check_directions(model: CVAEGAN, out: Path, train_set: LabelledImages, components: int = 8,
+                             fit_judge=None, attr_judge=None, decorrelate: bool = False,
+                             same: bool = False, judge_samples: int = 4096) -> tuple[dict, str]:
+    """Fit and save the latent directions into the weights folder OUT, re-measure them (check_directions,
+    with attr_judge when given), draw directions.png. Returns (figures to record, the card's section)."""
+    import dataclasses
+
+    fits = I.compute_directions(model, train_set.images, train_set.labels, components, train_set.attributes,
+                                judge=fit_judge, judge_samples=judge_samples, decorrelate=decorrelate)
+    save_directions(model, out)
+    figures = {"direction_fits": fits}
+    if fit_judge is not None:
+        figures["direction_judge"] = {"resolution": fit_judge.config.resolution, **fit_judge.config.training,
+                                      "same_as_attribute_judge": same}
+    amounts = {n: 2.0 for n in model.config.directions}  # 2 standard deviations
+    for n, unit in zip(model.config.directions, model.config.direction_units):
+        v = train_set.attributes.get(n)
+        if unit == "attribute units" and v is not None and torch.isfinite(v).any():  # weights made before "std"
+            amounts[n] = round(2 * v[torch.isfinite(v)].std().item(), 4)
+    figures["directions"] = check_directions(model, amounts, attribute_judge=attr_judge)
+    if attr_judge is not None:
+        figures["attribute_judge"] = {"resolution": attr_judge.config.resolution, **attr_judge.config.training}
+    save_png(make_grid(directions_sheet(model, amounts), ncol=5), out / "directions.png")
+    table = directions_table(figures["directions"], None if attr_judge is None else dataclasses.asdict(attr_judge.config),
+                             fits, None if fit_judge is None else dataclasses.asdict(fit_judge.config))
+    return figures, table
+
+
+DIRECTIONS_HEADING = "\n## Latent directions (the app's sliders)\n"
+
+
+def refresh_directions(folder: str | os.PathLike, data_path: str | os.PathLike, components: int = 8,
+                       attribute_judge: str | os.PathLike | None = None,
+                       direction_judge: str | os.PathLike | None = None, decorrelate: bool = False,
+                       device: str = "cpu", judge_samples: int = 4096) -> dict:
+    """Re-fit and re-check the latent directions of a released weights folder without retraining:
+    directions.safetensors, config.json, directions.png, figures.json and the card's directions section
+    are replaced; the networks and every other figure stay as they are."""
+    from .judge import load_attribute_judge
+
+    folder = Path(folder)
+    attr_judge = load_attribute_judge(attribute_judge, device) if attribute_judge is not None else None
+    fit_judge = load_attribute_judge(direction_judge, device) if direction_judge is not None else None
+    model = load_folder(folder, device)
+    data = load_images(data_path, model.config.resolution)
+    if data.class_folders != model.config.class_folders:
+        raise ValueError(f"{data_path} has other classes than the weights in {folder}; use the training data")
+    fig_path, card_path = folder / "figures.json", folder / "README.md"
+    figures = json.loads(fig_path.read_text()) if fig_path.is_file() else {}
+    held_out = figures.get("split") == "held-out"  # then the directions use the training part only, as in release
+    train_set = data.subset(split_indices(data.labels, 0.1, seed=1234)[0]) if held_out else data
+    dir_figures, table = fit_and_check_directions(model, folder, train_set, components, fit_judge, attr_judge,
+                                                  decorrelate, same_judge(attribute_judge, direction_judge),
+                                                  judge_samples)
+    for key in ("direction_fits", "direction_judge", "attribute_judge"):
+        figures.pop(key, None)
+    figures.update(dir_figures)
+    fig_path.write_text(json.dumps(figures, indent=1) + "\n")
+    if card_path.is_file():
+        card = card_path.read_text()
+        cut = card.find(DIRECTIONS_HEADING)
+        card_path.write_text((card if cut < 0 else card[:cut]).rstrip("\n") + "\n" + table)
+    return dir_figures
+
+
 def release(run: str | os.PathLike, out: str | os.PathLike, data_path: str | os.PathLike, name: str,
             hardware: str | None = None, notes: str = "", components: int = 8,
             examples: str | os.PathLike | None = None, use_ema: bool = True,
@@ -388,8 +457,6 @@ def release(run: str | os.PathLike, out: str | os.PathLike, data_path: str | os.
     attribute_judge: a folder from `cvaegan judge --attributes` that re-measures every direction;
     direction_judge: one whose estimates on generated samples fit the attr_* directions (default: fit
     them on E's codes of the training photos); decorrelate: see inference.compute_directions."""
-    import dataclasses
-
     from .judge import load_attribute_judge
 
     run, out = Path(run), Path(out)
@@ -406,22 +473,11 @@ def release(run: str | os.PathLike, out: str | os.PathLike, data_path: str | os.
     held_out = (run_cfg.get("val_fraction") or 0) > 0
     train_idx, val_idx = split_indices(data.labels, run_cfg["val_fraction"] if held_out else 0.1, seed=1234)
     train_set = data.subset(train_idx) if held_out else data
-    fits = I.compute_directions(model, train_set.images, train_set.labels, components, train_set.attributes,
-                                judge=fit_judge, decorrelate=decorrelate)
-    save_directions(model, out)
     figures = measure(model, data.subset(val_idx))
-    figures["direction_fits"] = fits
-    if fit_judge is not None:
-        figures["direction_judge"] = {"resolution": fit_judge.config.resolution, **fit_judge.config.training,
-                                      "same_as_attribute_judge": attribute_judge is not None and
-                                      Path(attribute_judge).resolve() == Path(direction_judge).resolve()}
     figures["inpaint_psnr_by_iterations"] = measure_inpainting(model, data.subset(val_idx))
-    amounts = {n: 2.0 for n in model.config.directions}  # 2 standard deviations
-    for n, unit in zip(model.config.directions, model.config.direction_units):
-        v = train_set.attributes.get(n)
-        if unit == "attribute units" and v is not None and torch.isfinite(v).any():  # weights made before "std"
-            amounts[n] = round(2 * v[torch.isfinite(v)].std().item(), 4)
-    figures["directions"] = check_directions(model, amounts, attribute_judge=attr_judge)
+    dir_figures, table = fit_and_check_directions(model, out, train_set, components, fit_judge, attr_judge,
+                                                  decorrelate, same_judge(attribute_judge, direction_judge))
+    figures.update(dir_figures)
     state_step = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["step"]
     figures["steps"] = state_step
     figures["generator"] = "EMA of G" if use_ema and run_cfg.get("ema_decay") else "G (no EMA)"
@@ -431,15 +487,9 @@ def release(run: str | os.PathLike, out: str | os.PathLike, data_path: str | os.
     save_png(make_grid(grid, ncol=8), out / "samples.png")
     save_png(thumbnail_sheet(model), out / "thumbnails.png")
     loss_curves(run / "metrics.jsonl", out / "loss_curves.png")
-    save_png(make_grid(directions_sheet(model, amounts), ncol=5), out / "directions.png")
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
     hw = hardware or f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
-    (out / "README.md").write_text(model_card(name, model, run_cfg, figures, _wall_time(rows), hw, notes)
-                                   + directions_table(figures["directions"], None if attr_judge is None
-                                                      else dataclasses.asdict(attr_judge.config), fits,
-                                                      None if fit_judge is None else dataclasses.asdict(fit_judge.config)))
-    if attr_judge is not None:
-        figures["attribute_judge"] = {"resolution": attr_judge.config.resolution, **attr_judge.config.training}
+    (out / "README.md").write_text(model_card(name, model, run_cfg, figures, _wall_time(rows), hw, notes) + table)
     (out / "figures.json").write_text(json.dumps(figures, indent=1) + "\n")
     if examples is not None:
         write_examples(model, name, examples)

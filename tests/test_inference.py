@@ -1,6 +1,7 @@
 """Inference functions on a tiny model trained on coloured shapes: determinism, shapes, endpoints,
 directions, inpainting keeps known pixels, super-resolution matches its input, augment's files."""
 import csv
+import json
 
 import numpy as np
 import pytest
@@ -187,9 +188,16 @@ def test_inference_cli_commands(trained_export, shapes_dir, tmp_path, capsys):
     train_judge(data, tmp_path / "aj", epochs=1, batch_size=16, widths=[8, 16], progress=False, attributes=True)
     before = CVAEGAN.from_pretrained(str(wcopy)).directions[0]
     capsys.readouterr()
+    (wcopy / "README.md").write_text("# card\n\nkept text\n\n## Latent directions (the app's sliders)\n\nold table\n")
     assert main(["directions", "--weights", str(wcopy), "--data", str(shapes_dir), "--components", "2",
-                 "--direction-judge", str(tmp_path / "aj"), "--judge-samples", "64", "--decorrelate"]) == 0
-    assert "attr_x: fitted on generated samples, judged (n=64" in capsys.readouterr().out
+                 "--direction-judge", str(tmp_path / "aj"), "--judge-samples", "64", "--decorrelate",
+                 "--attribute-judge", str(tmp_path / "aj")]) == 0
+    printed = capsys.readouterr().out
+    assert "attr_x: fitted on generated samples, judged (n=64" in printed and "attr_x: re-measured" in printed
+    card = (wcopy / "README.md").read_text()  # the card's directions section is replaced, the rest kept
+    assert card.startswith("# card\n\nkept text\n") and "old table" not in card and "NOT independent" in card
+    assert card.count("## Latent directions") == 1 and (wcopy / "directions.png").is_file()
+    assert json.loads((wcopy / "figures.json").read_text())["direction_fits"]["attr_x"]["decorrelated"] is True
     after = CVAEGAN.from_pretrained(str(wcopy))
     assert after.config.directions == ["attr_x", "pc1", "pc2"] and not torch.allclose(after.directions[0], before)
     train_judge(data, tmp_path / "cj", epochs=1, batch_size=16, widths=[8, 16], progress=False)
