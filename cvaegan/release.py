@@ -178,10 +178,21 @@ def judged_effects(name: str, row: dict, stds: dict[str, float], unit: str = "st
     return res
 
 
+def checkpoint_rows(run: Path) -> tuple[int, list[dict]]:
+    """The step of RUN's checkpoint and the metrics.jsonl rows up to it (a run that went on after its last
+    checkpoint logged steps that the exported networks never saw)."""
+    step = int(torch.load(run / CHECKPOINT, map_location="cpu", weights_only=True)["step"])
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    return step, [r for r in rows if r.get("step", 0) <= step]
+
+
 def loss_curves(metrics_path: Path, out: Path, keys=("loss/C", "loss/D", "loss/G_recon", "loss/KL",
-                                                       "loss/G_mean_fm_D", "loss/G_mean_fm_C", "acc/C", "psnr/recon")) -> None:
-    """Small-multiples PNG of named scalars from metrics.jsonl (drawn with PIL: no plotting dependency)."""
+                                                       "loss/G_mean_fm_D", "loss/G_mean_fm_C", "acc/C", "psnr/recon"),
+                up_to: int | None = None) -> None:
+    """Small-multiples PNG of named scalars from metrics.jsonl, rows up to step `up_to` (drawn with PIL:
+    no plotting dependency)."""
     rows = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
+    rows = [r for r in rows if up_to is None or r.get("step", 0) <= up_to]
     w, h, cols = 300, 160, 4
     nrow = (len(keys) + cols - 1) // cols
     img = Image.new("RGB", (cols * w, nrow * h), "white")
@@ -351,10 +362,13 @@ def directions_table(checks: dict, attribute_judge: dict | None = None, fits: di
         elif same:
             whose = "the same attribute judge that fitted the directions (so this check is NOT independent of the fit)"
         else:
-            whose = ("a second attribute judge, trained separately with another seed (it shares the architecture and "
-                     "the photos with the fitting judge, so the check is only partly independent)")
+            whose = "a second attribute judge, trained separately with another seed"
         lines.append(
-            f" The other columns are re-measured on other seeds than the fit used, by {whose} ({_judge_words(attribute_judge)}). "
+            "The other columns are re-measured on generated samples"
+            + (" (other seeds than the fit used)" if direction_judge is not None else "")
+            + f", by {whose} ({_judge_words(attribute_judge)})"
+            + ("; it shares the architecture and the photos with the fitting judge, so the check is only partly "
+               "independent. " if direction_judge is not None and not same else ". ") +
             "'Measured per unit' is the judged change of the direction's "
             "own attribute per slider unit (1.00 = exactly as intended, 0 = no effect); 'largest side effect' is "
             "the other attribute that moved most, both from -a to +a in standard deviations of the real photos.")
@@ -478,7 +492,7 @@ def release(run: str | os.PathLike, out: str | os.PathLike, data_path: str | os.
     dir_figures, table = fit_and_check_directions(model, out, train_set, components, fit_judge, attr_judge,
                                                   decorrelate, same_judge(attribute_judge, direction_judge))
     figures.update(dir_figures)
-    state_step = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])["step"]
+    state_step, rows = checkpoint_rows(run)
     figures["steps"] = state_step
     figures["generator"] = "EMA of G" if use_ema and run_cfg.get("ema_decay") else "G (no EMA)"
     figures["split"] = "held-out" if held_out else "training images (the run kept no held-out split)"
@@ -486,8 +500,7 @@ def release(run: str | os.PathLike, out: str | os.PathLike, data_path: str | os.
     grid = torch.cat([I.sample(model, c, list(range(8))) for c in classes])
     save_png(make_grid(grid, ncol=8), out / "samples.png")
     save_png(thumbnail_sheet(model), out / "thumbnails.png")
-    loss_curves(run / "metrics.jsonl", out / "loss_curves.png")
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    loss_curves(run / "metrics.jsonl", out / "loss_curves.png", up_to=state_step)
     hw = hardware or f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
     (out / "README.md").write_text(model_card(name, model, run_cfg, figures, _wall_time(rows), hw, notes) + table)
     (out / "figures.json").write_text(json.dumps(figures, indent=1) + "\n")

@@ -72,3 +72,19 @@ def test_judged_effects_known_answer():
     table = directions_table({"attr_smile": row}, {"resolution": 64, "training": {"epochs": 3, "seed": 7}}, fits, fit_cfg)
     assert "estimates it on 512 generated samples" in table and "R^2 of these linear fits: smile 0.41" in table
     assert "a second attribute judge, trained separately with another seed" in table
+
+
+def test_release_counts_the_steps_of_the_checkpoint_not_of_the_log(trained_export, tmp_path):
+    """A run that logged past its last checkpoint: the card's steps and wall time stop at the checkpoint."""
+    import shutil
+
+    from cvaegan.release import checkpoint_rows
+
+    run = tmp_path / "run"
+    shutil.copytree(trained_export.parent, run)
+    step, rows = checkpoint_rows(run)
+    assert step == rows[-1]["step"] and len(rows) > 2
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write(json.dumps({"step": step + 150, "loss/C": 0.1, "time/step_s": 1.0}) + "\n")
+    again_step, again_rows = checkpoint_rows(run)
+    assert again_step == step and again_rows == rows
