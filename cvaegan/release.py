@@ -112,7 +112,7 @@ PIXEL_MEASURES = {
 
 
 @torch.no_grad()
-def check_directions(model: CVAEGAN, amounts: dict[str, float], classes: int = 16, seeds: int = 4,
+def check_directions(model: CVAEGAN, amounts: dict[str, float], classes: int = 64, seeds: int = 4,
                      attribute_judge=None) -> dict:
     """Move samples along each direction by -a, 0, +a: how often C still sees the same class, the
     re-measured attribute where it can be measured from pixels, and (with an attribute judge from
@@ -125,7 +125,7 @@ def check_directions(model: CVAEGAN, amounts: dict[str, float], classes: int = 1
     out = {}
     for name in model.config.directions:
         a = amounts.get(name, 2.0)
-        row = {"amounts": [-a, 0.0, a], "class_kept": [], "measured": []}
+        row = {"amounts": [-a, 0.0, a], "class_kept": [], "measured": [], "samples": len(cls)}
         if attribute_judge is not None:
             row["judged"] = {t: [] for t in attribute_judge.config.targets}
         for amount in row["amounts"]:
@@ -328,6 +328,11 @@ def _judge_words(cfg: dict) -> str:
             f"{t.get('seed')}, trained on real training photos only; R^2 on the held-out photos: {r2}")
 
 
+def _samples(checks: dict) -> str:
+    n = next(iter(checks.values())).get("samples")
+    return f"{n:,}" if n else "the"
+
+
 def directions_table(checks: dict, attribute_judge: dict | None = None, fits: dict | None = None,
                      direction_judge: dict | None = None) -> str:
     """Markdown table of check_directions' results for the model card. attribute_judge / direction_judge:
@@ -353,7 +358,8 @@ def directions_table(checks: dict, attribute_judge: dict | None = None, fits: di
              "one standard deviation of the attribute over the real photos. The table moves every direction by "
              "+-2 units. "
              "'C keeps class' is how often C still assigns the generated sample to its class after the move "
-             "(identity kept; C is not independent). 'Pixels' re-measures brightness (mean luma of the central "
+             f"(identity kept; C is not independent; over {_samples(checks)} samples, so a few points either way "
+             "are noise). 'Pixels' re-measures brightness (mean luma of the central "
              "square) and left/right lighting (right minus left half) directly."]
     if judged:
         same = direction_judge is not None and direction_judge.get("training", {}) == attribute_judge.get("training", {})

@@ -42,6 +42,7 @@ def test_release_folder(trained_export, shapes_dir, tmp_path):
     assert figures["direction_fits"]["attr_x"]["source"] == "generated samples, judged"
     assert figures["direction_fits"]["attr_x"]["n"] == 4096 and figures["direction_judge"]["same_as_attribute_judge"]
     assert "NOT independent of the fit" in card and "on 4,096 generated samples" in card
+    assert checks["pc1"]["samples"] == 16 and "over 16 samples" in card  # all 4 classes x 4 seeds
     assert "test CPU" in card and "not** an independent judge" in card and "Tiny test model." in card
     assert f"{figures['c_top1_real_val']:.1%}" in card
     assert json.loads((out / "figures.json").read_text())["steps"] == figures["steps"]
