@@ -186,13 +186,9 @@ def checkpoint_rows(run: Path) -> tuple[int, list[dict]]:
     return step, [r for r in rows if r.get("step", 0) <= step]
 
 
-def loss_curves(metrics_path: Path, out: Path, keys=("loss/C", "loss/D", "loss/G_recon", "loss/KL",
-                                                       "loss/G_mean_fm_D", "loss/G_mean_fm_C", "acc/C", "psnr/recon"),
-                up_to: int | None = None) -> None:
-    """Small-multiples PNG of named scalars from metrics.jsonl, rows up to step `up_to` (drawn with PIL:
-    no plotting dependency)."""
-    rows = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
-    rows = [r for r in rows if up_to is None or r.get("step", 0) <= up_to]
+def loss_curves(rows: list[dict], out: Path, keys=("loss/C", "loss/D", "loss/G_recon", "loss/KL",
+                                                    "loss/G_mean_fm_D", "loss/G_mean_fm_C", "acc/C", "psnr/recon")) -> None:
+    """Small-multiples PNG of named scalars from metrics.jsonl rows (drawn with PIL: no plotting dependency)."""
     w, h, cols = 300, 160, 4
     nrow = (len(keys) + cols - 1) // cols
     img = Image.new("RGB", (cols * w, nrow * h), "white")
@@ -341,6 +337,7 @@ def directions_table(checks: dict, attribute_judge: dict | None = None, fits: di
     if not checks:
         return ""
     judged = attribute_judge is not None and any("judged" in r for r in checks.values())
+    same = _same_judge(direction_judge, attribute_judge)
     fits = fits or {}
     if direction_judge is not None and fits:
         n = next(iter(fits.values()))["n"]
@@ -362,7 +359,6 @@ def directions_table(checks: dict, attribute_judge: dict | None = None, fits: di
              "are noise). 'Pixels' re-measures brightness (mean luma of the central "
              "square) and left/right lighting (right minus left half) directly."]
     if judged:
-        same = direction_judge is not None and direction_judge.get("training", {}) == attribute_judge.get("training", {})
         if direction_judge is None:
             whose = "an independent attribute judge"
         elif same:
@@ -399,13 +395,14 @@ def directions_table(checks: dict, attribute_judge: dict | None = None, fits: di
     return "\n".join(lines) + "\n"
 
 
-def same_judge(a: str | os.PathLike | None, b: str | os.PathLike | None) -> bool:
-    return a is not None and b is not None and Path(a).resolve() == Path(b).resolve()
+def _same_judge(a: dict | None, b: dict | None) -> bool:
+    """Whether two judge configs (as dicts) describe the same judge (same training record: settings, seed, figures)."""
+    return a is not None and b is not None and a.get("training", {}) == b.get("training", {})
 
 
 def fit_and_check_directions(model: CVAEGAN, out: Path, train_set: LabelledImages, components: int = 8,
                              fit_judge=None, attr_judge=None, decorrelate: bool = False,
-                             same: bool = False, judge_samples: int = 4096) -> tuple[dict, str]:
+                             judge_samples: int = 4096) -> tuple[dict, str]:
     """Fit and save the latent directions into the weights folder OUT, re-measure them (check_directions,
     with attr_judge when given), draw directions.png. Returns (figures to record, the card's section)."""
     import dataclasses
@@ -413,22 +410,18 @@ def fit_and_check_directions(model: CVAEGAN, out: Path, train_set: LabelledImage
     fits = I.compute_directions(model, train_set.images, train_set.labels, components, train_set.attributes,
                                 judge=fit_judge, judge_samples=judge_samples, decorrelate=decorrelate)
     save_directions(model, out)
+    fit_cfg = None if fit_judge is None else dataclasses.asdict(fit_judge.config)
+    attr_cfg = None if attr_judge is None else dataclasses.asdict(attr_judge.config)
     figures = {"direction_fits": fits}
     if fit_judge is not None:
         figures["direction_judge"] = {"resolution": fit_judge.config.resolution, **fit_judge.config.training,
-                                      "same_as_attribute_judge": same}
-    amounts = {n: 2.0 for n in model.config.directions}  # 2 standard deviations
-    for n, unit in zip(model.config.directions, model.config.direction_units):
-        v = train_set.attributes.get(n)
-        if unit == "attribute units" and v is not None and torch.isfinite(v).any():  # weights made before "std"
-            amounts[n] = round(2 * v[torch.isfinite(v)].std().item(), 4)
+                                      "same_as_attribute_judge": _same_judge(fit_cfg, attr_cfg)}
+    amounts = {n: 2.0 for n in model.config.directions}  # 2 standard deviations: every unit is "std" now
     figures["directions"] = check_directions(model, amounts, attribute_judge=attr_judge)
     if attr_judge is not None:
         figures["attribute_judge"] = {"resolution": attr_judge.config.resolution, **attr_judge.config.training}
     save_png(make_grid(directions_sheet(model, amounts), ncol=5), out / "directions.png")
-    table = directions_table(figures["directions"], None if attr_judge is None else dataclasses.asdict(attr_judge.config),
-                             fits, None if fit_judge is None else dataclasses.asdict(fit_judge.config))
-    return figures, table
+    return figures, directions_table(figures["directions"], attr_cfg, fits, fit_cfg)
 
 
 DIRECTIONS_HEADING = "\n## Latent directions (the app's sliders)\n"
@@ -455,8 +448,7 @@ def refresh_directions(folder: str | os.PathLike, data_path: str | os.PathLike, 
     held_out = figures.get("split") == "held-out"  # then the directions use the training part only, as in release
     train_set = data.subset(split_indices(data.labels, 0.1, seed=1234)[0]) if held_out else data
     dir_figures, table = fit_and_check_directions(model, folder, train_set, components, fit_judge, attr_judge,
-                                                  decorrelate, same_judge(attribute_judge, direction_judge),
-                                                  judge_samples)
+                                                  decorrelate, judge_samples)
     for key in ("direction_fits", "direction_judge", "attribute_judge"):
         figures.pop(key, None)
     figures.update(dir_figures)
@@ -496,7 +488,7 @@ def release(run: str | os.PathLike, out: str | os.PathLike, data_path: str | os.
     figures = measure(model, data.subset(val_idx))
     figures["inpaint_psnr_by_iterations"] = measure_inpainting(model, data.subset(val_idx))
     dir_figures, table = fit_and_check_directions(model, out, train_set, components, fit_judge, attr_judge,
-                                                  decorrelate, same_judge(attribute_judge, direction_judge))
+                                                  decorrelate)
     figures.update(dir_figures)
     state_step, rows = checkpoint_rows(run)
     figures["steps"] = state_step
@@ -506,7 +498,7 @@ def release(run: str | os.PathLike, out: str | os.PathLike, data_path: str | os.
     grid = torch.cat([I.sample(model, c, list(range(8))) for c in classes])
     save_png(make_grid(grid, ncol=8), out / "samples.png")
     save_png(thumbnail_sheet(model), out / "thumbnails.png")
-    loss_curves(run / "metrics.jsonl", out / "loss_curves.png", up_to=state_step)
+    loss_curves(rows, out / "loss_curves.png")
     hw = hardware or f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
     (out / "README.md").write_text(model_card(name, model, run_cfg, figures, _wall_time(rows), hw, notes) + table)
     (out / "figures.json").write_text(json.dumps(figures, indent=1) + "\n")
