@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from .config import TrainConfig
+from .errors import CVAEGANError, InputError
 
 
 def _add_weights(p: argparse.ArgumentParser) -> None:
@@ -230,7 +231,7 @@ def _device(name: str) -> str:
     if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if name == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device cuda: CUDA is not available; use --device cpu")
+        raise InputError("--device cuda: CUDA is not available; use --device cpu")
     return name
 
 
@@ -317,7 +318,7 @@ def cmd_swap(a: argparse.Namespace) -> int:
 
     model = _model(a)
     if a.image is None and a.seed is None:
-        raise ValueError("give --seed or --image")
+        raise InputError("give --seed or --image")
     z, _ = endpoint(model, a.source_class if a.image else 0, a.seed, a.image, a.truncation)
     classes = _split(a.classes) or list(range(min(8, model.config.num_classes)))
     x = swap(model, z, classes)
@@ -417,7 +418,7 @@ def cmd_judge(a: argparse.Namespace) -> int:
     if a.threads:
         torch.set_num_threads(a.threads)
     if a.epochs < 1:
-        raise ValueError("--epochs must be at least 1")
+        raise InputError("--epochs must be at least 1")
     data = load_images(a.data, a.resolution)
     extra = remap_classes(load_images(a.extra, a.resolution), data) if a.extra else None
     cfg = train_judge(data, a.out, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, seed=a.seed, extra=extra,
@@ -453,10 +454,10 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     if a.card:
         import dataclasses
 
-        from .release import attach_judge
+        from .card import attach_judge
 
         if not a.weights or not Path(a.weights).is_dir():
-            raise ValueError("--card needs --weights to be a local weights folder")
+            raise InputError("--card needs --weights to be a local weights folder")
         attach_judge(a.weights, report, dataclasses.asdict(judge.config))
     d = report["discriminability"]
     print(f"judge top-1: generated {d['judge_top1_generated']:.4f}, held-out real {d['judge_top1_real_val']:.4f} "
@@ -477,7 +478,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
-    except (ValueError, RuntimeError, OSError) as e:  # our errors subclass these; one line unless --debug
+    except (CVAEGANError, OSError) as e:  # ours, or the OS's (paths, permissions): one line unless --debug
         if args.debug:
             raise
         print(f"error: {e}", file=sys.stderr)

@@ -15,7 +15,6 @@ lighting direction, colour jitter would change brightness.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import time
@@ -24,18 +23,21 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save_file
 from torch import nn
 from tqdm.auto import tqdm
 
-from .data import LabelledImages, split_indices
-from .hub import WeightsError, _atomic_write_bytes, _load_tensors, _sha256, load_state_strict, read_json
+from .data import SPLIT_SEED, LabelledImages, split_indices
+from .errors import InputError
 from .images import uint8_to_float
+from .serialization import PretrainedMixin, WeightsError, unwrap_state
 
 JUDGE_KIND = "cvaegan-judge"
 JUDGE_FORMAT = 1
 JUDGE_FILE = "judge.safetensors"
-SPLIT_SEED = 1234  # the same held-out images as `cvaegan train --val-fraction 0.1`
+
+
+class JudgeError(InputError):
+    """A judge cannot be trained or used as asked; the message says why and what to do."""
 
 
 @dataclass
@@ -93,8 +95,12 @@ class _Block(nn.Module):
         return h + self.skip(x)
 
 
-class Judge(nn.Module):
-    """x: (B, 3, R, R) in [-1, 1] -> (logits (B, K), features (B, widths[-1]))."""
+class Judge(PretrainedMixin, nn.Module):
+    """x: (B, 3, R, R) in [-1, 1] -> (logits (B, K), features (B, widths[-1])). Saved as config.json + judge.safetensors."""
+
+    config_class = JudgeConfig
+    config_missing = "make a judge with `cvaegan judge --data ... --out {folder}`"
+    config_broken = "re-create the judge"
 
     def __init__(self, cfg: JudgeConfig):
         super().__init__()
@@ -119,6 +125,9 @@ class Judge(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         f = self.features(x)
         return self.fc(self.drop(f)), f
+
+    def weight_files(self) -> dict[str, nn.Module]:
+        return {JUDGE_FILE: self}
 
 
 def shift_batch(x: torch.Tensor, gen: torch.Generator, fraction: int = 16) -> torch.Tensor:
@@ -160,7 +169,7 @@ def predict_attributes(judge: Judge, x: torch.Tensor, batch_size: int = 256) -> 
     """An attribute judge's estimates, in each attribute's own units, for float images in [-1, 1]."""
     cfg = judge.config
     if not cfg.targets:
-        raise ValueError("this judge classifies; attributes need `cvaegan judge --attributes`")
+        raise JudgeError("this judge classifies; attributes need `cvaegan judge --attributes`")
     out, _ = predict(judge, x, batch_size)
     mean, std = torch.tensor(cfg.target_mean), torch.tensor(cfg.target_std)
     out = out * std + mean
@@ -191,31 +200,31 @@ def train_judge(data: LabelledImages, out: str | os.PathLike, epochs: int = 20, 
     attributes=True trains an attribute judge instead: it regresses every attr_* column of the data's
     metadata.csv (standardised, mean squared error over the known values) and reports R^2 per attribute.
 
-    The split is split_indices(labels, 0.1, seed=1234): the same images `cvaegan train
+    The split is split_indices(labels, 0.1, seed=SPLIT_SEED): the same images `cvaegan train
     --val-fraction 0.1` holds out, so the judge and the generator never see the held-out images.
     """
     if attributes:
         if not data.attributes:
-            raise ValueError("the data has no attr_* columns (metadata.csv beside the data with 'path' and attr_* "
+            raise JudgeError("the data has no attr_* columns (metadata.csv beside the data with 'path' and attr_* "
                              "columns); an attribute judge needs them")
         if extra is not None:
-            raise ValueError("--extra images carry no attributes; train the attribute judge on real photos only")
+            raise JudgeError("--extra images carry no attributes; train the attribute judge on real photos only")
     elif data.num_classes < 2:
-        raise ValueError(f"the judge needs at least 2 classes, the data has {data.num_classes}")
+        raise JudgeError(f"the judge needs at least 2 classes, the data has {data.num_classes}")
     out = Path(out)
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise ValueError(f"cannot create {out} ({e}); choose a writable --out") from e
+        raise JudgeError(f"cannot create {out} ({e}); choose a writable --out") from e
     device = torch.device(device)
     res = int(data.images.shape[-1])
     tr, va = split_indices(data.labels, 0.1, seed=SPLIT_SEED)
     x_tr, y_tr = data.images[tr], data.labels[tr]
     if extra is not None:
         if extra.class_folders != data.class_folders:
-            raise ValueError("the extra images must use the same class folders as the data")
+            raise JudgeError("the extra images must use the same class folders as the data")
         if extra.images.shape[-1] != res:
-            raise ValueError(f"extra images are {extra.images.shape[-1]} px, the data {res} px")
+            raise JudgeError(f"extra images are {extra.images.shape[-1]} px, the data {res} px")
         x_tr, y_tr = torch.cat([x_tr, extra.images]), torch.cat([y_tr, extra.labels])
     cfg = JudgeConfig(resolution=res, num_classes=data.num_classes, widths=list(widths or [32, 64, 128, 256]),
                       class_names=list(data.class_names), class_folders=list(data.class_folders))
@@ -261,7 +270,7 @@ def train_judge(data: LabelledImages, out: str | os.PathLike, epochs: int = 20, 
     cfg.training = {
         "epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed, "train_images": n,
         "extra_images": 0 if extra is None else len(extra.labels), "val_images": len(va),
-        "split": "per class 90/10, split_indices(seed=1234)",
+        "split": f"per class 90/10, split_indices(seed={SPLIT_SEED})",
         "wall_s": round(time.perf_counter() - t0, 1), "device": str(device),
     }
     if attributes:
@@ -274,34 +283,18 @@ def train_judge(data: LabelledImages, out: str | os.PathLike, epochs: int = 20, 
 
 
 def save_judge(judge: Judge, out: str | os.PathLike) -> Path:
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in judge.state_dict().items()}
-    tmp = out / (JUDGE_FILE + ".tmp")
-    save_file(state, str(tmp), metadata={"format": "pt", "kind": JUDGE_KIND})
-    os.replace(tmp, out / JUDGE_FILE)
-    judge.config.files = {JUDGE_FILE: _sha256(out / JUDGE_FILE)}
-    _atomic_write_bytes(out / "config.json", (json.dumps(dataclasses.asdict(judge.config), indent=2) + "\n").encode())
-    return out
+    """OUT/config.json + OUT/judge.safetensors."""
+    return judge.write_folder(out, {JUDGE_FILE: unwrap_state(judge)}, {JUDGE_FILE: {"format": "pt", "kind": JUDGE_KIND}})
 
 
 def load_judge(folder: str | os.PathLike, device: str | torch.device = "cpu") -> Judge:
-    folder = Path(folder)
-    path = folder / "config.json"
-    data = read_json(path, f"make a judge with `cvaegan judge --data ... --out {folder}`", "re-create the judge")
-    cfg = JudgeConfig.from_dict(data, str(path))
-    weights = folder / JUDGE_FILE
-    digest = cfg.files.get(JUDGE_FILE)
-    if weights.is_file() and digest and _sha256(weights) != digest:
-        raise WeightsError(f"{weights}: sha256 does not match config.json (file corrupted or replaced); re-create the judge")
-    judge = Judge(cfg)
-    load_state_strict(judge, _load_tensors(weights), str(weights))
-    return judge.to(device).eval()
+    """A judge folder, checked by sha256 and loaded strictly; eval mode, on `device`."""
+    return Judge.from_folder(folder, device)
 
 
 def load_attribute_judge(folder: str | os.PathLike, device: str | torch.device = "cpu") -> Judge:
     """load_judge, refusing a class judge (the latent directions need attribute estimates)."""
     judge = load_judge(folder, device)
     if not judge.config.targets:
-        raise ValueError(f"{folder} is a class judge; pass one made with `cvaegan judge --attributes`")
+        raise JudgeError(f"{folder} is a class judge; pass one made with `cvaegan judge --attributes`")
     return judge

@@ -2,12 +2,18 @@
 from __future__ import annotations
 
 import math
+import os
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import __version__
 from .config import ModelConfig
+from .serialization import PretrainedMixin, WeightsError, load_tensors, save_tensors, unwrap_state
+
+DIRECTIONS_NAME = "directions.safetensors"
 
 
 def channels(cfg: ModelConfig, res: int) -> int:
@@ -149,11 +155,15 @@ class Classifier(nn.Module):
 NETWORKS = ("encoder", "generator", "classifier", "discriminator")
 
 
-class CVAEGAN(nn.Module):
+class CVAEGAN(PretrainedMixin, nn.Module):
     """Container of E, G, C and (for training) D, plus the config they were built from.
 
-    `from_pretrained` / `save_pretrained` live in cvaegan.hub and are attached here for convenience.
+    Saved as config.json + encoder/generator/classifier[/discriminator].safetensors (+ the latent
+    directions); `from_pretrained` loads a folder or a Hub repo (see PretrainedMixin).
     """
+
+    config_class = ModelConfig
+    config_missing = "a weights folder needs config.json + *.safetensors (see `cvaegan export`)"
 
     def __init__(self, cfg: ModelConfig, with_discriminator: bool = True):
         super().__init__()
@@ -176,13 +186,60 @@ class CVAEGAN(nn.Module):
             nets["discriminator"] = self.discriminator
         return nets
 
+    def weight_files(self) -> dict[str, nn.Module]:
+        return {f"{name}.safetensors": net for name, net in self.networks().items()}
+
+    def save_pretrained(self, path: str | os.PathLike, fp16: bool = True, include_discriminator: bool = False,
+                        extra: dict[str, dict[str, torch.Tensor]] | None = None) -> Path:
+        """Write config.json + encoder/generator/classifier[/discriminator].safetensors (+ directions, + the
+        `extra` files: file name -> tensors, saved as given). fp16 stores the networks' float tensors as
+        float16 (loading casts back to float32)."""
+        names = ["encoder", "generator", "classifier"] + (["discriminator"] if include_discriminator else [])
+        tensors, metadata = {}, {}
+        for name in names:
+            net = getattr(self, name)
+            if net is None:
+                raise WeightsError(f"cannot save {name}: this model has none (load it with with_discriminator=True)")
+            state = unwrap_state(net)
+            if fp16:
+                state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
+            tensors[f"{name}.safetensors"] = state
+            metadata[f"{name}.safetensors"] = {"format": "pt", "network": name, "cvaegan": __version__}
+        for fname, t in (extra or {}).items():
+            tensors[fname] = t
+            metadata[fname] = {"format": "pt", "cvaegan": __version__}
+        if self.directions is not None:
+            tensors[DIRECTIONS_NAME] = self._direction_tensors()
+        return self.write_folder(path, tensors, metadata, package_version=__version__)
+
+    def save_directions(self, path: str | os.PathLike) -> None:
+        """Add (or replace) the latent directions of an existing weights folder; network files stay as they are."""
+        out = Path(path)
+        if self.directions is None:
+            raise WeightsError("the model has no directions to save; compute them first")
+        files = {k: v for k, v in self.read_config(out).files.items() if k != DIRECTIONS_NAME}
+        files[DIRECTIONS_NAME] = save_tensors(self._direction_tensors(), out / DIRECTIONS_NAME)
+        self.write_config(out, files, package_version=__version__)
+
+    def _direction_tensors(self) -> dict[str, torch.Tensor]:
+        return {"directions": self.directions.float().cpu().contiguous(),
+                "scales": self.direction_scales.float().cpu().contiguous()}
+
+    def load_extras(self, folder: Path) -> None:
+        if not self.config.directions:
+            return
+        path = folder / DIRECTIONS_NAME
+        t = load_tensors(path)
+        d, s, n = t.get("directions"), t.get("scales"), len(self.config.directions)
+        if d is None or s is None or d.shape != (n, self.config.z_dim) or s.shape != (n,):
+            raise WeightsError(f"{path}: expected 'directions' ({n}, {self.config.z_dim}) and "
+                               f"'scales' ({n},) to match config.json")
+        self.directions, self.direction_scales = d.float(), s.float()
+
     @classmethod
-    def from_pretrained(cls, name_or_path: str, **kw) -> "CVAEGAN":
-        from .hub import load_pretrained
-
-        return load_pretrained(name_or_path, **kw)
-
-    def save_pretrained(self, path: str, **kw) -> None:
-        from .hub import save_pretrained
-
-        save_pretrained(self, path, **kw)
+    def from_folder(cls, folder: str | os.PathLike, device: str | torch.device = "cpu", verify: bool = True,
+                    with_discriminator: bool = False) -> CVAEGAN:
+        """Load a local weights folder strictly; networks in eval mode, float32, on `device`."""
+        if with_discriminator and not (Path(folder) / "discriminator.safetensors").is_file():
+            raise WeightsError(f"{folder}: no discriminator.safetensors; export with --export-discriminator to fine-tune")
+        return super().from_folder(folder, device, verify, with_discriminator=with_discriminator)

@@ -2,10 +2,12 @@
 images. app.py (Gradio) only wires these functions to widgets; tests call them directly."""
 from __future__ import annotations
 
+import base64
 import math
 import os
 import re
 import secrets
+import shutil
 import tempfile
 import threading
 import time
@@ -17,6 +19,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from . import blend
 from . import inference as I
 from .hub import BUNDLED_DIR, BUNDLED_ORDER, CONFIG_NAME, Resolved, resolve_weights
 from .images import ImageError, make_grid, open_image, open_mask, save_png, to_pil
@@ -28,6 +31,9 @@ MAX_FRAMES = 32  # interpolation frames per request
 MAX_ITERATIONS = 20  # inpainting rounds per request
 MAX_REFINE = 200  # z-refinement steps per request
 MAX_SR_STEPS = 300
+EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "examples"  # next to the package, never the cwd
+EDIT_PX = 256  # a generated sample is sent to the inpainting canvas at least this large
+AUTO = "auto (C decides)"
 
 
 DIRECTION_LABELS = {  # friendlier slider names for the attribute columns of the faces pack
@@ -35,6 +41,14 @@ DIRECTION_LABELS = {  # friendlier slider names for the attribute columns of the
     "attr_smile": "smile (mouth width)", "attr_eye_open": "eyes open", "attr_brightness": "brightness",
     "attr_light_lr": "lighting left/right",
 }
+DIRECTION_PLUS = {  # what + does, from the attribute definitions of the data (see the data set's README)
+    "attr_yaw": "turns towards the picture's right", "attr_pitch": "tilts down", "attr_mouth_open": "opens",
+    "attr_smile": "widens", "attr_eye_open": "opens", "attr_brightness": "brighter",
+    "attr_light_lr": "more light on the picture's right",
+}
+# unnamed classes such as "celeba_07201": readable picker labels ("Person 3 (CelebA 07201)")
+SOURCE_NAMES = {"celeba": ("Person", "CelebA"), "lfw": ("Person", "LFW"), "vggface2": ("Person", "VGGFace2"),
+                "casia": ("Person", "CASIA")}
 
 
 # ------------------------------------------------------------------ result files
@@ -70,17 +84,21 @@ def sweep_outputs(now: float | None = None, force: bool = False) -> int:
     for f in output_dir().iterdir():
         try:
             if now - f.stat().st_mtime > OUTPUT_TTL_S:
-                f.unlink()
+                shutil.rmtree(f) if f.is_dir() else f.unlink()
                 removed += 1
         except OSError:  # already gone (another thread's sweep)
             pass
     return removed
 
 
-def output_path(suffix: str) -> str:
-    """A fresh, unique file name for one result."""
+def output_path(suffix: str, name: str | None = None) -> str:
+    """A fresh, unique file path for one result; with `name`, a unique folder holding that readable file name."""
     sweep_outputs()
-    return str(output_dir() / f"{uuid.uuid4().hex}{suffix}")
+    if name is None:
+        return str(output_dir() / f"{uuid.uuid4().hex}{suffix}")
+    folder = output_dir() / uuid.uuid4().hex
+    folder.mkdir()
+    return str(folder / (re.sub(r"[^\w.-]+", "_", name).strip("_") + suffix))
 
 
 def as_files(value):
@@ -103,6 +121,41 @@ def direction_label(name: str) -> str:
     if name.startswith("pc") and name[2:].isdigit():
         return f"principal direction {name[2:]}"
     return name.removeprefix("attr_").replace("_", " ")
+
+
+def direction_hint(name: str) -> str:
+    """Slider label with the meaning of +: "head turn (+ turns towards the picture's right)"."""
+    label = direction_label(name)
+    if name in DIRECTION_PLUS:
+        return f"{label} (+ {DIRECTION_PLUS[name]})"
+    if name.startswith("pc") and name[2:].isdigit():
+        return label
+    return f"{label} (+ = more)"
+
+
+def class_display_names(model: CVAEGAN) -> list[str]:
+    """A readable picker label per class: names such as "celeba_07201" become "Person 1 (CelebA 07201)"
+    (numbered in class order among the unnamed ones); real names are kept."""
+    out, counts = [], {}
+    for name in model.config.class_names:
+        m = re.fullmatch(r"([A-Za-z]+)[_-](\d+)", name)
+        if m is None:
+            out.append(name)
+            continue
+        kind, source = SOURCE_NAMES.get(m.group(1).lower(), ("Class", m.group(1)))
+        counts[kind] = counts.get(kind, 0) + 1
+        out.append(f"{kind} {counts[kind]} ({source} {m.group(2)})")
+    return out
+
+
+def class_choices(model: CVAEGAN, auto: bool = False) -> list[tuple[str, str]]:
+    """Dropdown choices (label, value): the value stays the class name the API takes."""
+    pairs = list(zip(class_display_names(model), model.config.class_names))
+    return ([(AUTO, AUTO)] if auto else []) + pairs
+
+
+def display_name(model: CVAEGAN, idx: int) -> str:
+    return class_display_names(model)[idx]
 
 
 def bundled_names() -> list[str]:
@@ -178,15 +231,27 @@ def _thumbnails(model: CVAEGAN) -> list[Image.Image]:
 
 
 def _card(model: CVAEGAN) -> str:
-    p = Path(model.source) / "README.md" if model.source and Path(model.source).is_dir() else None
+    """The weights' model card as Markdown for the About tab: front matter dropped, pictures of the weights
+    folder inlined (data URIs, so they show whatever the working directory), other picture links dropped,
+    empty table header rows named."""
+    folder = Path(model.source) if model.source and Path(model.source).is_dir() else None
+    p = folder / "README.md" if folder is not None else None
     if p is not None and p.is_file():
         text = p.read_text(encoding="utf-8")
         if text.startswith("---"):  # drop YAML front matter
             end = text.find("\n---", 3)
             text = text[end + 4:] if end > 0 else text
-        # relative picture links cannot be served from the card; the app shows samples.png itself
-        text = re.sub(r"!\[[^\]]*\]\([^)]*\)", "", text)
-        return text.strip()
+
+        def picture(m: re.Match) -> str:
+            alt, target = m.group(1), m.group(2).strip()
+            f = (folder / target).resolve()
+            if "/" in target or "\\" in target or not f.is_file() or f.suffix.lower() not in (".png", ".jpg", ".jpeg"):
+                return ""  # only pictures shipped in the weights folder itself
+            kind = "png" if f.suffix.lower() == ".png" else "jpeg"
+            return f"\n\n![{alt}](data:image/{kind};base64,{base64.b64encode(f.read_bytes()).decode()})\n\n"
+        text = re.sub(r"!\[([^\]]*)\]\(([^)]*)\)", picture, text)
+        text = re.sub(r"(?m)^\|(\s*\|){2}\s*$", "| item | value |", text)
+        return re.sub(r"\n{3,}", "\n\n", text).strip()
     c = model.config
     return (f"No model card was shipped with these weights.\n\n{c.num_classes} classes, "
             f"{c.resolution}x{c.resolution} px, z_dim {c.z_dim}.")
@@ -243,6 +308,22 @@ def class_label(model: CVAEGAN, idx: int, prob: float | None) -> str:
     return f"{name} (C's guess, p = {prob:.2f})" if prob is not None else name
 
 
+def top_text(model: CVAEGAN, top: list[tuple[int, float]]) -> str:
+    """C's top guesses as one line, saying when none is confident."""
+    names = class_display_names(model)
+    text = "C's guesses: " + ", ".join(f"{names[i]} (p = {p:.2f})" for i, p in top)
+    if top and top[0][1] < blend.CONFIDENT:
+        text += (f". C is not confident (no class reaches p = {blend.CONFIDENT:.1f}): the photo may show none "
+                 "of this model's classes; pick the class yourself if you know it")
+    return text
+
+
+def upscale(img: Image.Image, at_least: int = EDIT_PX) -> Image.Image:
+    """A smoothly upscaled copy (Lanczos) whose short side is at least `at_least` px (never shrunk)."""
+    f = math.ceil(at_least / min(img.size))
+    return img if f <= 1 else img.resize((img.width * f, img.height * f), Image.LANCZOS)
+
+
 # ------------------------------------------------------------------ requests
 
 
@@ -264,6 +345,23 @@ def explore(model: CVAEGAN, cls, seed, truncation, amounts: dict[str, float]) ->
     clean = {k: parse_number(v, f"slider {k}", -10, 10) for k, v in amounts.items()}
     z = I.edit(model, z, clean)
     return to_pil(I.generate(model, z[None], torch.tensor([idx]))[0])
+
+
+def explore_pair(model: CVAEGAN, cls, seed, truncation, photo, amounts: dict[str, float]
+                 ) -> tuple[Image.Image, Image.Image, str]:
+    """(unedited, edited, note) for a (class, seed) sample or, when `photo` is given, for E's code of the
+    photo under that class (the class picked by C when cls is 'auto')."""
+    clean = {k: parse_number(v, f"slider {k}", -10, 10) for k, v in amounts.items()}
+    if photo is None:
+        idx = model.config.class_index(cls)
+        z = z_from_seeds([parse_seed(seed)], model.config.z_dim, parse_number(truncation, "truncation", 0.0, 2.0))[0]
+        note = f"{display_name(model, idx)}, seed {parse_seed(seed)}"
+    else:
+        z, idx, prob = I.encode(model, I.as_model_input(model, open_image(photo, name="photo")), class_choice(model, cls))
+        note = f"E's code of your image as {display_name(model, idx)}" + (f" (C's guess, p = {prob:.2f})" if prob else "")
+    c = torch.tensor([idx, idx])
+    x = I.generate(model, torch.stack([z, I.edit(model, z, clean)]), c, batch_size=1)
+    return to_pil(x[0]), to_pil(x[1]), note
 
 
 def swap_grid(model: CVAEGAN, seed, truncation, limit: int = 300) -> list[tuple[Image.Image, str]]:
@@ -288,8 +386,10 @@ def interpolate(model: CVAEGAN, a: tuple, b: tuple, mode: str, frames) -> tuple[
     n = parse_number(frames, "frames", 2, MAX_FRAMES, integer=True)
     if mode not in ("z", "class", "both"):
         raise ValueError(f"mode must be z, class or both, got {mode!r}")
-    x = I.interpolate(model, _endpoint(model, *a), _endpoint(model, *b), n, mode)
-    path = output_path(".gif")
+    (za, ca), (zb, cb) = _endpoint(model, *a), _endpoint(model, *b)
+    x = I.interpolate(model, (za, ca), (zb, cb), n, mode)
+    names = model.config.class_names
+    path = output_path(".gif", f"interpolation_{names[ca]}_to_{names[cb]}_{n}_frames")
     I.save_gif(x, path)
     return [to_pil(t) for t in x], path
 
@@ -315,17 +415,58 @@ def editor_to_image_and_mask(value) -> tuple[Image.Image, np.ndarray]:
     return photo, mask
 
 
-def inpaint(model: CVAEGAN, editor_value, cls, iterations, refine_steps, progress=None) -> tuple[Image.Image, Image.Image, str]:
-    """Returns (before, after, class text) for a painted canvas."""
+def _inpaint(model: CVAEGAN, editor_value, cls, iterations, refine_steps, progress=None):
     photo, mask = editor_to_image_and_mask(editor_value)
     if not mask.any():
         raise ValueError("paint over the part of the photo to fill in first (the mask is empty)")
     k = parse_number(iterations, "iterations", 1, MAX_ITERATIONS, integer=True)
     rs = parse_number(refine_steps, "refinement steps", 0, MAX_REFINE, integer=True)
-    r = I.inpaint(model, photo, mask, class_choice(model, cls), k, rs, progress=progress)
+    r = blend.inpaint(model, photo, mask, class_choice(model, cls), k, rs, progress=progress)
     before = np.asarray(photo).copy()
     before[mask] = (before[mask] * 0.35 + np.array([255, 0, 255]) * 0.65).astype(np.uint8)  # show the hole
-    return Image.fromarray(before), r["image"], class_label(model, r["class"], r["probability"])
+    return Image.fromarray(before), r
+
+
+def inpaint(model: CVAEGAN, editor_value, cls, iterations, refine_steps, progress=None) -> tuple[Image.Image, Image.Image, str]:
+    """(before with the hole shown, after, class text) for a painted canvas, inpainted at the photo's own
+    resolution with a seamless blend (cvaegan.blend). Class text: "name" or "name (C's guess, p = 0.42)"."""
+    before, r = _inpaint(model, editor_value, cls, iterations, refine_steps, progress)
+    return before, r["image"], class_label(model, r["class"], r["top"][0][1] if r["top"] else None)
+
+
+def inpaint_full(model: CVAEGAN, editor_value, cls, iterations, refine_steps, progress=None
+                 ) -> tuple[Image.Image, Image.Image, str]:
+    """As inpaint, with the class's display name and, for 'auto', C's top-3 (and whether C is confident)."""
+    before, r = _inpaint(model, editor_value, cls, iterations, refine_steps, progress)
+    text = display_name(model, r["class"]) + (f". {top_text(model, r['top'])}" if r["top"] else "")
+    return before, r["image"], text
+
+
+def examples_for(name: str) -> list[tuple[Path, Path]]:
+    """(image, mask) pairs shipped in examples/ for a bundled model name ("faces_0_image.png", "faces_0_mask.png")."""
+    pairs = []
+    for img in sorted(EXAMPLES_DIR.glob(f"{name}_*_image.png")):
+        mask = img.with_name(img.name.replace("_image.png", "_mask.png"))
+        if mask.is_file():
+            pairs.append((img, mask))
+    return pairs
+
+
+def editor_value(image, mask=None) -> dict:
+    """A gr.ImageEditor value for a photo (any image; small ones are upscaled to EDIT_PX so that the
+    brush fits) and an optional mask (any mask image or bool array), drawn as a translucent magenta layer."""
+    photo = open_image(image, name="image")
+    big = upscale(photo)
+    layers = []
+    if mask is not None:
+        m = open_mask(mask if not isinstance(mask, (str, os.PathLike)) else Path(mask), big.size, name="mask")
+        rgba = np.zeros((big.height, big.width, 4), np.uint8)
+        rgba[m] = (255, 0, 255, 200)
+        layers.append(Image.fromarray(rgba, "RGBA"))
+    composite = big.copy()
+    for layer in layers:
+        composite.paste(layer, (0, 0), layer)
+    return as_files({"background": big, "layers": layers, "composite": composite})
 
 
 def enhance(model: CVAEGAN, image, cls, steps, progress=None) -> tuple[Image.Image, str]:

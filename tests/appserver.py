@@ -13,14 +13,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def launch_app(weights: str):
-    """Import app.py with CVAEGAN_WEIGHTS=weights and launch it in this process -> (module, url)."""
-    os.environ["CVAEGAN_WEIGHTS"] = weights
+def launch_app(weights: str | None):
+    """Import app.py with CVAEGAN_WEIGHTS=weights (None: the bundled weights only) and launch it in this
+    process with the app's own launch options (CSS, upload limit) -> (module, url)."""
+    if weights is None:
+        os.environ.pop("CVAEGAN_WEIGHTS", None)
+    else:
+        os.environ["CVAEGAN_WEIGHTS"] = weights
     if "app" in sys.modules:
         app = importlib.reload(sys.modules["app"])
     else:
         app = importlib.import_module("app")
     port = free_port()
-    app.demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True,
-                    max_file_size="10mb")
+    app.demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **app.LAUNCH)
     return app, f"http://127.0.0.1:{port}"
