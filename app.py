@@ -49,6 +49,7 @@ CSS = """
 #class-thumbs .caption-label { position: static !important; transform: none !important; max-width: 100% !important;
   background: none !important; color: var(--body-text-color) !important; white-space: normal !important;
   font-size: 11px !important; line-height: 1.2 !important; padding: 2px !important; text-align: center; border: none !important; }
+@media (max-width: 640px) { .grid-container { grid-template-columns: repeat(auto-fill, minmax(96px, 1fr)) !important; } }
 """
 LAUNCH = {"css": CSS, "max_file_size": "10mb"}
 
@@ -309,9 +310,9 @@ def wire_events(demo, ui, registry, model_of, examples_of):
         if not images:
             raise gr.Error("generate a sample first")
         gr.Info("The first sample is on the Inpaint canvas (enlarged): paint over a part and press Inpaint.")
-        return gr.Tabs(selected="inpaint")
-    ui.to_inpaint.click(open_inpaint, ui.last_images, ui.tabs, api_name="open_inpaint", api_visibility="undocumented"
-                        ).success(send_to_inpaint, ui.last_images, ui.editor, api_name="send_to_inpaint")
+        return gr.Tabs(selected="inpaint"), None  # the sample replaces any canvas still waiting for the tab
+    ui.to_inpaint.click(open_inpaint, ui.last_images, [ui.tabs, ui.pending], api_name="open_inpaint",
+                        api_visibility="undocumented").success(send_to_inpaint, ui.last_images, ui.editor, api_name="send_to_inpaint")
 
     def flush_pending(value):
         if value is None:

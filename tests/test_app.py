@@ -31,9 +31,14 @@ def test_app_is_thin_and_every_event_named(served):
     imported = {a.name for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom)) for a in n.names}
     assert not imported & {"torch", "nn"}
     api = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
-    for name in ("/generate", "/explore", "/swap", "/interpolate", "/inpaint", "/enhance", "/reconstruct",
-                 "/select_model", "/reset_sliders", "/init_sliders"):
+    # the endpoints of the first release keep their parameters and number of results (gradio_client users)
+    kept = {"/select_model": (1, 27), "/init_sliders": (0, 16), "/generate": (6, 3), "/send_to_inpaint": (0, 1),
+            "/explore": (20, 1), "/reset_sliders": (1, 16), "/explore_after_reset": (20, 1), "/swap": (3, 1),
+            "/interpolate": (9, 2), "/inpaint": (5, 2), "/enhance": (4, 2), "/reconstruct": (3, 2)}
+    for name, (n_in, n_out) in kept.items():
         assert name in api, name
+        assert (len(api[name]["parameters"]), len(api[name]["returns"])) == (n_in, n_out), name
+    assert "/explore_view" in api and len(api["/explore_view"]["parameters"]) == 21
 
 
 def test_generate_over_http_is_seeded(served):
@@ -122,3 +127,31 @@ def test_image_results_reach_gradio_as_files_of_our_own(served):
     for p in paths:
         assert isinstance(p, str) and Path(p).parent == S.output_dir() and Path(p).is_file(), p
     assert len(set(paths)) == len(paths)
+
+
+def test_model_switch_gives_every_dropdown_its_own_valid_update(served):
+    """Finding 1: one update dict was shared by several dropdowns; Gradio consumed it on the first, the
+    others came out empty and every later Explore event failed with 'not in the list of choices'."""
+    app, _, w, _ = served
+    fns = {f.api_name: f.fn for f in app.demo.fns.values()}
+    for choice in (w, "faces"):
+        out = fns["select_model"](choice)
+        names = app.registry.get(choice).model.config.class_names
+        dropdowns = out[1:8]
+        assert len({id(d) for d in dropdowns}) == 7
+        for d in dropdowns:
+            assert d["value"] in [v for _, v in d["choices"]] and d["value"] in names + [app.AUTO]
+        assert [u["visible"] for u in out[11:]][:len(app.registry.get(choice).model.config.directions)] == \
+            [True] * len(app.registry.get(choice).model.config.directions)
+    cleared = fns["select_model_outputs"]("faces")
+    examples, pending = cleared[9], cleared[8]
+    assert examples and pending["background"] and pending["layers"]  # the faces examples, for the canvas
+    assert fns["select_model_outputs"](w)[9] == []  # no examples shipped for the extra weights
+
+
+def test_explore_view_over_http_shows_original_and_edit(served):
+    _, client, w, _ = served
+    orig, edited, note = client.predict(w, "Circle 0", 3, 1.0, None, *[0.0] * 16, api_name="/explore_view")
+    assert np.array_equal(np.asarray(Image.open(orig)), np.asarray(Image.open(edited))) and "seed 3" in note
+    _, moved, _ = client.predict(w, "Circle 0", 3, 1.0, None, 2.0, *[0.0] * 15, api_name="/explore_view")
+    assert not np.array_equal(np.asarray(Image.open(moved)), np.asarray(Image.open(edited)))

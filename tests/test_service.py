@@ -115,16 +115,20 @@ def test_direction_labels():
     assert S.direction_label("attr_hat_size") == "hat size"
 
 
-def test_model_card_drops_relative_picture_links(trained_export, tmp_path):
+def test_model_card_inlines_its_pictures_and_names_empty_headers(trained_export, tmp_path):
     import shutil
 
     from cvaegan.hub import load_folder
 
     w = tmp_path / "w"
     shutil.copytree(trained_export, w)
-    (w / "README.md").write_text("---\nlicense: other\n---\n# Card\n![samples](samples.png)\nText.\n")
-    model = load_folder(w)
-    assert S._card(model) == "# Card\n\nText."
+    Image.new("RGB", (4, 4), (1, 2, 3)).save(w / "curves.png")
+    (w / "README.md").write_text("---\nlicense: other\n---\n# Card\n| | |\n|---|---|\n| a | 1 |\n"
+                                 "Loss curves: ![losses](curves.png) ![gone](missing.png) ![far](../x.png)\nText.\n")
+    card = S._card(load_folder(w))
+    assert card.startswith("# Card\n| item | value |\n|---|---|")  # no empty header row
+    assert card.count("data:image/png;base64,") == 1 and "![losses](data:image/png" in card
+    assert "missing.png" not in card and "../x.png" not in card and card.endswith("Text.")
 
 
 def test_results_become_png_files_of_their_own_and_old_ones_are_swept():
@@ -142,3 +146,118 @@ def test_results_become_png_files_of_their_own_and_old_ones_are_swept():
     os.utime(p1, (old, old))
     assert S.sweep_outputs(force=True) >= 1
     assert not Path(p1).exists() and Path(p2).exists()
+
+
+# ------------------------------------------------------------------ the demo's newer requests
+
+
+def test_identity_labels_are_readable_and_values_unchanged(model):
+    import copy
+
+    m = copy.deepcopy(model)
+    m.config.class_names = ["celeba_07201", "Tony Blair", "celeba_07203", "lfw_12"]
+    assert S.class_display_names(m) == ["Person 1 (CelebA 07201)", "Tony Blair", "Person 2 (CelebA 07203)",
+                                        "Person 3 (LFW 12)"]
+    choices = S.class_choices(m, auto=True)
+    assert choices[0] == (S.AUTO, S.AUTO) and [v for _, v in choices[1:]] == m.config.class_names
+    m.config.class_names = ["class_3", "class_4", "x", "y"]
+    assert S.class_display_names(m)[:2] == ["Class 1 (class 3)", "Class 2 (class 4)"]
+
+
+def test_slider_labels_say_what_plus_does():
+    assert S.direction_hint("attr_yaw") == "head turn (+ turns towards the picture's right)"
+    assert S.direction_hint("pc2") == "principal direction 2"
+    assert S.direction_hint("attr_hat_size") == "hat size (+ = more)"
+    assert "std" not in S.direction_hint("attr_smile")
+
+
+def test_explore_pair_original_beside_edit_and_from_a_photo(model):
+    orig, edited, note = S.explore_pair(model, "Square 1", 4, 1.0, None, {})
+    ref, _ = S.generate(model, "Square 1", 4, False, 1, 1.0)
+    assert np.array_equal(np.asarray(orig), np.asarray(ref[0])) and np.array_equal(np.asarray(edited), np.asarray(orig))
+    assert "seed 4" in note
+    name = model.config.directions[0]
+    _, moved, _ = S.explore_pair(model, "Square 1", 4, 1.0, None, {name: 3.0})
+    assert not np.array_equal(np.asarray(moved), np.asarray(orig))
+    photo = draw_shape(2, 48, np.random.default_rng(5))
+    a, b, note = S.explore_pair(model, "Triangle 2", 0, 1.0, photo, {})
+    rec, _ = S.reconstruct(model, photo, "Triangle 2")  # the photo's E code, unedited = its reconstruction
+    assert np.array_equal(np.asarray(a), np.asarray(rec)) and "E's code" in note
+
+
+def test_seamless_paste_keeps_known_pixels_and_hides_the_seam():
+    from cvaegan import blend
+
+    h, w = 60, 90
+    ramp = np.linspace(40, 200, w, dtype=np.float32)[None, :, None].repeat(h, 0).repeat(3, 2)
+    photo = ramp.round().astype(np.uint8)
+    mask = np.zeros((h, w), bool)
+    mask[20:40, 30:60] = True
+    fill = np.full((h, w, 3), 10.0, np.float32)  # far too dark everywhere: a hard paste leaves a seam
+    out = blend.seamless_paste(photo, fill, mask).astype(np.float32)
+    assert np.array_equal(out[~mask], photo[~mask])
+    # across the hole's left and right edges the result continues the photo instead of jumping to 10
+    jump = max(abs(out[30, 30] - out[30, 29]).max(), abs(out[30, 59] - out[30, 60]).max())
+    assert jump < 12, jump
+    assert abs(out[mask] - ramp[mask]).mean() < 15  # a constant fill plus the smooth correction = the ramp
+    # a fill that already matches the photo is kept (the correction is zero)
+    same = blend.seamless_paste(photo, ramp, mask)
+    assert abs(same.astype(np.float32) - ramp).max() <= 1
+
+
+def test_inpaint_at_the_photos_own_resolution(model):
+    from cvaegan import blend
+
+    photo = np.asarray(draw_shape(1, 96, np.random.default_rng(7)).resize((150, 96)))
+    mask = np.zeros(photo.shape[:2], bool)
+    mask[30:60, 100:140] = True  # off-centre: the window moves to cover it
+    left, top, side = blend.window_box(mask)
+    assert side == 96 and top == 0 and left <= 100 and left + side >= 140
+    r = blend.inpaint(model, photo, mask, None, 2, 0)
+    out = np.asarray(r["image"])
+    assert out.shape == photo.shape and np.array_equal(out[~mask], photo[~mask]) and (out[mask] != photo[mask]).any()
+    assert len(r["top"]) == 3 and r["class"] == r["top"][0][0] and r["top"][0][1] >= r["top"][1][1]
+    wide = np.zeros(photo.shape[:2], bool)
+    wide[40:50, 5:145] = True  # wider than the short side: a larger, padded window
+    assert blend.window_box(wide)[2] == 140
+    out = np.asarray(blend.inpaint(model, photo, wide, 1, 1, 0)["image"])
+    assert np.array_equal(out[~wide], photo[~wide])
+
+
+def test_inpaint_full_lists_cs_top_three_and_says_when_unsure(model):
+    photo = np.asarray(draw_shape(0, 64, np.random.default_rng(8)))
+    layer = np.zeros((64, 64, 4), np.uint8)
+    layer[10:30, 10:30, 3] = 255
+    _, after, text = S.inpaint_full(model, {"background": photo, "layers": [layer]}, S.AUTO, 2, 0)
+    assert after.size == (64, 64) and text.count("p = ") == 3
+    assert S.top_text(model, [(0, 0.3), (1, 0.2), (2, 0.1)]).endswith("pick the class yourself if you know it")
+    assert "not confident" not in S.top_text(model, [(0, 0.9), (1, 0.05), (2, 0.01)])
+    _, _, text = S.inpaint_full(model, {"background": photo, "layers": [layer]}, "Circle 0", 2, 0)
+    assert text == "Circle 0"
+
+
+def test_editor_value_upscales_and_shows_the_mask(tmp_path):
+    small = Image.new("RGB", (64, 64), (30, 60, 90))
+    mask = np.zeros((64, 64), bool)
+    mask[16:32, 8:40] = True
+    v = S.editor_value(small, mask)
+    bg, layer = Image.open(v["background"]), Image.open(v["layers"][0])
+    assert bg.size == (256, 256) and layer.mode == "RGBA"  # the brush fits a 256-px canvas
+    painted = np.asarray(layer)[:, :, 3] > 0
+    assert painted.sum() == mask.sum() * 16
+    photo, m = S.editor_to_image_and_mask(v)  # what the inpaint handler reads back: the same mask
+    assert np.array_equal(m, painted) and photo.size == (256, 256)
+    assert S.editor_value(small)["layers"] == []
+
+
+def test_examples_come_from_the_package_whatever_the_cwd(monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    pairs = S.examples_for("faces")
+    assert pairs and all(i.is_file() and m.is_file() and i.is_absolute() for i, m in pairs)
+    assert S.examples_for("no-such-model") == []
+
+
+def test_interpolation_gif_has_a_readable_name(model):
+    _, gif = S.interpolate(model, ("Circle 0", 1, None), ("Square 1", 2, None), "both", 3)
+    assert Path(gif).name == "interpolation_Circle_0_to_Square_1_3_frames.gif"
+    assert Path(gif).parent.parent == S.output_dir()
