@@ -222,6 +222,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--private", action="store_true", help="create the repo as private")
     p.add_argument("--revision", default=None, help="branch to upload to (default main)")
     p.add_argument("--token", default=None, help="Hub token (default: the one from `hf auth login` / HF_TOKEN)")
+    _enrol_parser(sub)  # defined beside cmd_enrol
     return ap
 
 
@@ -469,6 +470,61 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
 COMMANDS = {"judge": cmd_judge, "evaluate": cmd_evaluate, "train": cmd_train, "export": cmd_export, "sample": cmd_sample, "swap": cmd_swap,
             "interpolate": cmd_interpolate, "directions": cmd_directions, "reconstruct": cmd_reconstruct,
             "inpaint": cmd_inpaint, "superres": cmd_superres, "augment": cmd_augment, "release": cmd_release, "push": cmd_push}
+
+
+def _enrol_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser("enrol", help="add a new class (a person, a species) from a few photos", description=(
+        "Learn a new class from 3-10 photos without changing the weights: only its label embeddings for G and E "
+        "and its row of C's output layer are learned (from the nearest existing class). Writes them to a small "
+        "class file --out; load it with CVAEGAN.from_pretrained(WEIGHTS, extra_classes=[FILE]). Photos are "
+        "centre-cropped and resized like the training data: frame them the same way (faces: aligned like "
+        "CelebA's img_align_celeba, eyes level, face centred)."))
+    _add_weights(p)
+    p.add_argument("--images", required=True, nargs="+", metavar="PATH",
+                   help="a folder of photos, or the photo files (at least 3, 5-10 recommended)")
+    p.add_argument("--name", required=True, help="display name of the new class (must not exist yet)")
+    p.add_argument("--out", required=True, help="class file to write, e.g. ada.safetensors (keep it out of a "
+                   "weights folder you push: `push` uploads every .safetensors)")
+    p.add_argument("--steps", type=int, default=200, help="optimisation steps (default 200)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the noise and the mirroring (default 0)")
+    p.add_argument("--preview", default=None, metavar="PNG", help="also write a sheet: the photos above samples of the new class")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    return p
+
+
+def cmd_enrol(a: argparse.Namespace) -> int:
+    import torch
+    from tqdm.auto import tqdm
+
+    from .enrol import add_classes, before_after, enrol, load_photos, save_classes
+    from .hub import load_pretrained
+    from .images import save_png
+
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    images = a.images[0] if len(a.images) == 1 and Path(a.images[0]).is_dir() else a.images
+    if a.weights and (Path(a.weights) / "discriminator.safetensors").is_file():  # D's features help when present
+        model = load_pretrained(a.weights, device=_device(a.device), with_discriminator=True)
+    else:
+        model = _model(a)
+    with tqdm(total=a.steps, desc="enrol", dynamic_ncols=True) as bar:
+        cls = enrol(model, images, a.name, steps=a.steps, seed=a.seed,
+                    progress=lambda f, msg: (bar.update(1), bar.set_postfix_str(msg.split(": ", 1)[-1])))
+    save_classes(cls, a.out)
+    for w in cls.warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    i = cls.info
+    print(f"enrolled {cls.name!r} from {i['photos']} photos in {i['seconds']:.1f} s (started from {i['init_from']!r}); "
+          f"reconstruction {i['recon_psnr_db_before']:.2f} -> {i['recon_psnr_db_after']:.2f} dB; C picks it for "
+          f"{i['c_top1_photos']:.0%} of the photos and {i['c_top1_samples']:.0%} of 16 samples; wrote {a.out}")
+    if a.preview:
+        add_classes(model, cls)
+        save_png(before_after(model, load_photos(images, model.config.resolution), cls.name), a.preview)
+        print(f"wrote {a.preview}")
+    return 0
+
+
+COMMANDS["enrol"] = cmd_enrol
 
 
 def main(argv: list[str] | None = None) -> int:

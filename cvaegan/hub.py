@@ -44,10 +44,11 @@ def load_folder(folder: str | os.PathLike, device: str | torch.device = "cpu",
 
 def load_pretrained(name_or_path: str | os.PathLike, revision: str | None = None, device: str | torch.device = "cpu",
                     with_discriminator: bool = False, cache_dir: str | None = None,
-                    endpoint: str | None = None) -> CVAEGAN:
-    """A local weights folder, or a Hub repo id ("owner/name", optional revision) -> CVAEGAN."""
+                    endpoint: str | None = None, extra_classes=None) -> CVAEGAN:
+    """A local weights folder, or a Hub repo id ("owner/name", optional revision) -> CVAEGAN.
+    extra_classes: class file(s) written by `cvaegan enrol`, added after loading (checked against these weights)."""
     return CVAEGAN.from_pretrained(name_or_path, revision=revision, device=device, cache_dir=cache_dir,
-                                   endpoint=endpoint, with_discriminator=with_discriminator)
+                                   endpoint=endpoint, with_discriminator=with_discriminator, extra_classes=extra_classes)
 
 
 @dataclass
