@@ -62,6 +62,7 @@ def open_page(browser, url, width=1280, height=1000):
 
 
 def tab(page, name):
+    page.evaluate("window.scrollTo(0, 0)")
     page.get_by_role("tab", name=name).click()
     page.wait_for_timeout(1200)
 
