@@ -7,15 +7,17 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .errors import InputError
+
 POLICIES = ("color", "translation", "cutout")
 
 
 def parse_policy(policy: str) -> list[str]:
-    """"color,translation" -> ["color", "translation"]; "" -> []. Unknown names raise ValueError."""
+    """"color,translation" -> ["color", "translation"]; "" -> []. Unknown names raise InputError."""
     names = [p.strip() for p in policy.split(",") if p.strip()]
     bad = [p for p in names if p not in POLICIES]
     if bad:
-        raise ValueError(f"unknown DiffAugment policy {bad}; choose from {list(POLICIES)}")
+        raise InputError(f"unknown DiffAugment policy {bad}; choose from {list(POLICIES)}")
     return names
 
 

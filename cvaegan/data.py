@@ -13,12 +13,16 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .errors import InputError
 from .images import ImageError, fit, open_image, pil_to_uint8
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff", ".ppm")
+# Seed of the one train / held-out split (split_indices): training, the judge, evaluation and release
+# all hold out the same images.
+SPLIT_SEED = 1234
 
 
-class DataError(ValueError):
+class DataError(InputError):
     """The data set cannot be used as given; the message says how to fix it."""
 
 
@@ -186,7 +190,7 @@ def load_images(path: str | os.PathLike, resolution: int, metadata: str | os.Pat
     )
 
 
-def split_indices(labels: torch.Tensor, fraction: float, seed: int = 1234) -> tuple[torch.Tensor, torch.Tensor]:
+def split_indices(labels: torch.Tensor, fraction: float, seed: int = SPLIT_SEED) -> tuple[torch.Tensor, torch.Tensor]:
     """Deterministic per-class split -> (train_idx, val_idx). Each class gives round(fraction * n)
     images (at least 1 when fraction > 0, never all) to validation, chosen by a seeded shuffle."""
     train, val = [], []

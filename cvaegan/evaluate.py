@@ -21,8 +21,9 @@ from tqdm.auto import tqdm
 
 from . import inference as I
 from .data import LabelledImages, split_indices
-from .images import uint8_to_float
-from .judge import SPLIT_SEED, Judge, predict
+from .errors import InputError
+from .images import psnr, uint8_to_float
+from .judge import Judge, predict
 from .models import CVAEGAN
 from .seeds import z_from_seeds
 
@@ -30,7 +31,7 @@ REPORT_FORMAT = "cvaegan-evaluation/1"
 FIRST_SEED = 20_000  # generated samples use seeds FIRST_SEED + i (disjoint from the app's small seeds)
 
 
-class EvaluationError(ValueError):
+class EvaluationError(InputError):
     """The weights, judge and data do not fit together; the message says how."""
 
 
@@ -152,16 +153,9 @@ def psnr_ssim(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | Non
 
     p, t = _to01(pred), _to01(target)
     _, smap = ssim(p, t, data_range=1.0, reduction="none", return_full_image=True)
-    err = (p - t).pow(2)
-    if mask is None:
-        w = torch.ones_like(p[:, :1])
-    else:
-        w = mask.float()
-    w3 = w.expand_as(err)
-    mse = (err * w3).flatten(1).sum(1) / w3.flatten(1).sum(1).clamp(min=1)
-    psnr = 10 * torch.log10(1 / mse.clamp(min=1e-10))
-    s = (smap * w3).flatten(1).sum(1) / w3.flatten(1).sum(1).clamp(min=1)
-    return psnr, s
+    w = (torch.ones_like(p[:, :1]) if mask is None else mask.float()).expand_as(smap)
+    s = (smap * w).flatten(1).sum(1) / w.flatten(1).sum(1).clamp(min=1)
+    return psnr(pred.clamp(-1, 1), target.clamp(-1, 1), mask), s
 
 
 # ---- masks and inpainting baselines ------------------------------------------------------------
@@ -279,7 +273,7 @@ def evaluate(model: CVAEGAN, judge: Judge, data: LabelledImages, samples_per_cla
         raise EvaluationError("--samples-per-class must be at least 1")
     k = model.config.num_classes
     classes = list(range(k)) if classes is None else classes
-    _, va = split_indices(data.labels, 0.1, seed=SPLIT_SEED)
+    _, va = split_indices(data.labels, 0.1)
     val = data.subset(va)
     x_val = uint8_to_float(val.images)
     t0 = time.perf_counter()

@@ -21,6 +21,8 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
+from .errors import CVAEGANError, InputError
+
 # Table 1 of Bao et al. (ICCV 2017): FaceScrub, 530 identities; a classifier trained on the data set.
 PAPER_TABLE1 = {
     "real data": {"discriminability": 0.9961, "inception_score": 20.85},
@@ -66,7 +68,7 @@ def run_trainings(jobs: dict[str, list[str]], runs: Path, parallel: int) -> None
             if proc.poll() is not None:
                 active.remove((name, proc))
                 if proc.returncode != 0:
-                    raise RuntimeError(f"training {name} failed (exit {proc.returncode}); see {runs / (name + '.log')}")
+                    raise CVAEGANError(f"training {name} failed (exit {proc.returncode}); see {runs / (name + '.log')}")
                 _log(f"train {name}: done")
 
 
@@ -221,7 +223,7 @@ def write_readme_section(readme: Path, tag: str, text: str) -> None:
     s = readme.read_text(encoding="utf-8")
     pat = re.compile(rf"(<!-- {tag}:start -->\n).*?(<!-- {tag}:end -->)", re.S)
     if not pat.search(s):
-        raise ValueError(f"{readme} has no <!-- {tag}:start --> / <!-- {tag}:end --> markers")
+        raise InputError(f"{readme} has no <!-- {tag}:start --> / <!-- {tag}:end --> markers")
     readme.write_text(pat.sub(lambda m: m.group(1) + text + m.group(2), s), encoding="utf-8")
 
 

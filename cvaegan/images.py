@@ -9,14 +9,14 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .errors import InputError
+
 # Refuse images above this many pixels before decoding them (decompression-bomb guard).
 MAX_PIXELS = 40_000_000
 
 
-class ImageError(ValueError):
+class ImageError(InputError):
     """An input image or mask that cannot be used; the message says why and what to do."""
-
-
 
 
 def open_raw(src, max_pixels: int = MAX_PIXELS, name: str | None = None) -> Image.Image:
@@ -122,6 +122,15 @@ def uint8_to_float(x: torch.Tensor) -> torch.Tensor:
 def load_tensor(src, resolution: int, name: str | None = None) -> torch.Tensor:
     """Any image -> (3, R, R) float tensor in [-1, 1] (centre-cropped, resized)."""
     return uint8_to_float(pil_to_uint8(fit(open_image(src, name=name), resolution)))
+
+
+def psnr(x: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-image PSNR (dB) of x against target, both (B, 3, H, W) in [-1, 1] (peak-to-peak 2) -> (B,).
+    mask: (B or 1, 1, H, W) bool; then the mean squared error runs over the masked pixels only."""
+    err = ((x.detach().float() - target.detach().float().to(x.device)) / 2).pow(2)
+    w = (torch.ones_like(err[:, :1]) if mask is None else mask.to(err.device).float()).expand_as(err)
+    mse = (err * w).flatten(1).sum(1) / w.flatten(1).sum(1).clamp(min=1)
+    return 10 * torch.log10(1 / mse.clamp(min=1e-10))
 
 
 def to_uint8(x: torch.Tensor) -> torch.Tensor:

@@ -1,5 +1,5 @@
 """Inference as plain functions of a CVAEGAN and tensors: sample, swap, interpolate, encode, reconstruct,
-latent directions, inpaint, super-resolve, augment. Images are (B, 3, R, R) float tensors in [-1, 1].
+edit along latent directions, inpaint, super-resolve, augment. Images are (B, 3, R, R) float tensors in [-1, 1].
 
 Every function runs the networks in eval mode (BatchNorm uses its running statistics), so each image
 depends only on its own (z, c): "seed s, class c" is the same picture whatever else is in the batch.
@@ -16,7 +16,19 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .images import ImageError, load_tensor, open_image, open_mask, pil_to_uint8, save_png, to_pil, uint8_to_float
+from .errors import InputError
+from .images import (
+    ImageError,
+    center_crop_box,
+    load_tensor,
+    open_image,
+    open_mask,
+    pil_to_uint8,
+    psnr,
+    save_png,
+    to_pil,
+    uint8_to_float,
+)
 from .models import CVAEGAN
 from .seeds import z_from_seeds
 
@@ -52,9 +64,15 @@ def sample(model: CVAEGAN, classes, seeds: Sequence[int], truncation: float = 1.
     if len(idx) == 1:
         idx = idx * len(seeds)
     if len(idx) != len(seeds):
-        raise ValueError(f"got {len(idx)} classes for {len(seeds)} seeds; give one class or one per seed")
+        raise InputError(f"got {len(idx)} classes for {len(seeds)} seeds; give one class or one per seed")
     z = z_from_seeds(list(seeds), model.config.z_dim, truncation)
     return generate(model, z, torch.tensor(idx), batch_size)
+
+
+def class_samples(model: CVAEGAN, seed: int = 0, truncation: float = 0.7) -> torch.Tensor:
+    """One sample per class, all with the same z: (K, 3, R, R) in [-1, 1] (the per-class thumbnails)."""
+    k = model.config.num_classes
+    return generate(model, z_from_seeds([seed] * k, model.config.z_dim, truncation), torch.arange(k), batch_size=64)
 
 
 def swap(model: CVAEGAN, z: torch.Tensor, classes) -> torch.Tensor:
@@ -123,7 +141,7 @@ def endpoint(model: CVAEGAN, cls=None, seed: int | None = None, image=None, trun
         z, idx, _ = encode(model, as_model_input(model, image), cls)
         return z, idx
     if cls is None or seed is None:
-        raise ValueError("an endpoint needs either an image, or both a class and a seed")
+        raise InputError("an endpoint needs either an image, or both a class and a seed")
     return z_from_seeds([seed], model.config.z_dim, truncation)[0], class_indices(model, cls)[0]
 
 
@@ -132,9 +150,9 @@ def interpolate(model: CVAEGAN, a: tuple[torch.Tensor, int], b: tuple[torch.Tens
     """Frames from endpoint a to b -> (frames, 3, R, R); the first and last frames equal G(a) and G(b)
     exactly. mode "z": z slerped, class of a; "class": one-hot weights mixed, z of a; "both": both."""
     if mode not in ("z", "class", "both"):
-        raise ValueError(f"mode must be 'z', 'class' or 'both', got {mode!r}")
+        raise InputError(f"mode must be 'z', 'class' or 'both', got {mode!r}")
     if not 2 <= frames <= 256:
-        raise ValueError(f"frames must be between 2 and 256, got {frames}")
+        raise InputError(f"frames must be between 2 and 256, got {frames}")
     (za, ca), (zb, cb) = a, b
     ha, hb = _onehot(model, [ca])[0].cpu(), _onehot(model, [cb])[0].cpu()
     zs, cs = [], []
@@ -163,130 +181,19 @@ def edit(model: CVAEGAN, z: torch.Tensor, amounts: dict[str, float]) -> torch.Te
     if not amounts:
         return z
     if model.directions is None:
-        raise ValueError("these weights have no latent directions; run `cvaegan directions` first")
+        raise InputError("these weights have no latent directions; run `cvaegan directions` first")
     names = model.config.directions
     out = z.clone()
     for name, amount in amounts.items():
         if name not in names:
-            raise ValueError(f"unknown direction {name!r}; available: {names}")
+            raise InputError(f"unknown direction {name!r}; available: {names}")
         amount = float(amount)
         if amount != amount or abs(amount) > 1e3:
-            raise ValueError(f"direction amount must be a finite number within +-1000, got {amount!r}")
+            raise InputError(f"direction amount must be a finite number within +-1000, got {amount!r}")
         if amount:
             k = names.index(name)
             out = out + amount * model.direction_scales[k] * model.directions[k]
     return out
-
-
-@torch.no_grad()
-def encoder_means(model: CVAEGAN, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 128) -> torch.Tensor:
-    """E's means for uint8 images (N, 3, R, R) with labels (N,) -> (N, z_dim)."""
-    model.encoder.eval()
-    out = []
-    for i in range(0, len(images), batch_size):
-        x = uint8_to_float(images[i:i + batch_size]).to(model.device)
-        out.append(model.encoder(x, labels[i:i + batch_size].to(model.device))[0].float().cpu())
-    return torch.cat(out)
-
-
-def _ridge(x: torch.Tensor, y: torch.Tensor, ridge: float) -> torch.Tensor:
-    """Weights w of the ridge regression y ~ x w on centred x (N, D) and y (N,)."""
-    x, y = x.double(), y.double()
-    return torch.linalg.solve(x.T @ x + ridge * torch.eye(x.shape[1], dtype=x.dtype), x.T @ y).float()
-
-
-@torch.no_grad()
-def judged_attributes(model: CVAEGAN, judge, samples: int = 4096, first_seed: int = 100_000,
-                      batch_size: int = 128) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Generate `samples` images (z from seeds first_seed.., classes drawn uniformly with that seed)
-    and let an attribute judge (`cvaegan judge --attributes`) estimate their attributes.
-    Returns (z (N, z_dim), {attribute: (N,) estimates in the attribute's units})."""
-    from .judge import predict_attributes
-
-    if samples < 2 * model.config.z_dim:
-        raise ValueError(f"need at least {2 * model.config.z_dim} samples to fit directions in a "
-                         f"{model.config.z_dim}-d latent space, got {samples}")
-    gen = torch.Generator().manual_seed(first_seed)
-    cls = torch.randint(0, model.config.num_classes, (samples,), generator=gen)
-    z = z_from_seeds(list(range(first_seed, first_seed + samples)), model.config.z_dim)
-    est: dict[str, list[torch.Tensor]] = {}
-    for i in range(0, samples, batch_size):
-        x = generate(model, z[i:i + batch_size], cls[i:i + batch_size], batch_size)
-        for name, v in predict_attributes(judge, x, batch_size).items():
-            est.setdefault(name, []).append(v)
-    return z, {name: torch.cat(v) for name, v in est.items()}
-
-
-def compute_directions(model: CVAEGAN, images: torch.Tensor, labels: torch.Tensor, k: int = 8,
-                       attributes: dict[str, torch.Tensor] | None = None, ridge: float = 1.0,
-                       judge=None, judge_samples: int = 4096, decorrelate: bool = False) -> dict:
-    """Set model.directions / direction_scales / config.directions.
-
-    (a) per attribute (e.g. attr_smile): a ridge regression of the attribute on z; the direction is
-        the regression weight vector normalised, and one unit of amount moves the predicted attribute
-        by one standard deviation of the real photos' values (scale = sd / ||w||). Two ways to get (z, attribute) pairs:
-        - default: E's means of the real images against their metadata values (`attributes`);
-        - with `judge` (an attribute judge): `judge_samples` generated images, z from the prior,
-          their attributes as the judge estimates them. This fits how G actually responds to z,
-          which the codes of real photos need not show (E's codes can vary along directions G ignores).
-        With `decorrelate`, each attribute's weight vector is made orthogonal to the others' first, so
-        that its slider leaves the other attributes unchanged to first order (conditional editing, as in
-        InterFaceGAN, Shen et al. 2020); one unit still moves its own attribute by one unit.
-    (b) the top-k principal directions of E's means of the images (amount unit: one standard deviation).
-    Attribute directions come first in the saved order. Returns {attribute: fit summary}.
-    """
-    mu = encoder_means(model, images, labels)
-    centred = mu - mu.mean(0)
-    _, s, vh = torch.linalg.svd(centred, full_matrices=False)
-    k = min(k, vh.shape[0])
-    if judge is not None:  # the real photos' spread comes from the judge's training split
-        zs, values_by_name = judged_attributes(model, judge, judge_samples)
-        zs, source = zs - zs.mean(0), "generated samples, judged"
-        sds = dict(zip(judge.config.targets, judge.config.target_std))
-    else:
-        zs, values_by_name, source = centred, attributes or {}, "E's codes of the real images"
-        sds = {n: v[torch.isfinite(v)].std().item() for n, v in values_by_name.items() if torch.isfinite(v).sum() > 1}
-    weights, fits = {}, {}
-    for name, values in sorted(values_by_name.items()):  # named attributes first: they lead the sliders
-        ok = torch.isfinite(values)
-        if ok.sum() < 10 or values[ok].std() == 0:
-            continue
-        x, y = zs[ok], values[ok] - values[ok].mean()
-        w = _ridge(x, y, ridge)
-        if w.norm() == 0:
-            continue
-        resid = y - x @ w
-        weights[name] = w
-        fits[name] = {"source": source, "n": int(ok.sum()), "r2": round(1 - (resid.var() / y.var()).item(), 3),
-                      "sd_per_unit_latent": round(w.norm().item() / sds[name], 5), "decorrelated": decorrelate}
-    dirs, scales, names, units = [], [], [], []
-    for name, w in weights.items():
-        if decorrelate and len(weights) > 1:
-            # remove the parts of w that move the other attributes: along the result, the others stay
-            # constant to first order, and this one changes by |d| per unit of latent distance
-            q, _ = torch.linalg.qr(torch.stack([v for n, v in weights.items() if n != name], 1))
-            w = w - q @ (q.T @ w)
-        norm = w.norm()
-        if norm < 1e-8:
-            continue
-        dirs.append(w / norm)
-        scales.append(float(sds[name] / norm))
-        names.append(name)
-        units.append("std")
-    for i in range(k):
-        v = vh[i]
-        # fix the sign so that the direction points towards the heavier tail (deterministic)
-        proj = centred @ v
-        if (proj.pow(3).mean() < 0):
-            v = -v
-        dirs.append(v)
-        scales.append(float(s[i] / (len(mu) - 1) ** 0.5))
-        names.append(f"pc{i + 1}")
-        units.append("std")
-    model.directions = torch.stack(dirs).float()
-    model.direction_scales = torch.tensor(scales, dtype=torch.float32)
-    model.config.directions, model.config.direction_units = names, units
-    return fits
 
 
 def _fill_known_mean(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
@@ -395,8 +302,6 @@ def superresolve(model: CVAEGAN, image, cls=None, steps: int = 100, lr: float = 
     w, h = img.size
     if min(w, h) >= r:
         raise ImageError(f"the image is already {w}x{h}; super-resolution takes photos smaller than {r} px")
-    from .images import center_crop_box
-
     img = img.crop(center_crop_box(w, h))
     s = img.size[0]
     lo = uint8_to_float(pil_to_uint8(img))[None].to(model.device)
@@ -417,9 +322,8 @@ def superresolve(model: CVAEGAN, image, cls=None, steps: int = 100, lr: float = 
     with torch.no_grad():
         out = model.generator(z, c).float()
         down = F.interpolate(out, size=(s, s), mode="area")
-        mse = ((down.clamp(-1, 1) - lo) / 2).pow(2).mean().item()
-    psnr = 10 * np.log10(1.0 / max(mse, 1e-12))
-    return {"image": to_pil(out[0].cpu()), "psnr": float(psnr), "input_size": (w, h), "class": cls_idx, "probability": prob}
+        db = psnr(down.clamp(-1, 1), lo).item()
+    return {"image": to_pil(out[0].cpu()), "psnr": db, "input_size": (w, h), "class": cls_idx, "probability": prob}
 
 
 def augment(model: CVAEGAN, out: str | os.PathLike, per_class: int, first_seed: int = 0, classes=None,

@@ -5,10 +5,12 @@ import re
 
 import torch
 
+from .errors import InputError
+
 MAX_SEED = 2**63 - 1
 
 
-class SeedError(ValueError):
+class SeedError(InputError):
     """A seed or seed list that cannot be used."""
 
 

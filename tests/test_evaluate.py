@@ -12,7 +12,7 @@ from cvaegan import cli
 from cvaegan import evaluate as E
 from cvaegan.data import load_images
 from cvaegan.hub import WeightsError
-from cvaegan.release import OLD_JUDGE_LINE
+from cvaegan.card import OLD_JUDGE_LINE
 from cvaegan.judge import Judge, JudgeConfig, load_judge, save_judge, top1, train_judge
 
 

@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 
 from cvaegan import CVAEGAN, inference as I
+from cvaegan.directions import check_directions, compute_directions, encoder_means
 from cvaegan.data import load_images
 from cvaegan.hub import save_directions
 from cvaegan.images import to_pil
@@ -77,7 +78,7 @@ def test_directions_amount_zero_is_identity_and_round_trip(trained_export, shape
     shutil.copytree(trained_export, w)
     m = CVAEGAN.from_pretrained(str(w))
     data = load_images(shapes_dir, 32, progress=False)
-    I.compute_directions(m, data.images, data.labels, k=3, attributes=data.attributes)
+    compute_directions(m, data.images, data.labels, k=3, attributes=data.attributes)
     assert m.config.directions == ["attr_x", "pc1", "pc2", "pc3"]
     assert torch.allclose(m.directions.norm(dim=1), torch.ones(4), atol=1e-5)
     z = z_from_seeds([1], m.config.z_dim)[0]
@@ -93,7 +94,7 @@ def test_directions_amount_zero_is_identity_and_round_trip(trained_export, shape
     assert again.config.directions == m.config.directions
     assert torch.equal(again.directions, m.directions)
     # the attribute direction predicts its attribute along itself: the regression's slope is positive
-    mu = I.encoder_means(m, data.images, data.labels)
+    mu = encoder_means(m, data.images, data.labels)
     proj = (mu - mu.mean(0)) @ m.directions[0]
     y = data.attributes["attr_x"]
     assert torch.corrcoef(torch.stack([proj, y]))[0, 1] > 0
@@ -244,7 +245,6 @@ class _ProbeJudge(torch.nn.Module):
 def test_directions_fitted_on_judged_samples_follow_the_generator(tiny_model, shapes_dir):
     """With an attribute judge, attr_* directions come from how G responds to z (known here), and a
     slider unit moves the judged attribute by one unit; the encoder's codes play no part in them."""
-    from cvaegan.release import check_directions
 
     m = tiny_model
     q, _ = torch.linalg.qr(torch.randn(m.config.z_dim, 2, generator=torch.Generator().manual_seed(0)))
@@ -252,7 +252,7 @@ def test_directions_fitted_on_judged_samples_follow_the_generator(tiny_model, sh
     m.generator = _ProbeGenerator(u, v, m.config.resolution)
     data = load_images(shapes_dir, 32, progress=False)
     judge = _ProbeJudge()
-    fits = I.compute_directions(m, data.images, data.labels, k=2, judge=judge, judge_samples=256)
+    fits = compute_directions(m, data.images, data.labels, k=2, judge=judge, judge_samples=256)
     assert m.config.directions == ["attr_bright", "attr_lr", "pc1", "pc2"]
     assert m.config.direction_units == ["std"] * 4  # attr_*: the real photos' SD, which the judge keeps
     assert abs(float(m.directions[0] @ u)) > 0.999 and abs(float(m.directions[1] @ v)) > 0.999
@@ -265,21 +265,20 @@ def test_directions_fitted_on_judged_samples_follow_the_generator(tiny_model, sh
     assert checks["attr_lr"]["per_unit"] == pytest.approx(1.0, abs=0.01)
     assert abs(checks["attr_bright"]["change_sd"]["attr_lr"]) < 0.01  # no side effect on the other
     with pytest.raises(ValueError, match="at least 32 samples"):
-        I.compute_directions(m, data.images, data.labels, k=2, judge=judge, judge_samples=10)
+        compute_directions(m, data.images, data.labels, k=2, judge=judge, judge_samples=10)
 
 
 @pytest.mark.parametrize("decorrelate", [False, True])
 def test_decorrelated_directions_leave_the_other_attribute_alone(tiny_model, shapes_dir, decorrelate):
     """G's left/right attribute also follows brightness's latent axis (0.6 u + 0.8 v): the plain brightness
     direction drags it along, the decorrelated one does not; both move brightness by one SD per unit."""
-    from cvaegan.release import check_directions
 
     m = tiny_model
     q, _ = torch.linalg.qr(torch.randn(m.config.z_dim, 2, generator=torch.Generator().manual_seed(1)))
     m.generator = _ProbeGenerator(q[:, 0], 0.6 * q[:, 0] + 0.8 * q[:, 1], m.config.resolution)
     data = load_images(shapes_dir, 32, progress=False)
     judge = _ProbeJudge()
-    fits = I.compute_directions(m, data.images, data.labels, k=1, judge=judge, judge_samples=256, decorrelate=decorrelate)
+    fits = compute_directions(m, data.images, data.labels, k=1, judge=judge, judge_samples=256, decorrelate=decorrelate)
     assert fits["attr_bright"]["decorrelated"] is decorrelate
     checks = check_directions(m, {"attr_bright": 0.5, "attr_lr": 0.5, "pc1": 1.0}, classes=4, seeds=4, attribute_judge=judge)
     assert checks["attr_bright"]["per_unit"] == pytest.approx(1.0, abs=0.02)

@@ -8,7 +8,9 @@ from PIL import Image
 from cvaegan import CVAEGAN, service as S
 from cvaegan.data import load_images
 from cvaegan.judge import train_judge
-from cvaegan.release import directions_table, judged_effects, release
+from cvaegan.card import directions_table
+from cvaegan.directions import judged_effects
+from cvaegan.release import release
 
 
 def test_release_folder(trained_export, shapes_dir, tmp_path):
