@@ -12,7 +12,6 @@ from . import inference as I
 from .images import make_grid
 from .models import CVAEGAN
 
-
 DATASETS = {
     "faces": {
         "title": "faces of 264 people (CelebA + LFW identities)",

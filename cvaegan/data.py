@@ -42,7 +42,7 @@ class LabelledImages:
     def num_classes(self) -> int:
         return len(self.class_folders)
 
-    def subset(self, idx: torch.Tensor) -> "LabelledImages":
+    def subset(self, idx: torch.Tensor) -> LabelledImages:
         idx_list = idx.tolist()
         return LabelledImages(
             self.images[idx], self.labels[idx], self.class_folders, self.class_names,
@@ -160,7 +160,7 @@ def load_images(path: str | os.PathLike, resolution: int, metadata: str | os.Pat
             data = raw[member] if tf is not None else (root / member).read_bytes()
             return pil_to_uint8(fit(open_image(data, name=member), resolution))
         except (ImageError, OSError) as e:
-            warnings.warn(f"skipping unreadable image {member}: {e}")
+            warnings.warn(f"skipping unreadable image {member}: {e}", stacklevel=2)
             return None
 
     with ThreadPoolExecutor(max_workers=threads or min(8, os.cpu_count() or 1)) as pool:
@@ -169,7 +169,7 @@ def load_images(path: str | os.PathLike, resolution: int, metadata: str | os.Pat
     keep = [i for i, t in enumerate(decoded) if t is not None]
     skipped = len(items) - len(keep)
     if skipped:
-        warnings.warn(f"{root}: skipped {skipped} unreadable image(s) of {len(items)}")
+        warnings.warn(f"{root}: skipped {skipped} unreadable image(s) of {len(items)}", stacklevel=2)
     if not keep:
         raise DataError(f"{root}: none of the {len(items)} image files could be read")
     index = {c: i for i, c in enumerate(classes)}

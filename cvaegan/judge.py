@@ -64,7 +64,7 @@ class JudgeConfig:
         return len(self.targets) if self.targets else self.num_classes
 
     @classmethod
-    def from_dict(cls, data: dict, source: str) -> "JudgeConfig":
+    def from_dict(cls, data: dict, source: str) -> JudgeConfig:
         if not isinstance(data, dict) or data.get("kind") != JUDGE_KIND:
             raise WeightsError(f"{source}: not a judge config (kind {data.get('kind') if isinstance(data, dict) else None!r}); "
                                "make one with `cvaegan judge --data ... --out DIR`")
@@ -96,7 +96,8 @@ class _Block(nn.Module):
 
 
 class Judge(PretrainedMixin, nn.Module):
-    """x: (B, 3, R, R) in [-1, 1] -> (logits (B, K), features (B, widths[-1])). Saved as config.json + judge.safetensors."""
+    """x: (B, 3, R, R) in [-1, 1] -> (logits (B, K), features (B, widths[-1])).
+    Saved as config.json + judge.safetensors."""
 
     config_class = JudgeConfig
     config_missing = "make a judge with `cvaegan judge --data ... --out {folder}`"

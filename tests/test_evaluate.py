@@ -3,16 +3,14 @@ import json
 import shutil
 
 import numpy as np
-
 import pytest
-from PIL import Image
 import torch
+from PIL import Image
 
-from cvaegan import cli
-from cvaegan import evaluate as E
+from cvaegan import cli, evaluate as E
+from cvaegan.card import OLD_JUDGE_LINE
 from cvaegan.data import load_images
 from cvaegan.hub import WeightsError
-from cvaegan.card import OLD_JUDGE_LINE
 from cvaegan.judge import Judge, JudgeConfig, load_judge, save_judge, top1, train_judge
 
 
@@ -237,8 +235,8 @@ def _grey_folder(root, per_class=32, seed=0):
 
 
 def test_attribute_judge_learns_attributes_and_round_trips(tmp_path):
-    from cvaegan.judge import predict_attributes, r_squared
     from cvaegan.images import uint8_to_float
+    from cvaegan.judge import predict_attributes, r_squared
 
     data = load_images(_grey_folder(tmp_path / "grey"), 32, progress=False)
     assert torch.isnan(data.attributes["attr_left"]).sum() == 2  # the blank cells: unknown, not 0

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from cvaegan.images import ImageError, MAX_PIXELS, load_tensor, open_image, open_mask
+from cvaegan.images import MAX_PIXELS, ImageError, load_tensor, open_image, open_mask
 
 
 def _png(img: Image.Image, fmt: str = "PNG", **kw) -> bytes:

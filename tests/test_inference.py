@@ -9,8 +9,8 @@ import torch
 from PIL import Image
 
 from cvaegan import CVAEGAN, inference as I
-from cvaegan.directions import check_directions, compute_directions, encoder_means
 from cvaegan.data import load_images
+from cvaegan.directions import check_directions, compute_directions, encoder_means
 from cvaegan.hub import save_directions
 from cvaegan.images import to_pil
 from cvaegan.seeds import z_from_seeds

@@ -2,14 +2,13 @@
 import json
 
 import numpy as np
-
 from PIL import Image
 
 from cvaegan import CVAEGAN, service as S
-from cvaegan.data import load_images
-from cvaegan.judge import train_judge
 from cvaegan.card import directions_table
+from cvaegan.data import load_images
 from cvaegan.directions import judged_effects
+from cvaegan.judge import train_judge
 from cvaegan.release import release
 
 

@@ -17,12 +17,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
+from hypothesis import HealthCheck, given, settings, strategies as st
 from PIL import Image
 
-from cvaegan import cli
-from cvaegan import service as S
+from cvaegan import cli, service as S
 from cvaegan.config import TrainConfig
 from cvaegan.data import load_images
 from cvaegan.images import load_tensor, open_mask
@@ -30,6 +28,7 @@ from cvaegan.seeds import MAX_SEED, SeedError, check_seed, parse_seeds
 from cvaegan.train import CHECKPOINT, TrainError, train
 
 from conftest import ROOT, tiny_config
+
 
 def _record(key: str, value) -> None:
     """Figures for README's Reliability section: merged into test-artifacts/reliability.json."""
@@ -124,7 +123,7 @@ def _check_api(fn, expect):
 def test_corpus_through_the_python_api(model, corpus_dir):
     _, files = corpus_dir
     r = model.config.resolution
-    for name, (path, expect) in files.items():
+    for path, expect in files.values():
         _check_api(lambda: S.reconstruct(model, str(path), None), expect)
         editor = {"background": str(path), "layers": [], "composite": None}
         full = np.full((8, 8, 4), 255, np.uint8)
