@@ -36,14 +36,14 @@ class EvaluationError(InputError):
 
 
 def require_libraries() -> None:
-    """The metric libraries are evaluation-only dependencies (requirements-dev.txt, or the `eval` extra)."""
+    """The metric libraries are evaluation-only dependencies (requirements-dev.txt, or the `dev` extra)."""
     import importlib.util
 
     missing = [pip for mod, pip in (("torchmetrics", "torchmetrics"), ("prdc", "prdc"), ("cv2", "opencv-python-headless"),
                                     ("scipy", "scipy")) if importlib.util.find_spec(mod) is None]
     if missing:
         raise EvaluationError(f"evaluation needs {', '.join(missing)}: pip install -r requirements-dev.txt "
-                              "(or pip install -e '.[eval]')")
+                              "(or pip install -e '.[dev]')")
 
 
 class _JudgeFeatures(torch.nn.Module):
