@@ -33,17 +33,28 @@ def _timeit(fn, repeats: int, warmup: int = 2) -> list[float]:
     return out
 
 
-def train_step_once(resolution: int, batch: int, device: str, steps: int = 4) -> dict:
-    """Time `steps` training iterations of the default config (264 classes) on random data."""
+def train_step_once(resolution: int, batch: int, device: str, steps: int = 4, variant: str = "eager",
+                    preset: str = "none") -> dict:
+    """Time `steps` training iterations of the default config (264 classes) on random data.
+
+    variant (CPU): "eager"; "channels_last" (networks and inputs in channels_last memory format);
+    "compile" (torch.compile of every network's forward, inductor; compile time is excluded by warm-up)."""
     from .seeds import step_generator
     from .train import Trainer
 
     dev = torch.device(device)
     cfg = ModelConfig.for_resolution(resolution, 264)
     model = CVAEGAN(cfg).to(dev)
-    tr = Trainer(model, TrainConfig(batch_size=batch, device=device), dev)
+    tr = Trainer(model, TrainConfig.from_preset(preset, batch_size=batch, device=device), dev)
     x = torch.rand(batch, 3, resolution, resolution, device=dev) * 2 - 1
     c = torch.randint(0, 264, (batch,), device=dev)
+    if variant == "channels_last" and dev.type == "cpu":
+        for net in tr.nets.values():
+            net.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    elif variant == "compile":
+        for net in tr.nets.values():
+            net.forward = torch.compile(net.forward)
     if dev.type == "cuda":
         x = x.contiguous(memory_format=torch.channels_last)
         torch.cuda.reset_peak_memory_stats()
@@ -54,7 +65,7 @@ def train_step_once(resolution: int, batch: int, device: str, steps: int = 4) ->
                  "z_p": torch.randn(batch, cfg.z_dim, generator=g).to(dev),
                  "c_p": torch.randint(0, 264, (batch,), generator=g).to(dev)}
         tr.train_step(x, c, g, noise)
-    times = _timeit(step, steps, warmup=1)
+    times = _timeit(step, steps, warmup=3 if variant == "compile" else 1)
     peak = (torch.cuda.max_memory_allocated() / 2**20 if dev.type == "cuda"
             else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     from torch.utils.flop_counter import FlopCounterMode
@@ -63,7 +74,8 @@ def train_step_once(resolution: int, batch: int, device: str, steps: int = 4) ->
         step()
     flops = fc.get_total_flops()
     step_s = statistics.median(times)
-    out = {"resolution": resolution, "batch": batch, "device": device, "step_s": step_s, "peak_mib": round(peak),
+    out = {"resolution": resolution, "batch": batch, "device": device, "variant": variant, "preset": preset,
+           "step_s": step_s, "peak_mib": round(peak),
            "gflop_per_step": round(flops / 1e9, 1), "achieved_tflops": round(flops / step_s / 1e12, 4)}
     if dev.type == "cuda":
         peak_tflops = bf16_peak_tflops(torch.cuda.get_device_name(dev))
@@ -268,6 +280,22 @@ def _in_subprocess(kind: str, *args) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def step_variants(resolution: int = 64, batch: int = 32, steps: int = 6, preset: str = "v1") -> str:
+    """Seconds per CPU training step: eager vs channels_last vs torch.compile, each in a fresh process."""
+    lines = [f"| {resolution} px, batch {batch}, preset {preset}, CPU, {torch.get_num_threads()} threads | seconds / step "
+             "| vs eager |", "|---|---|---|"]
+    base = None
+    for variant in ("eager", "channels_last", "compile"):
+        try:
+            r = _in_subprocess("train_step_once", resolution, batch, "cpu", steps, variant, preset)
+        except subprocess.CalledProcessError as e:
+            lines.append(f"| {variant} | failed: {(e.stderr or '').strip().splitlines()[-1:]} | - |")
+            continue
+        base = base or r["step_s"]
+        lines.append(f"| {variant} | {r['step_s']:.2f} | {base / r['step_s']:.2f}x |")
+    return "\n".join(lines)
+
+
 def run(write_readme: bool = False, quick: bool = False, app: bool = True) -> str:
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     train_cfgs = [(32, 32), (64, 32), (64, 64), (128, 16)] if not quick else [(32, 8)]
@@ -318,11 +346,15 @@ if __name__ == "__main__":
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     ap.add_argument("--no-app", action="store_true", help="skip the app round-trip measurement")
     ap.add_argument("--load", action="store_true", help="only the load test: 16 concurrent gradio_client clients")
+    ap.add_argument("--step-variants", action="store_true", help="only eager vs channels_last vs torch.compile "
+                    "for the CPU training step (64 px, batch 32)")
     ap.add_argument("--clients", type=int, default=16, help="load test: concurrent clients (default 16)")
     ap.add_argument("--requests", type=int, default=8, help="load test: requests per client (default 8)")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     if a.load:
         print(json.dumps(load_test(a.clients, a.requests), indent=1))
+    elif a.step_variants:
+        print(step_variants())
     else:
         print(run(a.write_readme, a.quick, app=not a.no_app))

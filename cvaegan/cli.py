@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
+import types
 from pathlib import Path
 
-from .config import TrainConfig
+from .config import MODEL_PRESETS, ModelConfig, TrainConfig, default_widths
 from .errors import CVAEGANError, InputError
 
 
@@ -22,45 +24,7 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    d = TrainConfig()
-    p = sub.add_parser("train", help="train on a labelled image folder or .tar", description=(
-        "Train CVAE-GAN on an ImageFolder directory (<class_folder>/<image>) or an uncompressed .tar of one. "
-        "Writes metrics.jsonl, sample grids, checkpoint.pt and export/ into --out. "
-        "Multi-GPU: torchrun --nproc_per_node=N -m cvaegan train ..."))
-    p.add_argument("--data", required=True, help="folder or .tar in ImageFolder layout (metadata.csv beside it gives display names)")
-    p.add_argument("--out", required=True, help="run folder (created); holds the checkpoint, samples and export/")
-    p.add_argument("--resolution", type=int, default=64, choices=[32, 64, 128], help="image side in pixels (default 64)")
-    p.add_argument("--z-dim", type=int, default=256, help="latent size (default 256)")
-    p.add_argument("--base-channels", type=int, default=None, help="channels at full resolution (default: per resolution, see README)")
-    p.add_argument("--max-channels", type=int, default=256, help="channel cap at low resolutions (default 256)")
-    p.add_argument("--steps", type=int, default=d.steps, help=f"iterations to train (default {d.steps}); with --resume, the new total")
-    p.add_argument("--batch-size", type=int, default=d.batch_size, help=f"images per iteration, all processes together (default {d.batch_size})")
-    p.add_argument("--lr", type=float, default=d.lr, help=f"Adam learning rate for all networks (default {d.lr})")
-    p.add_argument("--beta1", type=float, default=d.betas[0], help=f"Adam beta1 (default {d.betas[0]})")
-    p.add_argument("--beta2", type=float, default=d.betas[1], help=f"Adam beta2 (default {d.betas[1]})")
-    for i, help_ in enumerate(["KL", "L_G (reconstruction + pairwise feature matching)",
-                               "L_GD (mean feature matching against D)", "L_GC (per-class mean feature matching against C)"], 1):
-        p.add_argument(f"--lambda{i}", type=float, default=getattr(d, f"lambda{i}"),
-                       help=f"weight of {help_} (default {getattr(d, f'lambda{i}')}, the paper's)")
-    p.add_argument("--momentum", type=float, default=d.momentum, help=f"running-mean momentum of the feature means (default {d.momentum}; 0 = batch means)")
-    p.add_argument("--seed", type=int, default=d.seed, help=f"training seed (default {d.seed})")
-    p.add_argument("--val-fraction", type=float, default=d.val_fraction, help="fraction of each class held out for validation (default 0)")
-    p.add_argument("--diffaugment", default=d.diffaugment, help="DiffAugment policy for D, e.g. color,translation,cutout (default off)")
-    p.add_argument("--ema-decay", type=float, default=None, help="EMA of G's and E's weights for export/samples, e.g. 0.999 (default off)")
-    p.add_argument("--variant", default=d.variant, choices=["cvae-gan", "cvae", "cgan", "fm-cgan"],
-                   help="model for the paper's Table 1 ablation: the full CVAE-GAN (default), CVAE (E+G, KL + L2), "
-                        "CGAN (-log D(G(z)) generator loss), FM-CGAN (mean feature matching generator loss)")
-    p.add_argument("--grad-clip", type=float, default=None, help="clip each network's gradient norm to this (default off)")
-    p.add_argument("--lr-schedule", default=d.lr_schedule, choices=["constant", "cosine"], help="learning-rate schedule (default constant)")
-    p.add_argument("--warmup-steps", type=int, default=0, help="linear learning-rate warm-up steps (default 0)")
-    p.add_argument("--log-every", type=int, default=d.log_every, help=f"metrics.jsonl interval in steps (default {d.log_every})")
-    p.add_argument("--sample-every", type=int, default=d.sample_every, help=f"sample grid interval in steps, 0 = off (default {d.sample_every})")
-    p.add_argument("--checkpoint-every", type=int, default=d.checkpoint_every, help=f"checkpoint interval in steps (default {d.checkpoint_every})")
-    p.add_argument("--no-fp16-export", action="store_true", help="export float32 weights instead of float16")
-    p.add_argument("--export-discriminator", action="store_true", help="also export D (to fine-tune later)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint.pt")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to train (default auto)")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
+    _train_parser(sub)
 
     p = sub.add_parser("export", help="export a run's checkpoint as a weights folder", description=(
         "Write config.json + *.safetensors from RUN/checkpoint.pt (e.g. to publish a run that is still training)."))
@@ -190,6 +154,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=64, help="images per step (default 64)")
     p.add_argument("--lr", type=float, default=2e-3, help="peak AdamW learning rate, one-cycle schedule (default 2e-3)")
     p.add_argument("--seed", type=int, default=7, help="judge seed (default 7; the generator's default is 0)")
+    p.add_argument("--stem-stride", type=int, default=2, choices=[1, 2], help="2 (default) halves the input in the "
+                   "first layer; 1 keeps the full resolution in the first block (about 4x the compute)")
+    p.add_argument("--widths", default="32,64,128,256", help="channels of the residual stages (default 32,64,128,256)")
     p.add_argument("--extra", default=None, help="extra labelled images to train on too (e.g. `cvaegan augment` output)")
     p.add_argument("--attributes", action="store_true", help="train an attribute judge instead: regress the attr_* "
                    "columns of metadata.csv (reports R^2 per attribute); `release --attribute-judge` uses it to "
@@ -236,33 +203,107 @@ def _device(name: str) -> str:
     return name
 
 
+TRAIN_RUN_OPTIONS = ("data", "out", "resume", "init_from", "threads")  # `train` options that are not config fields
+TRAIN_DEFAULT_PRESET = next(f.metadata["cli_default"] for f in dataclasses.fields(TrainConfig) if f.name == "preset")
+
+
+def _fmt(value) -> str:
+    return "off" if value is None or value == "" else str(value)
+
+
+def add_config_options(p: argparse.ArgumentParser, cls, only_cli: bool = True) -> list[str]:
+    """One option per field of the dataclass `cls` (TrainConfig / ModelConfig), from its metadata: help text,
+    choices, option strings. Options default to argparse.SUPPRESS, so the namespace holds only what the user
+    typed (presets fill the rest); help shows the field's default. Returns the field names added."""
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    added = []
+    for f in dataclasses.fields(cls):
+        meta = f.metadata
+        if only_cli and meta.get("cli", True) is False:
+            continue
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        default = meta.get("cli_default", default)
+        help_ = f"{meta.get('help', '')} (default: {_fmt(default)})".replace("%", "%%")
+        flags = meta.get("flags") or (f"--{f.name.replace('_', '-')}",)
+        kind = hints[f.name]
+        if kind is bool:
+            pos, neg = (flags + (f"--no-{flags[0][2:]}",))[:2]
+            p.add_argument(pos, dest=f.name, action="store_true", default=argparse.SUPPRESS, help=help_)
+            p.add_argument(neg, dest=f.name, action="store_false", default=argparse.SUPPRESS,
+                           help=f"turn {pos} off")
+        elif f.name == "betas":
+            for i, flag in enumerate(flags):
+                p.add_argument(flag, dest=f"betas_{i}", type=float, default=argparse.SUPPRESS,
+                               help=f"Adam beta{i + 1} (default: {default[i]}; paper: unknown (?))")
+        else:
+            base = typing.get_args(kind)[0] if typing.get_origin(kind) in (typing.Union, types.UnionType) else kind
+            p.add_argument(*flags, dest=f.name, type=base, default=argparse.SUPPRESS, choices=meta.get("choices"),
+                           help=help_)
+        added.append(f.name)
+    return added
+
+
+def _train_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser("train", help="train on a labelled image folder or .tar", description=(
+        "Train CVAE-GAN on an ImageFolder directory (<class_folder>/<image>) or an uncompressed .tar of one. "
+        "Writes metrics.jsonl, sample grids, checkpoint.pt and export/ into --out. Options start from --preset "
+        "(default v2, the recipe measured best per CPU-hour); options you give win. "
+        "Multi-GPU: torchrun --nproc_per_node=N -m cvaegan train ..."))
+    p.add_argument("--data", required=True, help="folder or .tar in ImageFolder layout (metadata.csv beside it gives display names)")
+    p.add_argument("--out", required=True, help="run folder (created); holds the checkpoint, samples and export/")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint.pt")
+    p.add_argument("--init-from", default=None, metavar="WEIGHTS", help="warm start: all four networks and the "
+                   "running feature means from a weights folder that carries discriminator.safetensors (fresh "
+                   "optimisers); its architecture wins over the architecture options")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
+    g = p.add_argument_group("architecture (ModelConfig; saved with the weights)")
+    add_config_options(g, ModelConfig)
+    g = p.add_argument_group("training (TrainConfig; saved as train_config.json)")
+    add_config_options(g, TrainConfig)
+    return p
+
+
+def train_configs(a: argparse.Namespace, num_classes: int, resolution: int | None = None) -> tuple[TrainConfig, ModelConfig]:
+    """The run's configs: the preset's values, then every option the user gave."""
+    given = vars(a)
+    preset = given.get("preset", TRAIN_DEFAULT_PRESET)
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    over = {k: v for k, v in given.items() if k in fields and k != "preset"}
+    if "betas_0" in given or "betas_1" in given:
+        d = TrainConfig.from_preset(preset).betas
+        over["betas"] = (given.get("betas_0", d[0]), given.get("betas_1", d[1]))
+    tcfg = TrainConfig.from_preset(preset, **over)
+    mfields = {f.name for f in dataclasses.fields(ModelConfig) if f.metadata.get("cli", True)}
+    arch = {**MODEL_PRESETS[preset], **{k: v for k, v in given.items() if k in mfields}}
+    res = resolution or arch.pop("resolution", 64)
+    arch.pop("resolution", None)
+    widths = default_widths(res)
+    arch.setdefault("base_channels", widths["base_channels"])
+    arch["max_channels"] = max(arch.get("max_channels", widths["max_channels"]), arch["base_channels"])
+    return tcfg, ModelConfig.for_resolution(res, num_classes, **arch)
+
+
 def cmd_train(a: argparse.Namespace) -> int:
     import torch
 
-    from .config import ModelConfig, default_widths
     from .data import load_images
     from .train import train
 
     if a.threads:
         torch.set_num_threads(a.threads)
-    tcfg = TrainConfig(
-        steps=a.steps, batch_size=a.batch_size, lr=a.lr, betas=(a.beta1, a.beta2), lambda1=a.lambda1,
-        lambda2=a.lambda2, lambda3=a.lambda3, lambda4=a.lambda4, momentum=a.momentum, seed=a.seed,
-        val_fraction=a.val_fraction, log_every=a.log_every, sample_every=a.sample_every,
-        checkpoint_every=a.checkpoint_every, diffaugment=a.diffaugment, ema_decay=a.ema_decay,
-        grad_clip=a.grad_clip, lr_schedule=a.lr_schedule, warmup_steps=a.warmup_steps, device=a.device,
-        export_fp16=not a.no_fp16_export, export_discriminator=a.export_discriminator, variant=a.variant,
-    )
-    resolution = a.resolution
+    resolution = getattr(a, "resolution", 64)
     if a.resume:  # the checkpoint's resolution wins
         ckpt = Path(a.out) / "model_config.json"
         if ckpt.is_file():
             resolution = json.loads(ckpt.read_text())["resolution"]
+    elif a.init_from:
+        from .hub import read_config
+        resolution = read_config(Path(a.init_from)).resolution
     data = load_images(a.data, resolution)
-    base = a.base_channels or default_widths(resolution)["base_channels"]
-    mcfg = ModelConfig.for_resolution(resolution, data.num_classes, z_dim=a.z_dim, base_channels=base,
-                                      max_channels=max(a.max_channels, base))
-    export = train(data, a.out, tcfg, mcfg, resume=a.resume)
+    tcfg, mcfg = train_configs(a, data.num_classes, resolution)
+    export = train(data, a.out, tcfg, mcfg, resume=a.resume, init_from=a.init_from)
     print(f"done: weights in {export}")
     return 0
 
@@ -423,7 +464,8 @@ def cmd_judge(a: argparse.Namespace) -> int:
     data = load_images(a.data, a.resolution)
     extra = remap_classes(load_images(a.extra, a.resolution), data) if a.extra else None
     cfg = train_judge(data, a.out, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, seed=a.seed, extra=extra,
-                      device=_device(a.device), attributes=a.attributes)
+                      device=_device(a.device), attributes=a.attributes, stem_stride=a.stem_stride,
+                      widths=[int(w) for w in a.widths.split(",")])
     t = cfg.training
     if a.attributes:
         r2 = ", ".join(f"{k} {v:.3f}" for k, v in t["val_r2"].items())

@@ -6,12 +6,27 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from .errors import InputError
+
 # Bump when the weights layout changes in a way older code cannot read.
 FORMAT_VERSION = 1
 RESOLUTIONS = (32, 64, 128)
+NORMS = ("batch", "group", "none")  # normalisation layers of the D / C trunks
 
 
-class ConfigError(ValueError):
+def option(default: Any = None, help: str = "", *, factory: Any = None, **meta: Any) -> Any:
+    """A dataclass field whose help text (and, for `train`, command-line details) live in its metadata.
+
+    The `train` command builds its options from these fields (cvaegan.cli), so each default and help text
+    is written once, here. meta: choices, flags (option strings other than --field-name), cli=False.
+    """
+    md = {"help": help, **meta}
+    if factory is not None:
+        return field(default_factory=factory, metadata=md)
+    return field(default=default, metadata=md)
+
+
+class ConfigError(InputError):
     """A config file or value that cannot be used (wrong type, unknown version, bad value)."""
 
 
@@ -28,20 +43,24 @@ def default_widths(resolution: int) -> dict[str, int]:
 class ModelConfig:
     """Architecture of the four networks. Saved as config.json next to the weights."""
 
-    resolution: int = 64  # image side in pixels: 32, 64 or 128
-    num_classes: int = 10  # K, number of fine-grained categories
-    class_names: list[str] = field(default_factory=list)  # display name per class index (len K)
-    class_folders: list[str] = field(default_factory=list)  # folder name per class index (len K)
-    z_dim: int = 256  # latent attribute code size (paper: 256 (?))
-    base_channels: int = 32  # channels at full resolution; doubles each halving of resolution
-    max_channels: int = 256  # cap on channels at low resolutions
-    label_dim: int = 128  # size of the learned class embedding fed to E and G
-    feature_dim: int = 256  # size of f_D(x) and f_C(x) used by the feature-matching losses
-    directions: list[str] = field(default_factory=list)  # names of saved latent directions (may be empty)
-    direction_units: list[str] = field(default_factory=list)  # unit of each direction's amount
-    format_version: int = FORMAT_VERSION  # weights layout version; newer than this code -> error
-    package_version: str = ""  # cvaegan version that wrote the file (informational)
-    files: dict[str, str] = field(default_factory=dict)  # file name -> sha256, filled on save
+    resolution: int = option(64, "image side in pixels", choices=RESOLUTIONS)
+    num_classes: int = option(10, "K, number of fine-grained categories", cli=False)
+    class_names: list[str] = option(help="display name per class index (len K)", factory=list, cli=False)
+    class_folders: list[str] = option(help="folder name per class index (len K)", factory=list, cli=False)
+    z_dim: int = option(256, "latent attribute code size (paper: 256 (?))")
+    base_channels: int = option(32, "channels at full resolution, doubling per halving (default: per resolution, "
+                                "see README)")
+    max_channels: int = option(256, "channel cap at low resolutions")
+    label_dim: int = option(128, "size of the learned class embedding fed to E and G", cli=False)
+    feature_dim: int = option(256, "size of f_D(x) and f_C(x) used by the feature-matching losses", cli=False)
+    d_norm: str = option("batch", "normalisation in D's trunk (paper: batch)", choices=NORMS)
+    c_norm: str = option("batch", "normalisation in C's trunk (paper: batch)", choices=NORMS)
+    spectral_norm: bool = option(False, "spectral normalisation of every D layer (Miyato et al. 2018)")
+    directions: list[str] = option(help="names of saved latent directions (may be empty)", factory=list, cli=False)
+    direction_units: list[str] = option(help="unit of each direction's amount", factory=list, cli=False)
+    format_version: int = option(FORMAT_VERSION, "weights layout version; newer than this code -> error", cli=False)
+    package_version: str = option("", "cvaegan version that wrote the file (informational)", cli=False)
+    files: dict[str, str] = option(help="file name -> sha256, filled on save", factory=dict, cli=False)
 
     def __post_init__(self) -> None:
         if self.resolution not in RESOLUTIONS:
@@ -57,11 +76,14 @@ class ModelConfig:
                 raise ConfigError(f"{name} has {len(values)} entries but num_classes is {self.num_classes}")
         if self.z_dim < 1 or self.base_channels < 1 or self.max_channels < self.base_channels:
             raise ConfigError("z_dim and base_channels must be positive and max_channels >= base_channels")
+        for name in ("d_norm", "c_norm"):
+            if getattr(self, name) not in NORMS:
+                raise ConfigError(f"{name} must be one of {list(NORMS)}, got {getattr(self, name)!r}")
         if len(self.direction_units) < len(self.directions):
             self.direction_units = list(self.direction_units) + [""] * (len(self.directions) - len(self.direction_units))
 
     @classmethod
-    def for_resolution(cls, resolution: int, num_classes: int, **kw: Any) -> "ModelConfig":
+    def for_resolution(cls, resolution: int, num_classes: int, **kw: Any) -> ModelConfig:
         """Config with the default widths for `resolution`; keyword arguments override."""
         args = {**default_widths(resolution), **kw}
         return cls(resolution=resolution, num_classes=num_classes, **args)
@@ -73,7 +95,7 @@ class ModelConfig:
         return json.dumps(self.to_dict(), indent=2, ensure_ascii=False) + "\n"
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], source: str = "config") -> "ModelConfig":
+    def from_dict(cls, data: dict[str, Any], source: str = "config") -> ModelConfig:
         """Build from a dict, rejecting configs from a newer format and unknown keys."""
         if not isinstance(data, dict):
             raise ConfigError(f"{source}: expected a JSON object, got {type(data).__name__}")
@@ -117,44 +139,81 @@ class ModelConfig:
 
 
 VARIANTS = ("cvae-gan", "cvae", "cgan", "fm-cgan")
+PRESET_NAMES = ("v2", "paper", "v1", "none")
 
 
 @dataclass
 class TrainConfig:
-    """Options of one training run. Saved as train_config.json in the run folder."""
+    """Options of one training run. Saved as train_config.json in the run folder.
 
-    steps: int = 20000  # number of iterations (one C, D, G, E update each)
-    batch_size: int = 64  # images per iteration
-    lr: float = 2e-4  # Adam learning rate for all four networks (paper: unknown (?))
-    betas: tuple[float, float] = (0.5, 0.999)  # Adam betas (paper: unknown (?); DCGAN's choice)
-    lambda1: float = 3.0  # weight of L_KL in E's loss (paper: 3)
-    lambda2: float = 1.0  # weight of L_G in G's and E's losses (paper: 1)
-    lambda3: float = 1e-3  # weight of L_GD, mean feature matching against D (paper: 1e-3)
-    lambda4: float = 1e-3  # weight of L_GC, per-class mean feature matching against C (paper: 1e-3)
-    momentum: float = 0.9  # running-mean momentum for L_GD / L_GC feature means; 0 = batch means only
-    seed: int = 0  # seeds data order, flips and noise; every step's randomness derives from (seed, step)
-    val_fraction: float = 0.0  # fraction of each class held out (deterministic); 0 = train on all
-    log_every: int = 50  # append scalars to metrics.jsonl every N steps
-    sample_every: int = 1000  # write a fixed (z, c) sample grid PNG every N steps; 0 = off
-    checkpoint_every: int = 1000  # write the resume checkpoint every N steps
-    sample_classes: int = 8  # rows of the sample grid (classes spread over the range)
-    sample_seeds: int = 8  # columns of the sample grid (seeds 0..N-1)
-    diffaugment: str = ""  # DiffAugment policy for D's inputs, e.g. "color,translation,cutout"; "" = off
-    ema_decay: float | None = None  # EMA of G's weights used for export and samples, e.g. 0.999; None = off
-    grad_clip: float | None = None  # max global grad norm per network and phase; None = off
-    lr_schedule: str = "constant"  # "constant" or "cosine" (decays to 10% of lr over `steps`)
-    warmup_steps: int = 0  # linear learning-rate warm-up steps; 0 = off
-    device: str = "auto"  # "auto" (cuda if present), "cpu" or "cuda"
-    export_fp16: bool = True  # store exported E, G, C weights as float16 (halves file size)
-    export_discriminator: bool = False  # also export D (only needed to fine-tune later)
-    # Ablations of the paper's Table 1: "cvae-gan" (the full model), "cvae" (E + G, KL + pixel L2 only),
-    # "cgan" (G + class-conditional D, generator loss -log D(G(z, c))), "fm-cgan" (the same D, generator
-    # loss = mean feature matching on D's features). The GAN variants condition D by projection
-    # (Miyato & Koyama 2018): logit + <embed(c), f_D(x)>.
-    variant: str = "cvae-gan"
+    The field defaults are the paper's method with every recipe option off (preset "none"); PRESETS holds
+    the named recipes as differences from them. `train` starts from "v2", the recipe measured best per
+    CPU-hour (README: Equal-budget recipes).
+    """
+
+    preset: str = option("none", "named recipe whose values the other options start from; explicit options win "
+                         "(v2: measured best per CPU-hour; paper: v2 without the options that bend the paper's "
+                         "update order; v1: the recipe of the first bundled weights; none: the field defaults, "
+                         "the paper's method with every recipe option off)",
+                         choices=tuple(PRESET_NAMES), cli_default="v2")
+    steps: int = option(20000, "iterations to train (one C, D, G, E update each); with --resume, the new total")
+    batch_size: int = option(64, "images per iteration, all processes together")
+    lr: float = option(2e-4, "Adam learning rate (paper: unknown (?))")
+    betas: tuple[float, float] = option((0.5, 0.999), "Adam betas (paper: unknown (?); DCGAN's choice)",
+                                        flags=("--beta1", "--beta2"))
+    d_lr_mult: float = option(1.0, "D's learning rate = lr x this (2 = TTUR-style faster D, Heusel et al. 2017)")
+    lambda1: float = option(3.0, "weight of L_KL in E's loss (paper: 3)")
+    lambda2: float = option(1.0, "weight of L_G, reconstruction + pairwise feature matching (paper: 1)")
+    lambda3: float = option(1e-3, "weight of L_GD, mean feature matching against D (paper: 1e-3)")
+    lambda4: float = option(1e-3, "weight of L_GC, per-class mean feature matching against C (paper: 1e-3)")
+    momentum: float = option(0.9, "running-mean momentum of the L_GD / L_GC feature means; 0 = batch means")
+    stratify: int = option(0, "classes per batch: each real batch is N classes x (batch / N) images and the prior "
+                           "batch uses the same classes, so every class mean in L_GC comes from several fresh "
+                           "samples; 0 = uniform random batches (paper)")
+    r1_gamma: float = option(0.0, "R1 penalty weight on D's gradient at real images (lazy, every --r1-every "
+                                  "steps; StyleGAN2-ADA's 0.0002 res^2 / batch is about 0.025 at 64 px, batch 32); 0 = off")
+    r1_every: int = option(16, "steps between lazy R1 penalties")
+    joint_ge: bool = option(False, "one backward pass for G and E (E's gradient then flows through G before its "
+                                   "update, not after as in Algorithm 1): saves about a quarter of the FLOPs")
+    pretrain_steps: int = option(0, "warm start: the first N steps train only C and a plain CVAE (E + G, KL + pixel "
+                                    "L2), so that the feature-matching targets mean something when they start")
+    seed: int = option(0, "seeds data order, flips and noise; every step's randomness derives from (seed, step)")
+    val_fraction: float = option(0.0, "fraction of each class held out (deterministic split); 0 = train on all")
+    exclude_classes: str = option("", "comma-separated class folders left out of training entirely (e.g. unseen "
+                                      "people to enrol later); the model has the other classes")
+    log_every: int = option(50, "append scalars to metrics.jsonl every N steps")
+    sample_every: int = option(1000, "write a fixed (z, c) sample grid every N steps (and at the end); 0 = only "
+                                     "at the end")
+    checkpoint_every: int = option(1000, "write the resume checkpoint every N steps (and at the end)")
+    sample_classes: int = option(8, "rows of the sample grid (classes spread over the range)")
+    sample_seeds: int = option(8, "columns of the sample grid (seeds 0..N-1)")
+    diffaugment: str = option("", "DiffAugment policy for D's inputs, e.g. color,translation,cutout; empty = off")
+    ema_decay: float | None = option(None, "EMA of G's and E's weights for export and samples, e.g. 0.999; "
+                                           "None = off")
+    ema_rampup: bool = option(True, "ramp the EMA decay up as min(--ema-decay, (1 + step) / (10 + step)), so that an "
+                                    "early EMA is not dominated by the untrained start")
+    grad_clip: float | None = option(None, "max gradient norm per network and phase; None = off")
+    lr_schedule: str = option("constant", "learning-rate schedule (cosine decays to 10% over --steps)",
+                              choices=("constant", "cosine"))
+    warmup_steps: int = option(0, "linear learning-rate warm-up steps; 0 = off")
+    budget_minutes: float | None = option(None, "stop after this many CPU-minutes of training (process CPU time / "
+                                                "threads, so other load does not count); None = run --steps")
+    snapshot_minutes: str = option("", "comma-separated CPU-minute marks at which to keep a copy of the checkpoint "
+                                       "in snapshots/ (e.g. 15,30,60,120); empty = none")
+    device: str = option("auto", "where to train (auto: cuda if present)", choices=("auto", "cpu", "cuda"))
+    export_fp16: bool = option(True, "store exported E, G, C (and D) weights as float16 (halves file size)",
+                               flags=("--fp16-export", "--no-fp16-export"))
+    export_discriminator: bool = option(True, "also export D and the running feature means, so that `train "
+                                              "--init-from` can warm-start from the weights folder")
+    variant: str = option("cvae-gan", "method: the full CVAE-GAN, or a baseline of the paper's Table 1: cvae (E + G, "
+                                      "KL + pixel L2), cgan (-log D(G(z, c)) generator loss), fm-cgan (mean feature "
+                                      "matching generator loss); the GAN baselines condition D by projection",
+                          choices=VARIANTS)
 
     def __post_init__(self) -> None:
         self.betas = tuple(self.betas)  # JSON round trips give lists
+        if self.preset not in PRESETS:
+            raise ConfigError(f"preset must be one of {list(PRESETS)}, got {self.preset!r}")
         if self.variant not in VARIANTS:
             raise ConfigError(f"variant must be one of {list(VARIANTS)}, got {self.variant!r}")
         if self.steps < 1 or self.batch_size < 2:
@@ -167,11 +226,64 @@ class TrainConfig:
             raise ConfigError(f"lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}")
         if self.device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"device must be auto, cpu or cuda, got {self.device!r}")
+        if self.stratify < 0 or (self.stratify and self.batch_size % self.stratify):
+            raise ConfigError(f"stratify ({self.stratify}) must divide the batch size ({self.batch_size}); "
+                              "e.g. --stratify 8 with --batch-size 32")
+        if self.r1_gamma < 0 or self.r1_every < 1:
+            raise ConfigError("r1_gamma must be >= 0 and r1_every >= 1")
+        if self.budget_minutes is not None and self.budget_minutes <= 0:
+            raise ConfigError(f"budget_minutes must be positive, got {self.budget_minutes}")
+        self.snapshot_marks()  # validates
+
+    def snapshot_marks(self) -> list[float]:
+        """--snapshot-minutes as sorted floats."""
+        try:
+            marks = sorted(float(v) for v in self.snapshot_minutes.split(",") if v.strip())
+        except ValueError as e:
+            raise ConfigError(f"snapshot_minutes must be comma-separated numbers, got {self.snapshot_minutes!r}") from e
+        return marks
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        """From a saved train_config.json. Files from before presets existed get the options added since
+        with the values that reproduce what that run did (preset "v1"'s off values)."""
         known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        values = {k: v for k, v in data.items() if k in known}
+        if "preset" not in data:
+            values = {**ADDED_WITH_PRESETS, **values}
+        return cls(**values)
+
+    @classmethod
+    def from_preset(cls, preset: str = "none", **overrides: Any) -> TrainConfig:
+        """The preset's recipe, with explicit `overrides` (field name -> value) on top."""
+        if preset not in PRESETS:
+            raise ConfigError(f"unknown preset {preset!r}; choose one of {list(PRESETS)}")
+        return cls(**{**PRESETS[preset], **overrides, "preset": preset})
+
+
+# Options added together with presets, at the values under which runs trained before them behaved.
+ADDED_WITH_PRESETS: dict[str, Any] = {
+    "preset": "v1", "d_lr_mult": 1.0, "stratify": 0, "r1_gamma": 0.0, "joint_ge": False, "pretrain_steps": 0,
+    "export_discriminator": False, "budget_minutes": None, "snapshot_minutes": "", "exclude_classes": "",
+    "ema_rampup": False,
+}
+
+# Named recipes as differences from TrainConfig's defaults. "v1" reproduces the first bundled weights'
+# training (batch 32, DiffAugment translation+color, EMA 0.999), "paper" follows Algorithm 1 strictly.
+PRESETS: dict[str, dict[str, Any]] = {
+    "none": {},
+    "v2": {},
+    "paper": {"joint_ge": False},
+    "v1": {"batch_size": 32, "diffaugment": "translation,color", "ema_decay": 0.999, "ema_rampup": False, "stratify": 0,
+           "r1_gamma": 0.0, "joint_ge": False, "pretrain_steps": 0, "d_lr_mult": 1.0},
+}
+# Architecture of each preset (ModelConfig fields), applied by `train` unless given explicitly.
+MODEL_PRESETS: dict[str, dict[str, Any]] = {
+    "none": {},
+    "v2": {},
+    "paper": {},
+    "v1": {"d_norm": "batch", "c_norm": "batch", "spectral_norm": False},
+}

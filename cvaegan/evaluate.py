@@ -313,7 +313,7 @@ def evaluate(model: CVAEGAN, judge: Judge, data: LabelledImages, samples_per_cla
             rec_p.append(p)
             rec_s.append(s)
     bar.update(1)
-    inpaint = inpainting_scores(model, val, inpaint_images, bar=bar)
+    inpaint = inpainting_scores(model, val, inpaint_images, bar=bar) if inpaint_images > 0 else {}
     bar.close()
     return {
         "format": REPORT_FORMAT,

@@ -227,6 +227,26 @@ def write_readme_section(readme: Path, tag: str, text: str) -> None:
     readme.write_text(pat.sub(lambda m: m.group(1) + text + m.group(2), s), encoding="utf-8")
 
 
+def _budget_parser(sub) -> None:
+    from .budget import RECIPES
+
+    p = sub.add_parser("budget", help="train a recipe for a fixed CPU time and judge it at 15/30/60/120 minutes",
+                       description=("Equal-budget recipe comparison (see cvaegan/budget.py). Re-run to resume; every "
+                                    "recipe in --out appears in budget.md / budget.png."))
+    p.add_argument("--data", required=True, help="folder or .tar in ImageFolder layout")
+    p.add_argument("--recipe", required=True, help=f"named recipe: {', '.join(RECIPES)} (or any name with --train-args)")
+    p.add_argument("--minutes", type=float, required=True, help="CPU-minutes of training (process CPU time / threads)")
+    p.add_argument("--out", required=True, help="experiment folder; the run goes to OUT/<recipe or --name>")
+    p.add_argument("--judge", required=True, help="judge folder (`cvaegan judge`), trained on the same data")
+    p.add_argument("--threads", type=int, default=2, help="torch threads for training and judging (default 2)")
+    p.add_argument("--samples-per-class", type=int, default=10, help="generated images per class (default 10)")
+    p.add_argument("--train-args", default="", help="extra `train` options on top of the recipe, e.g. '--stratify 4'")
+    p.add_argument("--name", default=None, help="run folder name (default: the recipe)")
+    p.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
+    p.add_argument("--train-only", action="store_true", help="train, but judge later (another run of the command)")
+    p.add_argument("--write-readme", action="store_true", help="put the table into README.md (budget markers)")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m cvaegan.experiments", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -254,8 +274,19 @@ def main(argv: list[str] | None = None) -> int:
             p.add_argument("--per-class", type=int, default=20, help="generated images per class (default 20)")
         if name == "table1":
             p.add_argument("--write-readme", action="store_true", help="put the table into README.md")
+    _budget_parser(sub)
     a = ap.parse_args(argv)
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    if a.experiment == "budget":
+        from .budget import run_budget
+
+        run_budget(a.data, a.recipe, a.minutes, a.out, a.judge, a.threads, a.samples_per_class,
+                   a.train_args.split() if a.train_args else None, a.name, a.seed, a.train_only)
+        if a.write_readme:
+            readme = Path(__file__).resolve().parent.parent / "README.md"
+            out = Path(a.out)
+            write_readme_section(readme, "budget", (out / "budget.md").read_text() + f"\n![budget plot](docs/budget_{out.name}.png)\n")
+        return 0
     if a.experiment == "table1":
         r = table1(a)
         if a.write_readme:

@@ -10,7 +10,7 @@ import torch
 
 from .config import ModelConfig
 from .models import CVAEGAN, DIRECTIONS_NAME
-from .serialization import CONFIG_NAME, WeightsError
+from .serialization import CONFIG_NAME, WeightsError, load_tensors, unwrap_state, verify_files
 
 __all__ = ["BUNDLED_DIR", "BUNDLED_ORDER", "CONFIG_NAME", "DIRECTIONS_NAME", "Resolved", "WeightsError", "bundled",
            "load_folder", "load_pretrained", "model_card", "push", "read_config", "resolve_weights",
@@ -18,12 +18,37 @@ __all__ = ["BUNDLED_DIR", "BUNDLED_ORDER", "CONFIG_NAME", "DIRECTIONS_NAME", "Re
 
 BUNDLED_DIR = Path(__file__).resolve().parent.parent / "weights"
 BUNDLED_ORDER = ("faces", "flowers", "birds")
+RUNNING_MEANS_NAME = "running_means.safetensors"
 
 
 def save_pretrained(model: CVAEGAN, path: str | os.PathLike, fp16: bool = True,
-                    include_discriminator: bool = False) -> Path:
-    """model.save_pretrained(...): config.json + encoder/generator/classifier[/discriminator].safetensors."""
-    return model.save_pretrained(path, fp16=fp16, include_discriminator=include_discriminator)
+                    include_discriminator: bool = False, running_means: torch.nn.Module | None = None) -> Path:
+    """model.save_pretrained(...): config.json + encoder/generator/classifier[/discriminator].safetensors.
+
+    With include_discriminator and running_means (the trainer's feature means of L_GD / L_GC), the folder
+    also carries everything `train --init-from` needs to go on training, except optimiser state.
+    """
+    extra = None
+    if running_means is not None:
+        means = {k: v.half() if fp16 and v.is_floating_point() else v for k, v in unwrap_state(running_means).items()}
+        extra = {RUNNING_MEANS_NAME: means}
+    return model.save_pretrained(path, fp16=fp16, include_discriminator=include_discriminator, extra=extra)
+
+
+def load_training_state(folder: str | os.PathLike) -> dict:
+    """What `train --init-from FOLDER` starts from: {"config": model config dict, "nets": {C, D, G, E: tensors},
+    "means": running-mean tensors}. The files are hash-checked; the trainer loads them strictly."""
+    folder = Path(folder)
+    cfg = read_config(folder)
+    verify_files(folder, cfg.files)
+    missing = [f for f in ("discriminator.safetensors", RUNNING_MEANS_NAME) if not (folder / f).is_file()]
+    if missing:
+        raise WeightsError(f"{folder}: no {' or '.join(missing)}; only weights exported with the discriminator and "
+                           "running means (`train --export-discriminator`, the default) can be trained further")
+    nets = {key: load_tensors(folder / f"{name}.safetensors") for key, name in
+            (("C", "classifier"), ("D", "discriminator"), ("G", "generator"), ("E", "encoder"))}
+    return {"config": cfg.to_dict(), "nets": nets, "means": load_tensors(folder / RUNNING_MEANS_NAME),
+            "source": str(folder)}
 
 
 def save_directions(model: CVAEGAN, path: str | os.PathLike) -> None:

@@ -45,6 +45,7 @@ class JudgeConfig:
     resolution: int = 64
     num_classes: int = 2
     widths: list[int] = field(default_factory=lambda: [32, 64, 128, 256])
+    stem_stride: int = 2  # 2 halves the input at once (cheap); 1 keeps full resolution in the first block
     class_names: list[str] = field(default_factory=list)
     class_folders: list[str] = field(default_factory=list)
     kind: str = JUDGE_KIND
@@ -107,7 +108,7 @@ class Judge(PretrainedMixin, nn.Module):
         super().__init__()
         self.config = cfg
         w = cfg.widths
-        self.stem = nn.Conv2d(3, w[0], 3, 2, 1)  # halves the input at once: keeps CPU training cheap
+        self.stem = nn.Conv2d(3, w[0], 3, cfg.stem_stride, 1)
         blocks, cin = [], w[0]
         for i, cout in enumerate(w):
             blocks.append(_Block(cin, cout, 1 if i == 0 else 2))
@@ -195,7 +196,8 @@ def top1(judge: Judge, images_u8: torch.Tensor, labels: torch.Tensor) -> float:
 
 def train_judge(data: LabelledImages, out: str | os.PathLike, epochs: int = 20, batch_size: int = 64,
                 lr: float = 2e-3, seed: int = 7, widths: list[int] | None = None, extra: LabelledImages | None = None,
-                progress: bool = True, device: str | torch.device = "cpu", attributes: bool = False) -> JudgeConfig:
+                progress: bool = True, device: str | torch.device = "cpu", attributes: bool = False,
+                stem_stride: int = 2) -> JudgeConfig:
     """Train a judge on the 90% training split of `data` (plus `extra` images, e.g. generated ones for
     the augmentation experiment), report top-1 on the 10% held-out split, save to `out`.
     attributes=True trains an attribute judge instead: it regresses every attr_* column of the data's
@@ -227,7 +229,10 @@ def train_judge(data: LabelledImages, out: str | os.PathLike, epochs: int = 20, 
         if extra.images.shape[-1] != res:
             raise JudgeError(f"extra images are {extra.images.shape[-1]} px, the data {res} px")
         x_tr, y_tr = torch.cat([x_tr, extra.images]), torch.cat([y_tr, extra.labels])
+    if stem_stride not in (1, 2):
+        raise ValueError(f"stem_stride must be 1 or 2, got {stem_stride}")
     cfg = JudgeConfig(resolution=res, num_classes=data.num_classes, widths=list(widths or [32, 64, 128, 256]),
+                      stem_stride=stem_stride,
                       class_names=list(data.class_names), class_folders=list(data.class_folders))
     if attributes:
         cfg.targets = sorted(data.attributes)
@@ -248,6 +253,7 @@ def train_judge(data: LabelledImages, out: str | os.PathLike, epochs: int = 20, 
     gen = torch.Generator().manual_seed(seed)
     t0 = time.perf_counter()
     bar = tqdm(total=total, desc="judge", disable=not progress, dynamic_ncols=True)
+    history: list[dict] = []
     for epoch in range(epochs):
         judge.train()
         perm = torch.randperm(n, generator=gen)
@@ -266,6 +272,12 @@ def train_judge(data: LabelledImages, out: str | os.PathLike, epochs: int = 20, 
             sched.step()
             bar.update(1)
             bar.set_postfix(epoch=epoch + 1, loss=f"{loss.item():.3f}")
+        if not attributes and len(va) and ((epoch + 1) % 5 == 0 or epoch + 1 == epochs):
+            # held-out top-1 along the way: shows whether the judge has converged
+            acc = top1(judge, data.images[va], data.labels[va])
+            history.append({"epoch": epoch + 1, "val_top1": round(acc, 4),
+                            "wall_s": round(time.perf_counter() - t0, 1)})
+            bar.write(f"judge epoch {epoch + 1}: held-out top-1 {acc:.4f}")
     bar.close()
     judge.eval()
     cfg.training = {
@@ -273,6 +285,7 @@ def train_judge(data: LabelledImages, out: str | os.PathLike, epochs: int = 20, 
         "extra_images": 0 if extra is None else len(extra.labels), "val_images": len(va),
         "split": f"per class 90/10, split_indices(seed={SPLIT_SEED})",
         "wall_s": round(time.perf_counter() - t0, 1), "device": str(device),
+        "threads": torch.get_num_threads(), "history": history,
     }
     if attributes:
         pred = predict_attributes(judge, uint8_to_float(data.images[va]))

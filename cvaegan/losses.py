@@ -7,9 +7,14 @@ Cross-entropies are averaged over the minibatch.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .images import psnr as image_psnr
 
 
 def sq_norm(a: torch.Tensor) -> torch.Tensor:
@@ -107,3 +112,299 @@ class RunningMeans(nn.Module):
     def update(self, estimate: torch.Tensor, present: torch.Tensor) -> None:
         self.mean[present] = estimate.detach().float()[present]
         self.seen |= present
+
+
+def r1_penalty(logits_real: torch.Tensor, x_real: torch.Tensor) -> torch.Tensor:
+    """R1 = mean over the batch of ||d D(x) / d x||^2 at real images (Mescheder et al. 2018); x_real must
+    require grad and logits_real come from it. The graph is kept so that the penalty can be minimised."""
+    (grad,) = torch.autograd.grad(logits_real.float().sum(), x_real, create_graph=True)
+    return grad.pow(2).flatten(1).sum(1).mean()
+
+
+# ---------------------------------------------------------------------------------------------------
+# Methods as loss objects: each lists its phases and computes one phase's loss from the pure functions
+# above. The training loop (cvaegan.train.Trainer.train_step) walks the phases and never branches on
+# the method: for each phase it lets only `phase.trains` receive gradients, calls `compute`, and steps
+# those networks' optimisers.
+# ---------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Phase:
+    name: str  # "C", "D", "D_r1", "G", "E" or "GE"
+    trains: tuple[str, ...]  # keys of the networks this phase updates ("P": the GAN baselines' projection)
+
+
+@dataclass
+class Batch:
+    """One iteration's inputs, plus values computed by one phase and reused by a later one (`cache`).
+
+    x_r: (B, 3, R, R) in [-1, 1]; c_r: (B,) labels; eps: (B, z_dim) reparameterisation noise;
+    z_p: (B, z_dim) prior codes; c_p: (B,) prior classes; gen: this step's random generator.
+    """
+
+    x_r: torch.Tensor
+    c_r: torch.Tensor
+    eps: torch.Tensor
+    z_p: torch.Tensor
+    c_p: torch.Tensor
+    gen: torch.Generator
+    step: int = 0
+    cache: dict = field(default_factory=dict)
+
+
+@dataclass
+class LossContext:
+    """What a loss object needs from the trainer. nets: the plain networks (C, D, G, E [, P]); train_nets:
+    the same, possibly wrapped for data parallelism (used for the network a phase trains)."""
+
+    nets: dict
+    train_nets: dict
+    means: nn.ModuleDict
+    tcfg: object  # TrainConfig
+    num_classes: int
+    augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor]  # D's input augmentation (or identity)
+    augments: bool  # whether `augment` changes anything
+    autocast: Callable[[], object]
+
+
+class MethodLoss:
+    """Base class: the phase list and the classifier phase every method with a C shares."""
+
+    phases: tuple[Phase, ...] = ()
+
+    def __init__(self, ctx: LossContext):
+        self.ctx = ctx
+        self.t = ctx.tcfg
+
+    def phases_at(self, step: int) -> tuple[Phase, ...]:
+        return self.phases
+
+    def compute(self, phase: Phase, b: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        return getattr(self, "phase_" + phase.name)(b)
+
+    def phase_C(self, b: Batch):
+        """L_C on real images only."""
+        with self.ctx.autocast():
+            logits, _ = self.ctx.train_nets["C"](b.x_r)
+            loss = classifier_loss(logits, b.c_r)
+        return loss, {"loss/C": loss.item(), "acc/C": (logits.argmax(1) == b.c_r).float().mean().item()}
+
+    def _encode(self, b: Batch, net: nn.Module) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        mu, logvar = net(b.x_r, b.c_r)
+        return mu, logvar, mu + b.eps * torch.exp(0.5 * logvar)
+
+
+class CVAEGANLoss(MethodLoss):
+    """The paper's method. Per iteration (Algorithm 1): C <- L_C; D <- L_D; G <- lambda2 L_G + lambda3 L_GD +
+    lambda4 L_GC; E <- lambda1 L_KL + lambda2 L_G through the updated G. Options: a lazy R1 phase after D
+    (r1_gamma), and joint_ge, one backward for G and E (E's gradient then flows through the G of before
+    the update)."""
+
+    def __init__(self, ctx: LossContext):
+        super().__init__(ctx)
+        gen_phases = (Phase("GE", ("G", "E")),) if self.t.joint_ge else (Phase("G", ("G",)), Phase("E", ("E",)))
+        self.phases = (Phase("C", ("C",)), Phase("D", ("D",))) + gen_phases
+        self.r1 = Phase("D_r1", ("D",))
+
+    def phases_at(self, step: int) -> tuple[Phase, ...]:
+        if self.t.r1_gamma > 0 and step % self.t.r1_every == 0:
+            return self.phases[:2] + (self.r1,) + self.phases[2:]
+        return self.phases
+
+    def phase_D(self, b: Batch):
+        """L_D: real vs reconstructions and prior samples (generated images detached)."""
+        n, aug = self.ctx.nets, self.ctx.augment
+        with torch.no_grad(), self.ctx.autocast():
+            _, _, z = self._encode(b, n["E"])
+            x_f = n["G"](z, b.c_r)
+            x_p = n["G"](b.z_p, b.c_p)
+        b.cache["z"] = z
+        size = b.x_r.shape[0]
+        with self.ctx.autocast():
+            d_in = torch.cat([aug(b.x_r, b.gen), aug(x_f, b.gen), aug(x_p, b.gen)])
+            logits, _ = self.ctx.train_nets["D"](d_in)
+            l_r, l_f, l_p = logits.split(size)
+            loss = discriminator_loss(l_r, l_f, l_p)
+        return loss, {"loss/D": loss.item(), "acc/D_real": (l_r > 0).float().mean().item(),
+                      "acc/D_fake": 0.5 * ((l_f < 0).float().mean() + (l_p < 0).float().mean()).item()}
+
+    def phase_D_r1(self, b: Batch):
+        """gamma / 2 * R1, times the interval (lazy regularisation, as in StyleGAN2)."""
+        x = b.x_r.detach().requires_grad_(True)
+        logits, _ = self.ctx.train_nets["D"](x)
+        penalty = r1_penalty(logits, x)
+        return 0.5 * self.t.r1_gamma * self.t.r1_every * penalty, {"loss/D_r1": penalty.item()}
+
+    def _real_features(self, b: Batch) -> None:
+        """D and C act as fixed feature extractors from here on: eval mode, so real and generated images are
+        normalised by the same (running) statistics. Real features are computed once per iteration."""
+        n = self.ctx.nets
+        n["D"].eval()
+        n["C"].eval()
+        if "fd_r" in b.cache:
+            return
+        with torch.no_grad(), self.ctx.autocast():
+            _, fd_r = n["D"](b.x_r)
+            _, fc_r = n["C"](b.x_r)
+            # L_GD compares with augmented prior samples, so its real mean is taken on augmented reals too
+            fd_r_mean_in = n["D"](self.ctx.augment(b.x_r, b.gen))[1] if self.ctx.augments else fd_r
+        b.cache.update(fd_r=fd_r, fc_r=fc_r, fd_r_mean_in=fd_r_mean_in)
+
+    def _pairwise(self, b: Batch, x_f: torch.Tensor) -> torch.Tensor:
+        n = self.ctx.nets
+        _, fd_f = n["D"](x_f)
+        _, fc_f = n["C"](x_f)
+        return reconstruction_loss(b.x_r, x_f, b.cache["fd_r"], fd_f, b.cache["fc_r"], fc_f)
+
+    def _mean_terms(self, b: Batch, x_p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """L_GD and L_GC of the prior samples against the running real means; stores the new estimates."""
+        n, means, k = self.ctx.nets, self.ctx.means, self.ctx.num_classes
+        _, fd_p = n["D"](self.ctx.augment(x_p, b.gen))
+        _, fc_p = n["C"](x_p)
+        one = torch.ones(1, dtype=torch.bool, device=x_p.device)
+        d_real = means["d_real"].estimate(b.cache["fd_r_mean_in"].float().mean(0, keepdim=True), one)
+        d_fake = means["d_fake"].estimate(fd_p.float().mean(0, keepdim=True), one)
+        loss_gd = mean_feature_matching(d_real[0], d_fake[0])
+        real_cm, real_n = class_means(b.cache["fc_r"], b.c_r, k)
+        fake_cm, fake_n = class_means(fc_p, b.c_p, k)
+        c_real = means["c_real"].estimate(real_cm, real_n > 0)
+        c_fake = means["c_fake"].estimate(fake_cm, fake_n > 0)
+        covered = (fake_n > 0) & (means["c_real"].seen | (real_n > 0))
+        loss_gc = class_mean_feature_matching(c_real, c_fake, covered)
+        for key, est, present in (("d_real", d_real, one), ("d_fake", d_fake, one),
+                                  ("c_real", c_real, real_n > 0), ("c_fake", c_fake, fake_n > 0)):
+            means[key].update(est, present)
+        return loss_gd, loss_gc
+
+    def phase_G(self, b: Batch):
+        """lambda2 L_G + lambda3 L_GD + lambda4 L_GC; the generator never sees -log D(G(z))."""
+        self._real_features(b)
+        t, size = self.t, b.x_r.shape[0]
+        with self.ctx.autocast():
+            x_f, x_p = self.ctx.train_nets["G"](torch.cat([b.cache["z"].detach(), b.z_p]),
+                                                torch.cat([b.c_r, b.c_p])).split(size)
+            loss_rec = self._pairwise(b, x_f)
+            loss_gd, loss_gc = self._mean_terms(b, x_p)
+        loss = t.lambda2 * loss_rec + t.lambda3 * loss_gd + t.lambda4 * loss_gc
+        return loss, {"loss/G_recon": loss_rec.item(), "loss/G_mean_fm_D": loss_gd.item(),
+                      "loss/G_mean_fm_C": loss_gc.item(), "loss/G": loss.item()}
+
+    def phase_E(self, b: Batch):
+        """lambda1 L_KL + lambda2 L_G through the just-updated G (frozen here), D and C."""
+        t = self.t
+        with self.ctx.autocast():
+            mu, logvar, z = self._encode(b, self.ctx.train_nets["E"])
+            x_f = self.ctx.nets["G"](z, b.c_r)
+            loss_rec = self._pairwise(b, x_f)
+            loss_kl = kl_loss(mu, logvar)
+            loss = t.lambda1 * loss_kl + t.lambda2 * loss_rec
+        return loss, {"loss/KL": loss_kl.item(), "loss/E": loss.item(), "psnr/recon": _psnr(b.x_r, x_f)}
+
+    def phase_GE(self, b: Batch):
+        """joint_ge: one graph for both: G's terms and E's terms share the reconstruction L_G."""
+        self._real_features(b)
+        t, size = self.t, b.x_r.shape[0]
+        with self.ctx.autocast():
+            mu, logvar, z = self._encode(b, self.ctx.train_nets["E"])
+            x_f, x_p = self.ctx.train_nets["G"](torch.cat([z, b.z_p]), torch.cat([b.c_r, b.c_p])).split(size)
+            loss_rec = self._pairwise(b, x_f)
+            loss_gd, loss_gc = self._mean_terms(b, x_p)
+            loss_kl = kl_loss(mu, logvar)
+        loss_g = t.lambda2 * loss_rec + t.lambda3 * loss_gd + t.lambda4 * loss_gc
+        loss = loss_g + t.lambda1 * loss_kl
+        return loss, {"loss/G_recon": loss_rec.item(), "loss/G_mean_fm_D": loss_gd.item(),
+                      "loss/G_mean_fm_C": loss_gc.item(), "loss/G": loss_g.item(), "loss/KL": loss_kl.item(),
+                      "loss/E": (t.lambda1 * loss_kl + t.lambda2 * loss_rec).item(), "psnr/recon": _psnr(b.x_r, x_f)}
+
+
+class CVAELoss(MethodLoss):
+    """Table 1's "cvae": G <- lambda2 * 1/2 ||x_r - G(z, c)||^2, then E <- lambda1 KL + the same pixel loss
+    through the updated G. No D, no C. With_classifier=True (the warm start, `pretrain_steps`) also trains C."""
+
+    def __init__(self, ctx: LossContext, with_classifier: bool = False):
+        super().__init__(ctx)
+        self.phases = ((Phase("C", ("C",)),) if with_classifier else ()) + (Phase("G", ("G",)), Phase("E", ("E",)))
+
+    def phase_G(self, b: Batch):
+        with torch.no_grad(), self.ctx.autocast():
+            _, _, z = self._encode(b, self.ctx.nets["E"])
+        with self.ctx.autocast():
+            x_f = self.ctx.train_nets["G"](z, b.c_r)
+            loss = self.t.lambda2 * 0.5 * sq_norm(b.x_r.float() - x_f.float()).mean()
+        return loss, {"loss/G_recon": loss.item(), "loss/G": loss.item()}
+
+    def phase_E(self, b: Batch):
+        with self.ctx.autocast():
+            mu, logvar, z = self._encode(b, self.ctx.train_nets["E"])
+            x_f = self.ctx.nets["G"](z, b.c_r)
+            loss_rec = 0.5 * sq_norm(b.x_r.float() - x_f.float()).mean()
+            loss_kl = kl_loss(mu, logvar)
+            loss = self.t.lambda1 * loss_kl + self.t.lambda2 * loss_rec
+        return loss, {"loss/KL": loss_kl.item(), "loss/E": loss.item(), "psnr/recon": _psnr(b.x_r, x_f)}
+
+
+class CGANLoss(MethodLoss):
+    """Table 1's "cgan" and "fm-cgan": D <- -[log D(x_r, c_r) + log(1 - D(G(z_p, c_p), c_p))] with D made
+    class-conditional by a projection P (Miyato & Koyama 2018), trained with D; G <- -log D(G(z_p, c_p), c_p)
+    (cgan) or 1/2 ||mean f_D(x_r) - mean f_D(x_p)||^2 (fm-cgan, the same running means as L_GD). No E, no C."""
+
+    phases = (Phase("D", ("D", "P")), Phase("G", ("G",)))
+
+    def __init__(self, ctx: LossContext, feature_matching: bool):
+        super().__init__(ctx)
+        self.feature_matching = feature_matching
+
+    def _conditional(self, x: torch.Tensor, c: torch.Tensor, net: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+        logits, f = net(x)
+        return logits.view(-1) + (self.ctx.nets["P"](c) * f.float()).sum(1), f
+
+    def phase_D(self, b: Batch):
+        aug, size = self.ctx.augment, b.x_r.shape[0]
+        with torch.no_grad(), self.ctx.autocast():
+            x_p = self.ctx.nets["G"](b.z_p, b.c_p)
+        with self.ctx.autocast():
+            logits, _ = self._conditional(torch.cat([aug(b.x_r, b.gen), aug(x_p, b.gen)]),
+                                          torch.cat([b.c_r, b.c_p]), self.ctx.train_nets["D"])
+            l_r, l_p = logits.float().split(size)
+            loss = (F.binary_cross_entropy_with_logits(l_r, torch.ones_like(l_r))
+                    + F.binary_cross_entropy_with_logits(l_p, torch.zeros_like(l_p)))
+        return loss, {"loss/D": loss.item(), "acc/D_real": (l_r > 0).float().mean().item(),
+                      "acc/D_fake": (l_p < 0).float().mean().item()}
+
+    def phase_G(self, b: Batch):
+        aug, D, means = self.ctx.augment, self.ctx.nets["D"], self.ctx.means
+        with self.ctx.autocast():
+            x_p = self.ctx.train_nets["G"](b.z_p, b.c_p)
+            if not self.feature_matching:
+                lg, _ = self._conditional(aug(x_p, b.gen), b.c_p, D)
+                loss = nonsaturating_generator_loss(lg)
+            else:
+                D.eval()
+                with torch.no_grad():
+                    _, fd_r = D(aug(b.x_r, b.gen))
+                _, fd_p = D(aug(x_p, b.gen))
+                one = torch.ones(1, dtype=torch.bool, device=x_p.device)
+                d_real = means["d_real"].estimate(fd_r.float().mean(0, keepdim=True), one)
+                d_fake = means["d_fake"].estimate(fd_p.float().mean(0, keepdim=True), one)
+                loss = mean_feature_matching(d_real[0], d_fake[0])
+                means["d_real"].update(d_real, one)
+                means["d_fake"].update(d_fake, one)
+        return loss, {"loss/G": loss.item()}
+
+
+def method_loss(ctx: LossContext) -> MethodLoss:
+    """The loss object of the run's method (`variant`)."""
+    v = ctx.tcfg.variant
+    if v == "cvae-gan":
+        return CVAEGANLoss(ctx)
+    if v == "cvae":
+        return CVAELoss(ctx)
+    if v in ("cgan", "fm-cgan"):
+        return CGANLoss(ctx, feature_matching=v == "fm-cgan")
+    raise ValueError(f"unknown variant {v!r}")
+
+
+def _psnr(x_r: torch.Tensor, x_f: torch.Tensor) -> float:
+    """Batch-mean reconstruction PSNR (dB) for the training log."""
+    return image_psnr(x_f, x_r).mean().item()

@@ -47,27 +47,47 @@ class LabelEmbedding(nn.Module):
         return labels_to_onehot(c, self.num_classes, self.weight.dtype) @ self.weight
 
 
-def _down(cin: int, cout: int, norm: bool = True) -> nn.Sequential:
-    """Stride-2 4x4 conv halving the spatial size, then BN and LeakyReLU(0.2)."""
-    layers: list[nn.Module] = [nn.Conv2d(cin, cout, 4, 2, 1, bias=not norm)]
-    if norm:
-        layers.append(nn.BatchNorm2d(cout))
+def _norm_layer(kind: str, ch: int) -> nn.Module:
+    if kind == "batch":
+        return nn.BatchNorm2d(ch)
+    if kind == "group":
+        return nn.GroupNorm(min(8, ch), ch)
+    raise ValueError(f"unknown normalisation {kind!r}")
+
+
+def _down(cin: int, cout: int, norm: str = "batch", sn: bool = False) -> nn.Sequential:
+    """Stride-2 4x4 conv halving the spatial size, then the normalisation ("none": no layer) and LeakyReLU(0.2)."""
+    conv = nn.Conv2d(cin, cout, 4, 2, 1, bias=norm == "none")
+    layers: list[nn.Module] = [nn.utils.parametrizations.spectral_norm(conv) if sn else conv]
+    if norm != "none":
+        layers.append(_norm_layer(norm, cout))
     layers.append(nn.LeakyReLU(0.2, inplace=True))
     return nn.Sequential(*layers)
 
 
-class ConvTrunk(nn.Module):
-    """Shared down-sampling trunk for E, D and C: (B, 3, R, R) -> (B, C4 * 4 * 4)."""
+def _linear(cin: int, cout: int, sn: bool = False) -> nn.Module:
+    layer = nn.Linear(cin, cout)
+    return nn.utils.parametrizations.spectral_norm(layer) if sn else layer
 
-    def __init__(self, cfg: ModelConfig, first_norm: bool = True):
+
+class ConvTrunk(nn.Module):
+    """Shared down-sampling trunk for E, D and C: (B, 3, R, R) -> (B, C4 * 4 * 4).
+
+    norm: "batch" (paper), "group" or "none" after every strided conv (never after the first one when
+    first_norm is False, as in DCGAN's D); sn: spectral normalisation of every conv.
+    """
+
+    def __init__(self, cfg: ModelConfig, first_norm: bool = True, norm: str = "batch", sn: bool = False):
         super().__init__()
         levels = _levels(cfg)
+        stem = nn.Conv2d(3, channels(cfg, cfg.resolution), 3, 1, 1)
         blocks: list[nn.Module] = [
-            nn.Conv2d(3, channels(cfg, cfg.resolution), 3, 1, 1),
+            nn.utils.parametrizations.spectral_norm(stem) if sn else stem,
             nn.LeakyReLU(0.2, inplace=True),
         ]
         for i, (r_in, r_out) in enumerate(zip(levels[:-1], levels[1:])):
-            blocks.append(_down(channels(cfg, r_in), channels(cfg, r_out), norm=first_norm or i > 0))
+            blocks.append(_down(channels(cfg, r_in), channels(cfg, r_out),
+                                norm=norm if (first_norm or i > 0) else "none", sn=sn))
         self.net = nn.Sequential(*blocks)
         self.out_dim = channels(cfg, 4) * 16
 
@@ -129,9 +149,10 @@ class Discriminator(nn.Module):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.trunk = ConvTrunk(cfg, first_norm=False)
-        self.feature = nn.Sequential(nn.Linear(self.trunk.out_dim, cfg.feature_dim), nn.LeakyReLU(0.2, inplace=True))
-        self.out = nn.Linear(cfg.feature_dim, 1)
+        sn = cfg.spectral_norm
+        self.trunk = ConvTrunk(cfg, first_norm=False, norm=cfg.d_norm, sn=sn)
+        self.feature = nn.Sequential(_linear(self.trunk.out_dim, cfg.feature_dim, sn), nn.LeakyReLU(0.2, inplace=True))
+        self.out = _linear(cfg.feature_dim, 1, sn)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         f = self.feature(self.trunk(x))
@@ -143,7 +164,7 @@ class Classifier(nn.Module):
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
-        self.trunk = ConvTrunk(cfg)
+        self.trunk = ConvTrunk(cfg, norm=cfg.c_norm)
         self.feature = nn.Sequential(nn.Linear(self.trunk.out_dim, cfg.feature_dim), nn.LeakyReLU(0.2, inplace=True))
         self.out = nn.Linear(cfg.feature_dim, cfg.num_classes)
 

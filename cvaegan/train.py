@@ -15,7 +15,6 @@ from pathlib import Path
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm.auto import tqdm
@@ -23,7 +22,8 @@ from tqdm.auto import tqdm
 from . import losses as L
 from .augment import diff_augment, parse_policy
 from .config import ModelConfig, TrainConfig
-from .data import LabelledImages, split_indices
+from .data import SPLIT_SEED, LabelledImages, split_indices
+from .errors import CVAEGANError
 from .hub import save_pretrained
 from .images import make_grid, save_png, uint8_to_float
 from .models import CVAEGAN
@@ -33,21 +33,18 @@ CHECKPOINT = "checkpoint.pt"
 POSTFIX = {"loss/C": "C", "loss/D": "D", "loss/G_recon": "recon", "loss/KL": "KL", "acc/C": "accC", "psnr/recon": "psnr"}
 
 
-def recon_psnr(x_r: torch.Tensor, x_f: torch.Tensor) -> float:
-    """Batch-mean PSNR (dB) of reconstructions, images in [-1, 1] (peak-to-peak 2, so peak^2 = 4)."""
-    mse = (x_r.float() - x_f.detach().float()).pow(2).flatten(1).mean(1)
-    return (10 * torch.log10(4.0 / mse.clamp(min=1e-10))).mean().item()
 
 
-class TrainError(RuntimeError):
+class TrainError(CVAEGANError, RuntimeError):
     """Training cannot start or continue as asked; the message says how to fix it."""
 
 
-def set_requires_grad(nets: dict[str, nn.Module], trainable: str | None) -> None:
-    """Let only `trainable` (a key of nets) receive gradients; freeze all others."""
+def set_requires_grad(nets: dict[str, nn.Module], trainable: tuple[str, ...] | str | None) -> None:
+    """Let only the networks named in `trainable` (keys of nets) receive gradients; freeze all others."""
+    names = (trainable,) if isinstance(trainable, str) else tuple(trainable or ())
     for name, net in nets.items():
         for p in net.parameters():
-            p.requires_grad_(name == trainable)
+            p.requires_grad_(name in names)
 
 
 def batch_indices(n: int, batch: int, seed: int, step: int) -> torch.Tensor:
@@ -56,6 +53,47 @@ def batch_indices(n: int, batch: int, seed: int, step: int) -> torch.Tensor:
     epoch, k = divmod(step, per_epoch)
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 7919 + epoch))
     return perm[k * batch:(k + 1) * batch]
+
+
+def stratified_indices(by_class: list[torch.Tensor], batch: int, classes: int, seed: int, step: int) -> torch.Tensor:
+    """Indices of batch `step` drawn as `classes` distinct classes x (batch / classes) images each, grouped by
+    class; classes are drawn uniformly, images within a class without replacement when it has enough.
+    by_class: per class, the indices of its images (classes with none are never drawn)."""
+    g = torch.Generator().manual_seed(seed * 7919 + 104729 * (step + 1))
+    usable = torch.tensor([i for i, ids in enumerate(by_class) if len(ids)])
+    if len(usable) < classes:
+        raise TrainError(f"--stratify {classes} needs at least {classes} classes with images, the data has "
+                         f"{len(usable)}")
+    per = batch // classes
+    picked = usable[torch.randperm(len(usable), generator=g)[:classes]]
+    out = []
+    for c in picked.tolist():
+        ids = by_class[c]
+        take = (torch.randperm(len(ids), generator=g)[:per] if len(ids) >= per
+                else torch.randint(0, len(ids), (per,), generator=g))
+        out.append(ids[take])
+    return torch.cat(out)
+
+
+def drop_classes(data: LabelledImages, folders: list[str], train_idx: torch.Tensor,
+                 val_idx: torch.Tensor) -> tuple[LabelledImages, torch.Tensor, torch.Tensor]:
+    """`data` without the classes in `folders` (labels renumbered), and the split's indices mapped onto it."""
+    unknown = sorted(set(folders) - set(data.class_folders))
+    if unknown:
+        raise TrainError(f"--exclude-classes: unknown class folders {unknown[:5]}; use names from the data's folders")
+    keep = [i for i, f in enumerate(data.class_folders) if f not in folders]
+    if len(keep) < 2:
+        raise TrainError("--exclude-classes leaves fewer than 2 classes to train on")
+    new_label = torch.full((data.num_classes,), -1, dtype=torch.long)
+    new_label[keep] = torch.arange(len(keep))
+    kept = torch.nonzero(new_label[data.labels] >= 0).flatten()
+    position = torch.full((len(data.labels),), -1, dtype=torch.long)
+    position[kept] = torch.arange(len(kept))
+    sub = data.subset(kept)
+    sub = LabelledImages(sub.images, new_label[sub.labels], [data.class_folders[i] for i in keep],
+                         [data.class_names[i] for i in keep], sub.paths, sub.attributes, sub.skipped)
+    remap = lambda idx: position[idx][position[idx] >= 0]  # noqa: E731
+    return sub, remap(train_idx), remap(val_idx)
 
 
 def lr_factor(tcfg: TrainConfig, step: int) -> float:
@@ -84,7 +122,7 @@ def atomic_torch_save(obj, path: Path) -> None:
 
 
 class Trainer:
-    """Holds the networks, optimisers, running feature means and the step counter of one run."""
+    """Holds the networks, optimisers, running feature means, the step counter and the training clock of one run."""
 
     def __init__(self, model: CVAEGAN, tcfg: TrainConfig, device: torch.device, rank: int = 0, world: int = 1):
         self.model, self.tcfg, self.device = model, tcfg, device
@@ -97,13 +135,15 @@ class Trainer:
         if self.cuda:
             for net in self.nets.values():
                 net.to(memory_format=torch.channels_last)
-        # Data-parallel wrappers, used only in the phase that trains each network (others call .module).
+        # Data-parallel wrappers, used only in the phase that trains each network (others call the plain one).
         self.train_nets = {k: (DDP(v) if world > 1 else v) for k, v in self.nets.items()}
-        # GAN ablations: D is made class-conditional by a projection embedding trained with D
+        # GAN ablations: D is made class-conditional by a projection embedding "P", trained with D
         self.proj = (nn.Embedding(model.config.num_classes, model.config.feature_dim).to(device)
                      if tcfg.variant in ("cgan", "fm-cgan") else None)
+        self.grad_nets = dict(self.nets)  # every module whose gradients a phase switches on or off
         if self.proj is not None:
             nn.init.normal_(self.proj.weight, std=0.02)
+            self.grad_nets["P"] = self.proj
         self.opt = {k: torch.optim.Adam(list(v.parameters()) + (list(self.proj.parameters())
                                         if k == "D" and self.proj is not None else []), lr=tcfg.lr, betas=tcfg.betas)
                     for k, v in self.nets.items()}
@@ -112,25 +152,37 @@ class Trainer:
             "d_real": L.RunningMeans(1, f, tcfg.momentum), "d_fake": L.RunningMeans(1, f, tcfg.momentum),
             "c_real": L.RunningMeans(k, f, tcfg.momentum), "c_fake": L.RunningMeans(k, f, tcfg.momentum),
         }).to(device)
+        ctx = L.LossContext(nets={**self.grad_nets}, train_nets={**self.train_nets, "P": self.proj}, means=self.means,
+                            tcfg=tcfg, num_classes=k, augment=self._aug, augments=bool(self.policy),
+                            autocast=self.autocast)
+        self.loss = L.method_loss(ctx)
+        self.warmup_loss = L.CVAELoss(ctx, with_classifier=True)  # the first `pretrain_steps` steps
         # EMA copies of G and E: exported together, so that E still inverts the G it ships with.
         self.ema = copy.deepcopy(model.generator).eval().requires_grad_(False) if tcfg.ema_decay else None
         self.ema_e = copy.deepcopy(model.encoder).eval().requires_grad_(False) if tcfg.ema_decay else None
         self.calib: torch.Tensor | None = None  # (N, 3, R, R) uint8 real images to re-estimate EMA E's BatchNorm
         self.step = 0
+        # training clock: CPU seconds of this process spent in training steps (all threads), wall seconds,
+        # images seen; kept in the checkpoint so that a resumed run continues counting
+        self.clock = {"cpu_s": 0.0, "wall_s": 0.0, "images": 0, "threads": torch.get_num_threads()}
 
     def autocast(self):
         return torch.autocast("cuda", dtype=torch.bfloat16) if self.cuda else nullcontext()
 
-    def _update(self, name: str, loss: torch.Tensor) -> None:
-        opt = self.opt[name]
-        for net in self.nets.values():  # stale gradients of other phases never reach a step
+    def cpu_minutes(self) -> float:
+        """Training time in CPU-minutes per thread: process CPU time / threads (other load does not count)."""
+        return self.clock["cpu_s"] / 60 / max(1, self.clock["threads"])
+
+    def _update(self, trains: tuple[str, ...], loss: torch.Tensor) -> None:
+        for net in self.grad_nets.values():  # stale gradients of other phases never reach a step
             net.zero_grad(set_to_none=True)
-        if self.proj is not None:
-            self.proj.zero_grad(set_to_none=True)
         loss.backward()
-        if self.tcfg.grad_clip:
-            nn.utils.clip_grad_norm_(self.nets[name].parameters(), self.tcfg.grad_clip)
-        opt.step()
+        for name in trains:
+            if name not in self.opt:  # "P" steps with D's optimiser
+                continue
+            if self.tcfg.grad_clip:
+                nn.utils.clip_grad_norm_(self.nets[name].parameters(), self.tcfg.grad_clip)
+            self.opt[name].step()
 
     def _aug(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         return diff_augment(x, self.policy, gen) if self.policy else x
@@ -139,194 +191,33 @@ class Trainer:
                    noise: dict[str, torch.Tensor]) -> dict[str, float]:
         """One iteration. x_r: (B, 3, R, R) in [-1, 1]; c_r: (B,) labels; noise: eps, z_p, c_p for this rank.
 
-        Phases follow Algorithm 1; each block lets only its network receive gradients.
+        Walks the method's phases (cvaegan.losses); in each, only the networks it trains receive gradients.
         """
-        C, D, G, E = (self.nets[k] for k in "CDGE")
-        tC, tD, tG, tE = (self.train_nets[k] for k in "CDGE")
-        eps, z_p, c_p = noise["eps"], noise["z_p"], noise["c_p"]
         t = self.tcfg
         for name, opt in self.opt.items():
             for group in opt.param_groups:
-                group["lr"] = t.lr * lr_factor(t, self.step)
-        log: dict[str, float] = {}
+                group["lr"] = t.lr * lr_factor(t, self.step) * (t.d_lr_mult if name == "D" else 1.0)
         for net in self.nets.values():
             net.train()
-        if t.variant == "cvae":
-            return self._step_cvae(x_r, c_r, eps, log)
-        if t.variant in ("cgan", "fm-cgan"):
-            return self._step_cgan(x_r, c_r, z_p, c_p, gen, log)
-
-        # 1. C <- grad L_C  (real images only)
-        set_requires_grad(self.nets, "C")
-        with self.autocast():
-            logits, _ = tC(x_r)
-            loss_c = L.classifier_loss(logits, c_r)
-        self._update("C", loss_c)
-        log["loss/C"] = loss_c.item()
-        log["acc/C"] = (logits.argmax(1) == c_r).float().mean().item()
-
-        # 2. D <- grad L_D  (real vs reconstructions and prior samples; generated images detached)
-        set_requires_grad(self.nets, "D")
-        with torch.no_grad(), self.autocast():
-            mu, logvar = E(x_r, c_r)
-            z = mu + eps * torch.exp(0.5 * logvar)
-            x_f = G(z, c_r)
-            x_p = G(z_p, c_p)
-        b = x_r.shape[0]
-        with self.autocast():
-            d_in = torch.cat([self._aug(x_r, gen), self._aug(x_f, gen), self._aug(x_p, gen)])
-            d_logits, _ = tD(d_in)
-            l_r, l_f, l_p = d_logits.split(b)
-            loss_d = L.discriminator_loss(l_r, l_f, l_p)
-        self._update("D", loss_d)
-        log["loss/D"] = loss_d.item()
-        log["acc/D_real"] = (l_r > 0).float().mean().item()
-        log["acc/D_fake"] = 0.5 * ((l_f < 0).float().mean() + (l_p < 0).float().mean()).item()
-
-        # D and C act as fixed feature extractors from here on: eval mode, so real and generated
-        # images are normalised by the same (running) BatchNorm statistics.
-        D.eval()
-        C.eval()
-        with torch.no_grad(), self.autocast():
-            _, fd_r = D(x_r)
-            _, fc_r = C(x_r)
-            _, fd_r_mean_in = D(self._aug(x_r, gen)) if self.policy else (None, fd_r)
-
-        # 3. G <- grad (lambda2 L_G + lambda3 L_GD + lambda4 L_GC); the generator never sees -log D(G(z)).
-        set_requires_grad(self.nets, "G")
-        with self.autocast():
-            x_both = tG(torch.cat([z.detach(), z_p]), torch.cat([c_r, c_p]))
-            x_f, x_p = x_both.split(b)
-            _, fd_f = D(x_f)
-            _, fc_f = C(x_f)
-            loss_rec = L.reconstruction_loss(x_r, x_f, fd_r, fd_f, fc_r, fc_f)
-            _, fd_p = D(self._aug(x_p, gen))
-            _, fc_p = C(x_p)
-        one = torch.ones(1, dtype=torch.bool, device=self.device)
-        d_real = self.means["d_real"].estimate(fd_r_mean_in.float().mean(0, keepdim=True), one)
-        d_fake = self.means["d_fake"].estimate(fd_p.float().mean(0, keepdim=True), one)
-        loss_gd = L.mean_feature_matching(d_real[0], d_fake[0])
-        k = self.cfg.num_classes
-        real_cm, real_n = L.class_means(fc_r, c_r, k)
-        fake_cm, fake_n = L.class_means(fc_p, c_p, k)
-        c_real = self.means["c_real"].estimate(real_cm, real_n > 0)
-        c_fake = self.means["c_fake"].estimate(fake_cm, fake_n > 0)
-        covered = (fake_n > 0) & (self.means["c_real"].seen | (real_n > 0))
-        loss_gc = L.class_mean_feature_matching(c_real, c_fake, covered)
-        loss_g = t.lambda2 * loss_rec + t.lambda3 * loss_gd + t.lambda4 * loss_gc
-        self._update("G", loss_g)
-        for key, est, present in (("d_real", d_real, one), ("d_fake", d_fake, one),
-                                  ("c_real", c_real, real_n > 0), ("c_fake", c_fake, fake_n > 0)):
-            self.means[key].update(est, present)
-        if self.ema is not None:
-            self._update_ema()
-        log["loss/G_recon"] = loss_rec.item()
-        log["loss/G_mean_fm_D"] = loss_gd.item()
-        log["loss/G_mean_fm_C"] = loss_gc.item()
-        log["loss/G"] = loss_g.item()
-
-        # 4. E <- grad (lambda1 L_KL + lambda2 L_G), through the updated (frozen) G, D and C.
-        set_requires_grad(self.nets, "E")
-        with self.autocast():
-            mu, logvar = tE(x_r, c_r)
-            z = mu + eps * torch.exp(0.5 * logvar)
-            x_f = G(z, c_r)
-            _, fd_f = D(x_f)
-            _, fc_f = C(x_f)
-            loss_rec_e = L.reconstruction_loss(x_r, x_f, fd_r, fd_f, fc_r, fc_f)
-            loss_kl = L.kl_loss(mu, logvar)
-            loss_e = t.lambda1 * loss_kl + t.lambda2 * loss_rec_e
-        self._update("E", loss_e)
-        set_requires_grad(self.nets, None)
-        log["loss/KL"] = loss_kl.item()
-        log["loss/E"] = loss_e.item()
-        log["psnr/recon"] = recon_psnr(x_r, x_f)
+        batch = L.Batch(x_r, c_r, noise["eps"], noise["z_p"], noise["c_p"], gen, self.step)
+        loss_obj = self.warmup_loss if self.step < t.pretrain_steps else self.loss
+        log: dict[str, float] = {}
+        for phase in loss_obj.phases_at(self.step):
+            set_requires_grad(self.grad_nets, phase.trains)
+            loss, scalars = loss_obj.compute(phase, batch)
+            self._update(phase.trains, loss)
+            log.update(scalars)
+            if "G" in phase.trains and self.ema is not None:
+                self._update_ema()
+        set_requires_grad(self.grad_nets, ())
         self.step += 1
         return log
-
-    def _finish(self, log: dict[str, float]) -> dict[str, float]:
-        if self.ema is not None:
-            self._update_ema()
-        self.step += 1
-        return log
-
-    def _step_cvae(self, x_r, c_r, eps, log):
-        """Ablation "cvae": G <- grad lambda2 * 1/2||x_r - G(z, c)||^2, then E <- grad (lambda1 KL + the same
-        pixel loss) through the updated G. No D, no C (they stay untrained)."""
-        t, E, G = self.tcfg, self.nets["E"], self.nets["G"]
-        with torch.no_grad(), self.autocast():
-            mu, logvar = E(x_r, c_r)
-            z = mu + eps * torch.exp(0.5 * logvar)
-        set_requires_grad(self.nets, "G")
-        with self.autocast():
-            loss_g = t.lambda2 * 0.5 * L.sq_norm(x_r.float() - self.train_nets["G"](z, c_r).float()).mean()
-        self._update("G", loss_g)
-        set_requires_grad(self.nets, "E")
-        with self.autocast():
-            mu, logvar = self.train_nets["E"](x_r, c_r)
-            x_f = G(mu + eps * torch.exp(0.5 * logvar), c_r)
-            loss_rec = 0.5 * L.sq_norm(x_r.float() - x_f.float()).mean()
-            loss_kl = L.kl_loss(mu, logvar)
-            loss_e = t.lambda1 * loss_kl + t.lambda2 * loss_rec
-        self._update("E", loss_e)
-        set_requires_grad(self.nets, None)
-        log.update({"loss/G_recon": loss_g.item(), "loss/G": loss_g.item(), "loss/KL": loss_kl.item(),
-                    "loss/E": loss_e.item()})
-        log["psnr/recon"] = recon_psnr(x_r, x_f)
-        return self._finish(log)
-
-    def _d_cond(self, x: torch.Tensor, c: torch.Tensor, net: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
-        logits, f = net(x)
-        return logits.view(-1) + (self.proj(c) * f.float()).sum(1), f
-
-    def _step_cgan(self, x_r, c_r, z_p, c_p, gen, log):
-        """Ablations "cgan" / "fm-cgan": D <- grad -[log D(x_r, c_r) + log(1 - D(G(z_p, c_p), c_p))];
-        G <- grad -log D(G(z_p, c_p), c_p) (cgan) or 1/2||mean f_D(x_r) - mean f_D(x_p)||^2 (fm-cgan,
-        with the same running means as L_GD). No E, no C (they stay untrained)."""
-        t, D = self.tcfg, self.nets["D"]
-        with torch.no_grad(), self.autocast():
-            x_p = self.nets["G"](z_p, c_p)
-        set_requires_grad(self.nets, "D")
-        for p in self.proj.parameters():
-            p.requires_grad_(True)
-        b = x_r.shape[0]
-        with self.autocast():
-            logits, _ = self._d_cond(torch.cat([self._aug(x_r, gen), self._aug(x_p, gen)]),
-                                     torch.cat([c_r, c_p]), self.train_nets["D"])
-            l_r, l_p = logits.float().split(b)
-            loss_d = (F.binary_cross_entropy_with_logits(l_r, torch.ones_like(l_r))
-                      + F.binary_cross_entropy_with_logits(l_p, torch.zeros_like(l_p)))
-        self._update("D", loss_d)
-        for p in self.proj.parameters():
-            p.requires_grad_(False)
-        log.update({"loss/D": loss_d.item(), "acc/D_real": (l_r > 0).float().mean().item(),
-                    "acc/D_fake": (l_p < 0).float().mean().item()})
-        set_requires_grad(self.nets, "G")
-        with self.autocast():
-            x_p = self.train_nets["G"](z_p, c_p)
-            if t.variant == "cgan":
-                lg, _ = self._d_cond(self._aug(x_p, gen), c_p, D)
-                loss_g = L.nonsaturating_generator_loss(lg)
-            else:
-                D.eval()
-                with torch.no_grad():
-                    _, fd_r = D(self._aug(x_r, gen))
-                _, fd_p = D(self._aug(x_p, gen))
-                one = torch.ones(1, dtype=torch.bool, device=self.device)
-                d_real = self.means["d_real"].estimate(fd_r.float().mean(0, keepdim=True), one)
-                d_fake = self.means["d_fake"].estimate(fd_p.float().mean(0, keepdim=True), one)
-                loss_g = L.mean_feature_matching(d_real[0], d_fake[0])
-        self._update("G", loss_g)
-        if t.variant == "fm-cgan":
-            self.means["d_real"].update(d_real, one)
-            self.means["d_fake"].update(d_fake, one)
-        set_requires_grad(self.nets, None)
-        log["loss/G"] = loss_g.item()
-        return self._finish(log)
 
     @torch.no_grad()
     def _update_ema(self) -> None:
         d = self.tcfg.ema_decay
+        if self.tcfg.ema_rampup:
+            d = min(d, (1 + self.step) / (10 + self.step))
         for ema, live in ((self.ema, self.nets["G"]), (self.ema_e, self.nets["E"])):
             for pe, p in zip(ema.parameters(), live.parameters()):
                 pe.lerp_(p.detach().to(pe.dtype), 1 - d)
@@ -380,7 +271,21 @@ class Trainer:
             "model_config": self.cfg.to_dict(),
             "train_config": self.tcfg.to_dict(),
             "torch_rng": torch.get_rng_state(),
+            "clock": dict(self.clock),
         }
+
+    def load_networks(self, warm: dict) -> None:
+        """Warm start from hub.load_training_state(...): all four networks and the running feature means,
+        strictly; optimisers, step and clock start fresh. The EMAs start from the loaded G and E."""
+        from .serialization import load_state_strict
+
+        src = warm.get("source", "the weights folder")
+        for k, net in self.nets.items():
+            load_state_strict(net, warm["nets"][k], f"{src} ({k})")
+        load_state_strict(self.means, warm["means"], f"{src} (running means)")
+        if self.ema is not None:
+            self.ema.load_state_dict(self.nets["G"].state_dict())
+            self.ema_e.load_state_dict(self.nets["E"].state_dict())
 
     def load_state_dict(self, state: dict) -> None:
         for k, net in self.nets.items():
@@ -398,6 +303,8 @@ class Trainer:
             self.proj.load_state_dict(state["proj"])
         torch.set_rng_state(state["torch_rng"])
         self.step = int(state["step"])
+        # checkpoints from before the clock existed count from zero; the thread count is today's
+        self.clock.update({k: v for k, v in (state.get("clock") or {}).items() if k != "threads"})
 
 
 @torch.no_grad()
@@ -454,7 +361,7 @@ def grid_classes(num_classes: int, rows: int) -> list[int]:
 
 @torch.no_grad()
 def sample_grid(generator: nn.Module, cfg: ModelConfig, classes: list[int], seeds: list[int],
-                device: torch.device) -> "Image.Image":  # noqa: F821
+                device: torch.device) -> Image.Image:  # noqa: F821
     """Rows = classes, columns = seeds; G in eval mode; the same (z, c) every time."""
     was_training = generator.training
     generator.eval()
@@ -482,43 +389,68 @@ def _init_distributed(tcfg: TrainConfig) -> tuple[int, int, torch.device]:
 
 
 def train(data: LabelledImages, out: str | os.PathLike, tcfg: TrainConfig, mcfg: ModelConfig | None = None,
-          resume: bool = False, progress: bool = True, on_step=None) -> Path:
+          resume: bool = False, progress: bool = True, on_step=None, init_from: str | os.PathLike | None = None) -> Path:
     """Train on decoded images and write everything into the run folder `out`; returns the export folder.
 
     mcfg None builds the default config for 64 px from the data's classes. With resume=True the run
-    continues from out/checkpoint.pt (its configs win over the arguments). `on_step(step, log)` is
-    called after every iteration (tests use it).
+    continues from out/checkpoint.pt (its configs win over the arguments). init_from: a weights folder
+    carrying discriminator.safetensors and the running feature means (`export_discriminator`): all four
+    networks start from it, with fresh optimisers. `on_step(step, log)` is called after every iteration.
     """
     out = Path(out)
     rank, world, device = _init_distributed(tcfg)
     ckpt_path = out / CHECKPOINT
+
+    # --- configs: resume > warm start > arguments ----------------------------------------------------
     state = None
     if resume:
         if not ckpt_path.is_file():
             raise TrainError(f"--resume: no {ckpt_path}; start a new run without --resume")
+        if init_from is not None:
+            raise TrainError("--resume and --init-from exclude each other: a resumed run continues its own checkpoint")
         state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
         mcfg = ModelConfig.from_dict(state["model_config"])
         old = TrainConfig.from_dict(state["train_config"])
-        old.steps, old.device = tcfg.steps, tcfg.device  # a resumed run may be extended or moved
+        # a resumed run may be extended (steps, budget), moved (device) or given more snapshot marks
+        old.steps, old.device = tcfg.steps, tcfg.device
+        old.budget_minutes, old.snapshot_minutes = tcfg.budget_minutes, tcfg.snapshot_minutes
         tcfg = old
     elif ckpt_path.exists():
         raise TrainError(f"{out} already holds a run ({CHECKPOINT}); pass --resume to continue it "
                          "or choose another --out")
+    warm = None
+    if init_from is not None:
+        from .hub import load_training_state
+        warm = load_training_state(init_from)
+        mcfg = ModelConfig.from_dict({**warm["config"], "directions": [], "direction_units": [], "files": {}})
+    # the split is drawn on all classes, so that held-out photos stay held out whatever is excluded
+    train_idx, val_idx = split_indices(data.labels, tcfg.val_fraction, seed=SPLIT_SEED)
+    excluded = [f.strip() for f in tcfg.exclude_classes.split(",") if f.strip()]
+    if excluded:
+        full_classes = data.num_classes
+        data, train_idx, val_idx = drop_classes(data, excluded, train_idx, val_idx)
+        if mcfg is not None and mcfg.num_classes == full_classes:
+            mcfg = ModelConfig.from_dict({**mcfg.to_dict(), "num_classes": data.num_classes,
+                                          "class_names": data.class_names, "class_folders": data.class_folders})
     if mcfg is None:
         mcfg = ModelConfig.for_resolution(64, data.num_classes)
     if mcfg.num_classes != data.num_classes:
         raise TrainError(f"the model has {mcfg.num_classes} classes but the data has {data.num_classes}")
+    if warm is not None and list(mcfg.class_folders) != list(data.class_folders):
+        raise TrainError(f"--init-from {init_from}: its classes are not the data's class folders; warm-start "
+                         "from weights trained on the same classes")
     mcfg.class_names, mcfg.class_folders = list(data.class_names), list(data.class_folders)
     if data.images.shape[-1] != mcfg.resolution:
         raise TrainError(f"images are {data.images.shape[-1]} px but the model is {mcfg.resolution} px")
 
-    train_idx, val_idx = split_indices(data.labels, tcfg.val_fraction, seed=1234)
+    # --- data: the training split, per-class index lists for stratified batches -----------------------
     images, labels = data.images[train_idx], data.labels[train_idx]
     n = len(labels)
     if n < tcfg.batch_size:
         raise TrainError(f"only {n} training images but batch size {tcfg.batch_size}; lower --batch-size")
     if tcfg.batch_size % world:
         raise TrainError(f"batch size {tcfg.batch_size} must be divisible by the number of processes {world}")
+    by_class = [torch.nonzero(labels == c).flatten() for c in range(mcfg.num_classes)]
     if rank == 0:
         try:
             out.mkdir(parents=True, exist_ok=True)
@@ -527,17 +459,20 @@ def train(data: LabelledImages, out: str | os.PathLike, tcfg: TrainConfig, mcfg:
                 (out / "train_config.json").write_text(json.dumps(tcfg.to_dict(), indent=2) + "\n")
                 (out / "model_config.json").write_text(mcfg.to_json())
                 (out / "split.json").write_text(json.dumps({
-                    "val_fraction": tcfg.val_fraction, "seed": 1234,
+                    "val_fraction": tcfg.val_fraction, "seed": SPLIT_SEED,
                     "val": [data.paths[i] for i in val_idx.tolist()]}, indent=1) + "\n")
         except OSError as e:
             raise TrainError(f"cannot write to the run folder {out} ({e}); choose a writable --out") from e
 
+    # --- networks: fresh, resumed or warm-started ------------------------------------------------------
     torch.manual_seed(tcfg.seed)
     model = CVAEGAN(mcfg).to(device)
     trainer = Trainer(model, tcfg, device, rank, world)
     if state is not None:
         trainer.load_state_dict(state)
         del state
+    elif warm is not None:
+        trainer.load_networks(warm)
     # fixed real images: training ones re-estimate the EMA encoder's BatchNorm; training vs held-out
     # ones measure D's memorisation (acc/D_train_eval vs acc/D_val_eval in metrics.jsonl)
     pick = torch.randperm(n, generator=torch.Generator().manual_seed(4321))
@@ -547,6 +482,13 @@ def train(data: LabelledImages, out: str | os.PathLike, tcfg: TrainConfig, mcfg:
     grid_c = grid_classes(mcfg.num_classes, tcfg.sample_classes)
     grid_s = list(range(tcfg.sample_seeds))
     per_rank = tcfg.batch_size // world
+    marks = [m for m in tcfg.snapshot_marks() if m > trainer.cpu_minutes()]
+
+    def write_grid(step: int) -> None:
+        g = trainer.export_generator()  # grids need G only (no EMA-E re-estimation)
+        save_png(sample_grid(g, mcfg, grid_c, grid_s, device), out / "samples" / f"step_{step:07d}.png")
+
+    # --- the loop --------------------------------------------------------------------------------------
     bar = tqdm(total=tcfg.steps, initial=trainer.step, desc="train", disable=not progress or rank != 0,
                dynamic_ncols=True)
     if rank == 0 and resume:
@@ -554,15 +496,22 @@ def train(data: LabelledImages, out: str | os.PathLike, tcfg: TrainConfig, mcfg:
     # a fresh run starts a fresh log (rows left by an attempt killed before its first checkpoint go)
     metrics = open(out / "metrics.jsonl", "a" if resume else "w", encoding="utf-8") if rank == 0 else None
     t_last, steps_since = time.perf_counter(), 0
+    stop = False
     try:
-        while trainer.step < tcfg.steps:
+        while trainer.step < tcfg.steps and not stop:
             step = trainer.step
+            cpu0, wall0 = time.process_time(), time.perf_counter()
             gen = step_generator(tcfg.seed, step)
-            idx = batch_indices(n, tcfg.batch_size, tcfg.seed, step)
+            if tcfg.stratify:
+                idx = stratified_indices(by_class, tcfg.batch_size, tcfg.stratify, tcfg.seed, step)
+            else:
+                idx = batch_indices(n, tcfg.batch_size, tcfg.seed, step)
             flips = torch.rand(len(idx), generator=gen) < 0.5
             eps = torch.randn(len(idx), mcfg.z_dim, generator=gen)
             z_p = torch.randn(len(idx), mcfg.z_dim, generator=gen)
             c_p = torch.randint(0, mcfg.num_classes, (len(idx),), generator=gen)
+            if tcfg.stratify:  # prior samples of exactly the batch's classes, as many of each
+                c_p = labels[idx]
             mine = slice(rank * per_rank, (rank + 1) * per_rank)  # this process's share of the global batch
             x = images[idx[mine]]
             x = torch.where(flips[mine].view(-1, 1, 1, 1), x.flip(-1), x)
@@ -571,42 +520,64 @@ def train(data: LabelledImages, out: str | os.PathLike, tcfg: TrainConfig, mcfg:
                 x = x.contiguous(memory_format=torch.channels_last)
             noise = {"eps": eps[mine].to(device), "z_p": z_p[mine].to(device), "c_p": c_p[mine].to(device)}
             log = trainer.train_step(x, labels[idx[mine]].to(device), gen, noise)
+            trainer.clock["cpu_s"] += time.process_time() - cpu0
+            trainer.clock["wall_s"] += time.perf_counter() - wall0
+            trainer.clock["images"] += tcfg.batch_size
             steps_since += 1
             s = trainer.step
+            minutes = trainer.cpu_minutes()
+            stop = tcfg.budget_minutes is not None and minutes >= tcfg.budget_minutes
+            if world > 1 and tcfg.budget_minutes is not None:  # every process stops at the same step
+                flag = torch.tensor([float(stop)], device=device)
+                dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+                stop = bool(flag.item())
             if on_step is not None:
                 on_step(s, log)
+            last = stop or s == tcfg.steps
             if rank == 0:
                 bar.update(1)
                 bar.set_postfix({short: f"{log[k]:.3g}" for k, short in POSTFIX.items() if k in log})
-                if s % tcfg.log_every == 0 or s == tcfg.steps:
+                if s % tcfg.log_every == 0 or last:
                     now = time.perf_counter()
                     if len(probe_val) and tcfg.variant == "cvae-gan":
                         log["acc/D_train_eval"] = trainer.d_accuracy(probe_train)
                         log["acc/D_val_eval"] = trainer.d_accuracy(probe_val)
                     rec = {"step": s, **{k: round(v, 6) for k, v in log.items()},
-                           "lr": tcfg.lr * lr_factor(tcfg, s - 1), "time/step_s": (now - t_last) / steps_since}
+                           "lr": tcfg.lr * lr_factor(tcfg, s - 1), "time/step_s": (now - t_last) / steps_since,
+                           "clock/cpu_min": round(minutes, 3), "clock/wall_min": round(trainer.clock["wall_s"] / 60, 3),
+                           "clock/images": trainer.clock["images"]}
                     metrics.write(json.dumps(rec) + "\n")
                     metrics.flush()
                     t_last, steps_since = now, 0
-                if tcfg.sample_every and (s % tcfg.sample_every == 0 or s == tcfg.steps):
-                    g = trainer.export_generator()  # grids need G only (no EMA-E re-estimation)
-                    save_png(sample_grid(g, mcfg, grid_c, grid_s, device), out / "samples" / f"step_{s:07d}.png")
-            if s % tcfg.checkpoint_every == 0 or s == tcfg.steps:
+                if (tcfg.sample_every and s % tcfg.sample_every == 0) or last:
+                    write_grid(s)
+            crossed = [m for m in marks if minutes >= m]
+            if s % tcfg.checkpoint_every == 0 or last or crossed:
                 if world > 1:  # every process must hold identical running means before saving
                     for buf in trainer.means.buffers():
                         if buf.is_floating_point():
                             dist.all_reduce(buf)
                             buf /= world
                 if rank == 0:
-                    atomic_torch_save(trainer.state_dict(), ckpt_path)
+                    ckpt = trainer.state_dict()
+                    atomic_torch_save(ckpt, ckpt_path)
+                    for m in crossed:  # a copy per CPU-minute mark, for equal-budget comparisons
+                        (out / "snapshots").mkdir(exist_ok=True)
+                        atomic_torch_save(ckpt, out / "snapshots" / f"minute_{m:g}.pt")
+                marks = [m for m in marks if m not in crossed]
     finally:
         bar.close()
         if metrics is not None:
             metrics.close()
+
+    # --- export ----------------------------------------------------------------------------------------
     export = out / "export"
     if rank == 0:
+        if not any((out / "samples").glob("*.png")):  # e.g. a resumed run that had nothing left to do
+            write_grid(trainer.step)
         save_pretrained(trainer.export_model(), export, fp16=tcfg.export_fp16,
-                        include_discriminator=tcfg.export_discriminator)
+                        include_discriminator=tcfg.export_discriminator,
+                        running_means=trainer.means if tcfg.export_discriminator else None)
     if world > 1:
         dist.barrier()
     return export

@@ -1,0 +1,273 @@
+"""The recipe options (presets, stratified batches, spectral norm, R1, joint G/E, warm starts, CPU budgets)
+and the `train` command's options generated from the config fields."""
+import argparse
+import dataclasses
+import json
+
+import pytest
+import torch
+
+from cvaegan import CVAEGAN, cli
+from cvaegan.config import PRESETS, ModelConfig, TrainConfig
+from cvaegan.data import load_images
+from cvaegan.seeds import step_generator
+from cvaegan.train import Trainer, stratified_indices, train
+
+from conftest import tiny_config
+
+
+def _batch(model, b=8, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    r, k, zd = model.config.resolution, model.config.num_classes, model.config.z_dim
+    x = torch.rand(b, 3, r, r, generator=g) * 2 - 1
+    c = torch.randint(0, k, (b,), generator=g)
+    noise = {"eps": torch.randn(b, zd, generator=g), "z_p": torch.randn(b, zd, generator=g),
+             "c_p": torch.randint(0, k, (b,), generator=g)}
+    return x, c, noise
+
+
+def _record_steps(tr):
+    """Wrap every optimiser's step: record (network, networks holding non-zero gradients)."""
+    seen = []
+    for name, opt in tr.opt.items():
+        orig = opt.step
+
+        def step(*a, _name=name, _orig=orig, **kw):
+            with_grad = sorted(k for k, net in tr.nets.items()
+                               if any(p.grad is not None and p.grad.abs().sum() > 0 for p in net.parameters()))
+            seen.append((_name, with_grad))
+            return _orig(*a, **kw)
+        opt.step = step
+    return seen
+
+
+def _trainer(mcfg=None, **kw):
+    torch.manual_seed(0)
+    return Trainer(CVAEGAN(mcfg or tiny_config()), TrainConfig(batch_size=8, **kw), torch.device("cpu"))
+
+
+def test_r1_phase_runs_only_when_asked_and_only_on_d():
+    tr = _trainer(r1_gamma=0.5, r1_every=2)
+    seen = _record_steps(tr)
+    x, c, noise = _batch(tr.model)
+    log = tr.train_step(x, c, step_generator(0, 0), noise)
+    assert seen == [("C", ["C"]), ("D", ["D"]), ("D", ["D"]), ("G", ["G"]), ("E", ["E"])]
+    assert log["loss/D_r1"] > 0
+    seen.clear()
+    log = tr.train_step(x, c, step_generator(0, 1), noise)  # step 1: not an R1 step
+    assert [s[0] for s in seen] == ["C", "D", "G", "E"] and "loss/D_r1" not in log
+    assert "loss/D_r1" not in _trainer().train_step(x, c, step_generator(0, 0), noise)
+
+
+def test_r1_penalty_is_the_squared_input_gradient():
+    x = torch.randn(4, 3, 8, 8, requires_grad=True)
+    w = torch.randn(3, 8, 8)
+    logits = (x * w).sum((1, 2, 3))  # d logit / d x = w for every sample
+    from cvaegan.losses import r1_penalty
+    assert r1_penalty(logits, x).item() == pytest.approx(w.pow(2).sum().item(), rel=1e-5)
+
+
+def test_joint_ge_is_one_phase_for_g_and_e_and_the_rest_stays_routed():
+    tr = _trainer(joint_ge=True)
+    seen = _record_steps(tr)
+    x, c, noise = _batch(tr.model)
+    log = tr.train_step(x, c, step_generator(0, 0), noise)
+    # one backward: G's and E's optimisers both step on the same gradients, C and D hold none
+    assert seen == [("C", ["C"]), ("D", ["D"]), ("G", ["E", "G"]), ("E", ["E", "G"])]
+    assert {"loss/G_recon", "loss/G_mean_fm_D", "loss/G_mean_fm_C", "loss/KL"} <= set(log)
+
+
+def test_joint_ge_gives_g_the_same_gradient_as_the_paper_order():
+    """G's gradient does not depend on whether E's phase is joint (E's comes through the pre-update G)."""
+    grads = {}
+    for joint in (False, True):
+        tr = _trainer(joint_ge=joint)
+        x, c, noise = _batch(tr.model)
+        captured = []
+        orig = tr.opt["G"].step
+        tr.opt["G"].step = lambda *a, _o=orig, **k: captured.append(
+            [p.grad.clone() for p in tr.nets["G"].parameters()]) or _o(*a, **k)
+        tr.train_step(x, c, step_generator(0, 0), noise)
+        grads[joint] = captured[0]
+    for a, b in zip(grads[False], grads[True]):
+        assert torch.allclose(a, b, rtol=1e-3, atol=1e-5)
+
+
+def test_warm_start_steps_train_c_and_a_plain_cvae_only():
+    tr = _trainer(pretrain_steps=1)
+    seen = _record_steps(tr)
+    d_before = [p.detach().clone() for p in tr.nets["D"].parameters()]
+    x, c, noise = _batch(tr.model)
+    log = tr.train_step(x, c, step_generator(0, 0), noise)
+    assert seen == [("C", ["C"]), ("G", ["G"]), ("E", ["E"])]
+    assert all(torch.equal(a, b) for a, b in zip(d_before, tr.nets["D"].parameters()))
+    assert "loss/D" not in log and "loss/C" in log
+    seen.clear()
+    tr.train_step(x, c, step_generator(0, 1), noise)  # after the warm start: the full method
+    assert [s[0] for s in seen] == ["C", "D", "G", "E"]
+
+
+def test_spectral_norm_is_active_when_asked():
+    torch.manual_seed(0)
+    d = CVAEGAN(tiny_config(spectral_norm=True, d_norm="none")).discriminator
+    x = torch.randn(8, 3, 32, 32)
+    for _ in range(30):  # power iterations run in training mode
+        d(x)
+    d.eval()
+    convs = [m for m in d.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    assert convs and all(torch.nn.utils.parametrize.is_parametrized(m, "weight") for m in convs)
+    for m in convs:
+        sigma = torch.linalg.matrix_norm(m.weight.detach().flatten(1), 2).item()
+        assert sigma == pytest.approx(1.0, abs=0.05)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in d.modules())
+    plain = CVAEGAN(tiny_config()).discriminator
+    assert not any(torch.nn.utils.parametrize.is_parametrized(m) for m in plain.modules())
+
+
+@pytest.mark.parametrize("norm,layer", [("group", torch.nn.GroupNorm), ("none", None), ("batch", torch.nn.BatchNorm2d)])
+def test_classifier_and_discriminator_normalisation(norm, layer):
+    m = CVAEGAN(tiny_config(d_norm=norm, c_norm=norm))
+    for net in (m.discriminator, m.classifier):
+        kinds = {type(x) for x in net.modules() if isinstance(x, (torch.nn.GroupNorm, torch.nn.BatchNorm2d))}
+        assert kinds == ({layer} if layer else set())
+        logits, f = net(torch.randn(2, 3, 32, 32))
+        assert f.shape == (2, m.config.feature_dim)
+
+
+def test_stratified_indices_are_stratified():
+    labels = torch.arange(10).repeat_interleave(torch.tensor([5, 1, 7, 3, 0, 9, 4, 4, 6, 2]))
+    by_class = [torch.nonzero(labels == c).flatten() for c in range(10)]
+    for step in range(20):
+        idx = stratified_indices(by_class, 12, 3, seed=0, step=step)
+        lab = labels[idx].view(3, 4)
+        assert (lab == lab[:, :1]).all(), "each group of 4 is one class"
+        assert len(set(lab[:, 0].tolist())) == 3, "three different classes"
+        assert 4 not in lab, "a class without images is never drawn"
+    assert torch.equal(stratified_indices(by_class, 12, 3, 0, 5), stratified_indices(by_class, 12, 3, 0, 5))
+
+
+def test_training_batches_and_prior_batches_share_stratified_classes(shapes_dir, tmp_path, monkeypatch):
+    data = load_images(shapes_dir, 32, progress=False)
+    seen = []
+    orig = Trainer.train_step
+
+    def spy(self, x, c, gen, noise):
+        seen.append((c.clone(), noise["c_p"].clone()))
+        return orig(self, x, c, gen, noise)
+    monkeypatch.setattr(Trainer, "train_step", spy)
+    tcfg = TrainConfig(steps=3, batch_size=8, stratify=2, sample_every=0, checkpoint_every=3, device="cpu")
+    train(data, tmp_path / "run", tcfg, tiny_config(), progress=False)
+    for c, c_p in seen:
+        assert torch.equal(c, c_p)
+        assert len(set(c[:4].tolist())) == 1 and len(set(c[4:].tolist())) == 1 and c[0] != c[4]
+
+
+def test_every_config_field_has_an_option_and_every_option_a_field():
+    ap = argparse.ArgumentParser()
+    sub = ap.add_subparsers()
+    p = cli._train_parser(sub)
+    dests = {a.dest for a in p._actions if a.dest != "help"}
+    dests = {("betas" if d.startswith("betas_") else d) for d in dests}
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    fields |= {f.name for f in dataclasses.fields(ModelConfig) if f.metadata.get("cli", True)}
+    assert dests - set(cli.TRAIN_RUN_OPTIONS) == fields
+    for f in dataclasses.fields(TrainConfig):
+        assert f.metadata.get("help"), f"{f.name} has no help text"
+
+
+def test_presets_and_explicit_options(tmp_path):
+    ap = argparse.ArgumentParser(prog="cvaegan")
+    sub = ap.add_subparsers(dest="command")
+    cli._train_parser(sub)
+    a = ap.parse_args(["train", "--data", "d", "--out", "o", "--preset", "v1", "--stratify", "4", "--beta2", "0.99",
+                       "--no-fp16-export"])
+    tcfg, mcfg = cli.train_configs(a, num_classes=5)
+    assert tcfg.preset == "v1" and tcfg.batch_size == 32 and tcfg.diffaugment == "translation,color"
+    assert tcfg.stratify == 4 and tcfg.betas == (0.5, 0.99) and tcfg.export_fp16 is False
+    assert mcfg.resolution == 64 and mcfg.base_channels == 32 and mcfg.d_norm == "batch"
+    a = ap.parse_args(["train", "--data", "d", "--out", "o", "--resolution", "32"])
+    tcfg, mcfg = cli.train_configs(a, num_classes=5)
+    assert tcfg == TrainConfig.from_preset("v2") and tcfg.preset == "v2" and mcfg.base_channels == 64
+    for name, values in PRESETS.items():
+        assert TrainConfig.from_preset(name).preset == name
+        assert all(getattr(TrainConfig.from_preset(name), k) == v for k, v in values.items())
+
+
+def test_old_run_configs_keep_the_recipe_they_trained_with():
+    """train_config.json written before presets existed: the options added since are off on resume."""
+    old = {k: v for k, v in TrainConfig(batch_size=16).to_dict().items()
+           if k not in ("preset", "stratify", "r1_gamma", "joint_ge", "pretrain_steps", "d_lr_mult",
+                        "budget_minutes", "snapshot_minutes", "export_discriminator")}
+    t = TrainConfig.from_dict(json.loads(json.dumps(old)))
+    assert (t.preset, t.stratify, t.r1_gamma, t.joint_ge, t.pretrain_steps, t.export_discriminator) == \
+        ("v1", 0, 0.0, False, 0, False)
+    assert t.batch_size == 16
+
+
+def test_cpu_budget_stops_the_run_and_keeps_snapshots(shapes_dir, tmp_path):
+    data = load_images(shapes_dir, 32, progress=False)
+    tcfg = TrainConfig(steps=10**6, batch_size=8, budget_minutes=0.02, snapshot_minutes="0.005,0.02",
+                       sample_every=0, checkpoint_every=1000, log_every=1000, device="cpu")
+    export = train(data, tmp_path / "run", tcfg, tiny_config(), progress=False)
+    state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    clock = state["clock"]
+    assert clock["cpu_s"] / 60 / clock["threads"] >= 0.02 and clock["images"] == 8 * state["step"]
+    snaps = sorted(p.name for p in (tmp_path / "run" / "snapshots").iterdir())
+    assert snaps == ["minute_0.005.pt", "minute_0.02.pt"]
+    assert list((tmp_path / "run" / "samples").glob("*.png")), "a run writes a sample grid at its end"
+    rows = [json.loads(r) for r in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["step"] == state["step"] and rows[-1]["clock/images"] == clock["images"]
+    assert (export / "discriminator.safetensors").is_file() and (export / "running_means.safetensors").is_file()
+
+
+def test_warm_start_continues_from_the_released_networks(shapes_dir, tmp_path):
+    """--init-from: the first step's losses are close to the source run's last ones, not to a fresh run's."""
+    data = load_images(shapes_dir, 32, progress=False)
+    base = dict(batch_size=16, lr=1e-3, log_every=1, sample_every=0, device="cpu")
+    export = train(data, tmp_path / "a", TrainConfig(steps=120, checkpoint_every=120, **base), tiny_config(),
+                   progress=False)
+    last = json.loads((tmp_path / "a" / "metrics.jsonl").read_text().splitlines()[-1])
+    logs = {}
+    for name, init in (("warm", export), ("fresh", None)):
+        rows = []
+        train(data, tmp_path / name, TrainConfig(steps=1, checkpoint_every=1, **base), tiny_config(), progress=False,
+              init_from=init, on_step=lambda s, log: rows.append(dict(log)))
+        logs[name] = rows[0]
+    for key in ("loss/C", "loss/G_recon"):
+        assert abs(logs["warm"][key] - last[key]) < abs(logs["fresh"][key] - last[key]), key
+    assert logs["warm"]["psnr/recon"] > logs["fresh"]["psnr/recon"] + 1
+
+
+def test_warm_start_refuses_weights_without_discriminator(tiny_model, shapes_dir, tmp_path):
+    from cvaegan.hub import WeightsError, save_pretrained
+    save_pretrained(tiny_model, tmp_path / "weights")
+    data = load_images(shapes_dir, 32, progress=False)
+    with pytest.raises(WeightsError, match="discriminator"):
+        train(data, tmp_path / "w", TrainConfig(steps=1, batch_size=8, device="cpu"), None, progress=False,
+              init_from=tmp_path / "weights")
+
+
+def test_excluded_classes_are_never_trained_on_and_the_split_stays_put(shapes_dir, tmp_path, monkeypatch):
+    from cvaegan.data import split_indices
+    data = load_images(shapes_dir, 32, progress=False)
+    excluded = data.class_folders[1]
+    seen = []
+    orig = Trainer.train_step
+    monkeypatch.setattr(Trainer, "train_step", lambda self, x, c, gen, noise: seen.append(x.clone()) or
+                        orig(self, x, c, gen, noise))
+    tcfg = TrainConfig(steps=2, batch_size=8, val_fraction=0.25, exclude_classes=excluded, sample_every=0,
+                       checkpoint_every=2, device="cpu")
+    export = train(data, tmp_path / "run", tcfg, tiny_config(), progress=False)
+    cfg = json.loads((export / "config.json").read_text())
+    assert cfg["num_classes"] == 3 and excluded not in cfg["class_folders"]
+    _, va = split_indices(data.labels, 0.25, seed=1234)
+    full_val = {data.paths[i] for i in va.tolist() if data.class_folders[data.labels[i]] != excluded}
+    assert set(json.loads((tmp_path / "run" / "split.json").read_text())["val"]) == full_val
+    banned = data.images[data.labels == 1].float() / 127.5 - 1
+    for x in seen:  # no training image (flipped or not) is a photo of the excluded class
+        for img in x:
+            assert not any(torch.allclose(img, b, atol=1e-2) or torch.allclose(img, b.flip(-1), atol=1e-2)
+                           for b in banned)
+    with pytest.raises(Exception, match="unknown class folders"):
+        train(data, tmp_path / "bad", TrainConfig(steps=1, batch_size=8, exclude_classes="nope", device="cpu"),
+              tiny_config(), progress=False)
