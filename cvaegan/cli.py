@@ -19,180 +19,6 @@ def _add_weights(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to run (default auto)")
 
 
-def _parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="cvaegan", description="CVAE-GAN: train, export and sample fine-grained image generators.")
-    ap.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
-    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
-
-    _train_parser(sub)
-
-    p = sub.add_parser("export", help="export a run's checkpoint as a weights folder", description=(
-        "Write config.json + *.safetensors from RUN/checkpoint.pt (e.g. to publish a run that is still training)."))
-    p.add_argument("--run", required=True, help="run folder holding checkpoint.pt")
-    p.add_argument("--out", required=True, help="weights folder to write")
-    p.add_argument("--no-fp16", action="store_true", help="store float32 weights")
-    p.add_argument("--export-discriminator", action="store_true", help="also export D")
-    p.add_argument("--no-ema", action="store_true", help="export the raw generator even if the run kept an EMA of it")
-
-    p = sub.add_parser("sample", help="generate images of a class", description=(
-        "Generate one image per seed for a class and save them as a grid PNG (or one file per seed with --out DIR/)."))
-    _add_weights(p)
-    p.add_argument("--class", dest="cls", required=True, help="class display name, folder name or index")
-    p.add_argument("--seeds", default="0-7", help="seeds, e.g. 0-7,12 (default 0-7)")
-    p.add_argument("--truncation", type=float, default=1.0, help="scale of z (1 = prior, lower = less varied; default 1)")
-    p.add_argument("--columns", type=int, default=8, help="images per grid row (default 8)")
-    p.add_argument("--out", required=True, help="output PNG path")
-
-    p = sub.add_parser("swap", help="one z rendered as many classes (the paper's category change)", description=(
-        "Render one latent code as several classes. The code comes from --seed, or from --image (encoded by E "
-        "with --source-class, or the class C predicts). Writes a one-row grid PNG."))
-    _add_weights(p)
-    p.add_argument("--seed", type=int, default=None, help="seed of z (when no --image)")
-    p.add_argument("--image", default=None, help="photo to encode instead of a seed")
-    p.add_argument("--source-class", default=None, help="class of --image (default: C's prediction)")
-    p.add_argument("--classes", default=None, help="comma-separated target classes (names or indices; default: the first 8)")
-    p.add_argument("--truncation", type=float, default=1.0, help="scale of z from --seed (default 1)")
-    p.add_argument("--out", required=True, help="output PNG path")
-
-    p = sub.add_parser("interpolate", help="morph between two endpoints (GIF or PNG strip)", description=(
-        "Interpolate between endpoint A and B, each (class, seed) or a photo. z is slerped, the class one-hot "
-        "weights are mixed linearly. --out ending in .gif writes an animation, otherwise a PNG strip."))
-    _add_weights(p)
-    for e in ("a", "b"):
-        p.add_argument(f"--class-{e}", default=None, help=f"class of endpoint {e.upper()}")
-        p.add_argument(f"--seed-{e}", type=int, default=None, help=f"seed of endpoint {e.upper()}")
-        p.add_argument(f"--image-{e}", default=None, help=f"photo for endpoint {e.upper()} (class given or predicted)")
-    p.add_argument("--mode", default="both", choices=["z", "class", "both"], help="what changes along the path (default both)")
-    p.add_argument("--frames", type=int, default=8, help="number of frames, endpoints included (default 8)")
-    p.add_argument("--out", required=True, help="output .gif or .png")
-
-    p = sub.add_parser("directions", help="compute latent directions (slider axes) and save them with the weights", description=(
-        "Encode the training images with E, then save the top principal directions of z and one direction per "
-        "attr_* column of metadata.csv (ridge regression of the attribute on E's codes) into "
-        "WEIGHTS/directions.safetensors + config.json. With --direction-judge the attr_* directions are fitted on "
-        "generated samples instead (the judge's estimate of each attribute regressed on z), which follows how G "
-        "responds to z; see README, 'Latent directions'. Also re-checks them (directions.png, figures.json and the "
-        "card's 'Latent directions' section are replaced; the networks are not touched)."))
-    p.add_argument("--weights", required=True, help="local weights folder to add the directions to")
-    p.add_argument("--data", required=True, help="the training data (folder or .tar) with its metadata.csv")
-    p.add_argument("--components", type=int, default=8, help="number of principal directions (default 8)")
-    p.add_argument("--direction-judge", default=None, help="attribute judge folder (`cvaegan judge --attributes`): "
-                   "fit the attr_* directions on generated samples it scores")
-    p.add_argument("--judge-samples", type=int, default=4096, help="generated samples for --direction-judge (default 4096)")
-    p.add_argument("--decorrelate", action="store_true", help="make each attr_* direction orthogonal to the other "
-                   "attributes' regression weights, so that its slider leaves them unchanged to first order")
-    p.add_argument("--attribute-judge", default=None, help="attribute judge folder that re-measures every direction "
-                   "for figures.json and the card (best another one than --direction-judge)")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to run (default auto)")
-
-    p = sub.add_parser("reconstruct", help="photo -> E -> G", description=(
-        "Encode a photo with E and regenerate it with G at the model resolution; prints the class used."))
-    _add_weights(p)
-    p.add_argument("--image", required=True, help="input photo (any size or mode)")
-    p.add_argument("--class", dest="cls", default=None, help="class of the photo (default: C's prediction)")
-    p.add_argument("--out", required=True, help="output PNG path")
-
-    p = sub.add_parser("inpaint", help="fill the masked part of a photo", description=(
-        "The paper's iterative inpainting: encode, generate, paste the known pixels back, K times; optional "
-        "refinement of z. Mask: any image, non-zero (or alpha > 0) = missing. Known pixels are kept exactly."))
-    _add_weights(p)
-    p.add_argument("--image", required=True, help="input photo (any size or mode)")
-    p.add_argument("--mask", required=True, help="mask image (white/opaque = fill in)")
-    p.add_argument("--class", dest="cls", default=None, help="class of the photo (default: C's prediction)")
-    p.add_argument("--iterations", type=int, default=4, help="encode-generate-paste rounds (default 4)")
-    p.add_argument("--refine-steps", type=int, default=0, help="extra steps optimising z on the known pixels (default 0)")
-    p.add_argument("--no-blend", action="store_true", help="do not colour-match the fill to its border")
-    p.add_argument("--out", required=True, help="output image at the input's size")
-
-    p = sub.add_parser("superres", help="super-resolve a small photo by projecting onto G", description=(
-        "Upsample a photo smaller than the model resolution: start from E's code of the bicubic upsample and "
-        "optimise z so the downsampled output matches the input. Prints the PSNR against the input."))
-    _add_weights(p)
-    p.add_argument("--image", required=True, help="small input photo (e.g. 16 or 32 px)")
-    p.add_argument("--class", dest="cls", default=None, help="class of the photo (default: C's prediction)")
-    p.add_argument("--steps", type=int, default=100, help="optimisation steps (default 100)")
-    p.add_argument("--out", required=True, help="output PNG at model resolution")
-
-    p = sub.add_parser("augment", help="write an ImageFolder of generated images for data augmentation", description=(
-        "Generate N images per class into OUT/<class_folder>/<seed>.png and record every seed in OUT/seeds.csv."))
-    _add_weights(p)
-    p.add_argument("--per-class", type=int, required=True, help="images per class")
-    p.add_argument("--classes", default=None, help="comma-separated classes (default: all)")
-    p.add_argument("--first-seed", type=int, default=0, help="seed of the first image (default 0)")
-    p.add_argument("--truncation", type=float, default=1.0, help="scale of z (default 1)")
-    p.add_argument("--out", required=True, help="output folder")
-
-    p = sub.add_parser("release", help="export a run as a published weights folder with figures and a model card",
-                       description=("Export RUN's checkpoint into OUT, add latent directions (PCs + attr_* columns), "
-                                    "measure C's top-1 and reconstruction PSNR on the run's held-out split, and write "
-                                    "samples.png, thumbnails.png, loss_curves.png and README.md (the model card)."))
-    p.add_argument("--run", required=True, help="run folder (checkpoint.pt, metrics.jsonl, train_config.json)")
-    p.add_argument("--out", required=True, help="weights folder to write, e.g. weights/faces")
-    p.add_argument("--data", required=True, help="the run's training data (folder or .tar + metadata.csv)")
-    p.add_argument("--name", required=True, help="data set key for the card: faces, flowers, birds or your own")
-    p.add_argument("--hardware", default=None, help="what it was trained on, for the card (default: this CPU)")
-    p.add_argument("--notes", default="", help="extra paragraph for the card (e.g. known weaknesses)")
-    p.add_argument("--components", type=int, default=8, help="principal directions to save (default 8)")
-    p.add_argument("--examples", default=None, help="also write generated example images + masks for the app here (e.g. examples)")
-    p.add_argument("--no-ema", action="store_true", help="ship the raw generator even if the run kept an EMA of it")
-    p.add_argument("--attribute-judge", default=None, help="attribute judge folder (`cvaegan judge --attributes`): "
-                   "re-measure each direction on generated images for the model card")
-    p.add_argument("--direction-judge", default=None, help="attribute judge folder: fit the attr_* directions on "
-                   "generated samples it scores (default: on E's codes of the training photos). Use a different "
-                   "judge (another --seed) for --attribute-judge so that the check is independent of the fit")
-    p.add_argument("--decorrelate", action="store_true", help="make each attr_* direction orthogonal to the other "
-                   "attributes' regression weights (fewer side effects, see `directions --help`)")
-
-    p = sub.add_parser("judge", help="train an independent classifier (the evaluation's judge) on real images", description=(
-        "Train a judge (residual net, GroupNorm, augmentation, its own seed; different from the model's C) on the 90%% "
-        "training split of DATA (per class, the same split as `train --val-fraction 0.1`) and report its top-1 on "
-        "the held-out 10%%. Writes OUT/config.json + OUT/judge.safetensors."))
-    p.add_argument("--data", required=True, help="folder or .tar in ImageFolder layout")
-    p.add_argument("--out", required=True, help="judge folder to write")
-    p.add_argument("--resolution", type=int, default=64, help="input side in pixels (default 64)")
-    p.add_argument("--epochs", type=int, default=20, help="passes over the training split (default 20)")
-    p.add_argument("--batch-size", type=int, default=64, help="images per step (default 64)")
-    p.add_argument("--lr", type=float, default=2e-3, help="peak AdamW learning rate, one-cycle schedule (default 2e-3)")
-    p.add_argument("--seed", type=int, default=7, help="judge seed (default 7; the generator's default is 0)")
-    p.add_argument("--stem-stride", type=int, default=2, choices=[1, 2], help="2 (default) halves the input in the "
-                   "first layer; 1 keeps the full resolution in the first block (about 4x the compute)")
-    p.add_argument("--widths", default="32,64,128,256", help="channels of the residual stages (default 32,64,128,256)")
-    p.add_argument("--extra", default=None, help="extra labelled images to train on too (e.g. `cvaegan augment` output)")
-    p.add_argument("--attributes", action="store_true", help="train an attribute judge instead: regress the attr_* "
-                   "columns of metadata.csv (reports R^2 per attribute); `release --attribute-judge` uses it to "
-                   "re-measure the named latent directions")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to train (default auto)")
-
-    p = sub.add_parser("evaluate", help="measure weights with a judge: discriminability, FID/KID/IS (judge space), "
-                       "diversity, reconstruction, inpainting vs baselines", description=(
-        "Write a JSON report: the judge's top-1 on generated samples of each class and on held-out real images, "
-        "inception score / FID / KID / precision-recall-density-coverage in the judge's feature space (not "
-        "comparable to Inception-based values), 1 - MS-SSIM intra-class diversity, E->G reconstruction PSNR/SSIM, "
-        "and inpainting PSNR/SSIM inside centre-box and brush-stroke masks against OpenCV Telea, Navier-Stokes "
-        "and a mean-colour fill. Held-out images: the per-class 10%% split of `train --val-fraction 0.1`."))
-    _add_weights(p)
-    p.add_argument("--judge", required=True, help="judge folder from `cvaegan judge`")
-    p.add_argument("--data", required=True, help="the data set the weights were trained on")
-    p.add_argument("--out", required=True, help="report .json to write")
-    p.add_argument("--samples-per-class", type=int, default=8, help="generated images per class (default 8)")
-    p.add_argument("--classes", default=None, help="comma-separated classes to generate (default: all)")
-    p.add_argument("--inpaint-images", type=int, default=64, help="held-out images for the inpainting figures (default 64)")
-    p.add_argument("--card", action="store_true", help="also write evaluation.json and the judge's figures into the "
-                   "weights folder's model card (README.md)")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
-
-    p = sub.add_parser("push", help="upload a weights folder to the Hugging Face Hub", description=(
-        "Upload config.json + *.safetensors (+ README.md model card, generated if absent) to a Hub model repo."))
-    p.add_argument("--weights", required=True, help="weights folder to upload")
-    p.add_argument("--repo", required=True, help="Hub repo id owner/name (created if missing)")
-    p.add_argument("--private", action="store_true", help="create the repo as private")
-    p.add_argument("--revision", default=None, help="branch to upload to (default main)")
-    p.add_argument("--token", default=None, help="Hub token (default: the one from `hf auth login` / HF_TOKEN)")
-    _enrol_parser(sub)  # defined beside cmd_enrol
-    return ap
-
-
 def _device(name: str) -> str:
     import torch
 
@@ -308,11 +134,34 @@ def cmd_train(a: argparse.Namespace) -> int:
     return 0
 
 
+def _export_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser("export", help="export a run's checkpoint as a weights folder", description=(
+        "Write config.json + *.safetensors from RUN/checkpoint.pt (e.g. to publish a run that is still training)."))
+    p.add_argument("--run", required=True, help="run folder holding checkpoint.pt")
+    p.add_argument("--out", required=True, help="weights folder to write")
+    p.add_argument("--no-fp16", action="store_true", help="store float32 weights")
+    p.add_argument("--export-discriminator", action="store_true", help="also export D")
+    p.add_argument("--no-ema", action="store_true", help="export the raw generator even if the run kept an EMA of it")
+    return p
+
+
 def cmd_export(a: argparse.Namespace) -> int:
     from .train import export_checkpoint
 
     print(f"wrote {export_checkpoint(a.run, a.out, fp16=not a.no_fp16, include_discriminator=a.export_discriminator, use_ema=not a.no_ema)}")
     return 0
+
+
+def _sample_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser("sample", help="generate images of a class", description=(
+        "Generate one image per seed for a class and save them as a grid PNG (or one file per seed with --out DIR/)."))
+    _add_weights(p)
+    p.add_argument("--class", dest="cls", required=True, help="class display name, folder name or index")
+    p.add_argument("--seeds", default="0-7", help="seeds, e.g. 0-7,12 (default 0-7)")
+    p.add_argument("--truncation", type=float, default=1.0, help="scale of z (1 = prior, lower = less varied; default 1)")
+    p.add_argument("--columns", type=int, default=8, help="images per grid row (default 8)")
+    p.add_argument("--out", required=True, help="output PNG path")
+    return p
 
 
 def cmd_sample(a: argparse.Namespace) -> int:
@@ -328,6 +177,30 @@ def cmd_sample(a: argparse.Namespace) -> int:
     return 0
 
 
+def _release_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser("release", help="export a run as a published weights folder with figures and a model card",
+                       description=("Export RUN's checkpoint into OUT, add latent directions (PCs + attr_* columns), "
+                                    "measure C's top-1 and reconstruction PSNR on the run's held-out split, and write "
+                                    "samples.png, thumbnails.png, loss_curves.png and README.md (the model card)."))
+    p.add_argument("--run", required=True, help="run folder (checkpoint.pt, metrics.jsonl, train_config.json)")
+    p.add_argument("--out", required=True, help="weights folder to write, e.g. weights/faces")
+    p.add_argument("--data", required=True, help="the run's training data (folder or .tar + metadata.csv)")
+    p.add_argument("--name", required=True, help="data set key for the card: faces, flowers, birds or your own")
+    p.add_argument("--hardware", default=None, help="what it was trained on, for the card (default: this CPU)")
+    p.add_argument("--notes", default="", help="extra paragraph for the card (e.g. known weaknesses)")
+    p.add_argument("--components", type=int, default=8, help="principal directions to save (default 8)")
+    p.add_argument("--examples", default=None, help="also write generated example images + masks for the app here (e.g. examples)")
+    p.add_argument("--no-ema", action="store_true", help="ship the raw generator even if the run kept an EMA of it")
+    p.add_argument("--attribute-judge", default=None, help="attribute judge folder (`cvaegan judge --attributes`): "
+                   "re-measure each direction on generated images for the model card")
+    p.add_argument("--direction-judge", default=None, help="attribute judge folder: fit the attr_* directions on "
+                   "generated samples it scores (default: on E's codes of the training photos). Use a different "
+                   "judge (another --seed) for --attribute-judge so that the check is independent of the fit")
+    p.add_argument("--decorrelate", action="store_true", help="make each attr_* direction orthogonal to the other "
+                   "attributes' regression weights (fewer side effects, see `directions --help`)")
+    return p
+
+
 def cmd_release(a: argparse.Namespace) -> int:
     from .release import release
 
@@ -335,6 +208,17 @@ def cmd_release(a: argparse.Namespace) -> int:
                       attribute_judge=a.attribute_judge, direction_judge=a.direction_judge, decorrelate=a.decorrelate)
     print(json.dumps({k: v for k, v in figures.items() if k not in ("c_top1_generated_per_class", "directions")}, indent=1))
     return 0
+
+
+def _push_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser("push", help="upload a weights folder to the Hugging Face Hub", description=(
+        "Upload config.json + *.safetensors (+ README.md model card, generated if absent) to a Hub model repo."))
+    p.add_argument("--weights", required=True, help="weights folder to upload")
+    p.add_argument("--repo", required=True, help="Hub repo id owner/name (created if missing)")
+    p.add_argument("--private", action="store_true", help="create the repo as private")
+    p.add_argument("--revision", default=None, help="branch to upload to (default main)")
+    p.add_argument("--token", default=None, help="Hub token (default: the one from `hf auth login` / HF_TOKEN)")
+    return p
 
 
 def cmd_push(a: argparse.Namespace) -> int:
@@ -354,6 +238,20 @@ def _split(text: str | None) -> list[str] | None:
     return [t.strip() for t in text.split(",") if t.strip()] if text else None
 
 
+def _swap_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser("swap", help="one z rendered as many classes (the paper's category change)", description=(
+        "Render one latent code as several classes. The code comes from --seed, or from --image (encoded by E "
+        "with --source-class, or the class C predicts). Writes a one-row grid PNG."))
+    _add_weights(p)
+    p.add_argument("--seed", type=int, default=None, help="seed of z (when no --image)")
+    p.add_argument("--image", default=None, help="photo to encode instead of a seed")
+    p.add_argument("--source-class", default=None, help="class of --image (default: C's prediction)")
+    p.add_argument("--classes", default=None, help="comma-separated target classes (names or indices; default: the first 8)")
+    p.add_argument("--truncation", type=float, default=1.0, help="scale of z from --seed (default 1)")
+    p.add_argument("--out", required=True, help="output PNG path")
+    return p
+
+
 def cmd_swap(a: argparse.Namespace) -> int:
     from .images import make_grid, save_png
     from .inference import endpoint, swap
@@ -367,6 +265,21 @@ def cmd_swap(a: argparse.Namespace) -> int:
     save_png(make_grid(x, ncol=len(classes)), a.out)
     print(f"wrote {a.out}")
     return 0
+
+
+def _interpolate_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser("interpolate", help="morph between two endpoints (GIF or PNG strip)", description=(
+        "Interpolate between endpoint A and B, each (class, seed) or a photo. z is slerped, the class one-hot "
+        "weights are mixed linearly. --out ending in .gif writes an animation, otherwise a PNG strip."))
+    _add_weights(p)
+    for e in ("a", "b"):
+        p.add_argument(f"--class-{e}", default=None, help=f"class of endpoint {e.upper()}")
+        p.add_argument(f"--seed-{e}", type=int, default=None, help=f"seed of endpoint {e.upper()}")
+        p.add_argument(f"--image-{e}", default=None, help=f"photo for endpoint {e.upper()} (class given or predicted)")
+    p.add_argument("--mode", default="both", choices=["z", "class", "both"], help="what changes along the path (default both)")
+    p.add_argument("--frames", type=int, default=8, help="number of frames, endpoints included (default 8)")
+    p.add_argument("--out", required=True, help="output .gif or .png")
+    return p
 
 
 def cmd_interpolate(a: argparse.Namespace) -> int:
@@ -383,6 +296,28 @@ def cmd_interpolate(a: argparse.Namespace) -> int:
         save_png(make_grid(frames, ncol=len(frames)), a.out)
     print(f"wrote {a.out} ({a.frames} frames)")
     return 0
+
+
+def _directions_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser("directions", help="compute latent directions (slider axes) and save them with the weights", description=(
+        "Encode the training images with E, then save the top principal directions of z and one direction per "
+        "attr_* column of metadata.csv (ridge regression of the attribute on E's codes) into "
+        "WEIGHTS/directions.safetensors + config.json. With --direction-judge the attr_* directions are fitted on "
+        "generated samples instead (the judge's estimate of each attribute regressed on z), which follows how G "
+        "responds to z; see README, 'Latent directions'. Also re-checks them (directions.png, figures.json and the "
+        "card's 'Latent directions' section are replaced; the networks are not touched)."))
+    p.add_argument("--weights", required=True, help="local weights folder to add the directions to")
+    p.add_argument("--data", required=True, help="the training data (folder or .tar) with its metadata.csv")
+    p.add_argument("--components", type=int, default=8, help="number of principal directions (default 8)")
+    p.add_argument("--direction-judge", default=None, help="attribute judge folder (`cvaegan judge --attributes`): "
+                   "fit the attr_* directions on generated samples it scores")
+    p.add_argument("--judge-samples", type=int, default=4096, help="generated samples for --direction-judge (default 4096)")
+    p.add_argument("--decorrelate", action="store_true", help="make each attr_* direction orthogonal to the other "
+                   "attributes' regression weights, so that its slider leaves them unchanged to first order")
+    p.add_argument("--attribute-judge", default=None, help="attribute judge folder that re-measures every direction "
+                   "for figures.json and the card (best another one than --direction-judge)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to run (default auto)")
+    return p
 
 
 def cmd_directions(a: argparse.Namespace) -> int:
@@ -407,6 +342,16 @@ def _class_note(model, idx: int, prob) -> str:
     return f"class {name!r}" + (f" (predicted by C, p={prob:.2f})" if prob is not None else "")
 
 
+def _reconstruct_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser("reconstruct", help="photo -> E -> G", description=(
+        "Encode a photo with E and regenerate it with G at the model resolution; prints the class used."))
+    _add_weights(p)
+    p.add_argument("--image", required=True, help="input photo (any size or mode)")
+    p.add_argument("--class", dest="cls", default=None, help="class of the photo (default: C's prediction)")
+    p.add_argument("--out", required=True, help="output PNG path")
+    return p
+
+
 def cmd_reconstruct(a: argparse.Namespace) -> int:
     from .images import save_png, to_pil
     from .inference import reconstruct
@@ -416,6 +361,21 @@ def cmd_reconstruct(a: argparse.Namespace) -> int:
     save_png(to_pil(x), a.out)
     print(f"wrote {a.out}; {_class_note(model, idx, prob)}")
     return 0
+
+
+def _inpaint_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser("inpaint", help="fill the masked part of a photo", description=(
+        "The paper's iterative inpainting: encode, generate, paste the known pixels back, K times; optional "
+        "refinement of z. Mask: any image, non-zero (or alpha > 0) = missing. Known pixels are kept exactly."))
+    _add_weights(p)
+    p.add_argument("--image", required=True, help="input photo (any size or mode)")
+    p.add_argument("--mask", required=True, help="mask image (white/opaque = fill in)")
+    p.add_argument("--class", dest="cls", default=None, help="class of the photo (default: C's prediction)")
+    p.add_argument("--iterations", type=int, default=4, help="encode-generate-paste rounds (default 4)")
+    p.add_argument("--refine-steps", type=int, default=0, help="extra steps optimising z on the known pixels (default 0)")
+    p.add_argument("--no-blend", action="store_true", help="do not colour-match the fill to its border")
+    p.add_argument("--out", required=True, help="output image at the input's size")
+    return p
 
 
 def cmd_inpaint(a: argparse.Namespace) -> int:
@@ -430,6 +390,18 @@ def cmd_inpaint(a: argparse.Namespace) -> int:
     return 0
 
 
+def _superres_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser("superres", help="super-resolve a small photo by projecting onto G", description=(
+        "Upsample a photo smaller than the model resolution: start from E's code of the bicubic upsample and "
+        "optimise z so the downsampled output matches the input. Prints the PSNR against the input."))
+    _add_weights(p)
+    p.add_argument("--image", required=True, help="small input photo (e.g. 16 or 32 px)")
+    p.add_argument("--class", dest="cls", default=None, help="class of the photo (default: C's prediction)")
+    p.add_argument("--steps", type=int, default=100, help="optimisation steps (default 100)")
+    p.add_argument("--out", required=True, help="output PNG at model resolution")
+    return p
+
+
 def cmd_superres(a: argparse.Namespace) -> int:
     from .images import save_png
     from .inference import superresolve
@@ -442,6 +414,18 @@ def cmd_superres(a: argparse.Namespace) -> int:
     return 0
 
 
+def _augment_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser("augment", help="write an ImageFolder of generated images for data augmentation", description=(
+        "Generate N images per class into OUT/<class_folder>/<seed>.png and record every seed in OUT/seeds.csv."))
+    _add_weights(p)
+    p.add_argument("--per-class", type=int, required=True, help="images per class")
+    p.add_argument("--classes", default=None, help="comma-separated classes (default: all)")
+    p.add_argument("--first-seed", type=int, default=0, help="seed of the first image (default 0)")
+    p.add_argument("--truncation", type=float, default=1.0, help="scale of z (default 1)")
+    p.add_argument("--out", required=True, help="output folder")
+    return p
+
+
 def cmd_augment(a: argparse.Namespace) -> int:
     from .inference import augment
 
@@ -449,6 +433,30 @@ def cmd_augment(a: argparse.Namespace) -> int:
     out = augment(model, a.out, a.per_class, a.first_seed, _split(a.classes), a.truncation)
     print(f"wrote {out} (seeds in {out / 'seeds.csv'})")
     return 0
+
+
+def _judge_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser("judge", help="train an independent classifier (the evaluation's judge) on real images", description=(
+        "Train a judge (residual net, GroupNorm, augmentation, its own seed; different from the model's C) on the 90%% "
+        "training split of DATA (per class, the same split as `train --val-fraction 0.1`) and report its top-1 on "
+        "the held-out 10%%. Writes OUT/config.json + OUT/judge.safetensors."))
+    p.add_argument("--data", required=True, help="folder or .tar in ImageFolder layout")
+    p.add_argument("--out", required=True, help="judge folder to write")
+    p.add_argument("--resolution", type=int, default=64, help="input side in pixels (default 64)")
+    p.add_argument("--epochs", type=int, default=20, help="passes over the training split (default 20)")
+    p.add_argument("--batch-size", type=int, default=64, help="images per step (default 64)")
+    p.add_argument("--lr", type=float, default=2e-3, help="peak AdamW learning rate, one-cycle schedule (default 2e-3)")
+    p.add_argument("--seed", type=int, default=7, help="judge seed (default 7; the generator's default is 0)")
+    p.add_argument("--stem-stride", type=int, default=2, choices=[1, 2], help="2 (default) halves the input in the "
+                   "first layer; 1 keeps the full resolution in the first block (about 4x the compute)")
+    p.add_argument("--widths", default="32,64,128,256", help="channels of the residual stages (default 32,64,128,256)")
+    p.add_argument("--extra", default=None, help="extra labelled images to train on too (e.g. `cvaegan augment` output)")
+    p.add_argument("--attributes", action="store_true", help="train an attribute judge instead: regress the attr_* "
+                   "columns of metadata.csv (reports R^2 per attribute); `release --attribute-judge` uses it to "
+                   "re-measure the named latent directions")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to train (default auto)")
+    return p
 
 
 def cmd_judge(a: argparse.Namespace) -> int:
@@ -474,6 +482,27 @@ def cmd_judge(a: argparse.Namespace) -> int:
     print(f"judge top-1 on {t['val_images']} held-out images: {t['val_top1']:.4f} (chance {1 / cfg.num_classes:.4f}); "
           f"wrote {a.out}")
     return 0
+
+
+def _evaluate_parser(sub) -> argparse.ArgumentParser:
+    p = sub.add_parser("evaluate", help="measure weights with a judge: discriminability, FID/KID/IS (judge space), "
+                       "diversity, reconstruction, inpainting vs baselines", description=(
+        "Write a JSON report: the judge's top-1 on generated samples of each class and on held-out real images, "
+        "inception score / FID / KID / precision-recall-density-coverage in the judge's feature space (not "
+        "comparable to Inception-based values), 1 - MS-SSIM intra-class diversity, E->G reconstruction PSNR/SSIM, "
+        "and inpainting PSNR/SSIM inside centre-box and brush-stroke masks against OpenCV Telea, Navier-Stokes "
+        "and a mean-colour fill. Held-out images: the per-class 10%% split of `train --val-fraction 0.1`."))
+    _add_weights(p)
+    p.add_argument("--judge", required=True, help="judge folder from `cvaegan judge`")
+    p.add_argument("--data", required=True, help="the data set the weights were trained on")
+    p.add_argument("--out", required=True, help="report .json to write")
+    p.add_argument("--samples-per-class", type=int, default=8, help="generated images per class (default 8)")
+    p.add_argument("--classes", default=None, help="comma-separated classes to generate (default: all)")
+    p.add_argument("--inpaint-images", type=int, default=64, help="held-out images for the inpainting figures (default 64)")
+    p.add_argument("--card", action="store_true", help="also write evaluation.json and the judge's figures into the "
+                   "weights folder's model card (README.md)")
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    return p
 
 
 def cmd_evaluate(a: argparse.Namespace) -> int:
@@ -507,11 +536,6 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
           f"(chance {report['chance_top1']:.4f}); FID(judge) {report['fid_judge']:.3f}; "
           f"reconstruction {report['reconstruction']['psnr_db']:.2f} dB; wrote {a.out}")
     return 0
-
-
-COMMANDS = {"judge": cmd_judge, "evaluate": cmd_evaluate, "train": cmd_train, "export": cmd_export, "sample": cmd_sample, "swap": cmd_swap,
-            "interpolate": cmd_interpolate, "directions": cmd_directions, "reconstruct": cmd_reconstruct,
-            "inpaint": cmd_inpaint, "superres": cmd_superres, "augment": cmd_augment, "release": cmd_release, "push": cmd_push}
 
 
 def _enrol_parser(sub) -> argparse.ArgumentParser:
@@ -566,13 +590,32 @@ def cmd_enrol(a: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS["enrol"] = cmd_enrol
+# command name -> (parser builder, command); the order is the one `--help` lists
+COMMANDS = {
+    "train": (_train_parser, cmd_train), "export": (_export_parser, cmd_export),
+    "release": (_release_parser, cmd_release), "push": (_push_parser, cmd_push),
+    "sample": (_sample_parser, cmd_sample), "swap": (_swap_parser, cmd_swap),
+    "interpolate": (_interpolate_parser, cmd_interpolate), "directions": (_directions_parser, cmd_directions),
+    "reconstruct": (_reconstruct_parser, cmd_reconstruct), "inpaint": (_inpaint_parser, cmd_inpaint),
+    "superres": (_superres_parser, cmd_superres), "augment": (_augment_parser, cmd_augment),
+    "enrol": (_enrol_parser, cmd_enrol), "judge": (_judge_parser, cmd_judge),
+    "evaluate": (_evaluate_parser, cmd_evaluate),
+}
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="cvaegan", description="CVAE-GAN: train, export and sample fine-grained image generators.")
+    ap.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
+    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for build, _ in COMMANDS.values():
+        build(sub)
+    return ap
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return COMMANDS[args.command](args)
+        return COMMANDS[args.command][1](args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
