@@ -140,7 +140,10 @@ def _export_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--run", required=True, help="run folder holding checkpoint.pt")
     p.add_argument("--out", required=True, help="weights folder to write")
     p.add_argument("--no-fp16", action="store_true", help="store float32 weights")
-    p.add_argument("--export-discriminator", action="store_true", help="also export D")
+    p.add_argument("--no-discriminator", dest="export_discriminator", action="store_false", default=True,
+                   help="leave out D and the running feature means (then `train --init-from` cannot use the folder)")
+    p.add_argument("--export-discriminator", dest="export_discriminator", action="store_true",
+                   help="export D and the running feature means (the default; kept for old scripts)")
     p.add_argument("--no-ema", action="store_true", help="export the raw generator even if the run kept an EMA of it")
     return p
 

@@ -596,8 +596,9 @@ def _truncate_metrics(path: Path, step: int) -> None:
 
 
 def export_checkpoint(run: str | os.PathLike, out: str | os.PathLike, fp16: bool = True,
-                      include_discriminator: bool = False, use_ema: bool = True) -> Path:
-    """Write a weights folder from RUN/checkpoint.pt (the EMA generator when the run has one and use_ema)."""
+                      include_discriminator: bool = True, use_ema: bool = True) -> Path:
+    """Write a weights folder from RUN/checkpoint.pt (the EMA generator when the run has one and use_ema).
+    include_discriminator also writes D and the running feature means, so `train --init-from` can go on."""
     path = Path(run) / CHECKPOINT
     if not path.is_file():
         raise TrainError(f"{path} not found; is {run} a run folder written by `cvaegan train`?")
@@ -610,4 +611,11 @@ def export_checkpoint(run: str | os.PathLike, out: str | os.PathLike, fp16: bool
         model.generator = recalibrate_batchnorm(model.generator, model.config, torch.device("cpu"))
         if state.get("ema_E") is not None:  # older checkpoints kept no EMA of E: the live E is exported
             model.encoder.load_state_dict(state["ema_E"])
-    return save_pretrained(model.eval(), out, fp16=fp16, include_discriminator=include_discriminator)
+    means = None
+    if include_discriminator:
+        cfg, k = model.config, model.config.num_classes
+        means = nn.ModuleDict({name: L.RunningMeans(groups, cfg.feature_dim, 0.0) for name, groups in
+                               (("d_real", 1), ("d_fake", 1), ("c_real", k), ("c_fake", k))})
+        means.load_state_dict(state["means"])
+    return save_pretrained(model.eval(), out, fp16=fp16, include_discriminator=include_discriminator,
+                           running_means=means)

@@ -271,3 +271,18 @@ def test_excluded_classes_are_never_trained_on_and_the_split_stays_put(shapes_di
     with pytest.raises(Exception, match="unknown class folders"):
         train(data, tmp_path / "bad", TrainConfig(steps=1, batch_size=8, exclude_classes="nope", device="cpu"),
               tiny_config(), progress=False)
+
+
+def test_exported_checkpoint_carries_what_a_warm_start_needs(shapes_dir, tmp_path):
+    from cvaegan.hub import load_training_state
+    from cvaegan.train import export_checkpoint
+    data = load_images(shapes_dir, 32, progress=False)
+    train(data, tmp_path / "run", TrainConfig(steps=2, batch_size=8, checkpoint_every=2, sample_every=0,
+                                              device="cpu"), tiny_config(), progress=False)
+    warm = load_training_state(export_checkpoint(tmp_path / "run", tmp_path / "w"))
+    state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    for k, v in state["means"].items():
+        assert torch.allclose(warm["means"][k].float(), v.float(), atol=1e-2), k
+    assert set(warm["nets"]["D"]) == set(state["nets"]["D"])
+    slim = export_checkpoint(tmp_path / "run", tmp_path / "slim", include_discriminator=False)
+    assert not (slim / "discriminator.safetensors").exists() and not (slim / "running_means.safetensors").exists()
