@@ -248,13 +248,11 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        """From a saved train_config.json. Files from before presets existed get the options added since
-        with the values that reproduce what that run did (preset "v1"'s off values)."""
+        """From a saved train_config.json. Options the file does not know (added since it was written) get the
+        values that reproduce what that run did (ADDED_WITH_PRESETS: off)."""
         known = {f.name for f in dataclasses.fields(cls)}
         values = {k: v for k, v in data.items() if k in known}
-        if "preset" not in data:
-            values = {**ADDED_WITH_PRESETS, **values}
-        return cls(**values)
+        return cls(**{**ADDED_WITH_PRESETS, **values})  # options newer than the file: as that run trained
 
     @classmethod
     def from_preset(cls, preset: str = "none", **overrides: Any) -> TrainConfig:
@@ -264,7 +262,7 @@ class TrainConfig:
         return cls(**{**PRESETS[preset], **overrides, "preset": preset})
 
 
-# Options added together with presets, at the values under which runs trained before them behaved.
+# Options added since the first release, at the values under which runs trained before them behaved.
 ADDED_WITH_PRESETS: dict[str, Any] = {
     "preset": "v1", "d_lr_mult": 1.0, "stratify": 0, "r1_gamma": 0.0, "joint_ge": False, "pretrain_steps": 0,
     "export_discriminator": False, "budget_minutes": None, "snapshot_minutes": "", "exclude_classes": "",
