@@ -17,6 +17,17 @@ torch.set_num_threads(min(2, os.cpu_count() or 1))
 from cvaegan.config import ModelConfig  # noqa: E402
 from cvaegan.models import CVAEGAN  # noqa: E402
 
+# Tests that need these fixtures are slow (they train a model first), as are browser tests; the inner
+# loop `pytest -m "not slow"` leaves them out. Other slow tests carry @pytest.mark.slow themselves.
+SLOW_FIXTURES = {"trained_export"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())) or item.get_closest_marker("browser"):
+            item.add_marker(pytest.mark.slow)
+
+
 SHAPES = ["circle", "square", "triangle", "cross"]
 COLOURS = [(220, 40, 40), (40, 200, 60), (50, 80, 230), (230, 210, 40)]
 

@@ -43,6 +43,7 @@ def test_bundled_sampling_is_deterministic(name):
     assert torch.equal(a, b) and a.abs().max() <= 1
 
 
+@pytest.mark.slow  # a fresh `python -m cvaegan` process per weights folder
 @pytest.mark.parametrize("name", BUNDLED)
 def test_cli_sample_on_bundled_weights(name, tmp_path):
     model = CVAEGAN.from_pretrained(str(ROOT / "weights" / name))

@@ -47,6 +47,7 @@ def test_errors_are_one_line(trained_export, tmp_path):
     assert out.returncode == 1 and "does not exist" in out.stderr and "Traceback" not in out.stderr
 
 
+@pytest.mark.slow
 def test_train_resume_and_export_via_cli(shapes_dir, tmp_path):
     run = tmp_path / "run"
     common = ["--data", str(shapes_dir), "--out", str(run), "--resolution", "32", "--z-dim", "16",

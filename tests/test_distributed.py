@@ -4,11 +4,13 @@ import os
 import subprocess
 import sys
 
+import pytest
 import torch
 
 from conftest import ROOT
 
 
+@pytest.mark.slow
 def test_torchrun_two_cpu_processes(shapes_dir, tmp_path):
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "cvaegan",

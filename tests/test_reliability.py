@@ -325,6 +325,7 @@ def _last_logged(run: Path) -> int:
     return 0
 
 
+@pytest.mark.slow
 def test_sigkill_at_random_moments_then_resume_matches_uninterrupted(shapes_dir, tmp_path):
     """Kill `cvaegan train` with SIGKILL again and again (once as soon as a checkpoint write begins),
     resume each time; the checkpoint always loads, at most one checkpoint interval is lost, and the
