@@ -273,8 +273,12 @@ ADDED_WITH_PRESETS: dict[str, Any] = {
 # training (batch 32, DiffAugment translation+color, EMA 0.999), "paper" follows Algorithm 1 strictly.
 PRESETS: dict[str, dict[str, Any]] = {
     "none": {},
-    "v2": {},
-    "paper": {"joint_ge": False},
+    # measured against v1 at equal CPU time (README, Equal-budget recipes): FID in judge space halved at 15 and
+    # 30 CPU-minutes, judge top-1 ahead at both
+    "v2": {"batch_size": 32, "stratify": 8, "diffaugment": "color,translation,cutout", "ema_decay": 0.999,
+           "joint_ge": True, "r1_gamma": 0.025, "pretrain_steps": 150},
+    "paper": {"batch_size": 32, "stratify": 8, "diffaugment": "color,translation,cutout", "ema_decay": 0.999,
+              "joint_ge": False, "r1_gamma": 0.025, "pretrain_steps": 150},
     "v1": {"batch_size": 32, "diffaugment": "translation,color", "ema_decay": 0.999, "ema_rampup": False, "stratify": 0,
            "r1_gamma": 0.0, "joint_ge": False, "pretrain_steps": 0, "d_lr_mult": 1.0},
 }
