@@ -1,5 +1,6 @@
 """Enrolment: learn a new class (a person, a species) from a few photos into frozen released weights, and the
 small strict class file that carries it (its label embeddings for G and E and its row of C's output layer)."""
+
 from __future__ import annotations
 
 import copy
@@ -37,9 +38,11 @@ FILE_VERSION = 1  # bump when the class file layout changes in a way older code 
 FOLDER_PREFIX = "enrolled_"  # class_folders entry of an enrolled class: enrolled_<slug of the name>
 NETWORK_FILES = ("encoder.safetensors", "generator.safetensors", "classifier.safetensors")
 TENSORS = ("generator_embed", "encoder_embed", "classifier_weight", "classifier_bias")
-FRAMING_HINT = ("photos are centre-cropped to a square and resized, so the subject must sit where it sat in the "
-                "training photos (faces: aligned like CelebA's img_align_celeba, eyes level, face centred and "
-                "filling most of the square)")
+FRAMING_HINT = (
+    "photos are centre-cropped to a square and resized, so the subject must sit where it sat in the "
+    "training photos (faces: aligned like CelebA's img_align_celeba, eyes level, face centred and "
+    "filling most of the square)"
+)
 
 
 class EnrolError(InputError):
@@ -58,7 +61,7 @@ class EnrolledClass:
     classifier_bias: float  # C's output bias
     base: dict  # the weights it was learned for: dims + sha256 of encoder/generator/classifier.safetensors
     info: dict = field(default_factory=dict)  # how it was learned: photos, steps, seconds, init_from, figures
-    warnings: list[str] = field(default_factory=list)  # photos that look framed unlike the training data
+    warnings: list[str] = field(default_factory=list)  # about the photos: heavy centre crops, photos too small
 
 
 # ------------------------------------------------------------------ inputs
@@ -67,15 +70,20 @@ class EnrolledClass:
 def base_identity(model: CVAEGAN) -> dict:
     """What a class file must match: dimensions, and the sha256 of the network files (from config.json)."""
     c = model.config
-    return {"resolution": c.resolution, "z_dim": c.z_dim, "label_dim": c.label_dim, "feature_dim": c.feature_dim,
-            "num_classes": sum(not f.startswith(FOLDER_PREFIX) for f in c.class_folders),
-            "files": {f: c.files[f] for f in NETWORK_FILES if c.files.get(f)}}
+    return {
+        "resolution": c.resolution,
+        "z_dim": c.z_dim,
+        "label_dim": c.label_dim,
+        "feature_dim": c.feature_dim,
+        "num_classes": sum(not f.startswith(FOLDER_PREFIX) for f in c.class_folders),
+        "files": {f: c.files[f] for f in NETWORK_FILES if c.files.get(f)},
+    }
 
 
 def check_name(model: CVAEGAN, name: str) -> str:
     """The stripped display name; EnrolError when empty, too long, all digits or already a class."""
     if not isinstance(name, str) or not name.strip():
-        raise EnrolError("give the new class a name, e.g. --name \"Ada Lovelace\"")
+        raise EnrolError('give the new class a name, e.g. --name "Ada Lovelace"')
     name = " ".join(name.split())
     if len(name) > 80:
         raise EnrolError(f"the name is {len(name)} characters long; use at most 80")
@@ -96,12 +104,17 @@ def _folder(model: CVAEGAN, name: str) -> str:
 
 
 def _list_folder(folder: Path) -> list[Path]:
-    files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".")
-                   and p.suffix.lower() in IMAGE_EXTENSIONS)
+    files = sorted(
+        p
+        for p in folder.iterdir()
+        if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS
+    )
     if not files:
         sub = " (it has subfolders: put the photos directly in it)" if any(p.is_dir() for p in folder.iterdir()) else ""
-        raise EnrolError(f"{folder}: no image files ({', '.join(IMAGE_EXTENSIONS)}) in this folder{sub}; "
-                         f"add {MIN_PHOTOS}-10 photos of the new class")
+        raise EnrolError(
+            f"{folder}: no image files ({', '.join(IMAGE_EXTENSIONS)}) in this folder{sub}; "
+            f"add {MIN_PHOTOS}-10 photos of the new class"
+        )
     return files
 
 
@@ -122,8 +135,10 @@ def _open_photos(images, resolution: int) -> tuple[torch.Tensor, list[tuple[int,
         images = _list_folder(path) if path.is_dir() else [path]
     images = list(images)
     if len(images) < MIN_PHOTOS:
-        raise EnrolError(f"got {len(images)} photo(s); enrolment needs at least {MIN_PHOTOS} different photos "
-                         "of the new class (5-10 work better)")
+        raise EnrolError(
+            f"got {len(images)} photo(s); enrolment needs at least {MIN_PHOTOS} different photos "
+            "of the new class (5-10 work better)"
+        )
     if len(images) > MAX_PHOTOS:
         raise EnrolError(f"got {len(images)} photos; use at most {MAX_PHOTOS} (5-10 are enough)")
     xs, sizes = [], []
@@ -139,8 +154,9 @@ def _open_photos(images, resolution: int) -> tuple[torch.Tensor, list[tuple[int,
     for i in range(len(x)):
         for j in range(i):
             if torch.equal(x[i], x[j]):
-                raise EnrolError(f"photos {j + 1} and {i + 1} are the same picture; give {MIN_PHOTOS} or more "
-                                 "different photos")
+                raise EnrolError(
+                    f"photos {j + 1} and {i + 1} are the same picture; give {MIN_PHOTOS} or more different photos"
+                )
     return x, sizes
 
 
@@ -175,11 +191,15 @@ def check_compatible(model: CVAEGAN, cls: EnrolledClass, source: str = "class") 
     mine, theirs = base_identity(model), cls.base
     for key in ("resolution", "z_dim", "label_dim", "feature_dim"):
         if theirs.get(key) != mine[key]:
-            raise EnrolError(f"{source}: made for weights with {key} {theirs.get(key)}, these have {mine[key]}; "
-                             "enrol the class again on these weights")
+            raise EnrolError(
+                f"{source}: made for weights with {key} {theirs.get(key)}, these have {mine[key]}; "
+                "enrol the class again on these weights"
+            )
     if theirs.get("files", {}) != mine["files"]:
-        raise EnrolError(f"{source}: made for other weights (the sha256 of their network files differ from "
-                         f"these weights' config.json); load it with the weights it was enrolled on, or enrol again")
+        raise EnrolError(
+            f"{source}: made for other weights (the sha256 of their network files differ from "
+            f"these weights' config.json); load it with the weights it was enrolled on, or enrol again"
+        )
     check_name(model, cls.name)
 
 
@@ -206,9 +226,17 @@ def _photo_features(net: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return net(x)[1].float()
 
 
-def _fit_classifier_row(net: CVAEGAN, k_base: int, f_pos: torch.Tensor, shift: torch.Tensor, k0: int,
-                        gen: torch.Generator, neighbours: int = 8, per_class: int = 8,
-                        steps: int = 200) -> tuple[torch.Tensor, float]:
+def _fit_classifier_row(
+    net: CVAEGAN,
+    k_base: int,
+    f_pos: torch.Tensor,
+    shift: torch.Tensor,
+    k0: int,
+    gen: torch.Generator,
+    neighbours: int = 8,
+    per_class: int = 8,
+    steps: int = 200,
+) -> tuple[torch.Tensor, float]:
     """C's new output row by cross-entropy over the K existing rows and the new one (C's features stay fixed,
     so this is a logistic regression). The photos (and their mirror images) are the new class. Generated
     samples of the nearest existing classes that C gets right are their own class, once as generated and once
@@ -223,8 +251,9 @@ def _fit_classifier_row(net: CVAEGAN, k_base: int, f_pos: torch.Tensor, shift: t
         near = probs.topk(min(neighbours, k_base)).indices.cpu()
         labels = near.repeat_interleave(per_class)
         seeds = torch.randint(0, 2**31, (len(labels),), generator=gen).tolist()
-        logits, f_gen = net.classifier(net.generator(z_from_seeds(seeds, cfg.z_dim).to(f_pos.device),
-                                                     labels.to(f_pos.device)))
+        logits, f_gen = net.classifier(
+            net.generator(z_from_seeds(seeds, cfg.z_dim).to(f_pos.device), labels.to(f_pos.device))
+        )
         keep = (logits[:, :k_base].argmax(1).cpu() == labels).to(f_pos.device)
         f_gen, y_gen = f_gen.float()[keep], labels.to(f_pos.device)[keep]
         f_neg, y_neg = torch.cat([f_gen, f_gen + shift]), torch.cat([y_gen, y_gen])
@@ -262,17 +291,30 @@ def photo_warnings(sizes: Sequence[tuple[int, int]], resolution: int) -> list[st
     for i, (w, h) in enumerate(sizes):
         cut = 1 - min(w, h) / max(w, h)
         if cut > 0.2:
-            out.append(f"photo {i + 1} is {w}x{h}: the centre crop to a square cuts off {cut:.0%} of it; crop it "
-                       f"around the subject yourself ({FRAMING_HINT})")
+            out.append(
+                f"photo {i + 1} is {w}x{h}: the centre crop to a square cuts off {cut:.0%} of it; crop it "
+                f"around the subject yourself ({FRAMING_HINT})"
+            )
         if min(w, h) < resolution:
-            out.append(f"photo {i + 1} is {w}x{h}, smaller than the model's {resolution}x{resolution}: it is enlarged "
-                       "and blurry; use a larger photo")
+            out.append(
+                f"photo {i + 1} is {w}x{h}, smaller than the model's {resolution}x{resolution}: it is enlarged "
+                "and blurry; use a larger photo"
+            )
     return out
 
 
-def enrol(model: CVAEGAN, images, name: str, steps: int = 200, lr: float = 0.03, prior_batch: int = 8,
-          lambdas: tuple[float, float, float, float] = (3.0, 1.0, 1e-3, 1e-3), seed: int = 0,
-          progress: Progress = None) -> EnrolledClass:
+def enrol(
+    model: CVAEGAN,
+    images,
+    name: str,
+    steps: int = 200,
+    lr: float = 0.1,
+    prior_batch: int = 8,
+    lambdas: tuple[float, float, float, float] = (3.0, 1.0, 1e-3, 1e-3),
+    seed: int = 0,
+    init_from: str | int | None = None,
+    progress: Progress = None,
+) -> EnrolledClass:
     """Learn a new class from 3-50 photos (5-10 recommended) without changing the model.
 
     images: a folder, or a list of paths / bytes / PIL images / arrays. The new class gets its own label
@@ -282,6 +324,7 @@ def enrol(model: CVAEGAN, images, name: str, steps: int = 200, lr: float = 0.03,
         loss = l1 L_KL + l2 L_G + l3 L_GD + l4 L_GC   (the paper's terms and weights, restricted to the new class)
     with x_f = G(E(x_r, new), new), L_G = 1/2 (||x_r - x_f||^2 + ||f_D(x_r) - f_D(x_f)||^2 + ||f_C(x_r) - f_C(x_f)||^2)
     (the D term only when the weights carry D), L_GD / L_GC = 1/2 ||mean f(x_r) - running mean f(x_p)||^2.
+    init_from: the existing class to start from (name or index; default: the one C finds nearest).
     The model passed in is not modified (enrolment runs on a private copy): add the result with add_classes.
     progress(fraction, message) is called as it goes. Deterministic for a given seed.
     """
@@ -300,13 +343,21 @@ def enrol(model: CVAEGAN, images, name: str, steps: int = 200, lr: float = 0.03,
     with torch.no_grad():  # fixed per photo (networks frozen): C's and D's features of x_r and its mirror image
         both = torch.cat([x, x.flip(-1)])
         fc_both = _photo_features(net.classifier, both)
-        fd_both = _photo_features(net.discriminator, both) if net.discriminator is not None else both.new_zeros(2 * n, 0)
+        fd_both = (
+            _photo_features(net.discriminator, both) if net.discriminator is not None else both.new_zeros(2 * n, 0)
+        )
         probs = (net.classifier(x)[0].float().softmax(1)).mean(0)
-        k0 = int(probs.argmax())
+        k0 = int(probs.argmax()) if init_from is None else cfg.class_index(init_from)
     c_out = net.classifier.out  # the new class starts as a copy of class k0 in G, E and C
-    start = EnrolledClass(name, _folder(model, name), net.generator.embed.weight[k0].detach().float().cpu(),
-                          net.encoder.embed.weight[k0].detach().float().cpu(), c_out.weight[k0].detach().float().cpu(),
-                          float(c_out.bias[k0]), base_identity(model))
+    start = EnrolledClass(
+        name,
+        _folder(model, name),
+        net.generator.embed.weight[k0].detach().float().cpu(),
+        net.encoder.embed.weight[k0].detach().float().cpu(),
+        c_out.weight[k0].detach().float().cpu(),
+        float(c_out.bias[k0]),
+        base_identity(model),
+    )
     _grow(net, [start])
     g_base, e_base = net.generator.embed.weight[:-1].detach(), net.encoder.embed.weight[:-1].detach()
     g_row = net.generator.embed.weight[-1].detach().clone().requires_grad_(True)
@@ -344,8 +395,12 @@ def enrol(model: CVAEGAN, images, name: str, steps: int = 200, lr: float = 0.03,
         est_c = fc_g[batch:].mean(0) if run_c is None else 0.9 * run_c + 0.1 * fc_g[batch:].mean(0)
         est_d = fd_g[batch:].mean(0) if run_d is None else 0.9 * run_d + 0.1 * fd_g[batch:].mean(0)
         run_c, run_d = est_c.detach(), est_d.detach()
-        terms = {"KL": kl_loss(mu, logvar), "G": reconstruction_loss(x_r, x_f, fd_r, fd_g[:batch], fc_r, fc_g[:batch]),
-                 "GD": mean_feature_matching(fd_mean, est_d), "GC": mean_feature_matching(fc_mean, est_c)}
+        terms = {
+            "KL": kl_loss(mu, logvar),
+            "G": reconstruction_loss(x_r, x_f, fd_r, fd_g[:batch], fc_r, fc_g[:batch]),
+            "GD": mean_feature_matching(fd_mean, est_d),
+            "GC": mean_feature_matching(fc_mean, est_c),
+        }
         loss = l1 * terms["KL"] + l2 * terms["G"] + l3 * terms["GD"] + l4 * terms["GC"]
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -371,12 +426,22 @@ def enrol(model: CVAEGAN, images, name: str, steps: int = 200, lr: float = 0.03,
     start.generator_embed, start.encoder_embed = g_row.detach().float().cpu(), e_row.detach().float().cpu()
     start.warnings = photo_warnings(sizes, cfg.resolution)
     start.info = {
-        "photos": n, "steps": steps, "seed": seed, "lr": lr, "prior_batch": prior_batch, "lambdas": list(lambdas),
-        "init_from": cfg.class_names[k0], "init_probability": round(float(probs[k0]), 4),
-        "seconds": round(time.perf_counter() - t0, 2), "final_losses": {k: round(v, 4) for k, v in log.items()},
-        "recon_psnr_db_before": round(psnr_before, 2), "recon_psnr_db_after": round(psnr_after, 2),
-        "c_top1_photos": round(top1_photos, 4), "c_top1_samples": round(top1_samples, 4),
-        "discriminator": net.discriminator is not None, "cvaegan": __version__,
+        "photos": n,
+        "steps": steps,
+        "seed": seed,
+        "lr": lr,
+        "prior_batch": prior_batch,
+        "lambdas": list(lambdas),
+        "init_from": cfg.class_names[k0],
+        "init_probability": round(float(probs[k0]), 4),
+        "seconds": round(time.perf_counter() - t0, 2),
+        "final_losses": {k: round(v, 4) for k, v in log.items()},
+        "recon_psnr_db_before": round(psnr_before, 2),
+        "recon_psnr_db_after": round(psnr_after, 2),
+        "c_top1_photos": round(top1_photos, 4),
+        "c_top1_samples": round(top1_samples, 4),
+        "discriminator": net.discriminator is not None,
+        "cvaegan": __version__,
     }
     return start
 
@@ -415,9 +480,11 @@ def save_classes(classes: EnrolledClass | Sequence[EnrolledClass], path: str | o
     if any(c.base != base for c in classes):
         raise EnrolError("these classes were enrolled on different weights; save them in separate files")
     if len(base.get("files", {})) != len(NETWORK_FILES):
-        raise EnrolError("the weights these classes were enrolled on have no recorded file hashes (a model built "
-                         "in memory); save the weights with save_pretrained, load them again and enrol on them, so "
-                         "the class file can name the weights it belongs to")
+        raise EnrolError(
+            "the weights these classes were enrolled on have no recorded file hashes (a model built "
+            "in memory); save the weights with save_pretrained, load them again and enrol on them, so "
+            "the class file can name the weights it belongs to"
+        )
     tensors = {
         "generator_embed": torch.stack([c.generator_embed.float() for c in classes]),
         "encoder_embed": torch.stack([c.encoder_embed.float() for c in classes]),
@@ -426,10 +493,16 @@ def save_classes(classes: EnrolledClass | Sequence[EnrolledClass], path: str | o
     }
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     names, folders = [c.name for c in classes], [c.folder for c in classes]
-    meta = {"format": FILE_FORMAT, "format_version": str(FILE_VERSION), "cvaegan": __version__,
-            "names": json.dumps(names, ensure_ascii=False), "folders": json.dumps(folders, ensure_ascii=False),
-            "base": json.dumps(base, sort_keys=True), "info": json.dumps([c.info for c in classes]),
-            "sha256": _digest(tensors, names, folders, base)}
+    meta = {
+        "format": FILE_FORMAT,
+        "format_version": str(FILE_VERSION),
+        "cvaegan": __version__,
+        "names": json.dumps(names, ensure_ascii=False),
+        "folders": json.dumps(folders, ensure_ascii=False),
+        "base": json.dumps(base, sort_keys=True),
+        "info": json.dumps([c.info for c in classes]),
+        "sha256": _digest(tensors, names, folders, base),
+    }
     out = Path(path)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
@@ -457,15 +530,21 @@ def load_classes(path: str | os.PathLike, model: CVAEGAN | None = None) -> list[
             names_in_file = fh.keys()  # (a safetensors handle, not a dict)
             tensors = {k: fh.get_tensor(k) for k in names_in_file}
     except (SafetensorError, OSError, ValueError) as e:
-        raise EnrolError(f"{path}: not a readable safetensors file ({e}); it may be truncated, corrupted or a "
-                         "pickle renamed to .safetensors") from e
+        raise EnrolError(
+            f"{path}: not a readable safetensors file ({e}); it may be truncated, corrupted or a "
+            "pickle renamed to .safetensors"
+        ) from e
     if meta.get("format") != FILE_FORMAT:
-        raise EnrolError(f"{path}: not a cvaegan class file (format {meta.get('format')!r}); "
-                         "write one with `python -m cvaegan enrol`")
+        raise EnrolError(
+            f"{path}: not a cvaegan class file (format {meta.get('format')!r}); "
+            "write one with `python -m cvaegan enrol`"
+        )
     version = meta.get("format_version", "")
     if not version.isdigit() or int(version) > FILE_VERSION:
-        raise EnrolError(f"{path}: class file format_version {version!r} is newer than this cvaegan understands "
-                         f"({FILE_VERSION}); upgrade cvaegan")
+        raise EnrolError(
+            f"{path}: class file format_version {version!r} is newer than this cvaegan understands "
+            f"({FILE_VERSION}); upgrade cvaegan"
+        )
     names, folders = _meta_json(meta, "names", path), _meta_json(meta, "folders", path)
     base, info = _meta_json(meta, "base", path), _meta_json(meta, "info", path)
     if set(tensors) != set(TENSORS):
@@ -473,8 +552,12 @@ def load_classes(path: str | os.PathLike, model: CVAEGAN | None = None) -> list[
     m = len(names) if isinstance(names, list) else -1
     if m < 1 or not isinstance(folders, list) or len(folders) != m or not isinstance(base, dict):
         raise EnrolError(f"{path}: class file metadata is inconsistent (names, folders, base); enrol the class again")
-    want = {"generator_embed": (m, base.get("label_dim")), "encoder_embed": (m, base.get("label_dim")),
-            "classifier_weight": (m, base.get("feature_dim")), "classifier_bias": (m,)}
+    want = {
+        "generator_embed": (m, base.get("label_dim")),
+        "encoder_embed": (m, base.get("label_dim")),
+        "classifier_weight": (m, base.get("feature_dim")),
+        "classifier_bias": (m,),
+    }
     for key, shape in want.items():
         t = tensors[key]
         if tuple(t.shape) != shape or t.dtype != torch.float32:
@@ -482,12 +565,24 @@ def load_classes(path: str | os.PathLike, model: CVAEGAN | None = None) -> list[
         if not torch.isfinite(t).all():
             raise EnrolError(f"{path}: tensor {key!r} holds NaN or infinite values; enrol the class again")
     if meta.get("sha256") != _digest(tensors, names, folders, base):
-        raise EnrolError(f"{path}: contents do not match the sha256 recorded in the file (changed or corrupted); "
-                         "enrol the class again")
+        raise EnrolError(
+            f"{path}: contents do not match the sha256 recorded in the file (changed or corrupted); "
+            "enrol the class again"
+        )
     info = info if isinstance(info, list) and len(info) == m else [{}] * m
-    classes = [EnrolledClass(names[i], folders[i], tensors["generator_embed"][i], tensors["encoder_embed"][i],
-                             tensors["classifier_weight"][i], float(tensors["classifier_bias"][i]), base, info[i])
-               for i in range(m)]
+    classes = [
+        EnrolledClass(
+            names[i],
+            folders[i],
+            tensors["generator_embed"][i],
+            tensors["encoder_embed"][i],
+            tensors["classifier_weight"][i],
+            float(tensors["classifier_bias"][i]),
+            base,
+            info[i],
+        )
+        for i in range(m)
+    ]
     if model is not None:
         for c in classes:
             check_compatible(model, c, str(path))

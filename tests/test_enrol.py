@@ -1,18 +1,19 @@
 """Enrolment of a new class from a few photos: the model stays untouched, the class file loads strictly,
 bad inputs give clear errors, the CLI works, and (slow) a held-out class is learned well enough for C."""
+
 import json
 import pickle
 
 import numpy as np
 import pytest
 import torch
-from conftest import COLOURS, draw_shape, tiny_config
 from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import save_file
 
 from cvaegan import CVAEGAN
 from cvaegan.cli import main
+from cvaegan.config import TrainConfig
 from cvaegan.enrol import (
     EnrolError,
     add_classes,
@@ -24,6 +25,7 @@ from cvaegan.enrol import (
     save_classes,
 )
 from cvaegan.errors import InputError
+from cvaegan.images import load_tensor
 from cvaegan.inference import (
     classify,
     endpoint,
@@ -33,6 +35,8 @@ from cvaegan.inference import (
     sample,
     swap,
 )
+
+from conftest import COLOURS, SHAPES, draw_shape, tiny_config
 
 torch.set_num_threads(1)
 STEPS = 4  # enough to exercise the loop; learning itself is checked by the slow test
@@ -90,12 +94,15 @@ def test_enrol_leaves_the_model_alone_and_adds_a_usable_class(weights, photos, e
         assert torch.equal(getattr(again, key), getattr(enrolled, key))
     assert again.info["photos"] == 4 and again.info["init_from"] in model.config.class_names
     assert again.folder == "enrolled_green_cross" and again.base["files"] == {
-        f: model.config.files[f] for f in ("encoder.safetensors", "generator.safetensors", "classifier.safetensors")}
+        f: model.config.files[f] for f in ("encoder.safetensors", "generator.safetensors", "classifier.safetensors")
+    }
 
     old = sample(model, "Square 1", [0, 1])
     assert add_classes(model, enrolled) == [4]
     cfg = model.config
-    assert cfg.num_classes == 5 and cfg.class_names[4] == "Green Cross" and cfg.class_folders[4] == "enrolled_green_cross"
+    assert (
+        cfg.num_classes == 5 and cfg.class_names[4] == "Green Cross" and cfg.class_folders[4] == "enrolled_green_cross"
+    )
     assert model.classifier.out.weight.shape[0] == 5 and model.generator.embed.weight.shape[0] == 5
     assert torch.equal(sample(model, "Square 1", [0, 1]), old)  # existing classes render as before
     assert torch.equal(model.generator.embed.weight[4], enrolled.generator_embed)
@@ -153,18 +160,21 @@ def _meta_set(key, value):
     return lambda meta: meta.__setitem__(key, value)
 
 
-@pytest.mark.parametrize("case,match", [
-    ("shape", "expected"),
-    ("extra", "expected tensors"),
-    ("value", "sha256"),
-    ("name", "sha256"),
-    ("nan", "NaN"),
-    ("pickle", "pickle renamed"),
-    ("truncated", "not a readable safetensors"),
-    ("weights_file", "not a cvaegan class file"),
-    ("future", "newer"),
-    ("missing", "not found"),
-])
+@pytest.mark.parametrize(
+    "case,match",
+    [
+        ("shape", "expected"),
+        ("extra", "expected tensors"),
+        ("value", "sha256"),
+        ("name", "sha256"),
+        ("nan", "NaN"),
+        ("pickle", "pickle renamed"),
+        ("truncated", "not a readable safetensors"),
+        ("weights_file", "not a cvaegan class file"),
+        ("future", "newer"),
+        ("missing", "not found"),
+    ],
+)
 def test_class_file_is_loaded_strictly(weights, enrolled, tmp_path, case, match):
     path = save_classes(enrolled, tmp_path / "c.safetensors")
     if case == "shape":
@@ -211,20 +221,24 @@ def test_class_file_for_other_weights_is_refused(weights, enrolled, tmp_path):
 def test_in_memory_model_can_enrol_but_not_save(tmp_path, photos):
     torch.manual_seed(0)
     model = CVAEGAN(tiny_config()).eval()
-    cls = enrol(model, photos, "Thing", steps=2)
+    cls = enrol(model, photos, "Thing", steps=2, init_from=2)
+    assert cls.info["init_from"] == "2"
     add_classes(model, cls)
     assert model.config.class_names[-1] == "Thing"
     with pytest.raises(EnrolError, match="save_pretrained"):
         save_classes(cls, tmp_path / "thing.safetensors")
 
 
-@pytest.mark.parametrize("name,match", [
-    ("Square 1", "already exists"),
-    ("square 1", "already exists"),
-    ("   ", "give the new class a name"),
-    ("42", "all digits"),
-    ("x" * 81, "at most 80"),
-])
+@pytest.mark.parametrize(
+    "name,match",
+    [
+        ("Square 1", "already exists"),
+        ("square 1", "already exists"),
+        ("   ", "give the new class a name"),
+        ("42", "all digits"),
+        ("x" * 81, "at most 80"),
+    ],
+)
 def test_bad_names(weights, photos, name, match):
     with pytest.raises(EnrolError, match=match):
         enrol(CVAEGAN.from_pretrained(weights), photos, name, steps=1)
@@ -272,20 +286,194 @@ def test_photo_warnings(enrolled):
 def test_cli_enrol_end_to_end(weights, photos, tmp_path, capsys):
     out = tmp_path / "star.safetensors"
     sheet = tmp_path / "sheet.png"
-    assert main(["enrol", "--weights", str(weights), "--images", str(photos), "--name", "Star", "--out", str(out),
-                 "--steps", "3", "--preview", str(sheet), "--device", "cpu"]) == 0
+    assert (
+        main(
+            [
+                "enrol",
+                "--weights",
+                str(weights),
+                "--images",
+                str(photos),
+                "--name",
+                "Star",
+                "--out",
+                str(out),
+                "--steps",
+                "3",
+                "--preview",
+                str(sheet),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
     text = capsys.readouterr()
     assert "Star" in text.out and str(out) in text.out and "3/3" in text.err  # summary; tqdm bar on stderr
     assert load_classes(out, CVAEGAN.from_pretrained(weights))[0].name == "Star"
     assert Image.open(sheet).size[0] > 4 * 32
     files = [str(photos / f"{i}.png") for i in range(3)]
-    assert main(["enrol", "--weights", str(weights), "--images", *files, "--name", "Star 2",
-                 "--out", str(tmp_path / "s2.safetensors"), "--steps", "1"]) == 0
-    assert main(["enrol", "--weights", str(weights), "--images", *files[:2], "--name", "Star 3",
-                 "--out", str(tmp_path / "s3.safetensors")]) == 1
+    assert (
+        main(
+            [
+                "enrol",
+                "--weights",
+                str(weights),
+                "--images",
+                *files,
+                "--name",
+                "Star 2",
+                "--out",
+                str(tmp_path / "s2.safetensors"),
+                "--steps",
+                "1",
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "enrol",
+                "--weights",
+                str(weights),
+                "--images",
+                *files[:2],
+                "--name",
+                "Star 3",
+                "--out",
+                str(tmp_path / "s3.safetensors"),
+            ]
+        )
+        == 1
+    )
     err = capsys.readouterr().err
     assert err.strip().splitlines()[-1].startswith("error: got 2 photo(s)") and "Traceback" not in err
-    assert main(["enrol", "--weights", str(weights), "--images", str(photos), "--name", "Circle 0",
-                 "--out", str(tmp_path / "s4.safetensors")]) == 1
+    assert (
+        main(
+            [
+                "enrol",
+                "--weights",
+                str(weights),
+                "--images",
+                str(photos),
+                "--name",
+                "Circle 0",
+                "--out",
+                str(tmp_path / "s4.safetensors"),
+            ]
+        )
+        == 1
+    )
     assert "already exists" in capsys.readouterr().err
 
+
+# ------------------------------------------------------------------ slow: does it learn a held-out class?
+# Classes are (shape colour, background tint) pairs on shapes of any kind. The model is trained on 8 of the
+# 9 pairs and enrols the 9th: both its colour and its tint were seen, never together, as a new face combines
+# traits the model knows. (A new shape in a new colour is beyond what a tiny model's G can draw from an
+# embedding: it renders blobs of the colours it was trained on.)
+
+TINTS = [(0, 0, 0), (0, 70, 110), (120, 80, 0)]  # added to the background noise
+HELD_OUT = (2, 1)  # a blue shape on a teal background
+COMBO_STEPS = 150
+
+
+def tinted_photo(colour: int, tint: int, rng: np.random.Generator, size: int = 32) -> Image.Image:
+    kind = int(rng.integers(len(SHAPES)))
+    img = np.asarray(draw_shape(kind, size, rng)).astype(np.int16)
+    fg = (img == np.array(COLOURS[kind])).all(2)
+    img[~fg] += np.array(TINTS[tint], np.int16)
+    img[fg] = COLOURS[colour]
+    return Image.fromarray(img.clip(0, 255).astype(np.uint8))
+
+
+@pytest.fixture(scope="module")
+def combos_model(tmp_path_factory):
+    """A tiny model (with D) trained on the 8 pairs other than HELD_OUT, 12 photos each."""
+    from cvaegan.data import load_images
+    from cvaegan.train import train
+
+    root = tmp_path_factory.mktemp("combos")
+    rng = np.random.default_rng(0)
+    for colour in range(3):
+        for tint in range(3):
+            if (colour, tint) != HELD_OUT:
+                d = root / "data" / f"c{colour}_t{tint}"
+                d.mkdir(parents=True)
+                for i in range(12):
+                    tinted_photo(colour, tint, rng).save(d / f"{i}.png")
+    data = load_images(root / "data", 32, progress=False)
+    tcfg = TrainConfig(
+        steps=COMBO_STEPS,
+        batch_size=16,
+        lr=1e-3,
+        log_every=50,
+        sample_every=0,
+        checkpoint_every=COMBO_STEPS,
+        device="cpu",
+        export_discriminator=True,
+    )
+    return train(
+        data, root / "run", tcfg, tiny_config(num_classes=8, z_dim=16, base_channels=8, max_channels=32), progress=False
+    )
+
+
+def colour_features(x: torch.Tensor) -> torch.Tensor:
+    """(N, 3, R, R) in [-1, 1] -> mean colour of the brightest quarter (the shape) and of the darkest half."""
+    flat = x.flatten(2)
+    lum = flat.mean(1)
+    p = lum.shape[1]
+    fg = flat.gather(2, lum.topk(p // 4, 1).indices[:, None].expand(-1, 3, -1)).mean(2)
+    bg = flat.gather(2, lum.topk(p // 2, 1, largest=False).indices[:, None].expand(-1, 3, -1)).mean(2)
+    return torch.cat([fg, bg], 1)
+
+
+def colour_judge(rng: np.random.Generator):
+    """An independent judge that knows all 9 pairs, the held-out one included (like the issue's judge, trained
+    on real photos of every identity): the nearest class centroid of colour_features over 16 real photos."""
+    pairs = [(c, t) for c in range(3) for t in range(3)]
+    cents = torch.stack(
+        [
+            colour_features(torch.stack([load_tensor(tinted_photo(c, t, rng), 32) for _ in range(16)])).mean(0)
+            for c, t in pairs
+        ]
+    )
+    return lambda x: [pairs[i] for i in torch.cdist(colour_features(x), cents).argmin(1).tolist()]
+
+
+def judge_top1(judge, x: torch.Tensor, pair: tuple[int, int]) -> float:
+    return sum(p == pair for p in judge(x)) / len(x)
+
+
+@pytest.mark.slow
+def test_enrolled_held_out_class_is_learned(combos_model, tmp_path):
+    model = CVAEGAN.from_pretrained(combos_model, with_discriminator=True)
+    rng = np.random.default_rng(11)
+    cls = enrol(model, [tinted_photo(*HELD_OUT, rng) for _ in range(5)], "Blue on teal")
+    assert cls.info["discriminator"] and cls.info["recon_psnr_db_after"] > cls.info["recon_psnr_db_before"] + 1
+    model = CVAEGAN.from_pretrained(combos_model, extra_classes=save_classes(cls, tmp_path / "c.safetensors"))
+    new = model.config.class_index("Blue on teal")
+    x = sample(model, new, list(range(100, 164)), batch_size=64)
+    share = (classify(model, x)[0] == new).float().mean().item()
+    assert share >= 0.5, f"C gives {share:.0%} of the enrolled class's samples to it (chance {1 / 9:.0%})"
+    # the independent judge recognises the samples as the held-out pair: at least half as often as it
+    # recognises samples of the trained pairs (the issue's target for faces), and far more often than the
+    # nearest trained class, un-enrolled (the baseline)
+    judge = colour_judge(rng)
+    seeds = list(range(200, 216))
+    trained = np.mean(
+        [
+            judge_top1(judge, sample(model, k, seeds, batch_size=16), (int(f[1]), int(f[4])))
+            for k, f in enumerate(model.config.class_folders[:8])
+        ]
+    )
+    enrolled = judge_top1(judge, x, HELD_OUT)
+    baseline = judge_top1(judge, sample(model, cls.info["init_from"], list(range(100, 164)), batch_size=64), HELD_OUT)
+    assert enrolled >= 0.5 * trained and enrolled >= baseline + 0.3, (enrolled, trained, baseline)
+    # the new row does not take over real photos of the classes the model was trained on
+    for name in model.config.class_folders[:8]:
+        colour, tint = int(name[1]), int(name[4])
+        real = torch.stack([load_tensor(tinted_photo(colour, tint, rng), 32) for _ in range(16)])
+        stolen = (classify(model, real)[0] == new).float().mean().item()
+        assert stolen <= 0.25, f"the new class takes {stolen:.0%} of real {name} photos"
