@@ -96,6 +96,14 @@ def drop_classes(data: LabelledImages, folders: list[str], train_idx: torch.Tens
     return sub, remap(train_idx), remap(val_idx)
 
 
+def effective_stratify(stratify: int, batch: int, classes: int) -> int:
+    """Classes per stratified batch: `stratify`, or on data with fewer classes the largest divisor of the
+    batch size that the data can fill (0 = off stays off)."""
+    if not stratify or stratify <= classes:
+        return stratify
+    return max(k for k in range(1, classes + 1) if batch % k == 0)
+
+
 def lr_factor(tcfg: TrainConfig, step: int) -> float:
     """Multiplier of the base learning rate at `step` (warm-up, then constant or cosine to 10%)."""
     f = 1.0
@@ -451,6 +459,10 @@ def train(data: LabelledImages, out: str | os.PathLike, tcfg: TrainConfig, mcfg:
     if tcfg.batch_size % world:
         raise TrainError(f"batch size {tcfg.batch_size} must be divisible by the number of processes {world}")
     by_class = [torch.nonzero(labels == c).flatten() for c in range(mcfg.num_classes)]
+    stratify = effective_stratify(tcfg.stratify, tcfg.batch_size, sum(len(ids) > 0 for ids in by_class))
+    if stratify != tcfg.stratify and rank == 0:
+        tqdm.write(f"note: --stratify {tcfg.stratify} lowered to {stratify} classes per batch (the data has "
+                   f"{sum(len(ids) > 0 for ids in by_class)} classes with training images; batch {tcfg.batch_size})")
     if rank == 0:
         try:
             out.mkdir(parents=True, exist_ok=True)
@@ -502,15 +514,15 @@ def train(data: LabelledImages, out: str | os.PathLike, tcfg: TrainConfig, mcfg:
             step = trainer.step
             cpu0, wall0 = time.process_time(), time.perf_counter()
             gen = step_generator(tcfg.seed, step)
-            if tcfg.stratify:
-                idx = stratified_indices(by_class, tcfg.batch_size, tcfg.stratify, tcfg.seed, step)
+            if stratify:
+                idx = stratified_indices(by_class, tcfg.batch_size, stratify, tcfg.seed, step)
             else:
                 idx = batch_indices(n, tcfg.batch_size, tcfg.seed, step)
             flips = torch.rand(len(idx), generator=gen) < 0.5
             eps = torch.randn(len(idx), mcfg.z_dim, generator=gen)
             z_p = torch.randn(len(idx), mcfg.z_dim, generator=gen)
             c_p = torch.randint(0, mcfg.num_classes, (len(idx),), generator=gen)
-            if tcfg.stratify:  # prior samples of exactly the batch's classes, as many of each
+            if stratify:  # prior samples of exactly the batch's classes, as many of each
                 c_p = labels[idx]
             mine = slice(rank * per_rank, (rank + 1) * per_rank)  # this process's share of the global batch
             x = images[idx[mine]]

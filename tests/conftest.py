@@ -110,3 +110,20 @@ def trained_export(tmp_path_factory, shapes_dir) -> Path:
 
 
 TRAINED_STEPS = 300
+
+
+@pytest.fixture(scope="session")
+def trained_with_directions(tmp_path_factory, trained_export, shapes_dir) -> Path:
+    """A copy of trained_export with latent directions saved (the app's sliders need some)."""
+    import shutil
+
+    from cvaegan.data import load_images
+    from cvaegan.directions import compute_directions
+
+    out = tmp_path_factory.mktemp("with_directions") / "weights"
+    shutil.copytree(trained_export, out)
+    model = CVAEGAN.from_pretrained(str(out))
+    data = load_images(shapes_dir, model.config.resolution, progress=False)
+    compute_directions(model, data.images, data.labels, k=4)
+    model.save_directions(out)
+    return out

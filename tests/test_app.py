@@ -10,7 +10,8 @@ from appserver import launch_app
 
 
 @pytest.fixture(scope="module")
-def served(trained_export, tmp_path_factory):
+def served(trained_with_directions, tmp_path_factory):
+    trained_export = trained_with_directions
     app, url = launch_app(str(trained_export))
     from gradio_client import Client
 

@@ -286,3 +286,9 @@ def test_exported_checkpoint_carries_what_a_warm_start_needs(shapes_dir, tmp_pat
     assert set(warm["nets"]["D"]) == set(state["nets"]["D"])
     slim = export_checkpoint(tmp_path / "run", tmp_path / "slim", include_discriminator=False)
     assert not (slim / "discriminator.safetensors").exists() and not (slim / "running_means.safetensors").exists()
+
+
+def test_stratification_adapts_to_data_with_few_classes():
+    from cvaegan.train import effective_stratify
+    assert effective_stratify(8, 32, 264) == 8 and effective_stratify(0, 32, 3) == 0
+    assert effective_stratify(8, 8, 4) == 4 and effective_stratify(8, 12, 5) == 4 and effective_stratify(8, 32, 3) == 2

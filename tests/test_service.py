@@ -14,8 +14,8 @@ from conftest import draw_shape
 
 
 @pytest.fixture(scope="module")
-def model(trained_export):
-    return CVAEGAN.from_pretrained(str(trained_export))
+def model(trained_with_directions):
+    return CVAEGAN.from_pretrained(str(trained_with_directions))
 
 
 def test_generate_seeds_and_determinism(model):
