@@ -19,8 +19,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from . import blend
-from . import inference as I
+from . import blend, inference as I
 from .hub import BUNDLED_DIR, BUNDLED_ORDER, CONFIG_NAME, Resolved, resolve_weights
 from .images import ImageError, make_grid, open_image, open_mask, save_png, to_pil
 from .models import CVAEGAN

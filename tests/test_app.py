@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import draw_shape
 from appserver import launch_app
+from conftest import draw_shape
 
 
 @pytest.fixture(scope="module")
