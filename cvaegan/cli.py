@@ -545,7 +545,7 @@ def _enrol_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("enrol", help="add a new class (a person, a species) from a few photos", description=(
         "Learn a new class from 3-10 photos without changing the weights: only its label embeddings for G and E "
         "and its row of C's output layer are learned (from the nearest existing class). Writes them to a small "
-        "class file --out; load it with CVAEGAN.from_pretrained(WEIGHTS, extra_classes=[FILE]). Photos are "
+        "class file --out; load it with cvaegan.hub.load_pretrained(WEIGHTS, extra_classes=[FILE]). Photos are "
         "centre-cropped and resized like the training data: frame them the same way (faces: aligned like "
         "CelebA's img_align_celeba, eyes level, face centred)."))
     _add_weights(p)

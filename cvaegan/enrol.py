@@ -591,7 +591,7 @@ def load_classes(path: str | os.PathLike, model: CVAEGAN | None = None) -> list[
 
 def load_extra_classes(model: CVAEGAN, paths) -> CVAEGAN:
     """Add the classes of one or more class files to a loaded model (in place; also returned).
-    This is what `CVAEGAN.from_pretrained(..., extra_classes=...)` calls."""
+    This is what `cvaegan.hub.load_pretrained(..., extra_classes=...)` calls."""
     paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
     classes = [c for p in paths for c in load_classes(p, model)]
     if classes:

@@ -72,8 +72,13 @@ def load_pretrained(name_or_path: str | os.PathLike, revision: str | None = None
                     endpoint: str | None = None, extra_classes=None) -> CVAEGAN:
     """A local weights folder, or a Hub repo id ("owner/name", optional revision) -> CVAEGAN.
     extra_classes: class file(s) written by `cvaegan enrol`, added after loading (checked against these weights)."""
-    return CVAEGAN.from_pretrained(name_or_path, revision=revision, device=device, cache_dir=cache_dir,
-                                   endpoint=endpoint, with_discriminator=with_discriminator, extra_classes=extra_classes)
+    model = CVAEGAN.from_pretrained(name_or_path, revision=revision, device=device, cache_dir=cache_dir,
+                                    endpoint=endpoint, with_discriminator=with_discriminator)
+    if extra_classes:
+        from .enrol import load_extra_classes  # enrol builds on models; models never imports it
+
+        load_extra_classes(model, extra_classes)
+    return model
 
 
 @dataclass

@@ -259,13 +259,9 @@ class CVAEGAN(PretrainedMixin, nn.Module):
 
     @classmethod
     def from_folder(cls, folder: str | os.PathLike, device: str | torch.device = "cpu", verify: bool = True,
-                    with_discriminator: bool = False, extra_classes=None) -> CVAEGAN:
+                    with_discriminator: bool = False) -> CVAEGAN:
         """Load a local weights folder strictly; networks in eval mode, float32, on `device`.
-        extra_classes: class file(s) written by `cvaegan enrol` (cvaegan.enrol), added after loading."""
+        (Enrolled classes: cvaegan.hub.load_pretrained(..., extra_classes=...).)"""
         if with_discriminator and not (Path(folder) / "discriminator.safetensors").is_file():
             raise WeightsError(f"{folder}: no discriminator.safetensors; export with --export-discriminator to fine-tune")
-        model = super().from_folder(folder, device, verify, with_discriminator=with_discriminator)
-        if extra_classes:
-            from .enrol import load_extra_classes
-            load_extra_classes(model, extra_classes)
-        return model
+        return super().from_folder(folder, device, verify, with_discriminator=with_discriminator)

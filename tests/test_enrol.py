@@ -25,6 +25,7 @@ from cvaegan.enrol import (
     save_classes,
 )
 from cvaegan.errors import InputError
+from cvaegan.hub import load_pretrained
 from cvaegan.images import load_tensor
 from cvaegan.inference import (
     classify,
@@ -130,17 +131,17 @@ def test_class_file_round_trip_and_from_pretrained(weights, enrolled, tmp_path):
 
     a = CVAEGAN.from_pretrained(weights)
     add_classes(a, enrolled)
-    b = CVAEGAN.from_pretrained(str(weights), extra_classes=[path])
+    b = load_pretrained(str(weights), extra_classes=[path])
     assert b.config.class_names == a.config.class_names
     assert torch.equal(sample(a, "Green Cross", [3, 4]), sample(b, "Green Cross", [3, 4]))
     # the released weights are untouched, and a second class stacks on the first
     assert json.loads((weights / "config.json").read_text())["num_classes"] == 4
     other = enrol(b, photo_folder(tmp_path / "p2", 3, shape=0, colour=2), "Blue Circle", steps=2)
     path2 = save_classes(other, tmp_path / "blue_circle.safetensors")
-    c = CVAEGAN.from_pretrained(weights, extra_classes=[path, path2])
+    c = load_pretrained(weights, extra_classes=[path, path2])
     assert c.config.class_names[4:] == ["Green Cross", "Blue Circle"]
     with pytest.raises(EnrolError, match="share a name"):
-        CVAEGAN.from_pretrained(weights, extra_classes=[path, path])
+        load_pretrained(weights, extra_classes=[path, path])
     with pytest.raises(EnrolError, match="'Green Cross' already exists"):
         load_extra_classes(c, path)
 
@@ -207,7 +208,7 @@ def test_class_file_for_other_weights_is_refused(weights, enrolled, tmp_path):
     other = CVAEGAN(tiny_config(class_names=["A", "B", "C", "D"])).eval()
     other.save_pretrained(tmp_path / "other", fp16=False)
     with pytest.raises(EnrolError, match="made for other weights"):
-        CVAEGAN.from_pretrained(tmp_path / "other", extra_classes=path)
+        load_pretrained(tmp_path / "other", extra_classes=path)
     wider = CVAEGAN(tiny_config(label_dim=12)).eval()
     wider.save_pretrained(tmp_path / "wider", fp16=False)
     with pytest.raises(EnrolError, match="label_dim 8, these have 12"):
@@ -452,7 +453,7 @@ def test_enrolled_held_out_class_is_learned(combos_model, tmp_path):
     rng = np.random.default_rng(11)
     cls = enrol(model, [tinted_photo(*HELD_OUT, rng) for _ in range(5)], "Blue on teal")
     assert cls.info["discriminator"] and cls.info["recon_psnr_db_after"] > cls.info["recon_psnr_db_before"] + 1
-    model = CVAEGAN.from_pretrained(combos_model, extra_classes=save_classes(cls, tmp_path / "c.safetensors"))
+    model = load_pretrained(combos_model, extra_classes=save_classes(cls, tmp_path / "c.safetensors"))
     new = model.config.class_index("Blue on teal")
     x = sample(model, new, list(range(100, 164)), batch_size=64)
     share = (classify(model, x)[0] == new).float().mean().item()
