@@ -73,20 +73,9 @@ def train_recipe(data: str, run: Path, recipe: str, minutes: float, threads: int
 
 def snapshot_model(path: Path, use_ema: bool = True):
     """The model a snapshot checkpoint would export (EMA of G and E when the run keeps them and use_ema)."""
-    from .config import ModelConfig
-    from .models import CVAEGAN
-    from .train import recalibrate_batchnorm
+    from .train import model_from_checkpoint
 
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    model = CVAEGAN(ModelConfig.from_dict(state["model_config"]))
-    for key, net in (("C", model.classifier), ("D", model.discriminator), ("G", model.generator), ("E", model.encoder)):
-        net.load_state_dict(state["nets"][key])
-    if use_ema and state.get("ema") is not None:
-        model.generator.load_state_dict(state["ema"])
-        model.generator = recalibrate_batchnorm(model.generator, model.config, torch.device("cpu"))
-        if state.get("ema_E") is not None:
-            model.encoder.load_state_dict(state["ema_E"])
-    return model.eval(), state
+    return model_from_checkpoint(path, use_ema)
 
 
 def sheet(model, classes: list[int], out: Path) -> None:

@@ -607,13 +607,9 @@ def _truncate_metrics(path: Path, step: int) -> None:
         os.replace(tmp, path)
 
 
-def export_checkpoint(run: str | os.PathLike, out: str | os.PathLike, fp16: bool = True,
-                      include_discriminator: bool = True, use_ema: bool = True) -> Path:
-    """Write a weights folder from RUN/checkpoint.pt (the EMA generator when the run has one and use_ema).
-    include_discriminator also writes D and the running feature means, so `train --init-from` can go on."""
-    path = Path(run) / CHECKPOINT
-    if not path.is_file():
-        raise TrainError(f"{path} not found; is {run} a run folder written by `cvaegan train`?")
+def model_from_checkpoint(path: str | os.PathLike, use_ema: bool = True) -> tuple[CVAEGAN, dict]:
+    """(model, checkpoint state) from a checkpoint file: the EMA of G (BatchNorm re-estimated) and of E when
+    the run kept them and use_ema, otherwise the live networks."""
     state = torch.load(path, map_location="cpu", weights_only=True)
     model = CVAEGAN(ModelConfig.from_dict(state["model_config"]))
     for key, net in (("C", model.classifier), ("D", model.discriminator), ("G", model.generator), ("E", model.encoder)):
@@ -623,6 +619,17 @@ def export_checkpoint(run: str | os.PathLike, out: str | os.PathLike, fp16: bool
         model.generator = recalibrate_batchnorm(model.generator, model.config, torch.device("cpu"))
         if state.get("ema_E") is not None:  # older checkpoints kept no EMA of E: the live E is exported
             model.encoder.load_state_dict(state["ema_E"])
+    return model.eval(), state
+
+
+def export_checkpoint(run: str | os.PathLike, out: str | os.PathLike, fp16: bool = True,
+                      include_discriminator: bool = True, use_ema: bool = True) -> Path:
+    """Write a weights folder from RUN/checkpoint.pt (the EMA generator when the run has one and use_ema).
+    include_discriminator also writes D and the running feature means, so `train --init-from` can go on."""
+    path = Path(run) / CHECKPOINT
+    if not path.is_file():
+        raise TrainError(f"{path} not found; is {run} a run folder written by `cvaegan train`?")
+    model, state = model_from_checkpoint(path, use_ema)
     means = None
     if include_discriminator:
         cfg, k = model.config, model.config.num_classes

@@ -127,3 +127,19 @@ def trained_with_directions(tmp_path_factory, trained_export, shapes_dir) -> Pat
     compute_directions(model, data.images, data.labels, k=4)
     model.save_directions(out)
     return out
+
+
+def record_optimizer_steps(trainer) -> list:
+    """Wrap every optimiser's step: the returned list collects (network, networks holding non-zero gradients)
+    at each step, in order."""
+    seen = []
+    for name, opt in trainer.opt.items():
+        orig = opt.step
+
+        def step(*a, _name=name, _orig=orig, **kw):
+            with_grad = sorted(k for k, net in trainer.nets.items()
+                               if any(p.grad is not None and p.grad.abs().sum() > 0 for p in net.parameters()))
+            seen.append((_name, with_grad))
+            return _orig(*a, **kw)
+        opt.step = step
+    return seen

@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from test_train import _batch
 
 from cvaegan import CVAEGAN, cli
 from cvaegan.config import PRESETS, ModelConfig, TrainConfig
@@ -13,32 +14,7 @@ from cvaegan.data import load_images
 from cvaegan.seeds import step_generator
 from cvaegan.train import Trainer, stratified_indices, train
 
-from conftest import tiny_config
-
-
-def _batch(model, b=8, seed=0):
-    g = torch.Generator().manual_seed(seed)
-    r, k, zd = model.config.resolution, model.config.num_classes, model.config.z_dim
-    x = torch.rand(b, 3, r, r, generator=g) * 2 - 1
-    c = torch.randint(0, k, (b,), generator=g)
-    noise = {"eps": torch.randn(b, zd, generator=g), "z_p": torch.randn(b, zd, generator=g),
-             "c_p": torch.randint(0, k, (b,), generator=g)}
-    return x, c, noise
-
-
-def _record_steps(tr):
-    """Wrap every optimiser's step: record (network, networks holding non-zero gradients)."""
-    seen = []
-    for name, opt in tr.opt.items():
-        orig = opt.step
-
-        def step(*a, _name=name, _orig=orig, **kw):
-            with_grad = sorted(k for k, net in tr.nets.items()
-                               if any(p.grad is not None and p.grad.abs().sum() > 0 for p in net.parameters()))
-            seen.append((_name, with_grad))
-            return _orig(*a, **kw)
-        opt.step = step
-    return seen
+from conftest import record_optimizer_steps, tiny_config
 
 
 def _trainer(mcfg=None, **kw):
@@ -48,7 +24,7 @@ def _trainer(mcfg=None, **kw):
 
 def test_r1_phase_runs_only_when_asked_and_only_on_d():
     tr = _trainer(r1_gamma=0.5, r1_every=2)
-    seen = _record_steps(tr)
+    seen = record_optimizer_steps(tr)
     x, c, noise = _batch(tr.model)
     log = tr.train_step(x, c, step_generator(0, 0), noise)
     assert seen == [("C", ["C"]), ("D", ["D"]), ("D", ["D"]), ("G", ["G"]), ("E", ["E"])]
@@ -69,7 +45,7 @@ def test_r1_penalty_is_the_squared_input_gradient():
 
 def test_joint_ge_is_one_phase_for_g_and_e_and_the_rest_stays_routed():
     tr = _trainer(joint_ge=True)
-    seen = _record_steps(tr)
+    seen = record_optimizer_steps(tr)
     x, c, noise = _batch(tr.model)
     log = tr.train_step(x, c, step_generator(0, 0), noise)
     # one backward: G's and E's optimisers both step on the same gradients, C and D hold none
@@ -95,7 +71,7 @@ def test_joint_ge_gives_g_the_same_gradient_as_the_paper_order():
 
 def test_warm_start_steps_train_c_and_a_plain_cvae_only():
     tr = _trainer(pretrain_steps=1)
-    seen = _record_steps(tr)
+    seen = record_optimizer_steps(tr)
     d_before = [p.detach().clone() for p in tr.nets["D"].parameters()]
     x, c, noise = _batch(tr.model)
     log = tr.train_step(x, c, step_generator(0, 0), noise)

@@ -11,7 +11,7 @@ from cvaegan.data import load_images
 from cvaegan.seeds import step_generator
 from cvaegan.train import Trainer, TrainError, train
 
-from conftest import TRAINED_STEPS, tiny_config
+from conftest import TRAINED_STEPS, record_optimizer_steps, tiny_config
 
 
 def _batch(model, b=8, seed=0):
@@ -33,16 +33,7 @@ def _trainer(**kw):
 def test_update_order_and_gradient_routing():
     """Optimisers step in the order C, D, G, E; at each step only that network holds gradients."""
     tr = _trainer()
-    seen = []
-    for name, opt in tr.opt.items():
-        orig = opt.step
-
-        def step(*a, _name=name, _orig=orig, **kw):
-            with_grad = sorted(k for k, net in tr.nets.items()
-                               if any(p.grad is not None and p.grad.abs().sum() > 0 for p in net.parameters()))
-            seen.append((_name, with_grad))
-            return _orig(*a, **kw)
-        opt.step = step
+    seen = record_optimizer_steps(tr)
     x, c, noise = _batch(tr.model)
     tr.train_step(x, c, step_generator(0, 0), noise)
     assert seen == [("C", ["C"]), ("D", ["D"]), ("G", ["G"]), ("E", ["E"])]
