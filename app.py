@@ -90,7 +90,27 @@ def build_generate(ui, first):
         ui.thumbs = gr.Gallery(value=list(zip(first.thumbnails, S.class_display_names(m))), columns=8, height=420,
                                allow_preview=False, label="One generated sample per class (click to pick)",
                                elem_id="class-thumbs", elem_classes=["smooth"])
+    build_enrol(ui)
     ui.last_images = gr.State([])
+
+
+def build_enrol(ui):
+    with gr.Accordion("Add your own person or species", open=False):
+        gr.Markdown(f"Upload 3-10 different photos of one person, flower or bird this model has never seen, give "
+                    f"it a name and press Add: the model learns a new class in about a minute (its networks stay "
+                    f"unchanged) and the class appears in every picker until the app restarts. Framing: "
+                    f"{S.EN.FRAMING_HINT}.")
+        with gr.Row():
+            ui.en_files = gr.File(label="Photos (3-10)", file_count="multiple", file_types=["image"],
+                                  type="filepath", height=200, scale=3)
+            with gr.Column(scale=2, min_width=200):
+                ui.en_name = gr.Textbox(label="Name of the new class", placeholder="e.g. Ada Lovelace", max_lines=1)
+                ui.en_btn = gr.Button("Add", variant="primary")
+        ui.en_status = gr.Markdown()
+        ui.en_sheet = gr.Image(label="Your photos (top row) and samples of the new class", type="filepath",
+                               format="png", interactive=False, height=260, elem_classes=["smooth"],
+                               elem_id="enrol-sheet")
+        ui.en_new = gr.Textbox(visible=False)  # the new class name (what /enrol returns first)
 
 
 def build_explore(ui, first):
@@ -286,6 +306,16 @@ def wire_events(demo, ui, registry, model_of, examples_of):
                   ui.editor, ui.pending, ui.in_examples, ui.in_result, ui.in_class, ui.sr_out, ui.sr_info, ui.rc_out, ui.rc_info,
                   ui.summary], api_name="select_model_outputs", api_visibility="undocumented")
 
+    def after_enrol(choice, new, ex, a, b, inp, sr, rc):
+        """Every picker gets the new class among its choices: Generate's shows it, the others keep their value;
+        the thumbnails get the new class's too."""
+        loaded = registry.get(choice)
+        m = loaded.model
+        return [gr.update(choices=S.class_choices(m), value=new), gr.update(choices=S.class_choices(m), value=ex), gr.update(choices=S.class_choices(m, True), value=a),
+                gr.update(choices=S.class_choices(m, True), value=b),
+                *[gr.update(choices=S.class_choices(m, True), value=v) for v in (inp, sr, rc)],
+                S.as_files(list(zip(loaded.thumbnails, S.class_display_names(m))))]
+
     # ------------------------------------------------------------ generate
     def pick_class(choice, evt: gr.SelectData):
         return model_of(choice).config.class_names[evt.index]
@@ -321,6 +351,21 @@ def wire_events(demo, ui, registry, model_of, examples_of):
         return value, None
     ui.inpaint_tab.select(flush_pending, ui.pending, [ui.editor, ui.pending], api_name="show_pending_canvas",
                           api_visibility="undocumented")
+
+    # ------------------------------------------------------------ add your own class
+    @ui_errors
+    def on_enrol(choice, files, name, progress=gr.Progress()):
+        loaded = registry.get(choice)
+        new, sheet, text = S.enrol_class(loaded, files, name, progress=lambda f, d: progress(f, desc=d))
+        if choice == registry.default:  # API sessions check values against the pickers' own (first model's) choices
+            for d in (ui.cls, ui.ex_cls, ui.ends[0], ui.ends[3], ui.in_cls, ui.sr_cls, ui.rc_cls):
+                d.choices = S.class_choices(loaded.model, auto=any(v == AUTO for _, v in d.choices))
+        return new, S.as_files(sheet), text
+    ui.en_btn.click(on_enrol, [ui.model_dd, ui.en_files, ui.en_name], [ui.en_new, ui.en_sheet, ui.en_status],
+                    api_name="enrol", concurrency_limit=1).success(
+        after_enrol, [ui.model_dd, ui.en_new, ui.ex_cls, ui.ends[0], ui.ends[3], ui.in_cls, ui.sr_cls, ui.rc_cls],
+        [ui.cls, ui.ex_cls, ui.ends[0], ui.ends[3], ui.in_cls, ui.sr_cls, ui.rc_cls, ui.thumbs],
+        api_name="enrol_pickers", api_visibility="undocumented")
 
     # ------------------------------------------------------------ explore
     explore_in = [ui.model_dd, ui.ex_cls, ui.ex_seed, ui.ex_trunc, ui.ex_photo, *ui.sliders]

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from . import blend, inference as I
+from . import blend, enrol as EN, inference as I
 from .hub import BUNDLED_DIR, BUNDLED_ORDER, CONFIG_NAME, Resolved, resolve_weights
 from .images import ImageError, make_grid, open_image, open_mask, save_png, to_pil
 from .models import CVAEGAN
@@ -171,6 +171,7 @@ class Loaded:
     resolved: Resolved
     thumbnails: list[Image.Image] = field(default_factory=list)
     card: str = ""
+    enrolled: list[EN.EnrolledClass] = field(default_factory=list)  # classes added in this process ("Add your own")
 
     @property
     def samples_png(self) -> str | None:
@@ -483,3 +484,75 @@ def reconstruct(model: CVAEGAN, image, cls) -> tuple[Image.Image, str]:
         raise ImageError("upload a photo first")
     x, idx, prob = I.reconstruct(model, open_image(image, name="photo"), class_choice(model, cls))
     return to_pil(x), class_label(model, idx, prob)
+
+
+# ------------------------------------------------------------------ add your own class (enrolment)
+ENROL_STEPS = 200  # learning steps per enrolment in the app (tests lower it)
+_enrol_lock = threading.Lock()  # one enrolment grows a model at a time
+
+
+def upload_paths(files) -> list:
+    """Gradio File / Gallery upload values -> what enrol() takes: paths (a (path, caption) pair, a dict with
+    "path" or a FileData-like object give their path); PIL images and bytes pass through."""
+    if files is None:
+        return []
+    if isinstance(files, (str, os.PathLike, Image.Image, bytes)):
+        files = [files]
+    out = []
+    for f in files:
+        if isinstance(f, (tuple, list)) and f:
+            f = f[0]
+        if isinstance(f, dict):  # FileData as a dict, or a gallery item {"image": FileData, "caption": ...}
+            f = f.get("image", f)
+            f = f.get("path") or f.get("name") if isinstance(f, dict) else f
+        elif not isinstance(f, (str, os.PathLike, Image.Image, bytes, np.ndarray)) and hasattr(f, "path"):
+            f = f.path
+        if f is None:
+            continue
+        out.append(str(f) if isinstance(f, os.PathLike) else f)
+    return out
+
+
+def _class_thumbnail(model: CVAEGAN, idx: int, seed: int = 0, truncation: float = 0.7) -> Image.Image:
+    """The picker picture of one class, drawn like _class_samples draws them (same z for every class)."""
+    z = z_from_seeds([seed], model.config.z_dim, truncation)
+    return to_pil(I.generate(model, z, torch.tensor([idx]))[0])
+
+
+def enrol_class(target: Loaded | CVAEGAN, files, name, progress=None, steps: int | None = None,
+                seed: int = 0) -> tuple[str, Image.Image, str]:
+    """Learn a new class from 3-50 uploaded photos and add it to the served model (in place, under a lock).
+
+    target: a Loaded from the registry (its thumbnails and enrolled list follow) or a bare model.
+    Returns (the new class name, a before/after sheet: photos over samples with seeds 0-7, a status text).
+    EnrolError (a ValueError) for an empty or taken name, fewer than 3 photos, a broken file."""
+    loaded = target if isinstance(target, Loaded) else None
+    model = loaded.model if loaded is not None else target
+    paths = upload_paths(files)
+    n = ENROL_STEPS if steps is None else parse_number(steps, "steps", 1, 2000, integer=True)
+    EN.check_name(model, name)  # a clear error before the photos are read
+    t0 = time.perf_counter()
+
+    def report(f, msg):
+        if progress is not None:
+            progress(0.95 * f, msg)
+    cls = EN.enrol(model, paths, name, steps=n, seed=seed, progress=report)
+    if progress is not None:
+        progress(0.97, "adding the class to the model")
+    with _enrol_lock:
+        idx = EN.add_classes(model, [cls])[0]
+        if loaded is not None:
+            loaded.enrolled.append(cls)
+            thumbs = loaded.thumbnails[:idx] + [_class_thumbnail(model, idx)]
+            loaded.thumbnails = thumbs + loaded.thumbnails[idx + 1:]
+    photos = EN.load_photos(paths, model.config.resolution)
+    sheet = EN.before_after(model, photos, cls.name)
+    info = cls.info
+    text = (f"Added **{cls.name}** from {info['photos']} photos in {time.perf_counter() - t0:.0f} s "
+            f"(started from {info['init_from']}; reconstruction {info['recon_psnr_db_before']:.1f} -> "
+            f"{info['recon_psnr_db_after']:.1f} dB; C recognises {info['c_top1_samples']:.0%} of its samples). "
+            "It is selected in every class picker of this model until the app restarts. Top row: your photos "
+            "as the model sees them; below: samples with seeds 0-7.")
+    if cls.warnings:
+        text += "\n\n" + "\n".join(f"- Note: {w}" for w in cls.warnings)
+    return cls.name, sheet, text
