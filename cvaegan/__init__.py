@@ -1,4 +1,5 @@
 """cvaegan: a PyTorch implementation of CVAE-GAN (Bao et al., ICCV 2017) with a Gradio demo."""
+
 __version__ = "0.1.0"
 
 from .config import ModelConfig, TrainConfig  # noqa: E402

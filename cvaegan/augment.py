@@ -2,6 +2,7 @@
 
 Every random draw comes from an explicit torch.Generator so training stays reproducible and resumable.
 """
+
 from __future__ import annotations
 
 import torch
@@ -13,7 +14,7 @@ POLICIES = ("color", "translation", "cutout")
 
 
 def parse_policy(policy: str) -> list[str]:
-    """"color,translation" -> ["color", "translation"]; "" -> []. Unknown names raise InputError."""
+    """ "color,translation" -> ["color", "translation"]; "" -> []. Unknown names raise InputError."""
     names = [p.strip() for p in policy.split(",") if p.strip()]
     bad = [p for p in names if p not in POLICIES]
     if bad:

@@ -1,5 +1,6 @@
 """Benchmarks (not tests): training-step time and peak memory per configuration, and inference latency
 and throughput, on CPU and (when present) CUDA. `python -m cvaegan.bench [--write-readme]`."""
+
 from __future__ import annotations
 
 import json
@@ -33,8 +34,9 @@ def _timeit(fn, repeats: int, warmup: int = 2) -> list[float]:
     return out
 
 
-def train_step_once(resolution: int, batch: int, device: str, steps: int = 4, variant: str = "eager",
-                    preset: str = "none") -> dict:
+def train_step_once(
+    resolution: int, batch: int, device: str, steps: int = 4, variant: str = "eager", preset: str = "none"
+) -> dict:
     """Time `steps` training iterations of the default config (264 classes) on random data.
 
     variant (CPU): "eager"; "channels_last" (networks and inputs in channels_last memory format);
@@ -61,22 +63,36 @@ def train_step_once(resolution: int, batch: int, device: str, steps: int = 4, va
 
     def step():
         g = step_generator(0, tr.step)
-        noise = {"eps": torch.randn(batch, cfg.z_dim, generator=g).to(dev),
-                 "z_p": torch.randn(batch, cfg.z_dim, generator=g).to(dev),
-                 "c_p": torch.randint(0, 264, (batch,), generator=g).to(dev)}
+        noise = {
+            "eps": torch.randn(batch, cfg.z_dim, generator=g).to(dev),
+            "z_p": torch.randn(batch, cfg.z_dim, generator=g).to(dev),
+            "c_p": torch.randint(0, 264, (batch,), generator=g).to(dev),
+        }
         tr.train_step(x, c, g, noise)
+
     times = _timeit(step, steps, warmup=3 if variant == "compile" else 1)
-    peak = (torch.cuda.max_memory_allocated() / 2**20 if dev.type == "cuda"
-            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+    peak = (
+        torch.cuda.max_memory_allocated() / 2**20
+        if dev.type == "cuda"
+        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    )
     from torch.utils.flop_counter import FlopCounterMode
 
     with FlopCounterMode(display=False) as fc:  # counted once, on one extra step
         step()
     flops = fc.get_total_flops()
     step_s = statistics.median(times)
-    out = {"resolution": resolution, "batch": batch, "device": device, "variant": variant, "preset": preset,
-           "step_s": step_s, "peak_mib": round(peak),
-           "gflop_per_step": round(flops / 1e9, 1), "achieved_tflops": round(flops / step_s / 1e12, 4)}
+    out = {
+        "resolution": resolution,
+        "batch": batch,
+        "device": device,
+        "variant": variant,
+        "preset": preset,
+        "step_s": step_s,
+        "peak_mib": round(peak),
+        "gflop_per_step": round(flops / 1e9, 1),
+        "achieved_tflops": round(flops / step_s / 1e12, 4),
+    }
     if dev.type == "cuda":
         peak_tflops = bf16_peak_tflops(torch.cuda.get_device_name(dev))
         out["bf16_peak_fraction"] = round(out["achieved_tflops"] / peak_tflops, 4) if peak_tflops else None
@@ -84,8 +100,16 @@ def train_step_once(resolution: int, batch: int, device: str, steps: int = 4, va
 
 
 # Dense bf16 tensor-core peaks from the vendors' data sheets (TFLOP/s, without sparsity).
-BF16_PEAK_TFLOPS = {"H100 SXM": 989.4, "H100 PCIe": 756.0, "H100 NVL": 835.0, "H200": 989.4, "A100": 312.0,
-                    "L40S": 362.0, "A10G": 70.0, "L4": 121.0}
+BF16_PEAK_TFLOPS = {
+    "H100 SXM": 989.4,
+    "H100 PCIe": 756.0,
+    "H100 NVL": 835.0,
+    "H200": 989.4,
+    "A100": 312.0,
+    "L40S": 362.0,
+    "A10G": 70.0,
+    "L4": 121.0,
+}
 
 
 def bf16_peak_tflops(device_name: str) -> float | None:
@@ -112,17 +136,23 @@ def inference_latency(resolution: int, device: str, repeats: int = 20) -> dict:
     batched = _timeit(lambda: I.sample(model, 0, seeds, batch_size=32), max(3, repeats // 5))
     photo = Image.new("RGB", (resolution, resolution), (120, 100, 90))
     mask = torch.zeros(resolution, resolution)
-    mask[resolution // 4: 3 * resolution // 4, resolution // 4: 3 * resolution // 4] = 1
+    mask[resolution // 4 : 3 * resolution // 4, resolution // 4 : 3 * resolution // 4] = 1
     inp = _timeit(lambda: I.inpaint(model, photo, mask.numpy()), max(3, repeats // 2))
     rec = _timeit(lambda: I.reconstruct(model, photo), max(3, repeats // 2))
     a, b = I.endpoint(model, 0, 1), I.endpoint(model, 5, 2)
     morph = _timeit(lambda: I.interpolate(model, a, b, frames=8), max(3, repeats // 5))
     small = photo.resize((resolution // 4, resolution // 4))
     sr = _timeit(lambda: I.superresolve(model, small, steps=100), 2, warmup=1)
-    return {"resolution": resolution, "device": device, "sample_ms": 1000 * statistics.median(one),
-            "batched_img_per_s": 32 / statistics.median(batched), "inpaint_ms": 1000 * statistics.median(inp),
-            "reconstruct_ms": 1000 * statistics.median(rec), "interpolate8_ms": 1000 * statistics.median(morph),
-            "superres100_ms": 1000 * statistics.median(sr)}
+    return {
+        "resolution": resolution,
+        "device": device,
+        "sample_ms": 1000 * statistics.median(one),
+        "batched_img_per_s": 32 / statistics.median(batched),
+        "inpaint_ms": 1000 * statistics.median(inp),
+        "reconstruct_ms": 1000 * statistics.median(rec),
+        "interpolate8_ms": 1000 * statistics.median(morph),
+        "superres100_ms": 1000 * statistics.median(sr),
+    }
 
 
 def _pct_ms(seconds: list[float], q: float) -> float | None:
@@ -164,17 +194,27 @@ def app_round_trip(requests: int = 30) -> dict:
         tmp = Path(tempfile.mkdtemp())
         Image.fromarray((np.random.default_rng(0).random((r, r, 3)) * 255).astype("uint8")).save(tmp / "bg.png")
         layer = np.zeros((r, r, 4), np.uint8)
-        layer[r // 4: 3 * r // 4, r // 4: 3 * r // 4] = 255
+        layer[r // 4 : 3 * r // 4, r // 4 : 3 * r // 4] = 255
         Image.fromarray(layer, "RGBA").save(tmp / "mask.png")
-        editor = {"background": handle_file(str(tmp / "bg.png")), "layers": [handle_file(str(tmp / "mask.png"))],
-                  "composite": None, "id": None}
+        editor = {
+            "background": handle_file(str(tmp / "bg.png")),
+            "layers": [handle_file(str(tmp / "mask.png"))],
+            "composite": None,
+            "id": None,
+        }
         gen = _timeit(lambda: client.predict(choice, cls, 1, False, 1, 1.0, api_name="/generate"), requests)
         inp = _timeit(lambda: client.predict(choice, editor, "auto (C decides)", 4, 0, api_name="/inpaint"), requests)
     finally:
         app.demo.close()
 
-    return {"model": choice, "requests": requests, "generate_p50_ms": _pct_ms(gen, 0.5),
-            "generate_p95_ms": _pct_ms(gen, 0.95), "inpaint_p50_ms": _pct_ms(inp, 0.5), "inpaint_p95_ms": _pct_ms(inp, 0.95)}
+    return {
+        "model": choice,
+        "requests": requests,
+        "generate_p50_ms": _pct_ms(gen, 0.5),
+        "generate_p95_ms": _pct_ms(gen, 0.95),
+        "inpaint_p50_ms": _pct_ms(inp, 0.5),
+        "inpaint_p95_ms": _pct_ms(inp, 0.95),
+    }
 
 
 def _rss_mib() -> float:
@@ -213,7 +253,7 @@ def load_test(clients: int = 16, requests_per_client: int = 8, weights: str | No
             Image.fromarray((rng.random((r, r, 3)) * 255).astype("uint8")).save(tmp / f"bg{i}.png")
             layer = np.zeros((r, r, 4), np.uint8)
             a, b = sorted(rng.integers(0, r, 2))
-            layer[a:b + 4, a:b + 4] = 255
+            layer[a : b + 4, a : b + 4] = 255
             Image.fromarray(layer, "RGBA").save(tmp / f"mask{i}.png")
         url = app.demo.local_url
         warm = Client(url, verbose=False)
@@ -224,6 +264,7 @@ def load_test(clients: int = 16, requests_per_client: int = 8, weights: str | No
         def watch():
             while not stop.wait(0.05):
                 rss["peak"] = max(rss["peak"], _rss_mib())
+
         watcher = threading.Thread(target=watch, daemon=True)
         watcher.start()
 
@@ -239,8 +280,12 @@ def load_test(clients: int = 16, requests_per_client: int = 8, weights: str | No
                         c.predict(choice, rnd.choice(names), rnd.randrange(10**6), False, 1, 1.0, api_name="/generate")
                     else:
                         i = rnd.randrange(4)
-                        editor = {"background": handle_file(str(tmp / f"bg{i}.png")),
-                                  "layers": [handle_file(str(tmp / f"mask{i}.png"))], "composite": None, "id": None}
+                        editor = {
+                            "background": handle_file(str(tmp / f"bg{i}.png")),
+                            "layers": [handle_file(str(tmp / f"mask{i}.png"))],
+                            "composite": None,
+                            "id": None,
+                        }
                         c.predict(choice, editor, "auto (C decides)", 4, 0, api_name="/inpaint")
                     err = None
                 except Exception as e:  # counted and reported, never raised
@@ -261,29 +306,50 @@ def load_test(clients: int = 16, requests_per_client: int = 8, weights: str | No
     def pct(v, q):
         ms = _pct_ms(v, q)
         return None if ms is None else round(ms)
+
     lat = {k: [t for kind, t, e in results if kind == k and e is None] for k in ("generate", "inpaint")}
     errors = [e for _, _, e in results if e]
-    return {"model": choice, "clients": clients, "requests": len(results), "errors": len(errors),
-            "error_examples": errors[:3], "wall_s": round(wall, 1),
-            "throughput_req_per_s": round(len(results) / wall, 2),
-            "generate_p50_ms": pct(lat["generate"], 0.5), "generate_p95_ms": pct(lat["generate"], 0.95),
-            "inpaint_p50_ms": pct(lat["inpaint"], 0.5), "inpaint_p95_ms": pct(lat["inpaint"], 0.95),
-            "rss_start_mib": round(rss["start"]), "rss_peak_mib": round(rss["peak"]), "rss_end_mib": round(rss["end"])}
+    return {
+        "model": choice,
+        "clients": clients,
+        "requests": len(results),
+        "errors": len(errors),
+        "error_examples": errors[:3],
+        "wall_s": round(wall, 1),
+        "throughput_req_per_s": round(len(results) / wall, 2),
+        "generate_p50_ms": pct(lat["generate"], 0.5),
+        "generate_p95_ms": pct(lat["generate"], 0.95),
+        "inpaint_p50_ms": pct(lat["inpaint"], 0.5),
+        "inpaint_p95_ms": pct(lat["inpaint"], 0.95),
+        "rss_start_mib": round(rss["start"]),
+        "rss_peak_mib": round(rss["peak"]),
+        "rss_end_mib": round(rss["end"]),
+    }
 
 
 def _in_subprocess(kind: str, *args) -> dict:
     """Run one measurement in a fresh process so peak memory belongs to it alone."""
-    code = f"import json, torch; from cvaegan import bench; torch.set_num_threads({torch.get_num_threads()}); " \
-           f"print(json.dumps(bench.{kind}(*{list(args)!r})))"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
-                         cwd=Path(__file__).resolve().parent.parent)
+    code = (
+        f"import json, torch; from cvaegan import bench; torch.set_num_threads({torch.get_num_threads()}); "
+        f"print(json.dumps(bench.{kind}(*{list(args)!r})))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def step_variants(resolution: int = 64, batch: int = 32, steps: int = 6, preset: str = "v1") -> str:
     """Seconds per CPU training step: eager vs channels_last vs torch.compile, each in a fresh process."""
-    lines = [f"| {resolution} px, batch {batch}, preset {preset}, CPU, {torch.get_num_threads()} threads | seconds / step "
-             "| vs eager |", "|---|---|---|"]
+    lines = [
+        f"| {resolution} px, batch {batch}, preset {preset}, CPU, {torch.get_num_threads()} threads | seconds / step "
+        "| vs eager |",
+        "|---|---|---|",
+    ]
     base = None
     for variant in ("eager", "channels_last", "compile"):
         try:
@@ -299,34 +365,48 @@ def step_variants(resolution: int = 64, batch: int = 32, steps: int = 6, preset:
 def run(write_readme: bool = False, quick: bool = False, app: bool = True) -> str:
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     train_cfgs = [(32, 32), (64, 32), (64, 64), (128, 16)] if not quick else [(32, 8)]
-    lines = [f"Measured {time.strftime('%Y-%m-%d')} with `python -m cvaegan.bench` on {platform.machine()} "
-             f"({os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads); default "
-             "widths per resolution, 264 classes, random weights (speed does not depend on training).", "",
-             "| training step | device | seconds / step | peak memory (MiB) | GFLOP / step | achieved TFLOP/s "
-             "| fraction of bf16 peak |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        f"Measured {time.strftime('%Y-%m-%d')} with `python -m cvaegan.bench` on {platform.machine()} "
+        f"({os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads); default "
+        "widths per resolution, 264 classes, random weights (speed does not depend on training).",
+        "",
+        "| training step | device | seconds / step | peak memory (MiB) | GFLOP / step | achieved TFLOP/s "
+        "| fraction of bf16 peak |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for dev in devices:
         for res, b in train_cfgs:
             r = _in_subprocess("train_step_once", res, b, dev)
             mem = "process RSS" if dev == "cpu" else "CUDA allocated"
             frac = r.get("bf16_peak_fraction")
-            lines.append(f"| {res} px, batch {b} | {dev} | {r['step_s']:.2f} | {r['peak_mib']} ({mem}) | "
-                         f"{r['gflop_per_step']:.0f} | {r['achieved_tflops']:.3f} | "
-                         f"{'-' if dev == 'cpu' else (f'{100 * frac:.1f}%' if frac else 'unknown device')} |")
-    lines += ["", "| inference | device | sample, 1 image (ms) | batched sampling (img/s) | inpaint, 4 iterations (ms) "
-              "| reconstruct (ms) | interpolate, 8 frames (ms) | super-resolve, 100 steps (ms) |",
-              "|---|---|---|---|---|---|---|---|"]
+            lines.append(
+                f"| {res} px, batch {b} | {dev} | {r['step_s']:.2f} | {r['peak_mib']} ({mem}) | "
+                f"{r['gflop_per_step']:.0f} | {r['achieved_tflops']:.3f} | "
+                f"{'-' if dev == 'cpu' else (f'{100 * frac:.1f}%' if frac else 'unknown device')} |"
+            )
+    lines += [
+        "",
+        "| inference | device | sample, 1 image (ms) | batched sampling (img/s) | inpaint, 4 iterations (ms) "
+        "| reconstruct (ms) | interpolate, 8 frames (ms) | super-resolve, 100 steps (ms) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for dev in devices:
-        for res in ((64, 128) if not quick else (32,)):
+        for res in (64, 128) if not quick else (32,):
             r = _in_subprocess("inference_latency", res, dev, 5 if quick else 20)
-            lines.append(f"| {res} px | {dev} | {r['sample_ms']:.1f} | {r['batched_img_per_s']:.0f} | "
-                         f"{r['inpaint_ms']:.0f} | {r['reconstruct_ms']:.1f} | {r['interpolate8_ms']:.0f} | "
-                         f"{r['superres100_ms']:.0f} |")
+            lines.append(
+                f"| {res} px | {dev} | {r['sample_ms']:.1f} | {r['batched_img_per_s']:.0f} | "
+                f"{r['inpaint_ms']:.0f} | {r['reconstruct_ms']:.1f} | {r['interpolate8_ms']:.0f} | "
+                f"{r['superres100_ms']:.0f} |"
+            )
     if app:
         r = _in_subprocess("app_round_trip", 10 if quick else 30)
-        lines += ["", f"| app round trip via gradio_client ({r['model']}, {r['requests']} sequential requests) | p50 (ms) | p95 (ms) |",
-                  "|---|---|---|",
-                  f"| generate 1 image | {r['generate_p50_ms']:.0f} | {r['generate_p95_ms']:.0f} |",
-                  f"| inpaint (4 iterations) | {r['inpaint_p50_ms']:.0f} | {r['inpaint_p95_ms']:.0f} |"]
+        lines += [
+            "",
+            f"| app round trip via gradio_client ({r['model']}, {r['requests']} sequential requests) | p50 (ms) | p95 (ms) |",
+            "|---|---|---|",
+            f"| generate 1 image | {r['generate_p50_ms']:.0f} | {r['generate_p95_ms']:.0f} |",
+            f"| inpaint (4 iterations) | {r['inpaint_p50_ms']:.0f} | {r['inpaint_p95_ms']:.0f} |",
+        ]
     table = "\n".join(lines)
     if write_readme:
         readme = Path(__file__).resolve().parent.parent / "README.md"
@@ -341,13 +421,18 @@ if __name__ == "__main__":
     import argparse
 
     ap = argparse.ArgumentParser(description=__doc__)
-    ap.add_argument("--write-readme", action="store_true", help="replace the table between the bench markers in README.md")
+    ap.add_argument(
+        "--write-readme", action="store_true", help="replace the table between the bench markers in README.md"
+    )
     ap.add_argument("--quick", action="store_true", help="one small configuration (to check the script works)")
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     ap.add_argument("--no-app", action="store_true", help="skip the app round-trip measurement")
     ap.add_argument("--load", action="store_true", help="only the load test: 16 concurrent gradio_client clients")
-    ap.add_argument("--step-variants", action="store_true", help="only eager vs channels_last vs torch.compile "
-                    "for the CPU training step (64 px, batch 32)")
+    ap.add_argument(
+        "--step-variants",
+        action="store_true",
+        help="only eager vs channels_last vs torch.compile for the CPU training step (64 px, batch 32)",
+    )
     ap.add_argument("--clients", type=int, default=16, help="load test: concurrent clients (default 16)")
     ap.add_argument("--requests", type=int, default=8, help="load test: requests per client (default 8)")
     a = ap.parse_args()

@@ -3,6 +3,7 @@ resolution, the fill is upsampled smoothly and blended in without a seam; known 
 
 Photos are (H, W, 3) uint8 arrays or PIL images; masks (H, W) bool, True = missing.
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -28,6 +29,7 @@ def window_box(mask: np.ndarray) -> tuple[int, int, int]:
     def place(lo, hi, size):
         start = (lo + hi) // 2 - side // 2
         return int(min(max(start, 0), size - side)) if side <= size else int((size - side) // 2)
+
     return place(x0, x1, w), place(y0, y1, h), side
 
 
@@ -86,8 +88,15 @@ def top_classes(model: CVAEGAN, x: torch.Tensor, k: int = 3) -> list[tuple[int, 
     return [(int(a), float(b)) for a, b in zip(i, p)]
 
 
-def inpaint(model: CVAEGAN, photo, mask: np.ndarray, cls: int | None = None, iterations: int = 4,
-            refine_steps: int = 0, progress=None) -> dict:
+def inpaint(
+    model: CVAEGAN,
+    photo,
+    mask: np.ndarray,
+    cls: int | None = None,
+    iterations: int = 4,
+    refine_steps: int = 0,
+    progress=None,
+) -> dict:
     """Fill the masked pixels of a photo of any size at its own resolution.
 
     photo: PIL RGB or (H, W, 3) uint8; mask: (H, W) bool, True = missing (not empty).
@@ -105,14 +114,15 @@ def inpaint(model: CVAEGAN, photo, mask: np.ndarray, cls: int | None = None, ite
     left, top, side = window_box(mask)
     h, w = mask.shape
     win = _crop(src, left, top, side)
-    yy, xx = np.mgrid[top:top + side, left:left + side]
+    yy, xx = np.mgrid[top : top + side, left : left + side]
     outside = (yy < 0) | (yy >= h) | (xx < 0) | (xx >= w)  # replicated edge pixels: the model refills them
     wmask = _crop(mask, left, top, side) & ~outside
     x = torch.from_numpy(win.astype(np.float32) / 127.5 - 1).permute(2, 0, 1)[None]
     x_small = F.interpolate(x, size=(r, r), mode="bicubic", align_corners=False, antialias=True).clamp(-1, 1)
     hole = torch.from_numpy((wmask | outside).astype(np.float32))[None, None]
-    m_small = F.adaptive_max_pool2d(hole, (r, r)) > 0 if side >= r else \
-        F.interpolate(hole, size=(r, r), mode="nearest") > 0  # every model pixel touching the hole is refilled
+    m_small = (
+        F.adaptive_max_pool2d(hole, (r, r)) > 0 if side >= r else F.interpolate(hole, size=(r, r), mode="nearest") > 0
+    )  # every model pixel touching the hole is refilled
     top3: list[tuple[int, float]] = []
     if cls is None:
         known = (~m_small).float()

@@ -10,6 +10,7 @@ space, reconstruction PSNR of held-out photos, intra-class diversity, and a shee
 Re-running the same command resumes training and skips snapshots already judged. Results of every recipe in
 DIR land in DIR/budget.json, DIR/budget.md (the README table) and DIR/budget.png (top-1 against CPU-minutes).
 """
+
 from __future__ import annotations
 
 import json
@@ -50,20 +51,51 @@ def recipe_args(recipe: str, extra: list[str] | None = None) -> list[str]:
     return list(RECIPES.get(recipe, [])) + list(extra or [])
 
 
-def train_recipe(data: str, run: Path, recipe: str, minutes: float, threads: int, extra: list[str] | None = None,
-                 seed: int = 0) -> None:
+def train_recipe(
+    data: str, run: Path, recipe: str, minutes: float, threads: int, extra: list[str] | None = None, seed: int = 0
+) -> None:
     """Train (or resume) `recipe` in `run` until it has used `minutes` CPU-minutes."""
     marks = [m for m in MARKS if m < minutes] + [minutes]  # the end of the budget is always a snapshot
-    args = ["--data", data, "--out", str(run), "--budget-minutes", str(minutes), "--steps", str(10**9),
-            "--snapshot-minutes", ",".join(str(m) for m in marks), "--threads", str(threads), "--val-fraction", "0.1",
-            "--seed", str(seed), "--sample-every", "500", "--checkpoint-every", "100", "--log-every", "25",
-            "--device", "cpu"]
+    args = [
+        "--data",
+        data,
+        "--out",
+        str(run),
+        "--budget-minutes",
+        str(minutes),
+        "--steps",
+        str(10**9),
+        "--snapshot-minutes",
+        ",".join(str(m) for m in marks),
+        "--threads",
+        str(threads),
+        "--val-fraction",
+        "0.1",
+        "--seed",
+        str(seed),
+        "--sample-every",
+        "500",
+        "--checkpoint-every",
+        "100",
+        "--log-every",
+        "25",
+        "--device",
+        "cpu",
+    ]
     state = run / "budget_state.json"
     if state.is_file() and json.loads(state.read_text()).get("minutes", 0) >= minutes:
         _log(f"{run.name}: already trained for {minutes} CPU-minutes")
         return
     resume = ["--resume"] if (run / "checkpoint.pt").is_file() else []
-    cmd = [sys.executable, "-m", "cvaegan", "train", *args, *(recipe_args(recipe, extra) if not resume else []), *resume]
+    cmd = [
+        sys.executable,
+        "-m",
+        "cvaegan",
+        "train",
+        *args,
+        *(recipe_args(recipe, extra) if not resume else []),
+        *resume,
+    ]
     _log(f"{run.name}: {' '.join(cmd[3:])}")
     run.mkdir(parents=True, exist_ok=True)
     with open(run.parent / f"{run.name}.log", "a") as log:
@@ -108,8 +140,12 @@ def evaluate_snapshot(snap: Path, data, judge, samples_per_class: int, sheet_pat
         if best is None or top1 > best[1]["discriminability"]["judge_top1_generated"]:
             best = (kind, r, model)
         clock = state.get("clock", {})
-        row = {"step": int(state["step"]), "images_seen": int(clock.get("images", 0)),
-               "wall_min": round(clock.get("wall_s", 0) / 60, 2), "threads": clock.get("threads")}
+        row = {
+            "step": int(state["step"]),
+            "images_seen": int(clock.get("images", 0)),
+            "wall_min": round(clock.get("wall_s", 0) / 60, 2),
+            "threads": clock.get("threads"),
+        }
         row[f"top1_{kind}"] = top1
         if kind == kinds[0]:
             out = row
@@ -117,12 +153,17 @@ def evaluate_snapshot(snap: Path, data, judge, samples_per_class: int, sheet_pat
             out.update(row)
     kind, r, model = best
     sheet(model, grid_classes(model.config.num_classes, 8), sheet_path)
-    out.update({
-        "generator": kind, "top1": r["discriminability"]["judge_top1_generated"],
-        "real_top1": r["discriminability"]["judge_top1_real_val"], "fid": r["fid_judge"],
-        "psnr": r["reconstruction"]["psnr_db"], "diversity": r["intra_class_diversity"]["generated"],
-        "samples": r["generated_images"],
-    })
+    out.update(
+        {
+            "generator": kind,
+            "top1": r["discriminability"]["judge_top1_generated"],
+            "real_top1": r["discriminability"]["judge_top1_real_val"],
+            "fid": r["fid_judge"],
+            "psnr": r["reconstruction"]["psnr_db"],
+            "diversity": r["intra_class_diversity"]["generated"],
+            "samples": r["generated_images"],
+        }
+    )
     return out
 
 
@@ -136,8 +177,10 @@ def judge_snapshots(run: Path, data, judge, samples_per_class: int) -> dict:
         if cache.get(minute, {}).get("judge") == key_judge:
             continue
         _log(f"{run.name}: judging the {minute}-minute snapshot")
-        cache[minute] = {"judge": key_judge,
-                         **evaluate_snapshot(snap, data, judge, samples_per_class, run / f"sheet_{minute}min.png")}
+        cache[minute] = {
+            "judge": key_judge,
+            **evaluate_snapshot(snap, data, judge, samples_per_class, run / f"sheet_{minute}min.png"),
+        }
         cache_path.write_text(json.dumps(cache, indent=1) + "\n")
     return cache
 
@@ -155,27 +198,43 @@ def markdown(results: dict[str, dict], data_name: str) -> str:
         return "No judged runs yet.\n"
     any_row = next(iter(next(iter(results.values())).values()))
     threads = sorted({str(r.get("threads")) for rows in results.values() for r in rows.values()})
-    lines = [f"`{data_name}`, {'/'.join(threads)} threads, judge top-1 on held-out real photos "
-             f"{100 * any_row['real_top1']:.1f}% (the ceiling); {any_row['samples']} samples per row.",
-             "",
-             "| recipe | CPU-minutes | steps | images seen | wall minutes | judge top-1 on samples (G used) "
-             "| top-1: EMA / live G | FID (judge) | recon PSNR (held-out) | diversity |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"`{data_name}`, {'/'.join(threads)} threads, judge top-1 on held-out real photos "
+        f"{100 * any_row['real_top1']:.1f}% (the ceiling); {any_row['samples']} samples per row.",
+        "",
+        "| recipe | CPU-minutes | steps | images seen | wall minutes | judge top-1 on samples (G used) "
+        "| top-1: EMA / live G | FID (judge) | recon PSNR (held-out) | diversity |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for recipe, rows in results.items():
         for minute in sorted(rows, key=float):
             r = rows[minute]
             both = " / ".join(f"{100 * r[k]:.1f}%" if k in r else "-" for k in ("top1_ema", "top1_live"))
-            lines.append(f"| {recipe} | {minute} | {r['step']:,} | {r['images_seen']:,} | {r['wall_min']} "
-                         f"| {100 * r['top1']:.1f}% ({r.get('generator', 'live')}) | {both} | {r['fid']:.2f} "
-                         f"| {r['psnr']:.2f} dB | {r['diversity']:.3f} |")
+            lines.append(
+                f"| {recipe} | {minute} | {r['step']:,} | {r['images_seen']:,} | {r['wall_min']} "
+                f"| {100 * r['top1']:.1f}% ({r.get('generator', 'live')}) | {both} | {r['fid']:.2f} "
+                f"| {r['psnr']:.2f} dB | {r['diversity']:.3f} |"
+            )
     lines.append("")
-    lines.append("Each row is judged with the better of the EMA of G and the live G by top-1 (both top-1s shown); "
-                 "sheets: `sheet_<minutes>min.png` in each run folder, rows = 8 classes, columns = seeds 0-7.")
+    lines.append(
+        "Each row is judged with the better of the EMA of G and the live G by top-1 (both top-1s shown); "
+        "sheets: `sheet_<minutes>min.png` in each run folder, rows = 8 classes, columns = seeds 0-7."
+    )
     return "\n".join(lines) + "\n"
 
 
-COLOURS = [(200, 60, 40), (40, 110, 200), (40, 160, 80), (150, 80, 180), (230, 150, 20), (90, 90, 90),
-           (20, 170, 170), (180, 40, 120), (120, 120, 30), (0, 0, 0)]
+COLOURS = [
+    (200, 60, 40),
+    (40, 110, 200),
+    (40, 160, 80),
+    (150, 80, 180),
+    (230, 150, 20),
+    (90, 90, 90),
+    (20, 170, 170),
+    (180, 40, 120),
+    (120, 120, 30),
+    (0, 0, 0),
+]
 
 
 def plot(results: dict[str, dict], out: Path, title: str) -> None:
@@ -212,9 +271,19 @@ def plot(results: dict[str, dict], out: Path, title: str) -> None:
     img.save(out)
 
 
-def run_budget(data_path: str, recipe: str, minutes: float, out: str | Path, judge_dir: str, threads: int = 2,
-               samples_per_class: int = 10, extra: list[str] | None = None, name: str | None = None,
-               seed: int = 0, train_only: bool = False) -> dict:
+def run_budget(
+    data_path: str,
+    recipe: str,
+    minutes: float,
+    out: str | Path,
+    judge_dir: str,
+    threads: int = 2,
+    samples_per_class: int = 10,
+    extra: list[str] | None = None,
+    name: str | None = None,
+    seed: int = 0,
+    train_only: bool = False,
+) -> dict:
     out = Path(out)
     run = out / (name or recipe)
     train_recipe(data_path, run, recipe, minutes, threads, extra, seed)

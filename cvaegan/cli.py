@@ -1,4 +1,5 @@
 """`python -m cvaegan <command>`: one argparse parser per command, each making one call into the package."""
+
 from __future__ import annotations
 
 import argparse
@@ -13,8 +14,12 @@ from .errors import CVAEGANError, InputError
 
 
 def _add_weights(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--weights", default=None, metavar="DIR_OR_REPO",
-                   help="weights folder or Hub repo id owner/name (default: the bundled weights/)")
+    p.add_argument(
+        "--weights",
+        default=None,
+        metavar="DIR_OR_REPO",
+        help="weights folder or Hub repo id owner/name (default: the bundled weights/)",
+    )
     p.add_argument("--revision", default=None, help="Hub branch, tag or commit (with a repo id)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to run (default auto)")
 
@@ -57,32 +62,51 @@ def add_config_options(p: argparse.ArgumentParser, cls, only_cli: bool = True) -
         if kind is bool:
             pos, neg = (flags + (f"--no-{flags[0][2:]}",))[:2]
             p.add_argument(pos, dest=f.name, action="store_true", default=argparse.SUPPRESS, help=help_)
-            p.add_argument(neg, dest=f.name, action="store_false", default=argparse.SUPPRESS,
-                           help=f"turn {pos} off")
+            p.add_argument(neg, dest=f.name, action="store_false", default=argparse.SUPPRESS, help=f"turn {pos} off")
         elif f.name == "betas":
             for i, flag in enumerate(flags):
-                p.add_argument(flag, dest=f"betas_{i}", type=float, default=argparse.SUPPRESS,
-                               help=f"Adam beta{i + 1} (default: {default[i]}; paper: unknown (?))")
+                p.add_argument(
+                    flag,
+                    dest=f"betas_{i}",
+                    type=float,
+                    default=argparse.SUPPRESS,
+                    help=f"Adam beta{i + 1} (default: {default[i]}; paper: unknown (?))",
+                )
         else:
             base = typing.get_args(kind)[0] if typing.get_origin(kind) in (typing.Union, types.UnionType) else kind
-            p.add_argument(*flags, dest=f.name, type=base, default=argparse.SUPPRESS, choices=meta.get("choices"),
-                           help=help_)
+            p.add_argument(
+                *flags, dest=f.name, type=base, default=argparse.SUPPRESS, choices=meta.get("choices"), help=help_
+            )
         added.append(f.name)
     return added
 
 
 def _train_parser(sub) -> argparse.ArgumentParser:
-    p = sub.add_parser("train", help="train on a labelled image folder or .tar", description=(
-        "Train CVAE-GAN on an ImageFolder directory (<class_folder>/<image>) or an uncompressed .tar of one. "
-        "Writes metrics.jsonl, sample grids, checkpoint.pt and export/ into --out. Options start from --preset "
-        "(default v2, the recipe measured best per CPU-hour); options you give win. "
-        "Multi-GPU: torchrun --nproc_per_node=N -m cvaegan train ..."))
-    p.add_argument("--data", required=True, help="folder or .tar in ImageFolder layout (metadata.csv beside it gives display names)")
+    p = sub.add_parser(
+        "train",
+        help="train on a labelled image folder or .tar",
+        description=(
+            "Train CVAE-GAN on an ImageFolder directory (<class_folder>/<image>) or an uncompressed .tar of one. "
+            "Writes metrics.jsonl, sample grids, checkpoint.pt and export/ into --out. Options start from --preset "
+            "(default v2, the recipe measured best per CPU-hour); options you give win. "
+            "Multi-GPU: torchrun --nproc_per_node=N -m cvaegan train ..."
+        ),
+    )
+    p.add_argument(
+        "--data",
+        required=True,
+        help="folder or .tar in ImageFolder layout (metadata.csv beside it gives display names)",
+    )
     p.add_argument("--out", required=True, help="run folder (created); holds the checkpoint, samples and export/")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint.pt")
-    p.add_argument("--init-from", default=None, metavar="WEIGHTS", help="warm start: all four networks and the "
-                   "running feature means from a weights folder that carries discriminator.safetensors (fresh "
-                   "optimisers); its architecture wins over the architecture options")
+    p.add_argument(
+        "--init-from",
+        default=None,
+        metavar="WEIGHTS",
+        help="warm start: all four networks and the "
+        "running feature means from a weights folder that carries discriminator.safetensors (fresh "
+        "optimisers); its architecture wins over the architecture options",
+    )
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
     g = p.add_argument_group("architecture (ModelConfig; saved with the weights)")
     add_config_options(g, ModelConfig)
@@ -91,7 +115,9 @@ def _train_parser(sub) -> argparse.ArgumentParser:
     return p
 
 
-def train_configs(a: argparse.Namespace, num_classes: int, resolution: int | None = None) -> tuple[TrainConfig, ModelConfig]:
+def train_configs(
+    a: argparse.Namespace, num_classes: int, resolution: int | None = None
+) -> tuple[TrainConfig, ModelConfig]:
     """The run's configs: the preset's values, then every option the user gave."""
     given = vars(a)
     preset = given.get("preset", TRAIN_DEFAULT_PRESET)
@@ -126,6 +152,7 @@ def cmd_train(a: argparse.Namespace) -> int:
             resolution = json.loads(ckpt.read_text())["resolution"]
     elif a.init_from:
         from .hub import read_config
+
         resolution = read_config(Path(a.init_from)).resolution
     data = load_images(a.data, resolution)
     tcfg, mcfg = train_configs(a, data.num_classes, resolution)
@@ -135,15 +162,29 @@ def cmd_train(a: argparse.Namespace) -> int:
 
 
 def _export_parser(sub) -> argparse.ArgumentParser:
-    p = sub.add_parser("export", help="export a run's checkpoint as a weights folder", description=(
-        "Write config.json + *.safetensors from RUN/checkpoint.pt (e.g. to publish a run that is still training)."))
+    p = sub.add_parser(
+        "export",
+        help="export a run's checkpoint as a weights folder",
+        description=(
+            "Write config.json + *.safetensors from RUN/checkpoint.pt (e.g. to publish a run that is still training)."
+        ),
+    )
     p.add_argument("--run", required=True, help="run folder holding checkpoint.pt")
     p.add_argument("--out", required=True, help="weights folder to write")
     p.add_argument("--no-fp16", action="store_true", help="store float32 weights")
-    p.add_argument("--no-discriminator", dest="export_discriminator", action="store_false", default=True,
-                   help="leave out D and the running feature means (then `train --init-from` cannot use the folder)")
-    p.add_argument("--export-discriminator", dest="export_discriminator", action="store_true",
-                   help="export D and the running feature means (the default; kept for old scripts)")
+    p.add_argument(
+        "--no-discriminator",
+        dest="export_discriminator",
+        action="store_false",
+        default=True,
+        help="leave out D and the running feature means (then `train --init-from` cannot use the folder)",
+    )
+    p.add_argument(
+        "--export-discriminator",
+        dest="export_discriminator",
+        action="store_true",
+        help="export D and the running feature means (the default; kept for old scripts)",
+    )
     p.add_argument("--no-ema", action="store_true", help="export the raw generator even if the run kept an EMA of it")
     return p
 
@@ -151,17 +192,26 @@ def _export_parser(sub) -> argparse.ArgumentParser:
 def cmd_export(a: argparse.Namespace) -> int:
     from .train import export_checkpoint
 
-    print(f"wrote {export_checkpoint(a.run, a.out, fp16=not a.no_fp16, include_discriminator=a.export_discriminator, use_ema=not a.no_ema)}")
+    print(
+        f"wrote {export_checkpoint(a.run, a.out, fp16=not a.no_fp16, include_discriminator=a.export_discriminator, use_ema=not a.no_ema)}"
+    )
     return 0
 
 
 def _sample_parser(sub) -> argparse.ArgumentParser:
-    p = sub.add_parser("sample", help="generate images of a class", description=(
-        "Generate one image per seed for a class and save them as a grid PNG (or one file per seed with --out DIR/)."))
+    p = sub.add_parser(
+        "sample",
+        help="generate images of a class",
+        description=(
+            "Generate one image per seed for a class and save them as a grid PNG (or one file per seed with --out DIR/)."
+        ),
+    )
     _add_weights(p)
     p.add_argument("--class", dest="cls", required=True, help="class display name, folder name or index")
     p.add_argument("--seeds", default="0-7", help="seeds, e.g. 0-7,12 (default 0-7)")
-    p.add_argument("--truncation", type=float, default=1.0, help="scale of z (1 = prior, lower = less varied; default 1)")
+    p.add_argument(
+        "--truncation", type=float, default=1.0, help="scale of z (1 = prior, lower = less varied; default 1)"
+    )
     p.add_argument("--columns", type=int, default=8, help="images per grid row (default 8)")
     p.add_argument("--out", required=True, help="output PNG path")
     return p
@@ -176,15 +226,22 @@ def cmd_sample(a: argparse.Namespace) -> int:
     seeds = parse_seeds(a.seeds)
     x = sample(model, a.cls, seeds, truncation=a.truncation)
     save_png(make_grid(x, ncol=min(a.columns, len(seeds)), pad=0 if len(seeds) == 1 else 2), a.out)
-    print(f"wrote {a.out} ({len(seeds)} image(s) of class {model.config.class_names[model.config.class_index(a.cls)]!r})")
+    print(
+        f"wrote {a.out} ({len(seeds)} image(s) of class {model.config.class_names[model.config.class_index(a.cls)]!r})"
+    )
     return 0
 
 
 def _release_parser(sub) -> argparse.ArgumentParser:
-    p = sub.add_parser("release", help="export a run as a published weights folder with figures and a model card",
-                       description=("Export RUN's checkpoint into OUT, add latent directions (PCs + attr_* columns), "
-                                    "measure C's top-1 and reconstruction PSNR on the run's held-out split, and write "
-                                    "samples.png, thumbnails.png, loss_curves.png and README.md (the model card)."))
+    p = sub.add_parser(
+        "release",
+        help="export a run as a published weights folder with figures and a model card",
+        description=(
+            "Export RUN's checkpoint into OUT, add latent directions (PCs + attr_* columns), "
+            "measure C's top-1 and reconstruction PSNR on the run's held-out split, and write "
+            "samples.png, thumbnails.png, loss_curves.png and README.md (the model card)."
+        ),
+    )
     p.add_argument("--run", required=True, help="run folder (checkpoint.pt, metrics.jsonl, train_config.json)")
     p.add_argument("--out", required=True, help="weights folder to write, e.g. weights/faces")
     p.add_argument("--data", required=True, help="the run's training data (folder or .tar + metadata.csv)")
@@ -192,30 +249,65 @@ def _release_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--hardware", default=None, help="what it was trained on, for the card (default: this CPU)")
     p.add_argument("--notes", default="", help="extra paragraph for the card (e.g. known weaknesses)")
     p.add_argument("--components", type=int, default=8, help="principal directions to save (default 8)")
-    p.add_argument("--examples", default=None, help="also write generated example images + masks for the app here (e.g. examples)")
+    p.add_argument(
+        "--examples", default=None, help="also write generated example images + masks for the app here (e.g. examples)"
+    )
     p.add_argument("--no-ema", action="store_true", help="ship the raw generator even if the run kept an EMA of it")
-    p.add_argument("--attribute-judge", default=None, help="attribute judge folder (`cvaegan judge --attributes`): "
-                   "re-measure each direction on generated images for the model card")
-    p.add_argument("--direction-judge", default=None, help="attribute judge folder: fit the attr_* directions on "
-                   "generated samples it scores (default: on E's codes of the training photos). Use a different "
-                   "judge (another --seed) for --attribute-judge so that the check is independent of the fit")
-    p.add_argument("--decorrelate", action="store_true", help="make each attr_* direction orthogonal to the other "
-                   "attributes' regression weights (fewer side effects, see `directions --help`)")
+    p.add_argument(
+        "--attribute-judge",
+        default=None,
+        help="attribute judge folder (`cvaegan judge --attributes`): "
+        "re-measure each direction on generated images for the model card",
+    )
+    p.add_argument(
+        "--direction-judge",
+        default=None,
+        help="attribute judge folder: fit the attr_* directions on "
+        "generated samples it scores (default: on E's codes of the training photos). Use a different "
+        "judge (another --seed) for --attribute-judge so that the check is independent of the fit",
+    )
+    p.add_argument(
+        "--decorrelate",
+        action="store_true",
+        help="make each attr_* direction orthogonal to the other "
+        "attributes' regression weights (fewer side effects, see `directions --help`)",
+    )
     return p
 
 
 def cmd_release(a: argparse.Namespace) -> int:
     from .release import release
 
-    figures = release(a.run, a.out, a.data, a.name, a.hardware, a.notes, a.components, a.examples, use_ema=not a.no_ema,
-                      attribute_judge=a.attribute_judge, direction_judge=a.direction_judge, decorrelate=a.decorrelate)
-    print(json.dumps({k: v for k, v in figures.items() if k not in ("c_top1_generated_per_class", "directions")}, indent=1))
+    figures = release(
+        a.run,
+        a.out,
+        a.data,
+        a.name,
+        a.hardware,
+        a.notes,
+        a.components,
+        a.examples,
+        use_ema=not a.no_ema,
+        attribute_judge=a.attribute_judge,
+        direction_judge=a.direction_judge,
+        decorrelate=a.decorrelate,
+    )
+    print(
+        json.dumps(
+            {k: v for k, v in figures.items() if k not in ("c_top1_generated_per_class", "directions")}, indent=1
+        )
+    )
     return 0
 
 
 def _push_parser(sub) -> argparse.ArgumentParser:
-    p = sub.add_parser("push", help="upload a weights folder to the Hugging Face Hub", description=(
-        "Upload config.json + *.safetensors (+ README.md model card, generated if absent) to a Hub model repo."))
+    p = sub.add_parser(
+        "push",
+        help="upload a weights folder to the Hugging Face Hub",
+        description=(
+            "Upload config.json + *.safetensors (+ README.md model card, generated if absent) to a Hub model repo."
+        ),
+    )
     p.add_argument("--weights", required=True, help="weights folder to upload")
     p.add_argument("--repo", required=True, help="Hub repo id owner/name (created if missing)")
     p.add_argument("--private", action="store_true", help="create the repo as private")
@@ -242,14 +334,21 @@ def _split(text: str | None) -> list[str] | None:
 
 
 def _swap_parser(sub) -> argparse.ArgumentParser:
-    p = sub.add_parser("swap", help="one z rendered as many classes (the paper's category change)", description=(
-        "Render one latent code as several classes. The code comes from --seed, or from --image (encoded by E "
-        "with --source-class, or the class C predicts). Writes a one-row grid PNG."))
+    p = sub.add_parser(
+        "swap",
+        help="one z rendered as many classes (the paper's category change)",
+        description=(
+            "Render one latent code as several classes. The code comes from --seed, or from --image (encoded by E "
+            "with --source-class, or the class C predicts). Writes a one-row grid PNG."
+        ),
+    )
     _add_weights(p)
     p.add_argument("--seed", type=int, default=None, help="seed of z (when no --image)")
     p.add_argument("--image", default=None, help="photo to encode instead of a seed")
     p.add_argument("--source-class", default=None, help="class of --image (default: C's prediction)")
-    p.add_argument("--classes", default=None, help="comma-separated target classes (names or indices; default: the first 8)")
+    p.add_argument(
+        "--classes", default=None, help="comma-separated target classes (names or indices; default: the first 8)"
+    )
     p.add_argument("--truncation", type=float, default=1.0, help="scale of z from --seed (default 1)")
     p.add_argument("--out", required=True, help="output PNG path")
     return p
@@ -271,15 +370,22 @@ def cmd_swap(a: argparse.Namespace) -> int:
 
 
 def _interpolate_parser(sub) -> argparse.ArgumentParser:
-    p = sub.add_parser("interpolate", help="morph between two endpoints (GIF or PNG strip)", description=(
-        "Interpolate between endpoint A and B, each (class, seed) or a photo. z is slerped, the class one-hot "
-        "weights are mixed linearly. --out ending in .gif writes an animation, otherwise a PNG strip."))
+    p = sub.add_parser(
+        "interpolate",
+        help="morph between two endpoints (GIF or PNG strip)",
+        description=(
+            "Interpolate between endpoint A and B, each (class, seed) or a photo. z is slerped, the class one-hot "
+            "weights are mixed linearly. --out ending in .gif writes an animation, otherwise a PNG strip."
+        ),
+    )
     _add_weights(p)
     for e in ("a", "b"):
         p.add_argument(f"--class-{e}", default=None, help=f"class of endpoint {e.upper()}")
         p.add_argument(f"--seed-{e}", type=int, default=None, help=f"seed of endpoint {e.upper()}")
         p.add_argument(f"--image-{e}", default=None, help=f"photo for endpoint {e.upper()} (class given or predicted)")
-    p.add_argument("--mode", default="both", choices=["z", "class", "both"], help="what changes along the path (default both)")
+    p.add_argument(
+        "--mode", default="both", choices=["z", "class", "both"], help="what changes along the path (default both)"
+    )
     p.add_argument("--frames", type=int, default=8, help="number of frames, endpoints included (default 8)")
     p.add_argument("--out", required=True, help="output .gif or .png")
     return p
@@ -302,23 +408,42 @@ def cmd_interpolate(a: argparse.Namespace) -> int:
 
 
 def _directions_parser(sub) -> argparse.ArgumentParser:
-    p = sub.add_parser("directions", help="compute latent directions (slider axes) and save them with the weights", description=(
-        "Encode the training images with E, then save the top principal directions of z and one direction per "
-        "attr_* column of metadata.csv (ridge regression of the attribute on E's codes) into "
-        "WEIGHTS/directions.safetensors + config.json. With --direction-judge the attr_* directions are fitted on "
-        "generated samples instead (the judge's estimate of each attribute regressed on z), which follows how G "
-        "responds to z; see README, 'Latent directions'. Also re-checks them (directions.png, figures.json and the "
-        "card's 'Latent directions' section are replaced; the networks are not touched)."))
+    p = sub.add_parser(
+        "directions",
+        help="compute latent directions (slider axes) and save them with the weights",
+        description=(
+            "Encode the training images with E, then save the top principal directions of z and one direction per "
+            "attr_* column of metadata.csv (ridge regression of the attribute on E's codes) into "
+            "WEIGHTS/directions.safetensors + config.json. With --direction-judge the attr_* directions are fitted on "
+            "generated samples instead (the judge's estimate of each attribute regressed on z), which follows how G "
+            "responds to z; see README, 'Latent directions'. Also re-checks them (directions.png, figures.json and the "
+            "card's 'Latent directions' section are replaced; the networks are not touched)."
+        ),
+    )
     p.add_argument("--weights", required=True, help="local weights folder to add the directions to")
     p.add_argument("--data", required=True, help="the training data (folder or .tar) with its metadata.csv")
     p.add_argument("--components", type=int, default=8, help="number of principal directions (default 8)")
-    p.add_argument("--direction-judge", default=None, help="attribute judge folder (`cvaegan judge --attributes`): "
-                   "fit the attr_* directions on generated samples it scores")
-    p.add_argument("--judge-samples", type=int, default=4096, help="generated samples for --direction-judge (default 4096)")
-    p.add_argument("--decorrelate", action="store_true", help="make each attr_* direction orthogonal to the other "
-                   "attributes' regression weights, so that its slider leaves them unchanged to first order")
-    p.add_argument("--attribute-judge", default=None, help="attribute judge folder that re-measures every direction "
-                   "for figures.json and the card (best another one than --direction-judge)")
+    p.add_argument(
+        "--direction-judge",
+        default=None,
+        help="attribute judge folder (`cvaegan judge --attributes`): "
+        "fit the attr_* directions on generated samples it scores",
+    )
+    p.add_argument(
+        "--judge-samples", type=int, default=4096, help="generated samples for --direction-judge (default 4096)"
+    )
+    p.add_argument(
+        "--decorrelate",
+        action="store_true",
+        help="make each attr_* direction orthogonal to the other "
+        "attributes' regression weights, so that its slider leaves them unchanged to first order",
+    )
+    p.add_argument(
+        "--attribute-judge",
+        default=None,
+        help="attribute judge folder that re-measures every direction "
+        "for figures.json and the card (best another one than --direction-judge)",
+    )
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to run (default auto)")
     return p
 
@@ -326,14 +451,26 @@ def _directions_parser(sub) -> argparse.ArgumentParser:
 def cmd_directions(a: argparse.Namespace) -> int:
     from .release import refresh_directions
 
-    figures = refresh_directions(a.weights, a.data, a.components, a.attribute_judge, a.direction_judge, a.decorrelate,
-                                 _device(a.device), a.judge_samples)
+    figures = refresh_directions(
+        a.weights,
+        a.data,
+        a.components,
+        a.attribute_judge,
+        a.direction_judge,
+        a.decorrelate,
+        _device(a.device),
+        a.judge_samples,
+    )
     names = list(figures["directions"])
-    print(f"saved {len(names)} directions to {a.weights}: {', '.join(names)} (checked in directions.png, "
-          "figures.json and the card's 'Latent directions' section)")
+    print(
+        f"saved {len(names)} directions to {a.weights}: {', '.join(names)} (checked in directions.png, "
+        "figures.json and the card's 'Latent directions' section)"
+    )
     for name, f in figures["direction_fits"].items():
-        print(f"  {name}: fitted on {f['source']} (n={f['n']}, R^2 of the linear fit {f['r2']:.2f}"
-              f"{', decorrelated' if f['decorrelated'] else ''})")
+        print(
+            f"  {name}: fitted on {f['source']} (n={f['n']}, R^2 of the linear fit {f['r2']:.2f}"
+            f"{', decorrelated' if f['decorrelated'] else ''})"
+        )
     for name, r in figures["directions"].items():
         if "per_unit" in r:
             print(f"  {name}: re-measured {r['per_unit']:.2f} SD per slider unit (1 = as intended)")
@@ -346,8 +483,11 @@ def _class_note(model, idx: int, prob) -> str:
 
 
 def _reconstruct_parser(sub) -> argparse.ArgumentParser:
-    p = sub.add_parser("reconstruct", help="photo -> E -> G", description=(
-        "Encode a photo with E and regenerate it with G at the model resolution; prints the class used."))
+    p = sub.add_parser(
+        "reconstruct",
+        help="photo -> E -> G",
+        description=("Encode a photo with E and regenerate it with G at the model resolution; prints the class used."),
+    )
     _add_weights(p)
     p.add_argument("--image", required=True, help="input photo (any size or mode)")
     p.add_argument("--class", dest="cls", default=None, help="class of the photo (default: C's prediction)")
@@ -367,15 +507,22 @@ def cmd_reconstruct(a: argparse.Namespace) -> int:
 
 
 def _inpaint_parser(sub) -> argparse.ArgumentParser:
-    p = sub.add_parser("inpaint", help="fill the masked part of a photo", description=(
-        "The paper's iterative inpainting: encode, generate, paste the known pixels back, K times; optional "
-        "refinement of z. Mask: any image, non-zero (or alpha > 0) = missing. Known pixels are kept exactly."))
+    p = sub.add_parser(
+        "inpaint",
+        help="fill the masked part of a photo",
+        description=(
+            "The paper's iterative inpainting: encode, generate, paste the known pixels back, K times; optional "
+            "refinement of z. Mask: any image, non-zero (or alpha > 0) = missing. Known pixels are kept exactly."
+        ),
+    )
     _add_weights(p)
     p.add_argument("--image", required=True, help="input photo (any size or mode)")
     p.add_argument("--mask", required=True, help="mask image (white/opaque = fill in)")
     p.add_argument("--class", dest="cls", default=None, help="class of the photo (default: C's prediction)")
     p.add_argument("--iterations", type=int, default=4, help="encode-generate-paste rounds (default 4)")
-    p.add_argument("--refine-steps", type=int, default=0, help="extra steps optimising z on the known pixels (default 0)")
+    p.add_argument(
+        "--refine-steps", type=int, default=0, help="extra steps optimising z on the known pixels (default 0)"
+    )
     p.add_argument("--no-blend", action="store_true", help="do not colour-match the fill to its border")
     p.add_argument("--out", required=True, help="output image at the input's size")
     return p
@@ -388,15 +535,22 @@ def cmd_inpaint(a: argparse.Namespace) -> int:
     r = inpaint(model, a.image, a.mask, a.cls, a.iterations, a.refine_steps, blend=not a.no_blend)
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     r["image"].save(a.out)
-    note = "the mask is empty: nothing to fill" if r["class"] is None else _class_note(model, r["class"], r["probability"])
+    note = (
+        "the mask is empty: nothing to fill" if r["class"] is None else _class_note(model, r["class"], r["probability"])
+    )
     print(f"wrote {a.out}; {note}")
     return 0
 
 
 def _superres_parser(sub) -> argparse.ArgumentParser:
-    p = sub.add_parser("superres", help="super-resolve a small photo by projecting onto G", description=(
-        "Upsample a photo smaller than the model resolution: start from E's code of the bicubic upsample and "
-        "optimise z so the downsampled output matches the input. Prints the PSNR against the input."))
+    p = sub.add_parser(
+        "superres",
+        help="super-resolve a small photo by projecting onto G",
+        description=(
+            "Upsample a photo smaller than the model resolution: start from E's code of the bicubic upsample and "
+            "optimise z so the downsampled output matches the input. Prints the PSNR against the input."
+        ),
+    )
     _add_weights(p)
     p.add_argument("--image", required=True, help="small input photo (e.g. 16 or 32 px)")
     p.add_argument("--class", dest="cls", default=None, help="class of the photo (default: C's prediction)")
@@ -412,14 +566,21 @@ def cmd_superres(a: argparse.Namespace) -> int:
     model = _model(a)
     r = superresolve(model, a.image, a.cls, a.steps)
     save_png(r["image"], a.out)
-    print(f"wrote {a.out}; PSNR of the downsampled result vs the input: {r['psnr']:.2f} dB; "
-          f"{_class_note(model, r['class'], r['probability'])}")
+    print(
+        f"wrote {a.out}; PSNR of the downsampled result vs the input: {r['psnr']:.2f} dB; "
+        f"{_class_note(model, r['class'], r['probability'])}"
+    )
     return 0
 
 
 def _augment_parser(sub) -> argparse.ArgumentParser:
-    p = sub.add_parser("augment", help="write an ImageFolder of generated images for data augmentation", description=(
-        "Generate N images per class into OUT/<class_folder>/<seed>.png and record every seed in OUT/seeds.csv."))
+    p = sub.add_parser(
+        "augment",
+        help="write an ImageFolder of generated images for data augmentation",
+        description=(
+            "Generate N images per class into OUT/<class_folder>/<seed>.png and record every seed in OUT/seeds.csv."
+        ),
+    )
     _add_weights(p)
     p.add_argument("--per-class", type=int, required=True, help="images per class")
     p.add_argument("--classes", default=None, help="comma-separated classes (default: all)")
@@ -439,10 +600,15 @@ def cmd_augment(a: argparse.Namespace) -> int:
 
 
 def _judge_parser(sub) -> argparse.ArgumentParser:
-    p = sub.add_parser("judge", help="train an independent classifier (the evaluation's judge) on real images", description=(
-        "Train a judge (residual net, GroupNorm, augmentation, its own seed; different from the model's C) on the 90%% "
-        "training split of DATA (per class, the same split as `train --val-fraction 0.1`) and report its top-1 on "
-        "the held-out 10%%. Writes OUT/config.json + OUT/judge.safetensors."))
+    p = sub.add_parser(
+        "judge",
+        help="train an independent classifier (the evaluation's judge) on real images",
+        description=(
+            "Train a judge (residual net, GroupNorm, augmentation, its own seed; different from the model's C) on the 90%% "
+            "training split of DATA (per class, the same split as `train --val-fraction 0.1`) and report its top-1 on "
+            "the held-out 10%%. Writes OUT/config.json + OUT/judge.safetensors."
+        ),
+    )
     p.add_argument("--data", required=True, help="folder or .tar in ImageFolder layout")
     p.add_argument("--out", required=True, help="judge folder to write")
     p.add_argument("--resolution", type=int, default=64, help="input side in pixels (default 64)")
@@ -450,13 +616,25 @@ def _judge_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=64, help="images per step (default 64)")
     p.add_argument("--lr", type=float, default=2e-3, help="peak AdamW learning rate, one-cycle schedule (default 2e-3)")
     p.add_argument("--seed", type=int, default=7, help="judge seed (default 7; the generator's default is 0)")
-    p.add_argument("--stem-stride", type=int, default=2, choices=[1, 2], help="2 (default) halves the input in the "
-                   "first layer; 1 keeps the full resolution in the first block (about 4x the compute)")
+    p.add_argument(
+        "--stem-stride",
+        type=int,
+        default=2,
+        choices=[1, 2],
+        help="2 (default) halves the input in the "
+        "first layer; 1 keeps the full resolution in the first block (about 4x the compute)",
+    )
     p.add_argument("--widths", default="32,64,128,256", help="channels of the residual stages (default 32,64,128,256)")
-    p.add_argument("--extra", default=None, help="extra labelled images to train on too (e.g. `cvaegan augment` output)")
-    p.add_argument("--attributes", action="store_true", help="train an attribute judge instead: regress the attr_* "
-                   "columns of metadata.csv (reports R^2 per attribute); `release --attribute-judge` uses it to "
-                   "re-measure the named latent directions")
+    p.add_argument(
+        "--extra", default=None, help="extra labelled images to train on too (e.g. `cvaegan augment` output)"
+    )
+    p.add_argument(
+        "--attributes",
+        action="store_true",
+        help="train an attribute judge instead: regress the attr_* "
+        "columns of metadata.csv (reports R^2 per attribute); `release --attribute-judge` uses it to "
+        "re-measure the named latent directions",
+    )
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to train (default auto)")
     return p
@@ -474,36 +652,58 @@ def cmd_judge(a: argparse.Namespace) -> int:
         raise InputError("--epochs must be at least 1")
     data = load_images(a.data, a.resolution)
     extra = remap_classes(load_images(a.extra, a.resolution), data) if a.extra else None
-    cfg = train_judge(data, a.out, epochs=a.epochs, batch_size=a.batch_size, lr=a.lr, seed=a.seed, extra=extra,
-                      device=_device(a.device), attributes=a.attributes, stem_stride=a.stem_stride,
-                      widths=[int(w) for w in a.widths.split(",")])
+    cfg = train_judge(
+        data,
+        a.out,
+        epochs=a.epochs,
+        batch_size=a.batch_size,
+        lr=a.lr,
+        seed=a.seed,
+        extra=extra,
+        device=_device(a.device),
+        attributes=a.attributes,
+        stem_stride=a.stem_stride,
+        widths=[int(w) for w in a.widths.split(",")],
+    )
     t = cfg.training
     if a.attributes:
         r2 = ", ".join(f"{k} {v:.3f}" for k, v in t["val_r2"].items())
         print(f"attribute judge R^2 on {t['val_images']} held-out images: {r2}; wrote {a.out}")
         return 0
-    print(f"judge top-1 on {t['val_images']} held-out images: {t['val_top1']:.4f} (chance {1 / cfg.num_classes:.4f}); "
-          f"wrote {a.out}")
+    print(
+        f"judge top-1 on {t['val_images']} held-out images: {t['val_top1']:.4f} (chance {1 / cfg.num_classes:.4f}); "
+        f"wrote {a.out}"
+    )
     return 0
 
 
 def _evaluate_parser(sub) -> argparse.ArgumentParser:
-    p = sub.add_parser("evaluate", help="measure weights with a judge: discriminability, FID/KID/IS (judge space), "
-                       "diversity, reconstruction, inpainting vs baselines", description=(
-        "Write a JSON report: the judge's top-1 on generated samples of each class and on held-out real images, "
-        "inception score / FID / KID / precision-recall-density-coverage in the judge's feature space (not "
-        "comparable to Inception-based values), 1 - MS-SSIM intra-class diversity, E->G reconstruction PSNR/SSIM, "
-        "and inpainting PSNR/SSIM inside centre-box and brush-stroke masks against OpenCV Telea, Navier-Stokes "
-        "and a mean-colour fill. Held-out images: the per-class 10%% split of `train --val-fraction 0.1`."))
+    p = sub.add_parser(
+        "evaluate",
+        help="measure weights with a judge: discriminability, FID/KID/IS (judge space), "
+        "diversity, reconstruction, inpainting vs baselines",
+        description=(
+            "Write a JSON report: the judge's top-1 on generated samples of each class and on held-out real images, "
+            "inception score / FID / KID / precision-recall-density-coverage in the judge's feature space (not "
+            "comparable to Inception-based values), 1 - MS-SSIM intra-class diversity, E->G reconstruction PSNR/SSIM, "
+            "and inpainting PSNR/SSIM inside centre-box and brush-stroke masks against OpenCV Telea, Navier-Stokes "
+            "and a mean-colour fill. Held-out images: the per-class 10%% split of `train --val-fraction 0.1`."
+        ),
+    )
     _add_weights(p)
     p.add_argument("--judge", required=True, help="judge folder from `cvaegan judge`")
     p.add_argument("--data", required=True, help="the data set the weights were trained on")
     p.add_argument("--out", required=True, help="report .json to write")
     p.add_argument("--samples-per-class", type=int, default=8, help="generated images per class (default 8)")
     p.add_argument("--classes", default=None, help="comma-separated classes to generate (default: all)")
-    p.add_argument("--inpaint-images", type=int, default=64, help="held-out images for the inpainting figures (default 64)")
-    p.add_argument("--card", action="store_true", help="also write evaluation.json and the judge's figures into the "
-                   "weights folder's model card (README.md)")
+    p.add_argument(
+        "--inpaint-images", type=int, default=64, help="held-out images for the inpainting figures (default 64)"
+    )
+    p.add_argument(
+        "--card",
+        action="store_true",
+        help="also write evaluation.json and the judge's figures into the weights folder's model card (README.md)",
+    )
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
     return p
 
@@ -523,6 +723,7 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     classes = None
     if a.classes:
         from .inference import class_indices
+
         classes = class_indices(model, _split(a.classes))
     report = evaluate(model, judge, data, a.samples_per_class, classes, a.inpaint_images)
     write_report(report, a.out)
@@ -535,28 +736,46 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
             raise InputError("--card needs --weights to be a local weights folder")
         attach_judge(a.weights, report, dataclasses.asdict(judge.config))
     d = report["discriminability"]
-    print(f"judge top-1: generated {d['judge_top1_generated']:.4f}, held-out real {d['judge_top1_real_val']:.4f} "
-          f"(chance {report['chance_top1']:.4f}); FID(judge) {report['fid_judge']:.3f}; "
-          f"reconstruction {report['reconstruction']['psnr_db']:.2f} dB; wrote {a.out}")
+    print(
+        f"judge top-1: generated {d['judge_top1_generated']:.4f}, held-out real {d['judge_top1_real_val']:.4f} "
+        f"(chance {report['chance_top1']:.4f}); FID(judge) {report['fid_judge']:.3f}; "
+        f"reconstruction {report['reconstruction']['psnr_db']:.2f} dB; wrote {a.out}"
+    )
     return 0
 
 
 def _enrol_parser(sub) -> argparse.ArgumentParser:
-    p = sub.add_parser("enrol", help="add a new class (a person, a species) from a few photos", description=(
-        "Learn a new class from 3-10 photos without changing the weights: only its label embeddings for G and E "
-        "and its row of C's output layer are learned (from the nearest existing class). Writes them to a small "
-        "class file --out; load it with cvaegan.hub.load_pretrained(WEIGHTS, extra_classes=[FILE]). Photos are "
-        "centre-cropped and resized like the training data: frame them the same way (faces: aligned like "
-        "CelebA's img_align_celeba, eyes level, face centred)."))
+    p = sub.add_parser(
+        "enrol",
+        help="add a new class (a person, a species) from a few photos",
+        description=(
+            "Learn a new class from 3-10 photos without changing the weights: only its label embeddings for G and E "
+            "and its row of C's output layer are learned (from the nearest existing class). Writes them to a small "
+            "class file --out; load it with cvaegan.hub.load_pretrained(WEIGHTS, extra_classes=[FILE]). Photos are "
+            "centre-cropped and resized like the training data: frame them the same way (faces: aligned like "
+            "CelebA's img_align_celeba, eyes level, face centred)."
+        ),
+    )
     _add_weights(p)
-    p.add_argument("--images", required=True, nargs="+", metavar="PATH",
-                   help="a folder of photos, or the photo files (at least 3, 5-10 recommended)")
+    p.add_argument(
+        "--images",
+        required=True,
+        nargs="+",
+        metavar="PATH",
+        help="a folder of photos, or the photo files (at least 3, 5-10 recommended)",
+    )
     p.add_argument("--name", required=True, help="display name of the new class (must not exist yet)")
-    p.add_argument("--out", required=True, help="class file to write, e.g. ada.safetensors (keep it out of a "
-                   "weights folder you push: `push` uploads every .safetensors)")
+    p.add_argument(
+        "--out",
+        required=True,
+        help="class file to write, e.g. ada.safetensors (keep it out of a "
+        "weights folder you push: `push` uploads every .safetensors)",
+    )
     p.add_argument("--steps", type=int, default=200, help="optimisation steps (default 200)")
     p.add_argument("--seed", type=int, default=0, help="seed of the noise and the mirroring (default 0)")
-    p.add_argument("--preview", default=None, metavar="PNG", help="also write a sheet: the photos above samples of the new class")
+    p.add_argument(
+        "--preview", default=None, metavar="PNG", help="also write a sheet: the photos above samples of the new class"
+    )
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
     return p
 
@@ -577,15 +796,23 @@ def cmd_enrol(a: argparse.Namespace) -> int:
     else:
         model = _model(a)
     with tqdm(total=a.steps, desc="enrol", dynamic_ncols=True) as bar:
-        cls = enrol(model, images, a.name, steps=a.steps, seed=a.seed,
-                    progress=lambda f, msg: (bar.update(1), bar.set_postfix_str(msg.split(": ", 1)[-1])))
+        cls = enrol(
+            model,
+            images,
+            a.name,
+            steps=a.steps,
+            seed=a.seed,
+            progress=lambda f, msg: (bar.update(1), bar.set_postfix_str(msg.split(": ", 1)[-1])),
+        )
     save_classes(cls, a.out)
     for w in cls.warnings:
         print(f"warning: {w}", file=sys.stderr)
     i = cls.info
-    print(f"enrolled {cls.name!r} from {i['photos']} photos in {i['seconds']:.1f} s (started from {i['init_from']!r}); "
-          f"reconstruction {i['recon_psnr_db_before']:.2f} -> {i['recon_psnr_db_after']:.2f} dB; C picks it for "
-          f"{i['c_top1_photos']:.0%} of the photos and {i['c_top1_samples']:.0%} of 16 samples; wrote {a.out}")
+    print(
+        f"enrolled {cls.name!r} from {i['photos']} photos in {i['seconds']:.1f} s (started from {i['init_from']!r}); "
+        f"reconstruction {i['recon_psnr_db_before']:.2f} -> {i['recon_psnr_db_after']:.2f} dB; C picks it for "
+        f"{i['c_top1_photos']:.0%} of the photos and {i['c_top1_samples']:.0%} of 16 samples; wrote {a.out}"
+    )
     if a.preview:
         add_classes(model, cls)
         save_png(before_after(model, load_photos(images, model.config.resolution), cls.name), a.preview)
@@ -595,19 +822,28 @@ def cmd_enrol(a: argparse.Namespace) -> int:
 
 # command name -> (parser builder, command); the order is the one `--help` lists
 COMMANDS = {
-    "train": (_train_parser, cmd_train), "export": (_export_parser, cmd_export),
-    "release": (_release_parser, cmd_release), "push": (_push_parser, cmd_push),
-    "sample": (_sample_parser, cmd_sample), "swap": (_swap_parser, cmd_swap),
-    "interpolate": (_interpolate_parser, cmd_interpolate), "directions": (_directions_parser, cmd_directions),
-    "reconstruct": (_reconstruct_parser, cmd_reconstruct), "inpaint": (_inpaint_parser, cmd_inpaint),
-    "superres": (_superres_parser, cmd_superres), "augment": (_augment_parser, cmd_augment),
-    "enrol": (_enrol_parser, cmd_enrol), "judge": (_judge_parser, cmd_judge),
+    "train": (_train_parser, cmd_train),
+    "export": (_export_parser, cmd_export),
+    "release": (_release_parser, cmd_release),
+    "push": (_push_parser, cmd_push),
+    "sample": (_sample_parser, cmd_sample),
+    "swap": (_swap_parser, cmd_swap),
+    "interpolate": (_interpolate_parser, cmd_interpolate),
+    "directions": (_directions_parser, cmd_directions),
+    "reconstruct": (_reconstruct_parser, cmd_reconstruct),
+    "inpaint": (_inpaint_parser, cmd_inpaint),
+    "superres": (_superres_parser, cmd_superres),
+    "augment": (_augment_parser, cmd_augment),
+    "enrol": (_enrol_parser, cmd_enrol),
+    "judge": (_judge_parser, cmd_judge),
     "evaluate": (_evaluate_parser, cmd_evaluate),
 }
 
 
 def _parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="cvaegan", description="CVAE-GAN: train, export and sample fine-grained image generators.")
+    ap = argparse.ArgumentParser(
+        prog="cvaegan", description="CVAE-GAN: train, export and sample fine-grained image generators."
+    )
     ap.add_argument("--debug", action="store_true", help="show full tracebacks on errors")
     sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for build, _ in COMMANDS.values():

@@ -1,4 +1,5 @@
 """Configuration dataclasses: ModelConfig (saved with the weights) and TrainConfig (saved per run)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -48,8 +49,9 @@ class ModelConfig:
     class_names: list[str] = option(help="display name per class index (len K)", factory=list, cli=False)
     class_folders: list[str] = option(help="folder name per class index (len K)", factory=list, cli=False)
     z_dim: int = option(256, "latent attribute code size (paper: 256 (?))")
-    base_channels: int = option(32, "channels at full resolution, doubling per halving (default: per resolution, "
-                                "see README)")
+    base_channels: int = option(
+        32, "channels at full resolution, doubling per halving (default: per resolution, see README)"
+    )
     max_channels: int = option(256, "channel cap at low resolutions")
     label_dim: int = option(128, "size of the learned class embedding fed to E and G", cli=False)
     feature_dim: int = option(256, "size of f_D(x) and f_C(x) used by the feature-matching losses", cli=False)
@@ -80,7 +82,9 @@ class ModelConfig:
             if getattr(self, name) not in NORMS:
                 raise ConfigError(f"{name} must be one of {list(NORMS)}, got {getattr(self, name)!r}")
         if len(self.direction_units) < len(self.directions):
-            self.direction_units = list(self.direction_units) + [""] * (len(self.directions) - len(self.direction_units))
+            self.direction_units = list(self.direction_units) + [""] * (
+                len(self.directions) - len(self.direction_units)
+            )
 
     @classmethod
     def for_resolution(cls, resolution: int, num_classes: int, **kw: Any) -> ModelConfig:
@@ -131,7 +135,9 @@ class ModelConfig:
             if not text.lstrip("-").isdigit():
                 shown = ", ".join(repr(n) for n in self.class_names[:20])
                 more = f" ... ({self.num_classes} in all)" if self.num_classes > 20 else ""
-                raise ConfigError(f"unknown class {text!r}; valid names: {shown}{more}, or an index 0-{self.num_classes - 1}")
+                raise ConfigError(
+                    f"unknown class {text!r}; valid names: {shown}{more}, or an index 0-{self.num_classes - 1}"
+                )
             idx = int(text)
         if not 0 <= idx < self.num_classes:
             raise ConfigError(f"class index {idx} is out of range; valid indices are 0-{self.num_classes - 1}")
@@ -151,64 +157,103 @@ class TrainConfig:
     CPU-hour (README: Equal-budget recipes).
     """
 
-    preset: str = option("none", "named recipe whose values the other options start from; explicit options win "
-                         "(v2: measured best per CPU-hour; paper: v2 without the options that bend the paper's "
-                         "update order; v1: the recipe of the first bundled weights; none: the field defaults, "
-                         "the paper's method with every recipe option off)",
-                         choices=tuple(PRESET_NAMES), cli_default="v2")
+    preset: str = option(
+        "none",
+        "named recipe whose values the other options start from; explicit options win "
+        "(v2: measured best per CPU-hour; paper: v2 without the options that bend the paper's "
+        "update order; v1: the recipe of the first bundled weights; none: the field defaults, "
+        "the paper's method with every recipe option off)",
+        choices=tuple(PRESET_NAMES),
+        cli_default="v2",
+    )
     steps: int = option(20000, "iterations to train (one C, D, G, E update each); with --resume, the new total")
     batch_size: int = option(64, "images per iteration, all processes together")
     lr: float = option(2e-4, "Adam learning rate (paper: unknown (?))")
-    betas: tuple[float, float] = option((0.5, 0.999), "Adam betas (paper: unknown (?); DCGAN's choice)",
-                                        flags=("--beta1", "--beta2"))
+    betas: tuple[float, float] = option(
+        (0.5, 0.999), "Adam betas (paper: unknown (?); DCGAN's choice)", flags=("--beta1", "--beta2")
+    )
     d_lr_mult: float = option(1.0, "D's learning rate = lr x this (2 = TTUR-style faster D, Heusel et al. 2017)")
     lambda1: float = option(3.0, "weight of L_KL in E's loss (paper: 3)")
     lambda2: float = option(1.0, "weight of L_G, reconstruction + pairwise feature matching (paper: 1)")
     lambda3: float = option(1e-3, "weight of L_GD, mean feature matching against D (paper: 1e-3)")
     lambda4: float = option(1e-3, "weight of L_GC, per-class mean feature matching against C (paper: 1e-3)")
     momentum: float = option(0.9, "running-mean momentum of the L_GD / L_GC feature means; 0 = batch means")
-    stratify: int = option(0, "classes per batch: each real batch is N classes x (batch / N) images and the prior "
-                           "batch uses the same classes, so every class mean in L_GC comes from several fresh "
-                           "samples; 0 = uniform random batches (paper)")
-    r1_gamma: float = option(0.0, "R1 penalty weight on D's gradient at real images (lazy, every --r1-every "
-                                  "steps; StyleGAN2-ADA's 0.0002 res^2 / batch is about 0.025 at 64 px, batch 32); 0 = off")
+    stratify: int = option(
+        0,
+        "classes per batch: each real batch is N classes x (batch / N) images and the prior "
+        "batch uses the same classes, so every class mean in L_GC comes from several fresh "
+        "samples; 0 = uniform random batches (paper)",
+    )
+    r1_gamma: float = option(
+        0.0,
+        "R1 penalty weight on D's gradient at real images (lazy, every --r1-every "
+        "steps; StyleGAN2-ADA's 0.0002 res^2 / batch is about 0.025 at 64 px, batch 32); 0 = off",
+    )
     r1_every: int = option(16, "steps between lazy R1 penalties")
-    joint_ge: bool = option(False, "one backward pass for G and E (E's gradient then flows through G before its "
-                                   "update, not after as in Algorithm 1): saves about a quarter of the FLOPs")
-    pretrain_steps: int = option(0, "warm start: the first N steps train only C and a plain CVAE (E + G, KL + pixel "
-                                    "L2), so that the feature-matching targets mean something when they start")
+    joint_ge: bool = option(
+        False,
+        "one backward pass for G and E (E's gradient then flows through G before its "
+        "update, not after as in Algorithm 1): saves about a quarter of the FLOPs",
+    )
+    pretrain_steps: int = option(
+        0,
+        "warm start: the first N steps train only C and a plain CVAE (E + G, KL + pixel "
+        "L2), so that the feature-matching targets mean something when they start",
+    )
     seed: int = option(0, "seeds data order, flips and noise; every step's randomness derives from (seed, step)")
     val_fraction: float = option(0.0, "fraction of each class held out (deterministic split); 0 = train on all")
-    exclude_classes: str = option("", "comma-separated class folders left out of training entirely (e.g. unseen "
-                                      "people to enrol later); the model has the other classes")
+    exclude_classes: str = option(
+        "",
+        "comma-separated class folders left out of training entirely (e.g. unseen "
+        "people to enrol later); the model has the other classes",
+    )
     log_every: int = option(50, "append scalars to metrics.jsonl every N steps")
-    sample_every: int = option(1000, "write a fixed (z, c) sample grid every N steps (and at the end); 0 = only "
-                                     "at the end")
+    sample_every: int = option(
+        1000, "write a fixed (z, c) sample grid every N steps (and at the end); 0 = only at the end"
+    )
     checkpoint_every: int = option(1000, "write the resume checkpoint every N steps (and at the end)")
     sample_classes: int = option(8, "rows of the sample grid (classes spread over the range)")
     sample_seeds: int = option(8, "columns of the sample grid (seeds 0..N-1)")
     diffaugment: str = option("", "DiffAugment policy for D's inputs, e.g. color,translation,cutout; empty = off")
-    ema_decay: float | None = option(None, "EMA of G's and E's weights for export and samples, e.g. 0.999; "
-                                           "None = off")
-    ema_rampup: bool = option(True, "ramp the EMA decay up as min(--ema-decay, (1 + step) / (10 + step)), so that an "
-                                    "early EMA is not dominated by the untrained start")
+    ema_decay: float | None = option(None, "EMA of G's and E's weights for export and samples, e.g. 0.999; None = off")
+    ema_rampup: bool = option(
+        True,
+        "ramp the EMA decay up as min(--ema-decay, (1 + step) / (10 + step)), so that an "
+        "early EMA is not dominated by the untrained start",
+    )
     grad_clip: float | None = option(None, "max gradient norm per network and phase; None = off")
-    lr_schedule: str = option("constant", "learning-rate schedule (cosine decays to 10% over --steps)",
-                              choices=("constant", "cosine"))
+    lr_schedule: str = option(
+        "constant", "learning-rate schedule (cosine decays to 10% over --steps)", choices=("constant", "cosine")
+    )
     warmup_steps: int = option(0, "linear learning-rate warm-up steps; 0 = off")
-    budget_minutes: float | None = option(None, "stop after this many CPU-minutes of training (process CPU time / "
-                                                "threads, so other load does not count); None = run --steps")
-    snapshot_minutes: str = option("", "comma-separated CPU-minute marks at which to keep a copy of the checkpoint "
-                                       "in snapshots/ (e.g. 15,30,60,120); empty = none")
+    budget_minutes: float | None = option(
+        None,
+        "stop after this many CPU-minutes of training (process CPU time / "
+        "threads, so other load does not count); None = run --steps",
+    )
+    snapshot_minutes: str = option(
+        "",
+        "comma-separated CPU-minute marks at which to keep a copy of the checkpoint "
+        "in snapshots/ (e.g. 15,30,60,120); empty = none",
+    )
     device: str = option("auto", "where to train (auto: cuda if present)", choices=("auto", "cpu", "cuda"))
-    export_fp16: bool = option(True, "store exported E, G, C (and D) weights as float16 (halves file size)",
-                               flags=("--fp16-export", "--no-fp16-export"))
-    export_discriminator: bool = option(True, "also export D and the running feature means, so that `train "
-                                              "--init-from` can warm-start from the weights folder")
-    variant: str = option("cvae-gan", "method: the full CVAE-GAN, or a baseline of the paper's Table 1: cvae (E + G, "
-                                      "KL + pixel L2), cgan (-log D(G(z, c)) generator loss), fm-cgan (mean feature "
-                                      "matching generator loss); the GAN baselines condition D by projection",
-                          choices=VARIANTS)
+    export_fp16: bool = option(
+        True,
+        "store exported E, G, C (and D) weights as float16 (halves file size)",
+        flags=("--fp16-export", "--no-fp16-export"),
+    )
+    export_discriminator: bool = option(
+        True,
+        "also export D and the running feature means, so that `train "
+        "--init-from` can warm-start from the weights folder",
+    )
+    variant: str = option(
+        "cvae-gan",
+        "method: the full CVAE-GAN, or a baseline of the paper's Table 1: cvae (E + G, "
+        "KL + pixel L2), cgan (-log D(G(z, c)) generator loss), fm-cgan (mean feature "
+        "matching generator loss); the GAN baselines condition D by projection",
+        choices=VARIANTS,
+    )
 
     def __post_init__(self) -> None:
         self.betas = tuple(self.betas)  # JSON round trips give lists
@@ -227,8 +272,10 @@ class TrainConfig:
         if self.device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"device must be auto, cpu or cuda, got {self.device!r}")
         if self.stratify < 0 or (self.stratify and self.batch_size % self.stratify):
-            raise ConfigError(f"stratify ({self.stratify}) must divide the batch size ({self.batch_size}); "
-                              "e.g. --stratify 8 with --batch-size 32")
+            raise ConfigError(
+                f"stratify ({self.stratify}) must divide the batch size ({self.batch_size}); "
+                "e.g. --stratify 8 with --batch-size 32"
+            )
         if self.r1_gamma < 0 or self.r1_every < 1:
             raise ConfigError("r1_gamma must be >= 0 and r1_every >= 1")
         if self.budget_minutes is not None and self.budget_minutes <= 0:
@@ -264,8 +311,16 @@ class TrainConfig:
 
 # Options added since the first release, at the values under which runs trained before them behaved.
 ADDED_WITH_PRESETS: dict[str, Any] = {
-    "preset": "v1", "d_lr_mult": 1.0, "stratify": 0, "r1_gamma": 0.0, "joint_ge": False, "pretrain_steps": 0,
-    "export_discriminator": False, "budget_minutes": None, "snapshot_minutes": "", "exclude_classes": "",
+    "preset": "v1",
+    "d_lr_mult": 1.0,
+    "stratify": 0,
+    "r1_gamma": 0.0,
+    "joint_ge": False,
+    "pretrain_steps": 0,
+    "export_discriminator": False,
+    "budget_minutes": None,
+    "snapshot_minutes": "",
+    "exclude_classes": "",
     "ema_rampup": False,
 }
 
@@ -275,12 +330,35 @@ PRESETS: dict[str, dict[str, Any]] = {
     "none": {},
     # measured against v1 at equal CPU time (README, Equal-budget recipes): FID in judge space halved at 15 and
     # 30 CPU-minutes, judge top-1 ahead at both
-    "v2": {"batch_size": 32, "stratify": 8, "diffaugment": "color,translation,cutout", "ema_decay": 0.999,
-           "joint_ge": True, "r1_gamma": 0.025, "pretrain_steps": 150},
-    "paper": {"batch_size": 32, "stratify": 8, "diffaugment": "color,translation,cutout", "ema_decay": 0.999,
-              "joint_ge": False, "r1_gamma": 0.025, "pretrain_steps": 150},
-    "v1": {"batch_size": 32, "diffaugment": "translation,color", "ema_decay": 0.999, "ema_rampup": False, "stratify": 0,
-           "r1_gamma": 0.0, "joint_ge": False, "pretrain_steps": 0, "d_lr_mult": 1.0},
+    "v2": {
+        "batch_size": 32,
+        "stratify": 8,
+        "diffaugment": "color,translation,cutout",
+        "ema_decay": 0.999,
+        "joint_ge": True,
+        "r1_gamma": 0.025,
+        "pretrain_steps": 150,
+    },
+    "paper": {
+        "batch_size": 32,
+        "stratify": 8,
+        "diffaugment": "color,translation,cutout",
+        "ema_decay": 0.999,
+        "joint_ge": False,
+        "r1_gamma": 0.025,
+        "pretrain_steps": 150,
+    },
+    "v1": {
+        "batch_size": 32,
+        "diffaugment": "translation,color",
+        "ema_decay": 0.999,
+        "ema_rampup": False,
+        "stratify": 0,
+        "r1_gamma": 0.0,
+        "joint_ge": False,
+        "pretrain_steps": 0,
+        "d_lr_mult": 1.0,
+    },
 }
 # Architecture of each preset (ModelConfig fields), applied by `train` unless given explicitly.
 MODEL_PRESETS: dict[str, dict[str, Any]] = {

@@ -1,4 +1,5 @@
 """Labelled image data: an ImageFolder directory or an uncompressed .tar of one -> uint8 tensors + class names."""
+
 from __future__ import annotations
 
 import csv
@@ -45,8 +46,13 @@ class LabelledImages:
     def subset(self, idx: torch.Tensor) -> LabelledImages:
         idx_list = idx.tolist()
         return LabelledImages(
-            self.images[idx], self.labels[idx], self.class_folders, self.class_names,
-            [self.paths[i] for i in idx_list], {k: v[idx] for k, v in self.attributes.items()}, self.skipped,
+            self.images[idx],
+            self.labels[idx],
+            self.class_folders,
+            self.class_names,
+            [self.paths[i] for i in idx_list],
+            {k: v[idx] for k, v in self.attributes.items()},
+            self.skipped,
         )
 
 
@@ -66,7 +72,9 @@ def _tar_members(path: Path) -> tuple[tarfile.TarFile, list[tarfile.TarInfo]]:
     try:
         tf = tarfile.open(path, mode="r:")  # uncompressed only: members are read in place
     except tarfile.ReadError as e:
-        raise DataError(f"{path}: not an uncompressed tar archive ({e}); extract it or re-create it with `tar -cf`") from e
+        raise DataError(
+            f"{path}: not an uncompressed tar archive ({e}); extract it or re-create it with `tar -cf`"
+        ) from e
     members = [m for m in tf.getmembers() if m.isfile() and m.name.lower().endswith(IMAGE_EXTENSIONS)]
     return tf, members
 
@@ -93,7 +101,9 @@ def read_metadata(csv_path: Path) -> tuple[dict[str, str], dict[str, dict[str, f
         reader = csv.DictReader(fh)
         cols = reader.fieldnames or []
         if "class_folder" not in cols:
-            raise DataError(f"{csv_path}: needs a 'class_folder' column (and optionally 'class_name', 'path', 'attr_*')")
+            raise DataError(
+                f"{csv_path}: needs a 'class_folder' column (and optionally 'class_name', 'path', 'attr_*')"
+            )
         attr_cols = [c for c in cols if c.startswith("attr_")]
         for row in reader:
             folder = row["class_folder"]
@@ -110,8 +120,13 @@ def read_metadata(csv_path: Path) -> tuple[dict[str, str], dict[str, dict[str, f
     return names, attrs
 
 
-def load_images(path: str | os.PathLike, resolution: int, metadata: str | os.PathLike | None = None,
-                progress: bool = True, threads: int | None = None) -> LabelledImages:
+def load_images(
+    path: str | os.PathLike,
+    resolution: int,
+    metadata: str | os.PathLike | None = None,
+    progress: bool = True,
+    threads: int | None = None,
+) -> LabelledImages:
     """Decode a labelled image set into memory.
 
     path: a directory <class_folder>/<image> (ImageFolder layout) or an uncompressed .tar of the same.
@@ -143,7 +158,9 @@ def load_images(path: str | os.PathLike, resolution: int, metadata: str | os.Pat
     if empty:
         raise DataError(f"{root}: class folder(s) with no images: {empty[:10]}; add images or remove the folder(s)")
     if len(classes) < 2:
-        raise DataError(f"{root}: only one class ({classes[0]!r}); a conditional model needs at least two class folders")
+        raise DataError(
+            f"{root}: only one class ({classes[0]!r}); a conditional model needs at least two class folders"
+        )
 
     meta_path = Path(metadata) if metadata else find_metadata(root)
     names, attrs = read_metadata(meta_path) if meta_path else ({}, {})
@@ -164,8 +181,15 @@ def load_images(path: str | os.PathLike, resolution: int, metadata: str | os.Pat
             return None
 
     with ThreadPoolExecutor(max_workers=threads or min(8, os.cpu_count() or 1)) as pool:
-        decoded = list(tqdm(pool.map(decode, items), total=len(items), desc=f"decoding {root.name}",
-                            disable=not progress, unit="img"))
+        decoded = list(
+            tqdm(
+                pool.map(decode, items),
+                total=len(items),
+                desc=f"decoding {root.name}",
+                disable=not progress,
+                unit="img",
+            )
+        )
     keep = [i for i, t in enumerate(decoded) if t is not None]
     skipped = len(items) - len(keep)
     if skipped:
@@ -185,8 +209,13 @@ def load_images(path: str | os.PathLike, resolution: int, metadata: str | os.Pat
         for c in cols:
             attributes[c] = torch.tensor([attrs.get(p, {}).get(c, float("nan")) for p in paths], dtype=torch.float32)
     return LabelledImages(
-        images=torch.stack([decoded[i] for i in keep]), labels=labels, class_folders=classes,
-        class_names=[names.get(c, c) for c in classes], paths=paths, attributes=attributes, skipped=skipped,
+        images=torch.stack([decoded[i] for i in keep]),
+        labels=labels,
+        class_folders=classes,
+        class_names=[names.get(c, c) for c in classes],
+        paths=paths,
+        attributes=attributes,
+        skipped=skipped,
     )
 
 
@@ -212,5 +241,12 @@ def remap_classes(extra: LabelledImages, data: LabelledImages) -> LabelledImages
     if unknown:
         raise DataError(f"extra images have class folders the data lacks: {unknown[:5]}")
     lut = torch.tensor([index[f] for f in extra.class_folders], dtype=torch.int64)
-    return LabelledImages(extra.images, lut[extra.labels], list(data.class_folders), list(data.class_names),
-                          extra.paths, {}, extra.skipped)
+    return LabelledImages(
+        extra.images,
+        lut[extra.labels],
+        list(data.class_folders),
+        list(data.class_names),
+        extra.paths,
+        {},
+        extra.skipped,
+    )

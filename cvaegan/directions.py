@@ -1,5 +1,6 @@
 """Latent directions (the app's sliders): fitting them (principal components of E's codes, regressions of
 named attributes on z) and checking how they move generated samples. Applying them is inference.edit."""
+
 from __future__ import annotations
 
 import torch
@@ -19,8 +20,8 @@ def encoder_means(model: CVAEGAN, images: torch.Tensor, labels: torch.Tensor, ba
     model.encoder.eval()
     out = []
     for i in range(0, len(images), batch_size):
-        x = uint8_to_float(images[i:i + batch_size]).to(model.device)
-        out.append(model.encoder(x, labels[i:i + batch_size].to(model.device))[0].float().cpu())
+        x = uint8_to_float(images[i : i + batch_size]).to(model.device)
+        out.append(model.encoder(x, labels[i : i + batch_size].to(model.device))[0].float().cpu())
     return torch.cat(out)
 
 
@@ -31,28 +32,39 @@ def _ridge(x: torch.Tensor, y: torch.Tensor, ridge: float) -> torch.Tensor:
 
 
 @torch.no_grad()
-def judged_attributes(model: CVAEGAN, judge, samples: int = 4096, first_seed: int = 100_000,
-                      batch_size: int = 128) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def judged_attributes(
+    model: CVAEGAN, judge, samples: int = 4096, first_seed: int = 100_000, batch_size: int = 128
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Generate `samples` images (z from seeds first_seed.., classes drawn uniformly with that seed)
     and let an attribute judge (`cvaegan judge --attributes`) estimate their attributes.
     Returns (z (N, z_dim), {attribute: (N,) estimates in the attribute's units})."""
     if samples < 2 * model.config.z_dim:
-        raise InputError(f"need at least {2 * model.config.z_dim} samples to fit directions in a "
-                         f"{model.config.z_dim}-d latent space, got {samples}")
+        raise InputError(
+            f"need at least {2 * model.config.z_dim} samples to fit directions in a "
+            f"{model.config.z_dim}-d latent space, got {samples}"
+        )
     gen = torch.Generator().manual_seed(first_seed)
     cls = torch.randint(0, model.config.num_classes, (samples,), generator=gen)
     z = z_from_seeds(list(range(first_seed, first_seed + samples)), model.config.z_dim)
     est: dict[str, list[torch.Tensor]] = {}
     for i in range(0, samples, batch_size):
-        x = I.generate(model, z[i:i + batch_size], cls[i:i + batch_size], batch_size)
+        x = I.generate(model, z[i : i + batch_size], cls[i : i + batch_size], batch_size)
         for name, v in predict_attributes(judge, x, batch_size).items():
             est.setdefault(name, []).append(v)
     return z, {name: torch.cat(v) for name, v in est.items()}
 
 
-def compute_directions(model: CVAEGAN, images: torch.Tensor, labels: torch.Tensor, k: int = 8,
-                       attributes: dict[str, torch.Tensor] | None = None, ridge: float = 1.0,
-                       judge=None, judge_samples: int = 4096, decorrelate: bool = False) -> dict:
+def compute_directions(
+    model: CVAEGAN,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    k: int = 8,
+    attributes: dict[str, torch.Tensor] | None = None,
+    ridge: float = 1.0,
+    judge=None,
+    judge_samples: int = 4096,
+    decorrelate: bool = False,
+) -> dict:
     """Set model.directions / direction_scales / config.directions.
 
     (a) per attribute (e.g. attr_smile): a ridge regression of the attribute on z; the direction is
@@ -90,8 +102,13 @@ def compute_directions(model: CVAEGAN, images: torch.Tensor, labels: torch.Tenso
             continue
         resid = y - x @ w
         weights[name] = w
-        fits[name] = {"source": source, "n": int(ok.sum()), "r2": round(1 - (resid.var() / y.var()).item(), 3),
-                      "sd_per_unit_latent": round(w.norm().item() / sds[name], 5), "decorrelated": decorrelate}
+        fits[name] = {
+            "source": source,
+            "n": int(ok.sum()),
+            "r2": round(1 - (resid.var() / y.var()).item(), 3),
+            "sd_per_unit_latent": round(w.norm().item() / sds[name], 5),
+            "decorrelated": decorrelate,
+        }
     dirs, scales, names, units = [], [], [], []
     for name, w in weights.items():
         if decorrelate and len(weights) > 1:
@@ -110,7 +127,7 @@ def compute_directions(model: CVAEGAN, images: torch.Tensor, labels: torch.Tenso
         v = vh[i]
         # fix the sign so that the direction points towards the heavier tail (deterministic)
         proj = centred @ v
-        if (proj.pow(3).mean() < 0):
+        if proj.pow(3).mean() < 0:
             v = -v
         dirs.append(v)
         scales.append(float(s[i] / (len(mu) - 1) ** 0.5))
@@ -126,19 +143,22 @@ def _luma_box(x: torch.Tensor) -> torch.Tensor:
     """(B, 3, H, W) in [-1, 1] -> luma (B, h, w) in [0, 1] of the central half (a stand-in for the face box)."""
     y = (0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2] + 1) / 2
     h, w = y.shape[-2:]
-    return y[:, h // 4: 3 * h // 4, w // 4: 3 * w // 4]
+    return y[:, h // 4 : 3 * h // 4, w // 4 : 3 * w // 4]
 
 
 # Attributes that can be re-measured from pixels alone (the others need a landmark detector).
 PIXEL_MEASURES = {
     "attr_brightness": lambda x: _luma_box(x).mean((1, 2)),
-    "attr_light_lr": lambda x: (lambda y: y[:, :, y.shape[-1] // 2:].mean((1, 2)) - y[:, :, :y.shape[-1] // 2].mean((1, 2)))(_luma_box(x)),
+    "attr_light_lr": lambda x: (
+        lambda y: y[:, :, y.shape[-1] // 2 :].mean((1, 2)) - y[:, :, : y.shape[-1] // 2].mean((1, 2))
+    )(_luma_box(x)),
 }
 
 
 @torch.no_grad()
-def check_directions(model: CVAEGAN, amounts: dict[str, float], classes: int = 64, seeds: int = 4,
-                     attribute_judge=None) -> dict:
+def check_directions(
+    model: CVAEGAN, amounts: dict[str, float], classes: int = 64, seeds: int = 4, attribute_judge=None
+) -> dict:
     """Move samples along each direction by -a, 0, +a: how often C still sees the same class, the
     re-measured attribute where it can be measured from pixels, and (with an attribute judge from
     `cvaegan judge --attributes`) every attribute the judge estimates, as means over the samples."""
@@ -163,14 +183,19 @@ def check_directions(model: CVAEGAN, amounts: dict[str, float], classes: int = 6
                     row["judged"][t].append(round(v.mean().item(), 4))
         if attribute_judge is not None:
             unit = model.config.direction_units[model.config.directions.index(name)]
-            row.update(judged_effects(name, row, dict(zip(attribute_judge.config.targets, attribute_judge.config.target_std)), unit))
+            row.update(
+                judged_effects(
+                    name, row, dict(zip(attribute_judge.config.targets, attribute_judge.config.target_std)), unit
+                )
+            )
         out[name] = row
     return out
 
 
 @torch.no_grad()
-def directions_sheet(model: CVAEGAN, amounts: dict[str, float], classes: tuple[int, ...] = (0, 1),
-                     seed: int = 20_000, steps: int = 5) -> torch.Tensor:
+def directions_sheet(
+    model: CVAEGAN, amounts: dict[str, float], classes: tuple[int, ...] = (0, 1), seed: int = 20_000, steps: int = 5
+) -> torch.Tensor:
     """For checking the sliders by eye: one row per (direction, class), columns from -a to +a in `steps`
     equal moves (the middle column is the unedited sample). Returns (rows * steps, 3, R, R)."""
     z = z_from_seeds([seed], model.config.z_dim)[0]

@@ -3,6 +3,7 @@
 The command line prints these as one line (`error: ...`) and shows a traceback for anything else,
 which is a bug. Each message says what was wrong and how to fix it.
 """
+
 from __future__ import annotations
 
 

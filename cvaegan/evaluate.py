@@ -6,6 +6,7 @@ comparable to published FID / IS values. Metrics come from maintained libraries:
 KID, IS with the judge as a custom feature extractor; MS-SSIM, SSIM), prdc (precision / recall /
 density / coverage, Naeem et al. 2020) and OpenCV (Telea and Navier-Stokes inpainting baselines).
 """
+
 from __future__ import annotations
 
 import json
@@ -39,11 +40,20 @@ def require_libraries() -> None:
     """The metric libraries are evaluation-only dependencies (requirements-dev.txt, or the `dev` extra)."""
     import importlib.util
 
-    missing = [pip for mod, pip in (("torchmetrics", "torchmetrics"), ("prdc", "prdc"), ("cv2", "opencv-python-headless"),
-                                    ("scipy", "scipy")) if importlib.util.find_spec(mod) is None]
+    missing = [
+        pip
+        for mod, pip in (
+            ("torchmetrics", "torchmetrics"),
+            ("prdc", "prdc"),
+            ("cv2", "opencv-python-headless"),
+            ("scipy", "scipy"),
+        )
+        if importlib.util.find_spec(mod) is None
+    ]
     if missing:
-        raise EvaluationError(f"evaluation needs {', '.join(missing)}: pip install -r requirements-dev.txt "
-                              "(or pip install -e '.[dev]')")
+        raise EvaluationError(
+            f"evaluation needs {', '.join(missing)}: pip install -r requirements-dev.txt (or pip install -e '.[dev]')"
+        )
 
 
 class _JudgeFeatures(torch.nn.Module):
@@ -65,6 +75,7 @@ def _to01(x: torch.Tensor) -> torch.Tensor:
 
 # ---- metrics (each a thin, tested wrapper around a library) ------------------------------------
 
+
 def fid_kid(judge: Judge, real: torch.Tensor, fake: torch.Tensor, seed: int = 0) -> dict:
     """FID and KID between two image sets (float, [-1, 1]) in the judge's feature space."""
     from torchmetrics.image.fid import FrechetInceptionDistance
@@ -78,12 +89,17 @@ def fid_kid(judge: Judge, real: torch.Tensor, fake: torch.Tensor, seed: int = 0)
         kid = KernelInceptionDistance(feature=feat, subsets=50, subset_size=subset, normalize=False)
     for m in (fid, kid):
         for i in range(0, len(real), 256):
-            m.update(real[i:i + 256], real=True)
+            m.update(real[i : i + 256], real=True)
         for i in range(0, len(fake), 256):
-            m.update(fake[i:i + 256], real=False)
+            m.update(fake[i : i + 256], real=False)
     torch.manual_seed(seed)  # KID draws random subsets
     kid_mean, kid_std = kid.compute()
-    return {"fid": float(fid.compute()), "kid_mean": float(kid_mean), "kid_std": float(kid_std), "kid_subset_size": subset}
+    return {
+        "fid": float(fid.compute()),
+        "kid_mean": float(kid_mean),
+        "kid_std": float(kid_std),
+        "kid_subset_size": subset,
+    }
 
 
 def inception_score(logits: torch.Tensor, splits: int = 10, seed: int = 0) -> dict:
@@ -108,7 +124,9 @@ def prdc_metrics(real_feats: torch.Tensor, fake_feats: torch.Tensor, k: int = 5)
     from prdc import compute_prdc
 
     k = max(1, min(k, len(real_feats) - 1, len(fake_feats) - 1))
-    out = compute_prdc(real_features=real_feats.double().numpy(), fake_features=fake_feats.double().numpy(), nearest_k=k)
+    out = compute_prdc(
+        real_features=real_feats.double().numpy(), fake_features=fake_feats.double().numpy(), nearest_k=k
+    )
     return {name: float(v) for name, v in out.items()} | {"nearest_k": k}
 
 
@@ -135,7 +153,7 @@ def pairwise_ms_ssim(x: torch.Tensor, batch: int = 256) -> float:
     x01 = _to01(x)
     vals = []
     for s in range(0, len(ii), batch):
-        a, b = x01[ii[s:s + batch]], x01[jj[s:s + batch]]
+        a, b = x01[ii[s : s + batch]], x01[jj[s : s + batch]]
         vals.append(msssim(a, b, reduction="none", **kw).reshape(-1))
     return torch.cat(vals).mean().item()
 
@@ -146,7 +164,9 @@ def intra_class_diversity(x: torch.Tensor, labels: torch.Tensor) -> float:
     return float("nan") if not per else 1.0 - float(np.mean(per))
 
 
-def psnr_ssim(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def psnr_ssim(
+    pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-image PSNR (dB) and SSIM of pred vs target (float, [-1, 1]); with a (B, 1, H, W) bool mask,
     both are averaged over the masked pixels only (SSIM: its per-pixel map restricted to the mask)."""
     from torchmetrics.functional.image import structural_similarity_index_measure as ssim
@@ -159,6 +179,7 @@ def psnr_ssim(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | Non
 
 
 # ---- masks and inpainting baselines ------------------------------------------------------------
+
 
 def centre_box_mask(resolution: int) -> torch.Tensor:
     """(1, 1, R, R) bool: the central square of half the side (a quarter of the pixels)."""
@@ -209,8 +230,9 @@ def mean_fill(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
     return I._fill_known_mean(x, m)
 
 
-def inpainting_scores(model: CVAEGAN, val: LabelledImages, count: int, iterations: int = 4,
-                      bar: tqdm | None = None) -> dict:
+def inpainting_scores(
+    model: CVAEGAN, val: LabelledImages, count: int, iterations: int = 4, bar: tqdm | None = None
+) -> dict:
     """PSNR / SSIM inside the mask for our inpainting (true class given, and C's guess) and three baselines."""
     r = model.config.resolution
     n = min(count, len(val.labels))
@@ -223,7 +245,7 @@ def inpainting_scores(model: CVAEGAN, val: LabelledImages, count: int, iteration
         scores = {k: ([], []) for k in methods}
         holes = []
         for i in range(n):
-            x = x_all[i:i + 1]
+            x = x_all[i : i + 1]
             m = centre_box_mask(r) if kind == "centre_box" else brush_mask(r, seed=1000 + i)
             holes.append(m.float().mean().item())
             with torch.no_grad():
@@ -241,8 +263,10 @@ def inpainting_scores(model: CVAEGAN, val: LabelledImages, count: int, iteration
                 scores[k][1].append(s.item())
             if bar is not None:
                 bar.update(1)
-        report[kind] = {k: {"psnr_db": round(float(np.mean(p)), 3), "ssim": round(float(np.mean(s)), 4)}
-                        for k, (p, s) in scores.items()}
+        report[kind] = {
+            k: {"psnr_db": round(float(np.mean(p)), 3), "ssim": round(float(np.mean(s)), 4)}
+            for k, (p, s) in scores.items()
+        }
         report[kind]["hole_fraction"] = round(float(np.mean(holes)), 3)
     report["images"] = n
     report["iterations"] = iterations
@@ -251,21 +275,35 @@ def inpainting_scores(model: CVAEGAN, val: LabelledImages, count: int, iteration
 
 # ---- the whole report --------------------------------------------------------------------------
 
+
 def check_compatible(model: CVAEGAN, judge: Judge, data: LabelledImages) -> None:
     mc, jc = model.config, judge.config
     if jc.targets:
-        raise EvaluationError("this is an attribute judge (it regresses attr_* columns); evaluation needs a class "
-                              "judge from `cvaegan judge` without --attributes")
+        raise EvaluationError(
+            "this is an attribute judge (it regresses attr_* columns); evaluation needs a class "
+            "judge from `cvaegan judge` without --attributes"
+        )
     if mc.class_folders and mc.class_folders != data.class_folders:
-        raise EvaluationError("the weights were trained on other classes than the data's folders; "
-                              "pass the data set the weights were trained on")
+        raise EvaluationError(
+            "the weights were trained on other classes than the data's folders; "
+            "pass the data set the weights were trained on"
+        )
     if jc.class_folders != data.class_folders:
-        raise EvaluationError("the judge was trained on other classes than the data's folders; "
-                              "train a judge on this data set (`cvaegan judge --data ...`)")
+        raise EvaluationError(
+            "the judge was trained on other classes than the data's folders; "
+            "train a judge on this data set (`cvaegan judge --data ...`)"
+        )
 
 
-def evaluate(model: CVAEGAN, judge: Judge, data: LabelledImages, samples_per_class: int = 8,
-             classes: list[int] | None = None, inpaint_images: int = 64, progress: bool = True) -> dict:
+def evaluate(
+    model: CVAEGAN,
+    judge: Judge,
+    data: LabelledImages,
+    samples_per_class: int = 8,
+    classes: list[int] | None = None,
+    inpaint_images: int = 64,
+    progress: bool = True,
+) -> dict:
     """All figures of the evaluation issue for one generator; `data` at the model's resolution."""
     require_libraries()
     check_compatible(model, judge, data)
@@ -286,7 +324,7 @@ def evaluate(model: CVAEGAN, judge: Judge, data: LabelledImages, samples_per_cla
     z = z_from_seeds([FIRST_SEED + i for i in range(n_fake)], model.config.z_dim)
     fakes = []
     for i in range(0, n_fake, 64):
-        fakes.append(I.generate(model, z[i:i + 64], c_fake[i:i + 64], batch_size=64))
+        fakes.append(I.generate(model, z[i : i + 64], c_fake[i : i + 64], batch_size=64))
         bar.update(len(fakes[-1]))
     x_fake = torch.cat(fakes)
 
@@ -306,7 +344,7 @@ def evaluate(model: CVAEGAN, judge: Judge, data: LabelledImages, samples_per_cla
     rec_p, rec_s = [], []
     with torch.no_grad():
         for i in range(0, len(x_val), 64):
-            xb, cb = x_val[i:i + 64], val.labels[i:i + 64]
+            xb, cb = x_val[i : i + 64], val.labels[i : i + 64]
             mu, _ = model.encoder.eval()(xb.to(model.device), cb.to(model.device))
             rec = model.generator.eval()(mu, cb.to(model.device)).float().cpu().clamp(-1, 1)
             p, s = psnr_ssim(rec, xb)
@@ -326,18 +364,27 @@ def evaluate(model: CVAEGAN, judge: Judge, data: LabelledImages, samples_per_cla
         "discriminability": {
             "judge_top1_generated": round(hits.mean().item(), 4),
             "judge_top1_real_val": round(real_top1, 4),
-            "judge_top1_generated_per_class": {model.config.class_names[c]: round(v, 4)
-                                               for c, v in zip(classes, hits.tolist())},
+            "judge_top1_generated_per_class": {
+                model.config.class_names[c]: round(v, 4) for c, v in zip(classes, hits.tolist())
+            },
         },
         "inception_score_judge": {"generated": inception_score(logits_f), "real_val": inception_score(logits_r)},
         "fid_judge": round(dist["fid"], 4),
-        "kid_judge": {"mean": round(dist["kid_mean"], 5), "std": round(dist["kid_std"], 5),
-                      "subset_size": dist["kid_subset_size"]},
+        "kid_judge": {
+            "mean": round(dist["kid_mean"], 5),
+            "std": round(dist["kid_std"], 5),
+            "subset_size": dist["kid_subset_size"],
+        },
         "prdc_judge": {k2: (round(v, 4) if isinstance(v, float) else v) for k2, v in pr.items()},
-        "intra_class_diversity": {"generated": round(div_fake, 4), "real_val": round(div_real, 4),
-                                  "definition": "1 - mean pairwise MS-SSIM (3 scales) among same-class images"},
-        "reconstruction": {"psnr_db": round(torch.cat(rec_p).mean().item(), 3),
-                           "ssim": round(torch.cat(rec_s).mean().item(), 4)},
+        "intra_class_diversity": {
+            "generated": round(div_fake, 4),
+            "real_val": round(div_real, 4),
+            "definition": "1 - mean pairwise MS-SSIM (3 scales) among same-class images",
+        },
+        "reconstruction": {
+            "psnr_db": round(torch.cat(rec_p).mean().item(), 3),
+            "ssim": round(torch.cat(rec_s).mean().item(), 4),
+        },
         "inpainting": inpaint,
         "wall_s": round(time.perf_counter() - t0, 1),
     }

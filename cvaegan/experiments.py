@@ -8,6 +8,7 @@ Every step is skipped when its result already exists in DIR, so a killed experim
 running the same command again (training runs resume from their checkpoints). Training runs are
 `python -m cvaegan train` subprocesses, `--parallel` of them at once.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,8 +44,20 @@ def ensure_judge(data: str, out: Path, resolution: int, epochs: int, threads: in
         _log(f"judge: reusing {out}")
         return out
     _log(f"judge: training on {data} ({epochs} epochs)")
-    cmd = [sys.executable, "-m", "cvaegan", "judge", "--data", data, "--out", str(out), "--resolution", str(resolution),
-           "--epochs", str(epochs)] + (["--threads", str(threads)] if threads else [])
+    cmd = [
+        sys.executable,
+        "-m",
+        "cvaegan",
+        "judge",
+        "--data",
+        data,
+        "--out",
+        str(out),
+        "--resolution",
+        str(resolution),
+        "--epochs",
+        str(epochs),
+    ] + (["--threads", str(threads)] if threads else [])
     subprocess.run(cmd, check=True)
     return out
 
@@ -72,21 +85,61 @@ def run_trainings(jobs: dict[str, list[str]], runs: Path, parallel: int) -> None
                 _log(f"train {name}: done")
 
 
-def evaluate_run(export: Path, judge: Path, data: str, report: Path, samples_per_class: int, inpaint_images: int) -> dict:
+def evaluate_run(
+    export: Path, judge: Path, data: str, report: Path, samples_per_class: int, inpaint_images: int
+) -> dict:
     if report.is_file():
         return json.loads(report.read_text())
     _log(f"evaluate {export}")
-    subprocess.run([sys.executable, "-m", "cvaegan", "evaluate", "--weights", str(export), "--judge", str(judge),
-                    "--data", data, "--out", str(report), "--samples-per-class", str(samples_per_class),
-                    "--inpaint-images", str(inpaint_images), "--device", "cpu"], check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cvaegan",
+            "evaluate",
+            "--weights",
+            str(export),
+            "--judge",
+            str(judge),
+            "--data",
+            data,
+            "--out",
+            str(report),
+            "--samples-per-class",
+            str(samples_per_class),
+            "--inpaint-images",
+            str(inpaint_images),
+            "--device",
+            "cpu",
+        ],
+        check=True,
+    )
     return json.loads(report.read_text())
 
 
 def _train_args(a: argparse.Namespace) -> list[str]:
-    args = ["--data", a.data, "--resolution", str(a.resolution), "--steps", str(a.steps), "--batch-size",
-            str(a.batch_size), "--val-fraction", "0.1", "--seed", str(a.seed), "--log-every", "25",
-            "--sample-every", str(max(1, a.steps // 4)), "--checkpoint-every", str(max(1, a.steps // 8)),
-            "--device", "auto"]
+    args = [
+        "--data",
+        a.data,
+        "--resolution",
+        str(a.resolution),
+        "--steps",
+        str(a.steps),
+        "--batch-size",
+        str(a.batch_size),
+        "--val-fraction",
+        "0.1",
+        "--seed",
+        str(a.seed),
+        "--log-every",
+        "25",
+        "--sample-every",
+        str(max(1, a.steps // 4)),
+        "--checkpoint-every",
+        str(max(1, a.steps // 8)),
+        "--device",
+        "auto",
+    ]
     if a.base_channels:
         args += ["--base-channels", str(a.base_channels)]
     if a.ema_decay:
@@ -127,37 +180,65 @@ def table1(a: argparse.Namespace) -> dict:
     base = _train_args(a)
     variants = ["cvae", "cgan", "fm-cgan", "cvae-gan"]
     run_trainings({v: base + ["--variant", v] for v in variants}, out / "runs", a.parallel)
-    reports = {v: evaluate_run(out / "runs" / v / "export", judge, a.data, out / f"report_{v}.json",
-                               a.samples_per_class, a.inpaint_images) for v in variants}
+    reports = {
+        v: evaluate_run(
+            out / "runs" / v / "export", judge, a.data, out / f"report_{v}.json", a.samples_per_class, a.inpaint_images
+        )
+        for v in variants
+    }
     real = reports["cvae-gan"]
-    rows = {"real data": {"discriminability": real["discriminability"]["judge_top1_real_val"],
-                          "inception_score": real["inception_score_judge"]["real_val"]["mean"],
-                          "diversity": real["intra_class_diversity"]["real_val"]}}
+    rows = {
+        "real data": {
+            "discriminability": real["discriminability"]["judge_top1_real_val"],
+            "inception_score": real["inception_score_judge"]["real_val"]["mean"],
+            "diversity": real["intra_class_diversity"]["real_val"],
+        }
+    }
     for v in variants:
         r = reports[v]
-        rows[v] = {"discriminability": r["discriminability"]["judge_top1_generated"],
-                   "inception_score": r["inception_score_judge"]["generated"]["mean"],
-                   "fid_judge": r["fid_judge"], "diversity": r["intra_class_diversity"]["generated"]}
-    result = {"data": a.data, "classes": real["classes"], "resolution": a.resolution, "steps": a.steps,
-              "batch_size": a.batch_size, "seed": a.seed, "samples_per_class": a.samples_per_class,
-              "judge_val_top1": real["discriminability"]["judge_top1_real_val"], "rows": rows, "paper": PAPER_TABLE1}
+        rows[v] = {
+            "discriminability": r["discriminability"]["judge_top1_generated"],
+            "inception_score": r["inception_score_judge"]["generated"]["mean"],
+            "fid_judge": r["fid_judge"],
+            "diversity": r["intra_class_diversity"]["generated"],
+        }
+    result = {
+        "data": a.data,
+        "classes": real["classes"],
+        "resolution": a.resolution,
+        "steps": a.steps,
+        "batch_size": a.batch_size,
+        "seed": a.seed,
+        "samples_per_class": a.samples_per_class,
+        "judge_val_top1": real["discriminability"]["judge_top1_real_val"],
+        "rows": rows,
+        "paper": PAPER_TABLE1,
+    }
     (out / "table1.json").write_text(json.dumps(result, indent=2) + "\n")
     (out / "table1.md").write_text(table1_markdown(result))
-    bar_chart([(LABELS[k], v["discriminability"], PAPER_TABLE1[k]["discriminability"]) for k, v in rows.items()],
-              f"Discriminability: {real['classes']} classes, {a.resolution} px, {a.steps} steps", out / "table1.png")
+    bar_chart(
+        [(LABELS[k], v["discriminability"], PAPER_TABLE1[k]["discriminability"]) for k, v in rows.items()],
+        f"Discriminability: {real['classes']} classes, {a.resolution} px, {a.steps} steps",
+        out / "table1.png",
+    )
     _log(f"wrote {out / 'table1.md'} and {out / 'table1.png'}")
     return result
 
 
 def table1_markdown(r: dict) -> str:
-    lines = ["| method | discriminability (ours) | IS, judge (ours) | FID, judge (ours) | diversity (ours) "
-             "| discriminability (paper) | IS (paper) |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| method | discriminability (ours) | IS, judge (ours) | FID, judge (ours) | diversity (ours) "
+        "| discriminability (paper) | IS (paper) |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for k, v in r["rows"].items():
         p = r["paper"][k]
         fid = f"{v['fid_judge']:.2f}" if "fid_judge" in v else "-"
         div = f"{v['diversity']:.3f}" if "diversity" in v else ""
-        lines.append(f"| {LABELS[k]} | {100 * v['discriminability']:.2f}% | {v['inception_score']:.2f} | {fid} | {div} "
-                     f"| {100 * p['discriminability']:.2f}% | {p['inception_score']:.2f} |")
+        lines.append(
+            f"| {LABELS[k]} | {100 * v['discriminability']:.2f}% | {v['inception_score']:.2f} | {fid} | {div} "
+            f"| {100 * p['discriminability']:.2f}% | {p['inception_score']:.2f} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -173,14 +254,21 @@ def diffaugment(a: argparse.Namespace) -> dict:
     for name in arms:
         rows = [json.loads(x) for x in (out / "runs" / name / "metrics.jsonl").read_text().splitlines() if x.strip()]
         probe = [r for r in rows if "acc/D_val_eval" in r]
-        last = probe[-max(1, len(probe) // 4):]  # the final quarter of the run
-        rep = evaluate_run(out / "runs" / name / "export", judge, a.data, out / f"report_{name}.json",
-                           a.samples_per_class, a.inpaint_images)
+        last = probe[-max(1, len(probe) // 4) :]  # the final quarter of the run
+        rep = evaluate_run(
+            out / "runs" / name / "export",
+            judge,
+            a.data,
+            out / f"report_{name}.json",
+            a.samples_per_class,
+            a.inpaint_images,
+        )
         result["arms"][name] = {
             "d_acc_train_real_eval": round(sum(r["acc/D_train_eval"] for r in last) / len(last), 4),
             "d_acc_val_real_eval": round(sum(r["acc/D_val_eval"] for r in last) / len(last), 4),
             "judge_top1_generated": rep["discriminability"]["judge_top1_generated"],
-            "fid_judge": rep["fid_judge"], "recon_psnr_db": rep["reconstruction"]["psnr_db"],
+            "fid_judge": rep["fid_judge"],
+            "recon_psnr_db": rep["reconstruction"]["psnr_db"],
             "diversity": rep["intra_class_diversity"]["generated"],
         }
         arm = result["arms"][name]
@@ -199,20 +287,58 @@ def augmentation(a: argparse.Namespace) -> dict:
     gen_dir = out / "generated"
     if not (gen_dir / "seeds.csv").is_file():
         _log(f"augment: {a.per_class} generated images per class from {a.weights}")
-        subprocess.run([sys.executable, "-m", "cvaegan", "augment", "--weights", a.weights, "--per-class",
-                        str(a.per_class), "--first-seed", "50000", "--out", str(gen_dir), "--device", "cpu"], check=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "cvaegan",
+                "augment",
+                "--weights",
+                a.weights,
+                "--per-class",
+                str(a.per_class),
+                "--first-seed",
+                "50000",
+                "--out",
+                str(gen_dir),
+                "--device",
+                "cpu",
+            ],
+            check=True,
+        )
     both = out / "judge_real_plus_generated"
     if not (both / "config.json").is_file():
-        cmd = [sys.executable, "-m", "cvaegan", "judge", "--data", a.data, "--extra", str(gen_dir), "--out", str(both),
-               "--resolution", str(res), "--epochs", str(a.judge_epochs)] + (["--threads", str(a.threads)] if a.threads else [])
+        cmd = [
+            sys.executable,
+            "-m",
+            "cvaegan",
+            "judge",
+            "--data",
+            a.data,
+            "--extra",
+            str(gen_dir),
+            "--out",
+            str(both),
+            "--resolution",
+            str(res),
+            "--epochs",
+            str(a.judge_epochs),
+        ] + (["--threads", str(a.threads)] if a.threads else [])
         subprocess.run(cmd, check=True)
-    top = {name: json.loads((out / name / "config.json").read_text())["training"]
-           for name in ("judge_real", "judge_real_plus_generated")}
-    result = {"data": a.data, "weights": a.weights, "generated_per_class": a.per_class,
-              "top1_real_only": top["judge_real"]["val_top1"],
-              "top1_real_plus_generated": top["judge_real_plus_generated"]["val_top1"],
-              "val_images": top["judge_real"]["val_images"], "epochs": a.judge_epochs,
-              "paper": "LFW verification 91.87% -> 92.98% with generated faces added (Bao et al. 2017, Sec. 5)"}
+    top = {
+        name: json.loads((out / name / "config.json").read_text())["training"]
+        for name in ("judge_real", "judge_real_plus_generated")
+    }
+    result = {
+        "data": a.data,
+        "weights": a.weights,
+        "generated_per_class": a.per_class,
+        "top1_real_only": top["judge_real"]["val_top1"],
+        "top1_real_plus_generated": top["judge_real_plus_generated"]["val_top1"],
+        "val_images": top["judge_real"]["val_images"],
+        "epochs": a.judge_epochs,
+        "paper": "LFW verification 91.87% -> 92.98% with generated faces added (Bao et al. 2017, Sec. 5)",
+    }
     (out / "augmentation.json").write_text(json.dumps(result, indent=2) + "\n")
     _log(json.dumps(result, indent=1))
     return result
@@ -230,11 +356,18 @@ def write_readme_section(readme: Path, tag: str, text: str) -> None:
 def _budget_parser(sub) -> None:
     from .budget import RECIPES
 
-    p = sub.add_parser("budget", help="train a recipe for a fixed CPU time and judge it at 15/30/60/120 minutes",
-                       description=("Equal-budget recipe comparison (see cvaegan/budget.py). Re-run to resume; every "
-                                    "recipe in --out appears in budget.md / budget.png."))
+    p = sub.add_parser(
+        "budget",
+        help="train a recipe for a fixed CPU time and judge it at 15/30/60/120 minutes",
+        description=(
+            "Equal-budget recipe comparison (see cvaegan/budget.py). Re-run to resume; every "
+            "recipe in --out appears in budget.md / budget.png."
+        ),
+    )
     p.add_argument("--data", required=True, help="folder or .tar in ImageFolder layout")
-    p.add_argument("--recipe", required=True, help=f"named recipe: {', '.join(RECIPES)} (or any name with --train-args)")
+    p.add_argument(
+        "--recipe", required=True, help=f"named recipe: {', '.join(RECIPES)} (or any name with --train-args)"
+    )
     p.add_argument("--minutes", type=float, required=True, help="CPU-minutes of training (process CPU time / threads)")
     p.add_argument("--out", required=True, help="experiment folder; the run goes to OUT/<recipe or --name>")
     p.add_argument("--judge", required=True, help="judge folder (`cvaegan judge`), trained on the same data")
@@ -248,8 +381,9 @@ def _budget_parser(sub) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m cvaegan.experiments", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m cvaegan.experiments", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = ap.add_subparsers(dest="experiment", required=True)
     for name in ("table1", "diffaugment", "augmentation"):
         p = sub.add_parser(name)
@@ -268,7 +402,9 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--parallel", type=int, default=2, help="training runs at once (default 2)")
         p.add_argument("--threads", type=int, default=1, help="torch threads per process (default 1)")
         if name == "diffaugment":
-            p.add_argument("--policy", default="translation,color", help="DiffAugment policy (default translation,color)")
+            p.add_argument(
+                "--policy", default="translation,color", help="DiffAugment policy (default translation,color)"
+            )
         if name == "augmentation":
             p.add_argument("--weights", required=True, help="weights folder whose samples are added")
             p.add_argument("--per-class", type=int, default=20, help="generated images per class (default 20)")
@@ -280,20 +416,37 @@ def main(argv: list[str] | None = None) -> int:
     if a.experiment == "budget":
         from .budget import run_budget
 
-        run_budget(a.data, a.recipe, a.minutes, a.out, a.judge, a.threads, a.samples_per_class,
-                   a.train_args.split() if a.train_args else None, a.name, a.seed, a.train_only)
+        run_budget(
+            a.data,
+            a.recipe,
+            a.minutes,
+            a.out,
+            a.judge,
+            a.threads,
+            a.samples_per_class,
+            a.train_args.split() if a.train_args else None,
+            a.name,
+            a.seed,
+            a.train_only,
+        )
         if a.write_readme:
             readme = Path(__file__).resolve().parent.parent / "README.md"
             out = Path(a.out)
-            write_readme_section(readme, "budget", (out / "budget.md").read_text() + f"\n![budget plot](docs/budget_{out.name}.png)\n")
+            write_readme_section(
+                readme, "budget", (out / "budget.md").read_text() + f"\n![budget plot](docs/budget_{out.name}.png)\n"
+            )
         return 0
     if a.experiment == "table1":
         r = table1(a)
         if a.write_readme:
             readme = Path(__file__).resolve().parent.parent / "README.md"
-            text = (f"{r['classes']} classes of `{Path(a.data).name}`, {a.resolution} px, {a.steps} steps, batch {a.batch_size}, "
-                    f"seed {a.seed}, {a.samples_per_class} samples per class; judge top-1 on held-out real images "
-                    f"{100 * r['judge_val_top1']:.1f}%.\n\n" + table1_markdown(r) + "\n![Table 1 bar plot](docs/table1.png)\n")
+            text = (
+                f"{r['classes']} classes of `{Path(a.data).name}`, {a.resolution} px, {a.steps} steps, batch {a.batch_size}, "
+                f"seed {a.seed}, {a.samples_per_class} samples per class; judge top-1 on held-out real images "
+                f"{100 * r['judge_val_top1']:.1f}%.\n\n"
+                + table1_markdown(r)
+                + "\n![Table 1 bar plot](docs/table1.png)\n"
+            )
             write_readme_section(readme, "table1", text)
     elif a.experiment == "diffaugment":
         diffaugment(a)

@@ -1,5 +1,6 @@
 """Which weights to use: a local folder, a Hub repo or the bundled weights/ (one resolver for CLI and
 app), and publishing a folder to the Hub. Saving and loading themselves live in CVAEGAN (models.py)."""
+
 from __future__ import annotations
 
 import os
@@ -12,17 +13,36 @@ from .config import ModelConfig
 from .models import CVAEGAN, DIRECTIONS_NAME
 from .serialization import CONFIG_NAME, WeightsError, load_tensors, unwrap_state, verify_files
 
-__all__ = ["BUNDLED_DIR", "BUNDLED_ORDER", "CONFIG_NAME", "DIRECTIONS_NAME", "Resolved", "WeightsError", "bundled",
-           "load_folder", "load_pretrained", "model_card", "push", "read_config", "resolve_weights",
-           "save_directions", "save_pretrained"]
+__all__ = [
+    "BUNDLED_DIR",
+    "BUNDLED_ORDER",
+    "CONFIG_NAME",
+    "DIRECTIONS_NAME",
+    "Resolved",
+    "WeightsError",
+    "bundled",
+    "load_folder",
+    "load_pretrained",
+    "model_card",
+    "push",
+    "read_config",
+    "resolve_weights",
+    "save_directions",
+    "save_pretrained",
+]
 
 BUNDLED_DIR = Path(__file__).resolve().parent.parent / "weights"
 BUNDLED_ORDER = ("faces", "flowers", "birds")
 RUNNING_MEANS_NAME = "running_means.safetensors"
 
 
-def save_pretrained(model: CVAEGAN, path: str | os.PathLike, fp16: bool = True,
-                    include_discriminator: bool = False, running_means: torch.nn.Module | None = None) -> Path:
+def save_pretrained(
+    model: CVAEGAN,
+    path: str | os.PathLike,
+    fp16: bool = True,
+    include_discriminator: bool = False,
+    running_means: torch.nn.Module | None = None,
+) -> Path:
     """model.save_pretrained(...): config.json + encoder/generator/classifier[/discriminator].safetensors.
 
     With include_discriminator and running_means (the trainer's feature means of L_GD / L_GC), the folder
@@ -43,12 +63,20 @@ def load_training_state(folder: str | os.PathLike) -> dict:
     verify_files(folder, cfg.files)
     missing = [f for f in ("discriminator.safetensors", RUNNING_MEANS_NAME) if not (folder / f).is_file()]
     if missing:
-        raise WeightsError(f"{folder}: no {' or '.join(missing)}; only weights exported with the discriminator and "
-                           "running means (`train --export-discriminator`, the default) can be trained further")
-    nets = {key: load_tensors(folder / f"{name}.safetensors") for key, name in
-            (("C", "classifier"), ("D", "discriminator"), ("G", "generator"), ("E", "encoder"))}
-    return {"config": cfg.to_dict(), "nets": nets, "means": load_tensors(folder / RUNNING_MEANS_NAME),
-            "source": str(folder)}
+        raise WeightsError(
+            f"{folder}: no {' or '.join(missing)}; only weights exported with the discriminator and "
+            "running means (`train --export-discriminator`, the default) can be trained further"
+        )
+    nets = {
+        key: load_tensors(folder / f"{name}.safetensors")
+        for key, name in (("C", "classifier"), ("D", "discriminator"), ("G", "generator"), ("E", "encoder"))
+    }
+    return {
+        "config": cfg.to_dict(),
+        "nets": nets,
+        "means": load_tensors(folder / RUNNING_MEANS_NAME),
+        "source": str(folder),
+    }
 
 
 def save_directions(model: CVAEGAN, path: str | os.PathLike) -> None:
@@ -60,20 +88,33 @@ def read_config(folder: str | os.PathLike) -> ModelConfig:
     return CVAEGAN.read_config(folder)
 
 
-def load_folder(folder: str | os.PathLike, device: str | torch.device = "cpu",
-                with_discriminator: bool = False, verify: bool = True) -> CVAEGAN:
+def load_folder(
+    folder: str | os.PathLike, device: str | torch.device = "cpu", with_discriminator: bool = False, verify: bool = True
+) -> CVAEGAN:
     """Load a local weights folder strictly; networks in eval mode, float32, on `device`.
     verify=False skips the sha256 check (only for folders just downloaded and verified)."""
     return CVAEGAN.from_folder(folder, device, verify=verify, with_discriminator=with_discriminator)
 
 
-def load_pretrained(name_or_path: str | os.PathLike, revision: str | None = None, device: str | torch.device = "cpu",
-                    with_discriminator: bool = False, cache_dir: str | None = None,
-                    endpoint: str | None = None, extra_classes=None) -> CVAEGAN:
+def load_pretrained(
+    name_or_path: str | os.PathLike,
+    revision: str | None = None,
+    device: str | torch.device = "cpu",
+    with_discriminator: bool = False,
+    cache_dir: str | None = None,
+    endpoint: str | None = None,
+    extra_classes=None,
+) -> CVAEGAN:
     """A local weights folder, or a Hub repo id ("owner/name", optional revision) -> CVAEGAN.
     extra_classes: class file(s) written by `cvaegan enrol`, added after loading (checked against these weights)."""
-    model = CVAEGAN.from_pretrained(name_or_path, revision=revision, device=device, cache_dir=cache_dir,
-                                    endpoint=endpoint, with_discriminator=with_discriminator)
+    model = CVAEGAN.from_pretrained(
+        name_or_path,
+        revision=revision,
+        device=device,
+        cache_dir=cache_dir,
+        endpoint=endpoint,
+        with_discriminator=with_discriminator,
+    )
     if extra_classes:
         from .enrol import load_extra_classes  # enrol builds on models; models never imports it
 
@@ -98,8 +139,14 @@ def bundled(name: str | None = None) -> Path:
     raise WeightsError(f"no bundled weights found in {BUNDLED_DIR}; pass --weights DIR_OR_REPO")
 
 
-def resolve_weights(spec: str | None = None, revision: str | None = None, device: str = "cpu",
-                    fallback: bool = True, endpoint: str | None = None, cache_dir: str | None = None) -> Resolved:
+def resolve_weights(
+    spec: str | None = None,
+    revision: str | None = None,
+    device: str = "cpu",
+    fallback: bool = True,
+    endpoint: str | None = None,
+    cache_dir: str | None = None,
+) -> Resolved:
     """The one resolver: explicit folder -> Hub repo id (cache first) -> bundled weights/.
 
     spec None (or "") uses the bundled weights. With fallback=True, a Hub or folder failure falls
@@ -134,8 +181,14 @@ def model_card(cfg: ModelConfig, repo_id: str) -> str:
     )
 
 
-def push(weights: str | os.PathLike, repo_id: str, token: str | None = None, private: bool = False,
-         revision: str | None = None, endpoint: str | None = None) -> str:
+def push(
+    weights: str | os.PathLike,
+    repo_id: str,
+    token: str | None = None,
+    private: bool = False,
+    revision: str | None = None,
+    endpoint: str | None = None,
+) -> str:
     """Upload a weights folder (verified first) to a Hub model repo; returns the commit URL."""
     from huggingface_hub import HfApi
 
@@ -144,9 +197,18 @@ def push(weights: str | os.PathLike, repo_id: str, token: str | None = None, pri
     api = HfApi(token=token, endpoint=endpoint)
     api.create_repo(repo_id, repo_type="model", private=private, exist_ok=True)
     if not (folder / "README.md").is_file():
-        api.upload_file(path_or_fileobj=model_card(model.config, repo_id).encode(), path_in_repo="README.md",
-                        repo_id=repo_id, revision=revision, commit_message="Add model card")
-    info = api.upload_folder(folder_path=str(folder), repo_id=repo_id, revision=revision,
-                             allow_patterns=["*.json", "*.safetensors", "*.md", "*.png"],
-                             commit_message="Upload CVAE-GAN weights")
+        api.upload_file(
+            path_or_fileobj=model_card(model.config, repo_id).encode(),
+            path_in_repo="README.md",
+            repo_id=repo_id,
+            revision=revision,
+            commit_message="Add model card",
+        )
+    info = api.upload_folder(
+        folder_path=str(folder),
+        repo_id=repo_id,
+        revision=revision,
+        allow_patterns=["*.json", "*.safetensors", "*.md", "*.png"],
+        commit_message="Upload CVAE-GAN weights",
+    )
     return str(getattr(info, "commit_url", info))

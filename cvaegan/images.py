@@ -1,4 +1,5 @@
 """Image I/O and conversions: open any image safely, crop/resize to the model, tensors <-> PIL, grids, masks."""
+
 from __future__ import annotations
 
 import io
@@ -52,7 +53,9 @@ def open_raw(src, max_pixels: int = MAX_PIXELS, name: str | None = None) -> Imag
     if w < 1 or h < 1:
         raise ImageError(f"{label}: image has no pixels ({w}x{h})")
     if w * h > max_pixels:
-        raise ImageError(f"{label}: image is {w}x{h} = {w * h:,} pixels, over the limit of {max_pixels:,}; resize it first")
+        raise ImageError(
+            f"{label}: image is {w}x{h} = {w * h:,} pixels, over the limit of {max_pixels:,}; resize it first"
+        )
     try:
         img.load()
         return ImageOps.exif_transpose(img)
@@ -152,7 +155,7 @@ def make_grid(x: torch.Tensor, ncol: int, pad: int = 2) -> Image.Image:
     u8 = to_uint8(x)
     for i in range(n):
         r, c = divmod(i, ncol)
-        canvas[:, pad + r * (h + pad): pad + r * (h + pad) + h, pad + c * (w + pad): pad + c * (w + pad) + w] = u8[i]
+        canvas[:, pad + r * (h + pad) : pad + r * (h + pad) + h, pad + c * (w + pad) : pad + c * (w + pad) + w] = u8[i]
     return Image.fromarray(canvas.permute(1, 2, 0).numpy(), "RGB")
 
 

@@ -4,6 +4,7 @@ edit along latent directions, inpaint, super-resolve, augment. Images are (B, 3,
 Every function runs the networks in eval mode (BatchNorm uses its running statistics), so each image
 depends only on its own (z, c): "seed s, class c" is the same picture whatever else is in the batch.
 """
+
 from __future__ import annotations
 
 import csv
@@ -51,13 +52,14 @@ def generate(model: CVAEGAN, z: torch.Tensor, c: torch.Tensor, batch_size: int =
     """G(z, c) in eval mode, in chunks of `batch_size`. z: (N, z_dim); c: (N,) indices or (N, K) weights."""
     model.generator.eval()
     dev = model.device
-    out = [model.generator(z[i:i + batch_size].to(dev), c[i:i + batch_size].to(dev)).float().cpu()
-           for i in range(0, len(z), batch_size)]
+    out = [
+        model.generator(z[i : i + batch_size].to(dev), c[i : i + batch_size].to(dev)).float().cpu()
+        for i in range(0, len(z), batch_size)
+    ]
     return torch.cat(out)
 
 
-def sample(model: CVAEGAN, classes, seeds: Sequence[int], truncation: float = 1.0,
-           batch_size: int = 1) -> torch.Tensor:
+def sample(model: CVAEGAN, classes, seeds: Sequence[int], truncation: float = 1.0, batch_size: int = 1) -> torch.Tensor:
     """Images for `seeds` (one per seed) of one class, or of one class per seed when `classes` is a list
     of the same length. batch_size 1 (default) makes every image bit-identical however many are asked."""
     idx = class_indices(model, classes)
@@ -135,7 +137,9 @@ def slerp(a: torch.Tensor, b: torch.Tensor, t: float) -> torch.Tensor:
     return (torch.sin((1 - t) * omega) * a + torch.sin(t * omega) * b) / torch.sin(omega)
 
 
-def endpoint(model: CVAEGAN, cls=None, seed: int | None = None, image=None, truncation: float = 1.0) -> tuple[torch.Tensor, int]:
+def endpoint(
+    model: CVAEGAN, cls=None, seed: int | None = None, image=None, truncation: float = 1.0
+) -> tuple[torch.Tensor, int]:
     """An interpolation endpoint: (class, seed) or an encoded photo (class given or predicted) -> (z, class)."""
     if image is not None:
         z, idx, _ = encode(model, as_model_input(model, image), cls)
@@ -145,8 +149,9 @@ def endpoint(model: CVAEGAN, cls=None, seed: int | None = None, image=None, trun
     return z_from_seeds([seed], model.config.z_dim, truncation)[0], class_indices(model, cls)[0]
 
 
-def interpolate(model: CVAEGAN, a: tuple[torch.Tensor, int], b: tuple[torch.Tensor, int], frames: int = 8,
-                mode: str = "both") -> torch.Tensor:
+def interpolate(
+    model: CVAEGAN, a: tuple[torch.Tensor, int], b: tuple[torch.Tensor, int], frames: int = 8, mode: str = "both"
+) -> torch.Tensor:
     """Frames from endpoint a to b -> (frames, 3, R, R); the first and last frames equal G(a) and G(b)
     exactly. mode "z": z slerped, class of a; "class": one-hot weights mixed, z of a; "both": both."""
     if mode not in ("z", "class", "both"):
@@ -202,8 +207,16 @@ def _fill_known_mean(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
     return torch.where(m, mean.expand_as(x), x)
 
 
-def inpaint_tensor(model: CVAEGAN, x: torch.Tensor, m: torch.Tensor, cls: int, iterations: int = 4,
-                   refine_steps: int = 0, refine_lr: float = 0.05, progress: Progress = None) -> torch.Tensor:
+def inpaint_tensor(
+    model: CVAEGAN,
+    x: torch.Tensor,
+    m: torch.Tensor,
+    cls: int,
+    iterations: int = 4,
+    refine_steps: int = 0,
+    refine_lr: float = 0.05,
+    progress: Progress = None,
+) -> torch.Tensor:
     """The paper's iterative inpainting at model resolution.
 
     x: (1, 3, R, R) in [-1, 1]; m: (1, 1, R, R) bool, True = missing; cls: class index.
@@ -248,8 +261,16 @@ def _ring(mask: np.ndarray, width: int) -> np.ndarray:
     return dil & ~mask
 
 
-def inpaint(model: CVAEGAN, image, mask, cls=None, iterations: int = 4, refine_steps: int = 0,
-            blend: bool = True, progress: Progress = None) -> dict:
+def inpaint(
+    model: CVAEGAN,
+    image,
+    mask,
+    cls=None,
+    iterations: int = 4,
+    refine_steps: int = 0,
+    blend: bool = True,
+    progress: Progress = None,
+) -> dict:
     """Fill the masked pixels of a photo of any size.
 
     image: path/bytes/PIL/array; mask: any image or (H, W) array, non-zero (or alpha > 0) = missing.
@@ -286,11 +307,17 @@ def inpaint(model: CVAEGAN, image, mask, cls=None, iterations: int = 4, refine_s
             gen_big = gen_big + (src[ring].mean(0) - gen_big[ring].mean(0))
     out = np.where(miss[:, :, None], np.clip(np.round(gen_big), 0, 255), src).astype(np.uint8)
     model_img = torch.where(m, gen, x)[0]
-    return {"image": Image.fromarray(out, "RGB"), "model_image": to_pil(model_img), "class": cls_idx, "probability": prob}
+    return {
+        "image": Image.fromarray(out, "RGB"),
+        "model_image": to_pil(model_img),
+        "class": cls_idx,
+        "probability": prob,
+    }
 
 
-def superresolve(model: CVAEGAN, image, cls=None, steps: int = 100, lr: float = 0.05,
-                 progress: Progress = None) -> dict:
+def superresolve(
+    model: CVAEGAN, image, cls=None, steps: int = 100, lr: float = 0.05, progress: Progress = None
+) -> dict:
     """Low-resolution photo -> model resolution by projecting onto the generator.
 
     Start from E's code of the bicubic-upsampled input, then optimise z so that the area-downsampled
@@ -326,8 +353,15 @@ def superresolve(model: CVAEGAN, image, cls=None, steps: int = 100, lr: float = 
     return {"image": to_pil(out[0].cpu()), "psnr": db, "input_size": (w, h), "class": cls_idx, "probability": prob}
 
 
-def augment(model: CVAEGAN, out: str | os.PathLike, per_class: int, first_seed: int = 0, classes=None,
-            truncation: float = 1.0, progress: Progress = None) -> Path:
+def augment(
+    model: CVAEGAN,
+    out: str | os.PathLike,
+    per_class: int,
+    first_seed: int = 0,
+    classes=None,
+    truncation: float = 1.0,
+    progress: Progress = None,
+) -> Path:
     """Write an ImageFolder of generated images: out/<class_folder>/<seed>.png + out/seeds.csv."""
     out = Path(out)
     idx = class_indices(model, classes) if classes is not None else list(range(model.config.num_classes))

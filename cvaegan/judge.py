@@ -12,6 +12,7 @@ brightness, lighting) instead of the class; it re-measures those attributes on g
 check the app's named latent sliders. Its augmentation is translation only: flips would negate yaw and
 lighting direction, colour jitter would change brightness.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -51,7 +52,7 @@ class JudgeConfig:
     kind: str = JUDGE_KIND
     format_version: int = JUDGE_FORMAT
     training: dict = field(default_factory=dict)  # epochs, seed, split, val top-1, wall time
-    files: dict = field(default_factory=dict)     # file name -> sha256
+    files: dict = field(default_factory=dict)  # file name -> sha256
     targets: list[str] = field(default_factory=list)  # attribute judge: the attr_* columns it regresses
     target_mean: list[float] = field(default_factory=list)  # training-split mean / std of each target
     target_std: list[float] = field(default_factory=list)
@@ -67,11 +68,15 @@ class JudgeConfig:
     @classmethod
     def from_dict(cls, data: dict, source: str) -> JudgeConfig:
         if not isinstance(data, dict) or data.get("kind") != JUDGE_KIND:
-            raise WeightsError(f"{source}: not a judge config (kind {data.get('kind') if isinstance(data, dict) else None!r}); "
-                               "make one with `cvaegan judge --data ... --out DIR`")
+            raise WeightsError(
+                f"{source}: not a judge config (kind {data.get('kind') if isinstance(data, dict) else None!r}); "
+                "make one with `cvaegan judge --data ... --out DIR`"
+            )
         if not isinstance(data.get("format_version"), int) or data["format_version"] > JUDGE_FORMAT:
-            raise WeightsError(f"{source}: judge format {data.get('format_version')!r} is newer than this cvaegan "
-                               f"understands ({JUDGE_FORMAT}); upgrade cvaegan")
+            raise WeightsError(
+                f"{source}: judge format {data.get('format_version')!r} is newer than this cvaegan "
+                f"understands ({JUDGE_FORMAT}); upgrade cvaegan"
+            )
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -120,7 +125,9 @@ class Judge(PretrainedMixin, nn.Module):
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.config.resolution or x.shape[-2] != self.config.resolution:
-            x = F.interpolate(x, size=(self.config.resolution,) * 2, mode="bilinear", antialias=True, align_corners=False)
+            x = F.interpolate(
+                x, size=(self.config.resolution,) * 2, mode="bilinear", antialias=True, align_corners=False
+            )
         h = F.silu(self.norm(self.blocks(self.stem(x))))
         return h.mean((2, 3))
 
@@ -140,7 +147,7 @@ def shift_batch(x: torch.Tensor, gen: torch.Generator, fraction: int = 16) -> to
     padded = F.pad(x, [p, p, p, p], mode="reflect")
     oy = torch.randint(0, 2 * p + 1, (b,), generator=gen)
     ox = torch.randint(0, 2 * p + 1, (b,), generator=gen)
-    return torch.stack([padded[i, :, oy[i]:oy[i] + h, ox[i]:ox[i] + w] for i in range(b)])
+    return torch.stack([padded[i, :, oy[i] : oy[i] + h, ox[i] : ox[i] + w] for i in range(b)])
 
 
 def augment_batch(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -149,7 +156,7 @@ def augment_batch(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     b = x.shape[0]
     flip = torch.rand(b, generator=gen) < 0.5
     x = shift_batch(torch.where(flip.view(b, 1, 1, 1), x.flip(-1), x), gen, fraction=8)
-    j = lambda: (1 + 0.4 * (torch.rand(b, 1, 1, 1, generator=gen) - 0.5))  # noqa: E731
+    j = lambda: 1 + 0.4 * (torch.rand(b, 1, 1, 1, generator=gen) - 0.5)  # noqa: E731
     x = x * j()  # brightness (around mid-grey 0)
     m = x.mean((1, 2, 3), keepdim=True)
     x = (x - m) * j() + m  # contrast
@@ -163,7 +170,7 @@ def predict(judge: Judge, x: torch.Tensor, batch_size: int = 256) -> tuple[torch
     """(logits, features) for float images in [-1, 1] (any resolution; resized to the judge's)."""
     judge.eval()
     dev = next(judge.parameters()).device
-    outs = [judge(x[i:i + batch_size].to(dev).float()) for i in range(0, len(x), batch_size)]
+    outs = [judge(x[i : i + batch_size].to(dev).float()) for i in range(0, len(x), batch_size)]
     return torch.cat([o[0] for o in outs]).cpu(), torch.cat([o[1] for o in outs]).cpu()
 
 
@@ -194,10 +201,20 @@ def top1(judge: Judge, images_u8: torch.Tensor, labels: torch.Tensor) -> float:
     return (logits.argmax(1) == labels).float().mean().item()
 
 
-def train_judge(data: LabelledImages, out: str | os.PathLike, epochs: int = 20, batch_size: int = 64,
-                lr: float = 2e-3, seed: int = 7, widths: list[int] | None = None, extra: LabelledImages | None = None,
-                progress: bool = True, device: str | torch.device = "cpu", attributes: bool = False,
-                stem_stride: int = 2) -> JudgeConfig:
+def train_judge(
+    data: LabelledImages,
+    out: str | os.PathLike,
+    epochs: int = 20,
+    batch_size: int = 64,
+    lr: float = 2e-3,
+    seed: int = 7,
+    widths: list[int] | None = None,
+    extra: LabelledImages | None = None,
+    progress: bool = True,
+    device: str | torch.device = "cpu",
+    attributes: bool = False,
+    stem_stride: int = 2,
+) -> JudgeConfig:
     """Train a judge on the 90% training split of `data` (plus `extra` images, e.g. generated ones for
     the augmentation experiment), report top-1 on the 10% held-out split, save to `out`.
     attributes=True trains an attribute judge instead: it regresses every attr_* column of the data's
@@ -208,8 +225,10 @@ def train_judge(data: LabelledImages, out: str | os.PathLike, epochs: int = 20, 
     """
     if attributes:
         if not data.attributes:
-            raise JudgeError("the data has no attr_* columns (metadata.csv beside the data with 'path' and attr_* "
-                             "columns); an attribute judge needs them")
+            raise JudgeError(
+                "the data has no attr_* columns (metadata.csv beside the data with 'path' and attr_* "
+                "columns); an attribute judge needs them"
+            )
         if extra is not None:
             raise JudgeError("--extra images carry no attributes; train the attribute judge on real photos only")
     elif data.num_classes < 2:
@@ -231,9 +250,14 @@ def train_judge(data: LabelledImages, out: str | os.PathLike, epochs: int = 20, 
         x_tr, y_tr = torch.cat([x_tr, extra.images]), torch.cat([y_tr, extra.labels])
     if stem_stride not in (1, 2):
         raise ValueError(f"stem_stride must be 1 or 2, got {stem_stride}")
-    cfg = JudgeConfig(resolution=res, num_classes=data.num_classes, widths=list(widths or [32, 64, 128, 256]),
-                      stem_stride=stem_stride,
-                      class_names=list(data.class_names), class_folders=list(data.class_folders))
+    cfg = JudgeConfig(
+        resolution=res,
+        num_classes=data.num_classes,
+        widths=list(widths or [32, 64, 128, 256]),
+        stem_stride=stem_stride,
+        class_names=list(data.class_names),
+        class_folders=list(data.class_folders),
+    )
     if attributes:
         cfg.targets = sorted(data.attributes)
         t_all = torch.stack([data.attributes[k] for k in cfg.targets], 1).float()  # (N, A), NaN = unknown
@@ -258,7 +282,7 @@ def train_judge(data: LabelledImages, out: str | os.PathLike, epochs: int = 20, 
         judge.train()
         perm = torch.randperm(n, generator=gen)
         for k in range(per_epoch):
-            idx = perm[k * batch_size:(k + 1) * batch_size]
+            idx = perm[k * batch_size : (k + 1) * batch_size]
             out_, _ = judge((shift_batch if attributes else augment_batch)(uint8_to_float(x_tr[idx]), gen).to(device))
             y = y_tr[idx].to(device)
             if attributes:  # standardised targets; NaN = unknown, left out of the loss
@@ -275,17 +299,25 @@ def train_judge(data: LabelledImages, out: str | os.PathLike, epochs: int = 20, 
         if not attributes and len(va) and ((epoch + 1) % 5 == 0 or epoch + 1 == epochs):
             # held-out top-1 along the way: shows whether the judge has converged
             acc = top1(judge, data.images[va], data.labels[va])
-            history.append({"epoch": epoch + 1, "val_top1": round(acc, 4),
-                            "wall_s": round(time.perf_counter() - t0, 1)})
+            history.append(
+                {"epoch": epoch + 1, "val_top1": round(acc, 4), "wall_s": round(time.perf_counter() - t0, 1)}
+            )
             bar.write(f"judge epoch {epoch + 1}: held-out top-1 {acc:.4f}")
     bar.close()
     judge.eval()
     cfg.training = {
-        "epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed, "train_images": n,
-        "extra_images": 0 if extra is None else len(extra.labels), "val_images": len(va),
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "lr": lr,
+        "seed": seed,
+        "train_images": n,
+        "extra_images": 0 if extra is None else len(extra.labels),
+        "val_images": len(va),
         "split": f"per class 90/10, split_indices(seed={SPLIT_SEED})",
-        "wall_s": round(time.perf_counter() - t0, 1), "device": str(device),
-        "threads": torch.get_num_threads(), "history": history,
+        "wall_s": round(time.perf_counter() - t0, 1),
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "history": history,
     }
     if attributes:
         pred = predict_attributes(judge, uint8_to_float(data.images[va]))
@@ -298,7 +330,9 @@ def train_judge(data: LabelledImages, out: str | os.PathLike, epochs: int = 20, 
 
 def save_judge(judge: Judge, out: str | os.PathLike) -> Path:
     """OUT/config.json + OUT/judge.safetensors."""
-    return judge.write_folder(out, {JUDGE_FILE: unwrap_state(judge)}, {JUDGE_FILE: {"format": "pt", "kind": JUDGE_KIND}})
+    return judge.write_folder(
+        out, {JUDGE_FILE: unwrap_state(judge)}, {JUDGE_FILE: {"format": "pt", "kind": JUDGE_KIND}}
+    )
 
 
 def load_judge(folder: str | os.PathLike, device: str | torch.device = "cpu") -> Judge:

@@ -5,6 +5,7 @@ pixels or feature dimensions, then AVERAGED over the samples of the minibatch. W
 lambda2 = 1, lambda3 = lambda4 = 1e-3 this keeps the paper's balance; mean-reduced MSE would not.
 Cross-entropies are averaged over the minibatch.
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -29,9 +30,12 @@ def kl_loss(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
 
 
 def reconstruction_loss(
-    x_r: torch.Tensor, x_f: torch.Tensor,
-    fd_r: torch.Tensor, fd_f: torch.Tensor,
-    fc_r: torch.Tensor, fc_f: torch.Tensor,
+    x_r: torch.Tensor,
+    x_f: torch.Tensor,
+    fd_r: torch.Tensor,
+    fd_f: torch.Tensor,
+    fc_r: torch.Tensor,
+    fc_f: torch.Tensor,
 ) -> torch.Tensor:
     """L_G = 1/2 (||x_r - x_f||^2 + ||f_D(x_r) - f_D(x_f)||^2 + ||f_C(x_r) - f_C(x_f)||^2), mean over batch.
 
@@ -104,7 +108,9 @@ class RunningMeans(nn.Module):
 
         Groups absent from the batch keep their stored mean (detached)."""
         old = self.mean.detach()
-        m = torch.where(self.seen, torch.full_like(self.seen, self.momentum, dtype=old.dtype), torch.zeros_like(old[:, 0]))
+        m = torch.where(
+            self.seen, torch.full_like(self.seen, self.momentum, dtype=old.dtype), torch.zeros_like(old[:, 0])
+        )
         mixed = m.unsqueeze(1) * old + (1 - m).unsqueeze(1) * batch_means.float()
         return torch.where(present.unsqueeze(1), mixed, old)
 
@@ -226,8 +232,11 @@ class CVAEGANLoss(MethodLoss):
             logits, _ = self.ctx.train_nets["D"](d_in)
             l_r, l_f, l_p = logits.split(size)
             loss = discriminator_loss(l_r, l_f, l_p)
-        return loss, {"loss/D": loss.item(), "acc/D_real": (l_r > 0).float().mean().item(),
-                      "acc/D_fake": 0.5 * ((l_f < 0).float().mean() + (l_p < 0).float().mean()).item()}
+        return loss, {
+            "loss/D": loss.item(),
+            "acc/D_real": (l_r > 0).float().mean().item(),
+            "acc/D_fake": 0.5 * ((l_f < 0).float().mean() + (l_p < 0).float().mean()).item(),
+        }
 
     def phase_D_r1(self, b: Batch):
         """gamma / 2 * R1, times the interval (lazy regularisation, as in StyleGAN2)."""
@@ -272,8 +281,12 @@ class CVAEGANLoss(MethodLoss):
         c_fake = means["c_fake"].estimate(fake_cm, fake_n > 0)
         covered = (fake_n > 0) & (means["c_real"].seen | (real_n > 0))
         loss_gc = class_mean_feature_matching(c_real, c_fake, covered)
-        for key, est, present in (("d_real", d_real, one), ("d_fake", d_fake, one),
-                                  ("c_real", c_real, real_n > 0), ("c_fake", c_fake, fake_n > 0)):
+        for key, est, present in (
+            ("d_real", d_real, one),
+            ("d_fake", d_fake, one),
+            ("c_real", c_real, real_n > 0),
+            ("c_fake", c_fake, fake_n > 0),
+        ):
             means[key].update(est, present)
         return loss_gd, loss_gc
 
@@ -282,13 +295,18 @@ class CVAEGANLoss(MethodLoss):
         self._real_features(b)
         t, size = self.t, b.x_r.shape[0]
         with self.ctx.autocast():
-            x_f, x_p = self.ctx.train_nets["G"](torch.cat([b.cache["z"].detach(), b.z_p]),
-                                                torch.cat([b.c_r, b.c_p])).split(size)
+            x_f, x_p = self.ctx.train_nets["G"](
+                torch.cat([b.cache["z"].detach(), b.z_p]), torch.cat([b.c_r, b.c_p])
+            ).split(size)
             loss_rec = self._pairwise(b, x_f)
             loss_gd, loss_gc = self._mean_terms(b, x_p)
         loss = t.lambda2 * loss_rec + t.lambda3 * loss_gd + t.lambda4 * loss_gc
-        return loss, {"loss/G_recon": loss_rec.item(), "loss/G_mean_fm_D": loss_gd.item(),
-                      "loss/G_mean_fm_C": loss_gc.item(), "loss/G": loss.item()}
+        return loss, {
+            "loss/G_recon": loss_rec.item(),
+            "loss/G_mean_fm_D": loss_gd.item(),
+            "loss/G_mean_fm_C": loss_gc.item(),
+            "loss/G": loss.item(),
+        }
 
     def phase_E(self, b: Batch):
         """lambda1 L_KL + lambda2 L_G through the just-updated G (frozen here), D and C."""
@@ -313,9 +331,15 @@ class CVAEGANLoss(MethodLoss):
             loss_kl = kl_loss(mu, logvar)
         loss_g = t.lambda2 * loss_rec + t.lambda3 * loss_gd + t.lambda4 * loss_gc
         loss = loss_g + t.lambda1 * loss_kl
-        return loss, {"loss/G_recon": loss_rec.item(), "loss/G_mean_fm_D": loss_gd.item(),
-                      "loss/G_mean_fm_C": loss_gc.item(), "loss/G": loss_g.item(), "loss/KL": loss_kl.item(),
-                      "loss/E": (t.lambda1 * loss_kl + t.lambda2 * loss_rec).item(), "psnr/recon": _psnr(b.x_r, x_f)}
+        return loss, {
+            "loss/G_recon": loss_rec.item(),
+            "loss/G_mean_fm_D": loss_gd.item(),
+            "loss/G_mean_fm_C": loss_gc.item(),
+            "loss/G": loss_g.item(),
+            "loss/KL": loss_kl.item(),
+            "loss/E": (t.lambda1 * loss_kl + t.lambda2 * loss_rec).item(),
+            "psnr/recon": _psnr(b.x_r, x_f),
+        }
 
 
 class CVAELoss(MethodLoss):
@@ -364,13 +388,18 @@ class CGANLoss(MethodLoss):
         with torch.no_grad(), self.ctx.autocast():
             x_p = self.ctx.nets["G"](b.z_p, b.c_p)
         with self.ctx.autocast():
-            logits, _ = self._conditional(torch.cat([aug(b.x_r, b.gen), aug(x_p, b.gen)]),
-                                          torch.cat([b.c_r, b.c_p]), self.ctx.train_nets["D"])
+            logits, _ = self._conditional(
+                torch.cat([aug(b.x_r, b.gen), aug(x_p, b.gen)]), torch.cat([b.c_r, b.c_p]), self.ctx.train_nets["D"]
+            )
             l_r, l_p = logits.float().split(size)
-            loss = (F.binary_cross_entropy_with_logits(l_r, torch.ones_like(l_r))
-                    + F.binary_cross_entropy_with_logits(l_p, torch.zeros_like(l_p)))
-        return loss, {"loss/D": loss.item(), "acc/D_real": (l_r > 0).float().mean().item(),
-                      "acc/D_fake": (l_p < 0).float().mean().item()}
+            loss = F.binary_cross_entropy_with_logits(l_r, torch.ones_like(l_r)) + F.binary_cross_entropy_with_logits(
+                l_p, torch.zeros_like(l_p)
+            )
+        return loss, {
+            "loss/D": loss.item(),
+            "acc/D_real": (l_r > 0).float().mean().item(),
+            "acc/D_fake": (l_p < 0).float().mean().item(),
+        }
 
     def phase_G(self, b: Batch):
         aug, D, means = self.ctx.augment, self.ctx.nets["D"], self.ctx.means

@@ -1,4 +1,5 @@
 """The four CVAE-GAN networks (Encoder, Generator, Discriminator, Classifier) and the CVAEGAN container."""
+
 from __future__ import annotations
 
 import math
@@ -86,8 +87,9 @@ class ConvTrunk(nn.Module):
             nn.LeakyReLU(0.2, inplace=True),
         ]
         for i, (r_in, r_out) in enumerate(zip(levels[:-1], levels[1:])):
-            blocks.append(_down(channels(cfg, r_in), channels(cfg, r_out),
-                                norm=norm if (first_norm or i > 0) else "none", sn=sn))
+            blocks.append(
+                _down(channels(cfg, r_in), channels(cfg, r_out), norm=norm if (first_norm or i > 0) else "none", sn=sn)
+            )
         self.net = nn.Sequential(*blocks)
         self.out_dim = channels(cfg, 4) * 16
 
@@ -130,7 +132,9 @@ class Generator(nn.Module):
             cin, cout = channels(cfg, r_in), channels(cfg, r_out)
             layers: list[nn.Module] = [
                 nn.Upsample(scale_factor=2, mode="nearest"),
-                nn.Conv2d(cin, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True),
+                nn.Conv2d(cin, cout, 3, 1, 1, bias=False),
+                nn.BatchNorm2d(cout),
+                nn.ReLU(inplace=True),
             ]
             if r_out <= 32:  # a second conv where it is cheap (low resolution)
                 layers += [nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
@@ -210,8 +214,13 @@ class CVAEGAN(PretrainedMixin, nn.Module):
     def weight_files(self) -> dict[str, nn.Module]:
         return {f"{name}.safetensors": net for name, net in self.networks().items()}
 
-    def save_pretrained(self, path: str | os.PathLike, fp16: bool = True, include_discriminator: bool = False,
-                        extra: dict[str, dict[str, torch.Tensor]] | None = None) -> Path:
+    def save_pretrained(
+        self,
+        path: str | os.PathLike,
+        fp16: bool = True,
+        include_discriminator: bool = False,
+        extra: dict[str, dict[str, torch.Tensor]] | None = None,
+    ) -> Path:
         """Write config.json + encoder/generator/classifier[/discriminator].safetensors (+ directions, + the
         `extra` files: file name -> tensors, saved as given). fp16 stores the networks' float tensors as
         float16 (loading casts back to float32)."""
@@ -243,8 +252,10 @@ class CVAEGAN(PretrainedMixin, nn.Module):
         self.write_config(out, files, package_version=__version__)
 
     def _direction_tensors(self) -> dict[str, torch.Tensor]:
-        return {"directions": self.directions.float().cpu().contiguous(),
-                "scales": self.direction_scales.float().cpu().contiguous()}
+        return {
+            "directions": self.directions.float().cpu().contiguous(),
+            "scales": self.direction_scales.float().cpu().contiguous(),
+        }
 
     def load_extras(self, folder: Path) -> None:
         if not self.config.directions:
@@ -253,15 +264,23 @@ class CVAEGAN(PretrainedMixin, nn.Module):
         t = load_tensors(path)
         d, s, n = t.get("directions"), t.get("scales"), len(self.config.directions)
         if d is None or s is None or d.shape != (n, self.config.z_dim) or s.shape != (n,):
-            raise WeightsError(f"{path}: expected 'directions' ({n}, {self.config.z_dim}) and "
-                               f"'scales' ({n},) to match config.json")
+            raise WeightsError(
+                f"{path}: expected 'directions' ({n}, {self.config.z_dim}) and 'scales' ({n},) to match config.json"
+            )
         self.directions, self.direction_scales = d.float(), s.float()
 
     @classmethod
-    def from_folder(cls, folder: str | os.PathLike, device: str | torch.device = "cpu", verify: bool = True,
-                    with_discriminator: bool = False) -> CVAEGAN:
+    def from_folder(
+        cls,
+        folder: str | os.PathLike,
+        device: str | torch.device = "cpu",
+        verify: bool = True,
+        with_discriminator: bool = False,
+    ) -> CVAEGAN:
         """Load a local weights folder strictly; networks in eval mode, float32, on `device`.
         (Enrolled classes: cvaegan.hub.load_pretrained(..., extra_classes=...).)"""
         if with_discriminator and not (Path(folder) / "discriminator.safetensors").is_file():
-            raise WeightsError(f"{folder}: no discriminator.safetensors; export with --export-discriminator to fine-tune")
+            raise WeightsError(
+                f"{folder}: no discriminator.safetensors; export with --export-discriminator to fine-tune"
+            )
         return super().from_folder(folder, device, verify, with_discriminator=with_discriminator)

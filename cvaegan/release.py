@@ -1,5 +1,6 @@
 """Turning a training run into a published weights folder: export, latent directions, figures measured
 on the held-out split, pictures and the model card (card.py writes it)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -32,7 +33,7 @@ def measure(model: CVAEGAN, val: LabelledImages, samples_per_class: int = 4, fir
     real_top1 = (pred == val.labels).float().mean().item()
     db = []
     for i in range(0, len(x), 64):
-        xb, cb = x[i:i + 64].to(model.device), val.labels[i:i + 64].to(model.device)
+        xb, cb = x[i : i + 64].to(model.device), val.labels[i : i + 64].to(model.device)
         mu, _ = model.encoder.eval()(xb, cb)
         rec = model.generator.eval()(mu, cb).float().clamp(-1, 1)
         db.append(psnr(rec, xb).cpu())
@@ -59,14 +60,14 @@ def measure_inpainting(model: CVAEGAN, val: LabelledImages, iterations=(1, 2, 4,
     with the true class given: how many encode-generate-paste rounds are worth it."""
     r = model.config.resolution
     m = torch.zeros(1, 1, r, r, dtype=torch.bool)
-    m[..., r // 4: 3 * r // 4, r // 4: 3 * r // 4] = True
+    m[..., r // 4 : 3 * r // 4, r // 4 : 3 * r // 4] = True
     x = uint8_to_float(val.images[:count])
     out = {}
     for k in iterations:
         vals = []
         for i in range(len(x)):
-            gen = I.inpaint_tensor(model, x[i:i + 1], m, int(val.labels[i]), iterations=k).cpu()
-            vals.append(psnr(gen, x[i:i + 1], m)[0])
+            gen = I.inpaint_tensor(model, x[i : i + 1], m, int(val.labels[i]), iterations=k).cpu()
+            vals.append(psnr(gen, x[i : i + 1], m)[0])
         out[str(k)] = round(torch.stack(vals).mean().item(), 2)
     return out
 
@@ -114,20 +115,38 @@ def write_examples(model: CVAEGAN, name: str, out: str | os.PathLike, count: int
     return paths
 
 
-def fit_and_check_directions(model: CVAEGAN, out: Path, train_set: LabelledImages, components: int = 8,
-                             fit_judge=None, attr_judge=None, decorrelate: bool = False,
-                             judge_samples: int = 4096) -> tuple[dict, str]:
+def fit_and_check_directions(
+    model: CVAEGAN,
+    out: Path,
+    train_set: LabelledImages,
+    components: int = 8,
+    fit_judge=None,
+    attr_judge=None,
+    decorrelate: bool = False,
+    judge_samples: int = 4096,
+) -> tuple[dict, str]:
     """Fit and save the latent directions into the weights folder OUT, re-measure them (check_directions,
     with attr_judge when given), draw directions.png. Returns (figures to record, the card's section)."""
-    fits = compute_directions(model, train_set.images, train_set.labels, components, train_set.attributes,
-                                judge=fit_judge, judge_samples=judge_samples, decorrelate=decorrelate)
+    fits = compute_directions(
+        model,
+        train_set.images,
+        train_set.labels,
+        components,
+        train_set.attributes,
+        judge=fit_judge,
+        judge_samples=judge_samples,
+        decorrelate=decorrelate,
+    )
     model.save_directions(out)
     fit_cfg = None if fit_judge is None else dataclasses.asdict(fit_judge.config)
     attr_cfg = None if attr_judge is None else dataclasses.asdict(attr_judge.config)
     figures = {"direction_fits": fits}
     if fit_judge is not None:
-        figures["direction_judge"] = {"resolution": fit_judge.config.resolution, **fit_judge.config.training,
-                                      "same_as_attribute_judge": same_judge(fit_cfg, attr_cfg)}
+        figures["direction_judge"] = {
+            "resolution": fit_judge.config.resolution,
+            **fit_judge.config.training,
+            "same_as_attribute_judge": same_judge(fit_cfg, attr_cfg),
+        }
     amounts = {n: 2.0 for n in model.config.directions}  # 2 standard deviations: every unit is "std" now
     figures["directions"] = check_directions(model, amounts, attribute_judge=attr_judge)
     if attr_judge is not None:
@@ -136,10 +155,16 @@ def fit_and_check_directions(model: CVAEGAN, out: Path, train_set: LabelledImage
     return figures, directions_table(figures["directions"], attr_cfg, fits, fit_cfg)
 
 
-def refresh_directions(folder: str | os.PathLike, data_path: str | os.PathLike, components: int = 8,
-                       attribute_judge: str | os.PathLike | None = None,
-                       direction_judge: str | os.PathLike | None = None, decorrelate: bool = False,
-                       device: str = "cpu", judge_samples: int = 4096) -> dict:
+def refresh_directions(
+    folder: str | os.PathLike,
+    data_path: str | os.PathLike,
+    components: int = 8,
+    attribute_judge: str | os.PathLike | None = None,
+    direction_judge: str | os.PathLike | None = None,
+    decorrelate: bool = False,
+    device: str = "cpu",
+    judge_samples: int = 4096,
+) -> dict:
     """Re-fit and re-check the latent directions of a released weights folder without retraining:
     directions.safetensors, config.json, directions.png, figures.json and the card's directions section
     are replaced; the networks and every other figure stay as they are."""
@@ -154,8 +179,9 @@ def refresh_directions(folder: str | os.PathLike, data_path: str | os.PathLike, 
     figures = json.loads(fig_path.read_text()) if fig_path.is_file() else {}
     held_out = figures.get("split") == "held-out"  # then the directions use the training part only, as in release
     train_set = data.subset(split_indices(data.labels, 0.1)[0]) if held_out else data
-    dir_figures, table = fit_and_check_directions(model, folder, train_set, components, fit_judge, attr_judge,
-                                                  decorrelate, judge_samples)
+    dir_figures, table = fit_and_check_directions(
+        model, folder, train_set, components, fit_judge, attr_judge, decorrelate, judge_samples
+    )
     for key in ("direction_fits", "direction_judge", "attribute_judge"):
         figures.pop(key, None)
     figures.update(dir_figures)
@@ -165,11 +191,20 @@ def refresh_directions(folder: str | os.PathLike, data_path: str | os.PathLike, 
     return dir_figures
 
 
-def release(run: str | os.PathLike, out: str | os.PathLike, data_path: str | os.PathLike, name: str,
-            hardware: str | None = None, notes: str = "", components: int = 8,
-            examples: str | os.PathLike | None = None, use_ema: bool = True,
-            attribute_judge: str | os.PathLike | None = None,
-            direction_judge: str | os.PathLike | None = None, decorrelate: bool = False) -> dict:
+def release(
+    run: str | os.PathLike,
+    out: str | os.PathLike,
+    data_path: str | os.PathLike,
+    name: str,
+    hardware: str | None = None,
+    notes: str = "",
+    components: int = 8,
+    examples: str | os.PathLike | None = None,
+    use_ema: bool = True,
+    attribute_judge: str | os.PathLike | None = None,
+    direction_judge: str | os.PathLike | None = None,
+    decorrelate: bool = False,
+) -> dict:
     """Export RUN's checkpoint into OUT and add directions, figures, pictures and the model card.
     attribute_judge: a folder from `cvaegan judge --attributes` that re-measures every direction;
     direction_judge: one whose estimates on generated samples fit the attr_* directions (default: fit
@@ -190,8 +225,7 @@ def release(run: str | os.PathLike, out: str | os.PathLike, data_path: str | os.
     train_set = data.subset(train_idx) if held_out else data
     figures = measure(model, data.subset(val_idx))
     figures["inpaint_psnr_by_iterations"] = measure_inpainting(model, data.subset(val_idx))
-    dir_figures, table = fit_and_check_directions(model, out, train_set, components, fit_judge, attr_judge,
-                                                  decorrelate)
+    dir_figures, table = fit_and_check_directions(model, out, train_set, components, fit_judge, attr_judge, decorrelate)
     figures.update(dir_figures)
     state_step, rows = checkpoint_rows(run)
     figures["steps"] = state_step

@@ -1,4 +1,5 @@
 """Per-sample seeding: "seed s, class c" maps to the same z (and so the same image) everywhere."""
+
 from __future__ import annotations
 
 import re
@@ -34,7 +35,7 @@ def check_seed(seed) -> int:
 
 
 def parse_seeds(text: str, limit: int = 10_000) -> list[int]:
-    """"0-7,12" -> [0, 1, ..., 7, 12]. Ranges are inclusive; at most `limit` seeds."""
+    """ "0-7,12" -> [0, 1, ..., 7, 12]. Ranges are inclusive; at most `limit` seeds."""
     seeds: list[int] = []
     for part in str(text).split(","):
         part = part.strip()

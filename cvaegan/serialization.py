@@ -1,5 +1,6 @@
 """Saving and loading a module through its config: config.json + *.safetensors, written atomically,
 checked by sha256 and loaded strictly, from a local folder or a Hub repo. Knows no concrete model."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -58,8 +59,10 @@ def load_tensors(path: Path) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(path))  # safetensors never executes code, unlike pickle
     except (SafetensorError, OSError, ValueError) as e:
-        raise WeightsError(f"{path}: not a readable safetensors file ({e}); it may be truncated, "
-                           "corrupted or a pickle renamed to .safetensors") from e
+        raise WeightsError(
+            f"{path}: not a readable safetensors file ({e}); it may be truncated, "
+            "corrupted or a pickle renamed to .safetensors"
+        ) from e
 
 
 def read_json(path: Path, missing: str, fix: str) -> dict:
@@ -96,8 +99,11 @@ def load_state_strict(net: nn.Module, state: dict[str, torch.Tensor], source: st
     own = net.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
-    wrong = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-             for k in own if k in state and state[k].shape != own[k].shape]
+    wrong = [
+        f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in own
+        if k in state and state[k].shape != own[k].shape
+    ]
     if missing or unexpected or wrong:
         parts = []
         if missing:
@@ -150,8 +156,13 @@ class PretrainedMixin:
         text = json.dumps(dataclasses.asdict(self.config), indent=2, ensure_ascii=False) + "\n"
         atomic_write_bytes(folder / CONFIG_NAME, text.encode("utf-8"))
 
-    def write_folder(self, path: str | os.PathLike, tensors: dict[str, dict[str, torch.Tensor]],
-                     metadata: dict[str, dict[str, str]] | None = None, **changes: Any) -> Path:
+    def write_folder(
+        self,
+        path: str | os.PathLike,
+        tensors: dict[str, dict[str, torch.Tensor]],
+        metadata: dict[str, dict[str, str]] | None = None,
+        **changes: Any,
+    ) -> Path:
         """Write each file of `tensors` (file name -> tensors, with optional safetensors metadata per
         file), then config.json listing them. Returns the folder."""
         out = Path(path)
@@ -161,8 +172,9 @@ class PretrainedMixin:
         return out
 
     @classmethod
-    def from_folder(cls, folder: str | os.PathLike, device: str | torch.device = "cpu", verify: bool = True,
-                    **build: Any):
+    def from_folder(
+        cls, folder: str | os.PathLike, device: str | torch.device = "cpu", verify: bool = True, **build: Any
+    ):
         """Load a local folder strictly (cls(config, **build), then every weight file); eval mode, on `device`.
         verify=False skips the sha256 check (only for folders `download` has just verified)."""
         folder = Path(folder)
@@ -177,8 +189,14 @@ class PretrainedMixin:
         return model.to(device).eval()
 
     @classmethod
-    def download(cls, repo_id: str, revision: str | None = None, cache_dir: str | None = None,
-                 local_files_only: bool = False, endpoint: str | None = None) -> Path:
+    def download(
+        cls,
+        repo_id: str,
+        revision: str | None = None,
+        cache_dir: str | None = None,
+        local_files_only: bool = False,
+        endpoint: str | None = None,
+    ) -> Path:
         """Fetch config.json and the files it lists from the Hub (or its cache) -> the snapshot folder.
 
         A file whose sha256 does not match config.json is removed from the cache and reported, so a
@@ -205,8 +223,10 @@ class PretrainedMixin:
         except RevisionNotFoundError as e:
             raise WeightsError(f"Hub repo {repo_id!r} has no revision {revision!r}") from e
         except LocalEntryNotFoundError as e:  # (a subclass of EntryNotFoundError: must come first)
-            raise WeightsError(f"Hub repo {repo_id!r} is not in the local cache and the Hub cannot be reached "
-                               f"(offline or HF_HUB_OFFLINE=1)") from e
+            raise WeightsError(
+                f"Hub repo {repo_id!r} is not in the local cache and the Hub cannot be reached "
+                f"(offline or HF_HUB_OFFLINE=1)"
+            ) from e
         except EntryNotFoundError as e:
             raise WeightsError(f"Hub repo {repo_id!r} lacks a weights file: {e}") from e
         except OSError as e:  # network errors, refused connections, interrupted downloads
@@ -226,9 +246,15 @@ class PretrainedMixin:
         return folder
 
     @classmethod
-    def from_pretrained(cls, name_or_path: str | os.PathLike, revision: str | None = None,
-                        device: str | torch.device = "cpu", cache_dir: str | None = None,
-                        endpoint: str | None = None, **build: Any):
+    def from_pretrained(
+        cls,
+        name_or_path: str | os.PathLike,
+        revision: str | None = None,
+        device: str | torch.device = "cpu",
+        cache_dir: str | None = None,
+        endpoint: str | None = None,
+        **build: Any,
+    ):
         """A local folder, or a Hub repo id ("owner/name", optional revision; the cache first, so no
         network traffic when the files are already here) -> the loaded module."""
         spec = str(name_or_path)

@@ -1,5 +1,6 @@
 """What the demo does, without any UI: loads each model once and turns validated request values into
 images. app.py (Gradio) only wires these functions to widgets; tests call them directly."""
+
 from __future__ import annotations
 
 import base64
@@ -36,18 +37,30 @@ AUTO = "auto (C decides)"
 
 
 DIRECTION_LABELS = {  # friendlier slider names for the attribute columns of the faces pack
-    "attr_yaw": "head turn", "attr_pitch": "head tilt", "attr_mouth_open": "mouth open",
-    "attr_smile": "smile (mouth width)", "attr_eye_open": "eyes open", "attr_brightness": "brightness",
+    "attr_yaw": "head turn",
+    "attr_pitch": "head tilt",
+    "attr_mouth_open": "mouth open",
+    "attr_smile": "smile (mouth width)",
+    "attr_eye_open": "eyes open",
+    "attr_brightness": "brightness",
     "attr_light_lr": "lighting left/right",
 }
 DIRECTION_PLUS = {  # what + does, from the attribute definitions of the data (see the data set's README)
-    "attr_yaw": "turns towards the picture's right", "attr_pitch": "tilts down", "attr_mouth_open": "opens",
-    "attr_smile": "widens", "attr_eye_open": "opens", "attr_brightness": "brighter",
+    "attr_yaw": "turns towards the picture's right",
+    "attr_pitch": "tilts down",
+    "attr_mouth_open": "opens",
+    "attr_smile": "widens",
+    "attr_eye_open": "opens",
+    "attr_brightness": "brighter",
     "attr_light_lr": "more light on the picture's right",
 }
 # unnamed classes such as "celeba_07201": readable picker labels ("Person 3 (CelebA 07201)")
-SOURCE_NAMES = {"celeba": ("Person", "CelebA"), "lfw": ("Person", "LFW"), "vggface2": ("Person", "VGGFace2"),
-                "casia": ("Person", "CASIA")}
+SOURCE_NAMES = {
+    "celeba": ("Person", "CelebA"),
+    "lfw": ("Person", "LFW"),
+    "vggface2": ("Person", "VGGFace2"),
+    "casia": ("Person", "CASIA"),
+}
 
 
 # ------------------------------------------------------------------ result files
@@ -225,8 +238,10 @@ def _thumbnails(model: CVAEGAN) -> list[Image.Image]:
         img = Image.open(sheet).convert("RGB")
         cols = img.width // r
         if cols and (img.height // r) * cols >= model.config.num_classes:
-            return [img.crop(((i % cols) * r, (i // cols) * r, (i % cols + 1) * r, (i // cols + 1) * r))
-                    for i in range(model.config.num_classes)]
+            return [
+                img.crop(((i % cols) * r, (i // cols) * r, (i % cols + 1) * r, (i // cols + 1) * r))
+                for i in range(model.config.num_classes)
+            ]
     return [to_pil(t) for t in _class_samples(model)]
 
 
@@ -240,7 +255,7 @@ def _card(model: CVAEGAN) -> str:
         text = p.read_text(encoding="utf-8")
         if text.startswith("---"):  # drop YAML front matter
             end = text.find("\n---", 3)
-            text = text[end + 4:] if end > 0 else text
+            text = text[end + 4 :] if end > 0 else text
 
         def picture(m: re.Match) -> str:
             alt, target = m.group(1), m.group(2).strip()
@@ -249,12 +264,15 @@ def _card(model: CVAEGAN) -> str:
                 return ""  # only pictures shipped in the weights folder itself
             kind = "png" if f.suffix.lower() == ".png" else "jpeg"
             return f"\n\n![{alt}](data:image/{kind};base64,{base64.b64encode(f.read_bytes()).decode()})\n\n"
+
         text = re.sub(r"!\[([^\]]*)\]\(([^)]*)\)", picture, text)
         text = re.sub(r"(?m)^\|(\s*\|){2}\s*$", "| item | value |", text)
         return re.sub(r"\n{3,}", "\n\n", text).strip()
     c = model.config
-    return (f"No model card was shipped with these weights.\n\n{c.num_classes} classes, "
-            f"{c.resolution}x{c.resolution} px, z_dim {c.z_dim}.")
+    return (
+        f"No model card was shipped with these weights.\n\n{c.num_classes} classes, "
+        f"{c.resolution}x{c.resolution} px, z_dim {c.z_dim}."
+    )
 
 
 def thumbnail_sheet(model: CVAEGAN, seed: int = 0, truncation: float = 0.7, columns: int = 16) -> Image.Image:
@@ -313,8 +331,10 @@ def top_text(model: CVAEGAN, top: list[tuple[int, float]]) -> str:
     names = class_display_names(model)
     text = "C's guesses: " + ", ".join(f"{names[i]} (p = {p:.2f})" for i, p in top)
     if top and top[0][1] < blend.CONFIDENT:
-        text += (f". C is not confident (no class reaches p = {blend.CONFIDENT:.1f}): the photo may show none "
-                 "of this model's classes; pick the class yourself if you know it")
+        text += (
+            f". C is not confident (no class reaches p = {blend.CONFIDENT:.1f}): the photo may show none "
+            "of this model's classes; pick the class yourself if you know it"
+        )
     return text
 
 
@@ -347,8 +367,9 @@ def explore(model: CVAEGAN, cls, seed, truncation, amounts: dict[str, float]) ->
     return to_pil(I.generate(model, z[None], torch.tensor([idx]))[0])
 
 
-def explore_pair(model: CVAEGAN, cls, seed, truncation, photo, amounts: dict[str, float]
-                 ) -> tuple[Image.Image, Image.Image, str]:
+def explore_pair(
+    model: CVAEGAN, cls, seed, truncation, photo, amounts: dict[str, float]
+) -> tuple[Image.Image, Image.Image, str]:
     """(unedited, edited, note) for a (class, seed) sample or, when `photo` is given, for E's code of the
     photo under that class (the class picked by C when cls is 'auto')."""
     clean = {k: parse_number(v, f"slider {k}", -10, 10) for k, v in amounts.items()}
@@ -357,8 +378,12 @@ def explore_pair(model: CVAEGAN, cls, seed, truncation, photo, amounts: dict[str
         z = z_from_seeds([parse_seed(seed)], model.config.z_dim, parse_number(truncation, "truncation", 0.0, 2.0))[0]
         note = f"{display_name(model, idx)}, seed {parse_seed(seed)}"
     else:
-        z, idx, prob = I.encode(model, I.as_model_input(model, open_image(photo, name="photo")), class_choice(model, cls))
-        note = f"E's code of your image as {display_name(model, idx)}" + (f" (C's guess, p = {prob:.2f})" if prob else "")
+        z, idx, prob = I.encode(
+            model, I.as_model_input(model, open_image(photo, name="photo")), class_choice(model, cls)
+        )
+        note = f"E's code of your image as {display_name(model, idx)}" + (
+            f" (C's guess, p = {prob:.2f})" if prob else ""
+        )
     c = torch.tensor([idx, idx])
     x = I.generate(model, torch.stack([z, I.edit(model, z, clean)]), c, batch_size=1)
     return to_pil(x[0]), to_pil(x[1]), note
@@ -427,15 +452,18 @@ def _inpaint(model: CVAEGAN, editor_value, cls, iterations, refine_steps, progre
     return Image.fromarray(before), r
 
 
-def inpaint(model: CVAEGAN, editor_value, cls, iterations, refine_steps, progress=None) -> tuple[Image.Image, Image.Image, str]:
+def inpaint(
+    model: CVAEGAN, editor_value, cls, iterations, refine_steps, progress=None
+) -> tuple[Image.Image, Image.Image, str]:
     """(before with the hole shown, after, class text) for a painted canvas, inpainted at the photo's own
     resolution with a seamless blend (cvaegan.blend). Class text: "name" or "name (C's guess, p = 0.42)"."""
     before, r = _inpaint(model, editor_value, cls, iterations, refine_steps, progress)
     return before, r["image"], class_label(model, r["class"], r["top"][0][1] if r["top"] else None)
 
 
-def inpaint_full(model: CVAEGAN, editor_value, cls, iterations, refine_steps, progress=None
-                 ) -> tuple[Image.Image, Image.Image, str]:
+def inpaint_full(
+    model: CVAEGAN, editor_value, cls, iterations, refine_steps, progress=None
+) -> tuple[Image.Image, Image.Image, str]:
     """As inpaint, with the class's display name and, for 'auto', C's top-3 (and whether C is confident)."""
     before, r = _inpaint(model, editor_value, cls, iterations, refine_steps, progress)
     text = display_name(model, r["class"]) + (f". {top_text(model, r['top'])}" if r["top"] else "")
@@ -474,9 +502,11 @@ def enhance(model: CVAEGAN, image, cls, steps, progress=None) -> tuple[Image.Ima
         raise ImageError("upload a small photo first")
     n = parse_number(steps, "steps", 1, MAX_SR_STEPS, integer=True)
     r = I.superresolve(model, image, class_choice(model, cls), n, progress=progress)
-    return r["image"], (f"{r['input_size'][0]}x{r['input_size'][1]} -> {model.config.resolution} px; "
-                        f"PSNR of the downsampled result vs your photo: {r['psnr']:.1f} dB; "
-                        f"class: {class_label(model, r['class'], r['probability'])}")
+    return r["image"], (
+        f"{r['input_size'][0]}x{r['input_size'][1]} -> {model.config.resolution} px; "
+        f"PSNR of the downsampled result vs your photo: {r['psnr']:.1f} dB; "
+        f"class: {class_label(model, r['class'], r['probability'])}"
+    )
 
 
 def reconstruct(model: CVAEGAN, image, cls) -> tuple[Image.Image, str]:
@@ -519,8 +549,9 @@ def _class_thumbnail(model: CVAEGAN, idx: int, seed: int = 0, truncation: float 
     return to_pil(I.generate(model, z, torch.tensor([idx]))[0])
 
 
-def enrol_class(target: Loaded | CVAEGAN, files, name, progress=None, steps: int | None = None,
-                seed: int = 0) -> tuple[str, Image.Image, str]:
+def enrol_class(
+    target: Loaded | CVAEGAN, files, name, progress=None, steps: int | None = None, seed: int = 0
+) -> tuple[str, Image.Image, str]:
     """Learn a new class from 3-50 uploaded photos and add it to the served model (in place, under a lock).
 
     target: a Loaded from the registry (its thumbnails and enrolled list follow) or a bare model.
@@ -536,6 +567,7 @@ def enrol_class(target: Loaded | CVAEGAN, files, name, progress=None, steps: int
     def report(f, msg):
         if progress is not None:
             progress(0.95 * f, msg)
+
     cls = EN.enrol(model, paths, name, steps=n, seed=seed, progress=report)
     if progress is not None:
         progress(0.97, "adding the class to the model")
@@ -544,15 +576,17 @@ def enrol_class(target: Loaded | CVAEGAN, files, name, progress=None, steps: int
         if loaded is not None:
             loaded.enrolled.append(cls)
             thumbs = loaded.thumbnails[:idx] + [_class_thumbnail(model, idx)]
-            loaded.thumbnails = thumbs + loaded.thumbnails[idx + 1:]
+            loaded.thumbnails = thumbs + loaded.thumbnails[idx + 1 :]
     photos = EN.load_photos(paths, model.config.resolution)
     sheet = EN.before_after(model, photos, cls.name)
     info = cls.info
-    text = (f"Added **{cls.name}** from {info['photos']} photos in {time.perf_counter() - t0:.0f} s "
-            f"(started from {info['init_from']}; reconstruction {info['recon_psnr_db_before']:.1f} -> "
-            f"{info['recon_psnr_db_after']:.1f} dB; C recognises {info['c_top1_samples']:.0%} of its samples). "
-            "It is selected in every class picker of this model until the app restarts. Top row: your photos "
-            "as the model sees them; below: samples with seeds 0-7.")
+    text = (
+        f"Added **{cls.name}** from {info['photos']} photos in {time.perf_counter() - t0:.0f} s "
+        f"(started from {info['init_from']}; reconstruction {info['recon_psnr_db_before']:.1f} -> "
+        f"{info['recon_psnr_db_after']:.1f} dB; C recognises {info['c_top1_samples']:.0%} of its samples). "
+        "It is selected in every class picker of this model until the app restarts. Top row: your photos "
+        "as the model sees them; below: samples with seeds 0-7."
+    )
     if cls.warnings:
         text += "\n\n" + "\n".join(f"- Note: {w}" for w in cls.warnings)
     return cls.name, sheet, text

@@ -3,6 +3,7 @@
 Run folder layout: train_config.json, model_config.json, metrics.jsonl, samples/step_XXXXXXX.png,
 checkpoint.pt (resume state, torch.load(weights_only=True)), split.json, export/ (published weights).
 """
+
 from __future__ import annotations
 
 import copy
@@ -30,9 +31,14 @@ from .models import CVAEGAN
 from .seeds import step_generator, z_from_seeds
 
 CHECKPOINT = "checkpoint.pt"
-POSTFIX = {"loss/C": "C", "loss/D": "D", "loss/G_recon": "recon", "loss/KL": "KL", "acc/C": "accC", "psnr/recon": "psnr"}
-
-
+POSTFIX = {
+    "loss/C": "C",
+    "loss/D": "D",
+    "loss/G_recon": "recon",
+    "loss/KL": "KL",
+    "acc/C": "accC",
+    "psnr/recon": "psnr",
+}
 
 
 class TrainError(CVAEGANError, RuntimeError):
@@ -52,7 +58,7 @@ def batch_indices(n: int, batch: int, seed: int, step: int) -> torch.Tensor:
     per_epoch = max(1, n // batch)
     epoch, k = divmod(step, per_epoch)
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 7919 + epoch))
-    return perm[k * batch:(k + 1) * batch]
+    return perm[k * batch : (k + 1) * batch]
 
 
 def stratified_indices(by_class: list[torch.Tensor], batch: int, classes: int, seed: int, step: int) -> torch.Tensor:
@@ -62,21 +68,26 @@ def stratified_indices(by_class: list[torch.Tensor], batch: int, classes: int, s
     g = torch.Generator().manual_seed(seed * 7919 + 104729 * (step + 1))
     usable = torch.tensor([i for i, ids in enumerate(by_class) if len(ids)])
     if len(usable) < classes:
-        raise TrainError(f"--stratify {classes} needs at least {classes} classes with images, the data has "
-                         f"{len(usable)}")
+        raise TrainError(
+            f"--stratify {classes} needs at least {classes} classes with images, the data has {len(usable)}"
+        )
     per = batch // classes
     picked = usable[torch.randperm(len(usable), generator=g)[:classes]]
     out = []
     for c in picked.tolist():
         ids = by_class[c]
-        take = (torch.randperm(len(ids), generator=g)[:per] if len(ids) >= per
-                else torch.randint(0, len(ids), (per,), generator=g))
+        take = (
+            torch.randperm(len(ids), generator=g)[:per]
+            if len(ids) >= per
+            else torch.randint(0, len(ids), (per,), generator=g)
+        )
         out.append(ids[take])
     return torch.cat(out)
 
 
-def drop_classes(data: LabelledImages, folders: list[str], train_idx: torch.Tensor,
-                 val_idx: torch.Tensor) -> tuple[LabelledImages, torch.Tensor, torch.Tensor]:
+def drop_classes(
+    data: LabelledImages, folders: list[str], train_idx: torch.Tensor, val_idx: torch.Tensor
+) -> tuple[LabelledImages, torch.Tensor, torch.Tensor]:
     """`data` without the classes in `folders` (labels renumbered), and the split's indices mapped onto it."""
     unknown = sorted(set(folders) - set(data.class_folders))
     if unknown:
@@ -90,8 +101,15 @@ def drop_classes(data: LabelledImages, folders: list[str], train_idx: torch.Tens
     position = torch.full((len(data.labels),), -1, dtype=torch.long)
     position[kept] = torch.arange(len(kept))
     sub = data.subset(kept)
-    sub = LabelledImages(sub.images, new_label[sub.labels], [data.class_folders[i] for i in keep],
-                         [data.class_names[i] for i in keep], sub.paths, sub.attributes, sub.skipped)
+    sub = LabelledImages(
+        sub.images,
+        new_label[sub.labels],
+        [data.class_folders[i] for i in keep],
+        [data.class_names[i] for i in keep],
+        sub.paths,
+        sub.attributes,
+        sub.skipped,
+    )
     remap = lambda idx: position[idx][position[idx] >= 0]  # noqa: E731
     return sub, remap(train_idx), remap(val_idx)
 
@@ -125,8 +143,10 @@ def atomic_torch_save(obj, path: Path) -> None:
         os.replace(tmp, path)
     except OSError as e:
         tmp.unlink(missing_ok=True)
-        raise TrainError(f"could not write {path} ({e}); the previous checkpoint is intact. "
-                         "Free disk space or make the run folder writable, then --resume") from e
+        raise TrainError(
+            f"could not write {path} ({e}); the previous checkpoint is intact. "
+            "Free disk space or make the run folder writable, then --resume"
+        ) from e
 
 
 class Trainer:
@@ -138,7 +158,11 @@ class Trainer:
         self.cfg = model.config
         self.policy = parse_policy(tcfg.diffaugment)
         self.nets: dict[str, nn.Module] = {
-            "C": model.classifier, "D": model.discriminator, "G": model.generator, "E": model.encoder}
+            "C": model.classifier,
+            "D": model.discriminator,
+            "G": model.generator,
+            "E": model.encoder,
+        }
         self.cuda = device.type == "cuda"
         if self.cuda:
             for net in self.nets.values():
@@ -146,23 +170,42 @@ class Trainer:
         # Data-parallel wrappers, used only in the phase that trains each network (others call the plain one).
         self.train_nets = {k: (DDP(v) if world > 1 else v) for k, v in self.nets.items()}
         # GAN ablations: D is made class-conditional by a projection embedding "P", trained with D
-        self.proj = (nn.Embedding(model.config.num_classes, model.config.feature_dim).to(device)
-                     if tcfg.variant in ("cgan", "fm-cgan") else None)
+        self.proj = (
+            nn.Embedding(model.config.num_classes, model.config.feature_dim).to(device)
+            if tcfg.variant in ("cgan", "fm-cgan")
+            else None
+        )
         self.grad_nets = dict(self.nets)  # every module whose gradients a phase switches on or off
         if self.proj is not None:
             nn.init.normal_(self.proj.weight, std=0.02)
             self.grad_nets["P"] = self.proj
-        self.opt = {k: torch.optim.Adam(list(v.parameters()) + (list(self.proj.parameters())
-                                        if k == "D" and self.proj is not None else []), lr=tcfg.lr, betas=tcfg.betas)
-                    for k, v in self.nets.items()}
+        self.opt = {
+            k: torch.optim.Adam(
+                list(v.parameters()) + (list(self.proj.parameters()) if k == "D" and self.proj is not None else []),
+                lr=tcfg.lr,
+                betas=tcfg.betas,
+            )
+            for k, v in self.nets.items()
+        }
         f, k = self.cfg.feature_dim, self.cfg.num_classes
-        self.means = nn.ModuleDict({
-            "d_real": L.RunningMeans(1, f, tcfg.momentum), "d_fake": L.RunningMeans(1, f, tcfg.momentum),
-            "c_real": L.RunningMeans(k, f, tcfg.momentum), "c_fake": L.RunningMeans(k, f, tcfg.momentum),
-        }).to(device)
-        ctx = L.LossContext(nets={**self.grad_nets}, train_nets={**self.train_nets, "P": self.proj}, means=self.means,
-                            tcfg=tcfg, num_classes=k, augment=self._aug, augments=bool(self.policy),
-                            autocast=self.autocast)
+        self.means = nn.ModuleDict(
+            {
+                "d_real": L.RunningMeans(1, f, tcfg.momentum),
+                "d_fake": L.RunningMeans(1, f, tcfg.momentum),
+                "c_real": L.RunningMeans(k, f, tcfg.momentum),
+                "c_fake": L.RunningMeans(k, f, tcfg.momentum),
+            }
+        ).to(device)
+        ctx = L.LossContext(
+            nets={**self.grad_nets},
+            train_nets={**self.train_nets, "P": self.proj},
+            means=self.means,
+            tcfg=tcfg,
+            num_classes=k,
+            augment=self._aug,
+            augments=bool(self.policy),
+            autocast=self.autocast,
+        )
         self.loss = L.method_loss(ctx)
         self.warmup_loss = L.CVAELoss(ctx, with_classifier=True)  # the first `pretrain_steps` steps
         # EMA copies of G and E: exported together, so that E still inverts the G it ships with.
@@ -195,8 +238,9 @@ class Trainer:
     def _aug(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         return diff_augment(x, self.policy, gen) if self.policy else x
 
-    def train_step(self, x_r: torch.Tensor, c_r: torch.Tensor, gen: torch.Generator,
-                   noise: dict[str, torch.Tensor]) -> dict[str, float]:
+    def train_step(
+        self, x_r: torch.Tensor, c_r: torch.Tensor, gen: torch.Generator, noise: dict[str, torch.Tensor]
+    ) -> dict[str, float]:
         """One iteration. x_r: (B, 3, R, R) in [-1, 1]; c_r: (B,) labels; noise: eps, z_p, c_p for this rank.
 
         Walks the method's phases (cvaegan.losses); in each, only the networks it trains receive gradients.
@@ -316,8 +360,9 @@ class Trainer:
 
 
 @torch.no_grad()
-def recalibrate_batchnorm(generator: nn.Module, cfg: ModelConfig, device: torch.device, batches: int = 16,
-                          batch_size: int = 64, seed: int = 0) -> nn.Module:
+def recalibrate_batchnorm(
+    generator: nn.Module, cfg: ModelConfig, device: torch.device, batches: int = 16, batch_size: int = 64, seed: int = 0
+) -> nn.Module:
     """A copy of G whose BatchNorm running statistics are re-estimated on prior samples.
 
     Used for the EMA of G: an average of weights has no running statistics of its own (copying the
@@ -342,8 +387,9 @@ def recalibrate_batchnorm(generator: nn.Module, cfg: ModelConfig, device: torch.
 
 
 @torch.no_grad()
-def recalibrate_encoder(encoder: nn.Module, images: torch.Tensor, device: torch.device,
-                        batch_size: int = 64) -> nn.Module:
+def recalibrate_encoder(
+    encoder: nn.Module, images: torch.Tensor, device: torch.device, batch_size: int = 64
+) -> nn.Module:
     """A copy of E whose BatchNorm statistics are re-estimated (cumulative average) on real uint8
     `images` (the class input does not reach E's BatchNorm layers, which sit in the image trunk)."""
     e = copy.deepcopy(encoder).to(device)
@@ -354,7 +400,7 @@ def recalibrate_encoder(encoder: nn.Module, images: torch.Tensor, device: torch.
         m.momentum = None
     e.train()
     for i in range(0, len(images), batch_size):
-        e.trunk(uint8_to_float(images[i:i + batch_size]).to(device))
+        e.trunk(uint8_to_float(images[i : i + batch_size]).to(device))
     for m, mom in zip(bns, saved):
         m.momentum = mom
     return e.eval()
@@ -368,8 +414,9 @@ def grid_classes(num_classes: int, rows: int) -> list[int]:
 
 
 @torch.no_grad()
-def sample_grid(generator: nn.Module, cfg: ModelConfig, classes: list[int], seeds: list[int],
-                device: torch.device) -> Image.Image:  # noqa: F821
+def sample_grid(
+    generator: nn.Module, cfg: ModelConfig, classes: list[int], seeds: list[int], device: torch.device
+) -> Image.Image:  # noqa: F821
     """Rows = classes, columns = seeds; G in eval mode; the same (z, c) every time."""
     was_training = generator.training
     generator.eval()
@@ -396,8 +443,16 @@ def _init_distributed(tcfg: TrainConfig) -> tuple[int, int, torch.device]:
     return 0, 1, torch.device("cuda" if want_cuda else "cpu")
 
 
-def train(data: LabelledImages, out: str | os.PathLike, tcfg: TrainConfig, mcfg: ModelConfig | None = None,
-          resume: bool = False, progress: bool = True, on_step=None, init_from: str | os.PathLike | None = None) -> Path:
+def train(
+    data: LabelledImages,
+    out: str | os.PathLike,
+    tcfg: TrainConfig,
+    mcfg: ModelConfig | None = None,
+    resume: bool = False,
+    progress: bool = True,
+    on_step=None,
+    init_from: str | os.PathLike | None = None,
+) -> Path:
     """Train on decoded images and write everything into the run folder `out`; returns the export folder.
 
     mcfg None builds the default config for 64 px from the data's classes. With resume=True the run
@@ -424,11 +479,13 @@ def train(data: LabelledImages, out: str | os.PathLike, tcfg: TrainConfig, mcfg:
         old.budget_minutes, old.snapshot_minutes = tcfg.budget_minutes, tcfg.snapshot_minutes
         tcfg = old
     elif ckpt_path.exists():
-        raise TrainError(f"{out} already holds a run ({CHECKPOINT}); pass --resume to continue it "
-                         "or choose another --out")
+        raise TrainError(
+            f"{out} already holds a run ({CHECKPOINT}); pass --resume to continue it or choose another --out"
+        )
     warm = None
     if init_from is not None:
         from .hub import load_training_state
+
         warm = load_training_state(init_from)
         mcfg = ModelConfig.from_dict({**warm["config"], "directions": [], "direction_units": [], "files": {}})
     # the split is drawn on all classes, so that held-out photos stay held out whatever is excluded
@@ -438,15 +495,23 @@ def train(data: LabelledImages, out: str | os.PathLike, tcfg: TrainConfig, mcfg:
         full_classes = data.num_classes
         data, train_idx, val_idx = drop_classes(data, excluded, train_idx, val_idx)
         if mcfg is not None and mcfg.num_classes == full_classes:
-            mcfg = ModelConfig.from_dict({**mcfg.to_dict(), "num_classes": data.num_classes,
-                                          "class_names": data.class_names, "class_folders": data.class_folders})
+            mcfg = ModelConfig.from_dict(
+                {
+                    **mcfg.to_dict(),
+                    "num_classes": data.num_classes,
+                    "class_names": data.class_names,
+                    "class_folders": data.class_folders,
+                }
+            )
     if mcfg is None:
         mcfg = ModelConfig.for_resolution(64, data.num_classes)
     if mcfg.num_classes != data.num_classes:
         raise TrainError(f"the model has {mcfg.num_classes} classes but the data has {data.num_classes}")
     if warm is not None and list(mcfg.class_folders) != list(data.class_folders):
-        raise TrainError(f"--init-from {init_from}: its classes are not the data's class folders; warm-start "
-                         "from weights trained on the same classes")
+        raise TrainError(
+            f"--init-from {init_from}: its classes are not the data's class folders; warm-start "
+            "from weights trained on the same classes"
+        )
     mcfg.class_names, mcfg.class_folders = list(data.class_names), list(data.class_folders)
     if data.images.shape[-1] != mcfg.resolution:
         raise TrainError(f"images are {data.images.shape[-1]} px but the model is {mcfg.resolution} px")
@@ -461,8 +526,10 @@ def train(data: LabelledImages, out: str | os.PathLike, tcfg: TrainConfig, mcfg:
     by_class = [torch.nonzero(labels == c).flatten() for c in range(mcfg.num_classes)]
     stratify = effective_stratify(tcfg.stratify, tcfg.batch_size, sum(len(ids) > 0 for ids in by_class))
     if stratify != tcfg.stratify and rank == 0:
-        tqdm.write(f"note: --stratify {tcfg.stratify} lowered to {stratify} classes per batch (the data has "
-                   f"{sum(len(ids) > 0 for ids in by_class)} classes with training images; batch {tcfg.batch_size})")
+        tqdm.write(
+            f"note: --stratify {tcfg.stratify} lowered to {stratify} classes per batch (the data has "
+            f"{sum(len(ids) > 0 for ids in by_class)} classes with training images; batch {tcfg.batch_size})"
+        )
     if rank == 0:
         try:
             out.mkdir(parents=True, exist_ok=True)
@@ -470,9 +537,17 @@ def train(data: LabelledImages, out: str | os.PathLike, tcfg: TrainConfig, mcfg:
             if state is None:
                 (out / "train_config.json").write_text(json.dumps(tcfg.to_dict(), indent=2) + "\n")
                 (out / "model_config.json").write_text(mcfg.to_json())
-                (out / "split.json").write_text(json.dumps({
-                    "val_fraction": tcfg.val_fraction, "seed": SPLIT_SEED,
-                    "val": [data.paths[i] for i in val_idx.tolist()]}, indent=1) + "\n")
+                (out / "split.json").write_text(
+                    json.dumps(
+                        {
+                            "val_fraction": tcfg.val_fraction,
+                            "seed": SPLIT_SEED,
+                            "val": [data.paths[i] for i in val_idx.tolist()],
+                        },
+                        indent=1,
+                    )
+                    + "\n"
+                )
         except OSError as e:
             raise TrainError(f"cannot write to the run folder {out} ({e}); choose a writable --out") from e
 
@@ -501,8 +576,9 @@ def train(data: LabelledImages, out: str | os.PathLike, tcfg: TrainConfig, mcfg:
         save_png(sample_grid(g, mcfg, grid_c, grid_s, device), out / "samples" / f"step_{step:07d}.png")
 
     # --- the loop --------------------------------------------------------------------------------------
-    bar = tqdm(total=tcfg.steps, initial=trainer.step, desc="train", disable=not progress or rank != 0,
-               dynamic_ncols=True)
+    bar = tqdm(
+        total=tcfg.steps, initial=trainer.step, desc="train", disable=not progress or rank != 0, dynamic_ncols=True
+    )
     if rank == 0 and resume:
         _truncate_metrics(out / "metrics.jsonl", trainer.step)
     # a fresh run starts a fresh log (rows left by an attempt killed before its first checkpoint go)
@@ -554,10 +630,15 @@ def train(data: LabelledImages, out: str | os.PathLike, tcfg: TrainConfig, mcfg:
                     if len(probe_val) and tcfg.variant == "cvae-gan":
                         log["acc/D_train_eval"] = trainer.d_accuracy(probe_train)
                         log["acc/D_val_eval"] = trainer.d_accuracy(probe_val)
-                    rec = {"step": s, **{k: round(v, 6) for k, v in log.items()},
-                           "lr": tcfg.lr * lr_factor(tcfg, s - 1), "time/step_s": (now - t_last) / steps_since,
-                           "clock/cpu_min": round(minutes, 3), "clock/wall_min": round(trainer.clock["wall_s"] / 60, 3),
-                           "clock/images": trainer.clock["images"]}
+                    rec = {
+                        "step": s,
+                        **{k: round(v, 6) for k, v in log.items()},
+                        "lr": tcfg.lr * lr_factor(tcfg, s - 1),
+                        "time/step_s": (now - t_last) / steps_since,
+                        "clock/cpu_min": round(minutes, 3),
+                        "clock/wall_min": round(trainer.clock["wall_s"] / 60, 3),
+                        "clock/images": trainer.clock["images"],
+                    }
                     metrics.write(json.dumps(rec) + "\n")
                     metrics.flush()
                     t_last, steps_since = now, 0
@@ -587,9 +668,13 @@ def train(data: LabelledImages, out: str | os.PathLike, tcfg: TrainConfig, mcfg:
     if rank == 0:
         if not any((out / "samples").glob("*.png")):  # e.g. a resumed run that had nothing left to do
             write_grid(trainer.step)
-        save_pretrained(trainer.export_model(), export, fp16=tcfg.export_fp16,
-                        include_discriminator=tcfg.export_discriminator,
-                        running_means=trainer.means if tcfg.export_discriminator else None)
+        save_pretrained(
+            trainer.export_model(),
+            export,
+            fp16=tcfg.export_fp16,
+            include_discriminator=tcfg.export_discriminator,
+            running_means=trainer.means if tcfg.export_discriminator else None,
+        )
     if world > 1:
         dist.barrier()
     return export
@@ -622,8 +707,13 @@ def model_from_checkpoint(path: str | os.PathLike, use_ema: bool = True) -> tupl
     return model.eval(), state
 
 
-def export_checkpoint(run: str | os.PathLike, out: str | os.PathLike, fp16: bool = True,
-                      include_discriminator: bool = True, use_ema: bool = True) -> Path:
+def export_checkpoint(
+    run: str | os.PathLike,
+    out: str | os.PathLike,
+    fp16: bool = True,
+    include_discriminator: bool = True,
+    use_ema: bool = True,
+) -> Path:
     """Write a weights folder from RUN/checkpoint.pt (the EMA generator when the run has one and use_ema).
     include_discriminator also writes D and the running feature means, so `train --init-from` can go on."""
     path = Path(run) / CHECKPOINT
@@ -633,8 +723,13 @@ def export_checkpoint(run: str | os.PathLike, out: str | os.PathLike, fp16: bool
     means = None
     if include_discriminator:
         cfg, k = model.config, model.config.num_classes
-        means = nn.ModuleDict({name: L.RunningMeans(groups, cfg.feature_dim, 0.0) for name, groups in
-                               (("d_real", 1), ("d_fake", 1), ("c_real", k), ("c_fake", k))})
+        means = nn.ModuleDict(
+            {
+                name: L.RunningMeans(groups, cfg.feature_dim, 0.0)
+                for name, groups in (("d_real", 1), ("d_fake", 1), ("c_real", k), ("c_fake", k))
+            }
+        )
         means.load_state_dict(state["means"])
-    return save_pretrained(model.eval(), out, fp16=fp16, include_discriminator=include_discriminator,
-                           running_means=means)
+    return save_pretrained(
+        model.eval(), out, fp16=fp16, include_discriminator=include_discriminator, running_means=means
+    )

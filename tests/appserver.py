@@ -1,4 +1,5 @@
 """Start app.py's demo on 127.0.0.1 for tests, showing a given weights folder first."""
+
 from __future__ import annotations
 
 import importlib

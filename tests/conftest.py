@@ -1,4 +1,5 @@
 """Shared fixtures: a synthetic labelled image set (coloured shapes per class) and tiny models, all on CPU."""
+
 from __future__ import annotations
 
 import os
@@ -54,8 +55,9 @@ def draw_shape(kind: int, size: int, rng: np.random.Generator) -> Image.Image:
     return img
 
 
-def make_shapes_folder(root: Path, classes: int = 4, per_class: int = 16, size: int = 40, seed: int = 0,
-                       names: bool = True) -> Path:
+def make_shapes_folder(
+    root: Path, classes: int = 4, per_class: int = 16, size: int = 40, seed: int = 0, names: bool = True
+) -> Path:
     """Write root/<class_folder>/<i>.png (+ metadata.csv with display names and an attr_ column)."""
     rng = np.random.default_rng(seed)
     root.mkdir(parents=True, exist_ok=True)
@@ -104,8 +106,16 @@ def trained_export(tmp_path_factory, shapes_dir) -> Path:
 
     data = load_images(shapes_dir, 32, progress=False)
     out = tmp_path_factory.mktemp("run")
-    tcfg = TrainConfig(steps=TRAINED_STEPS, batch_size=32, lr=1e-3, log_every=20, sample_every=100,
-                       checkpoint_every=100, ema_decay=None, device="cpu")
+    tcfg = TrainConfig(
+        steps=TRAINED_STEPS,
+        batch_size=32,
+        lr=1e-3,
+        log_every=20,
+        sample_every=100,
+        checkpoint_every=100,
+        ema_decay=None,
+        device="cpu",
+    )
     return train(data, out / "run", tcfg, tiny_config(z_dim=16, base_channels=16, max_channels=64), progress=False)
 
 
@@ -137,9 +147,13 @@ def record_optimizer_steps(trainer) -> list:
         orig = opt.step
 
         def step(*a, _name=name, _orig=orig, **kw):
-            with_grad = sorted(k for k, net in trainer.nets.items()
-                               if any(p.grad is not None and p.grad.abs().sum() > 0 for p in net.parameters()))
+            with_grad = sorted(
+                k
+                for k, net in trainer.nets.items()
+                if any(p.grad is not None and p.grad.abs().sum() > 0 for p in net.parameters())
+            )
             seen.append((_name, with_grad))
             return _orig(*a, **kw)
+
         opt.step = step
     return seen

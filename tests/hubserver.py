@@ -1,5 +1,6 @@
 """A tiny Hub look-alike on 127.0.0.1 for tests: serves /<repo>/resolve/<revision>/<file> the way the
 Hub does (X-Repo-Commit, ETag, X-Error-Code on 404), so the real huggingface_hub client can talk to it."""
+
 from __future__ import annotations
 
 import hashlib

@@ -1,4 +1,5 @@
 """app.py through its HTTP API: every public api_name called with gradio_client on 127.0.0.1."""
+
 from pathlib import Path
 
 import numpy as np
@@ -33,9 +34,20 @@ def test_app_is_thin_and_every_event_named(served):
     assert not imported & {"torch", "nn"}
     api = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
     # the endpoints of the first release keep their parameters and number of results (gradio_client users)
-    kept = {"/select_model": (1, 27), "/init_sliders": (0, 16), "/generate": (6, 3), "/send_to_inpaint": (0, 1),
-            "/explore": (20, 1), "/reset_sliders": (1, 16), "/explore_after_reset": (20, 1), "/swap": (3, 1),
-            "/interpolate": (9, 2), "/inpaint": (5, 2), "/enhance": (4, 2), "/reconstruct": (3, 2)}
+    kept = {
+        "/select_model": (1, 27),
+        "/init_sliders": (0, 16),
+        "/generate": (6, 3),
+        "/send_to_inpaint": (0, 1),
+        "/explore": (20, 1),
+        "/reset_sliders": (1, 16),
+        "/explore_after_reset": (20, 1),
+        "/swap": (3, 1),
+        "/interpolate": (9, 2),
+        "/inpaint": (5, 2),
+        "/enhance": (4, 2),
+        "/reconstruct": (3, 2),
+    }
     for name, (n_in, n_out) in kept.items():
         assert name in api, name
         assert (len(api[name]["parameters"]), len(api[name]["returns"])) == (n_in, n_out), name
@@ -78,8 +90,9 @@ def test_interpolate_with_upload(served):
     _, client, w, tmp = served
     photo = tmp / "photo.png"
     draw_shape(2, 48, np.random.default_rng(0)).save(photo)
-    frames, gif = client.predict(w, "Circle 0", 1, None, "auto (C decides)", 0, handle_file(str(photo)),
-                                 "both", 4, api_name="/interpolate")
+    frames, gif = client.predict(
+        w, "Circle 0", 1, None, "auto (C decides)", 0, handle_file(str(photo)), "both", 4, api_name="/interpolate"
+    )
     assert len(frames) == 4 and Image.open(gif).format == "GIF"
 
 
@@ -92,8 +105,12 @@ def test_inpaint_with_image_editor_payload(served):
     layer = np.zeros((40, 40, 4), np.uint8)
     layer[8:20, 8:30] = (255, 0, 255, 255)
     Image.fromarray(layer, "RGBA").save(tmp / "layer.png")
-    value = {"background": handle_file(str(tmp / "bg.png")), "layers": [handle_file(str(tmp / "layer.png"))],
-             "composite": None, "id": None}
+    value = {
+        "background": handle_file(str(tmp / "bg.png")),
+        "layers": [handle_file(str(tmp / "layer.png"))],
+        "composite": None,
+        "id": None,
+    }
     (before, after), text = client.predict(w, value, "auto (C decides)", 2, 0, api_name="/inpaint")
     out = np.asarray(Image.open(after).convert("RGB"))
     mask = layer[:, :, 3] > 0
@@ -142,8 +159,9 @@ def test_model_switch_gives_every_dropdown_its_own_valid_update(served):
         assert len({id(d) for d in dropdowns}) == 7
         for d in dropdowns:
             assert d["value"] in [v for _, v in d["choices"]] and d["value"] in names + [app.AUTO]
-        assert [u["visible"] for u in out[11:]][:len(app.registry.get(choice).model.config.directions)] == \
-            [True] * len(app.registry.get(choice).model.config.directions)
+        assert [u["visible"] for u in out[11:]][: len(app.registry.get(choice).model.config.directions)] == [
+            True
+        ] * len(app.registry.get(choice).model.config.directions)
     cleared = fns["select_model_outputs"]("faces")
     examples, pending = cleared[9], cleared[8]
     assert examples and pending["background"] and pending["layers"]  # the faces examples, for the canvas

@@ -44,8 +44,13 @@ def test_enrol_class_adds_a_sampleable_class_with_thumbnail(weights, tmp_path):
     seen = []
     files = photo_files(tmp_path / "p", 3)
     # uploads arrive as paths or (path, caption) pairs
-    name, sheet, text = S.enrol_class(loaded, [files[0], (files[1], None), files[2]], "  Green  Cross ",
-                                      progress=lambda f, d: seen.append((f, d)), steps=STEPS)
+    name, sheet, text = S.enrol_class(
+        loaded,
+        [files[0], (files[1], None), files[2]],
+        "  Green  Cross ",
+        progress=lambda f, d: seen.append((f, d)),
+        steps=STEPS,
+    )
     m = loaded.model
     assert name == "Green Cross" and m.config.class_names[-1] == name and m.config.num_classes == k + 1
     assert len(loaded.thumbnails) == k + 1 and loaded.thumbnails[-1].size == (32, 32)
@@ -96,7 +101,8 @@ def test_enrol_endpoint_over_http(weights, tmp_path, monkeypatch):
         assert name == "Green Cross" and "Green Cross" in text and Image.open(sheet).width > 32
         assert app.registry.get(w).model.config.class_names[-1] == "Green Cross"
         after = {f.api_name: f.fn for f in app.demo.fns.values()}["enrol_pickers"](
-            w, name, "Circle 0", "Circle 0", "Square 1", S.AUTO, S.AUTO, S.AUTO)
+            w, name, "Circle 0", "Circle 0", "Square 1", S.AUTO, S.AUTO, S.AUTO
+        )
         assert after[0]["value"] == name and after[1]["value"] == "Circle 0" and after[5]["value"] == S.AUTO
         assert all(name in [v for _, v in d["choices"]] for d in after[:7])
         assert len(after[-1]) == 5  # a thumbnail for the new class too

@@ -1,5 +1,6 @@
 """The equal-budget experiment end to end on the tiny shapes: train for a CPU budget, judge the snapshots,
 tabulate and plot, resume without redoing work."""
+
 import json
 
 import pytest
@@ -18,8 +19,17 @@ def test_budget_trains_judges_tabulates_and_resumes(shapes_dir, tmp_path, monkey
     judge_dir = tmp_path / "judge"
     train_judge(load_images(shapes_dir, 32, progress=False), judge_dir, epochs=1, progress=False)
     out = tmp_path / "exp"
-    results = budget.run_budget(str(shapes_dir), "v1", 0.03, out, str(judge_dir), threads=1, samples_per_class=4,
-                                extra=TINY.split(), name="tiny")
+    results = budget.run_budget(
+        str(shapes_dir),
+        "v1",
+        0.03,
+        out,
+        str(judge_dir),
+        threads=1,
+        samples_per_class=4,
+        extra=TINY.split(),
+        name="tiny",
+    )
     row = results["tiny"]["0.03"]
     assert row["images_seen"] == 8 * row["step"] > 0 and row["threads"] == 1
     assert 0 <= row["top1"] <= 1 and row["fid"] >= 0 and row["psnr"] > 0 and row["samples"] == 16
@@ -34,10 +44,20 @@ def test_budget_trains_judges_tabulates_and_resumes(shapes_dir, tmp_path, monkey
     # the same command again: nothing is retrained or re-judged
     def forbidden(*a, **k):
         raise AssertionError("resumed budget redid finished work")
+
     monkeypatch.setattr(budget.subprocess, "run", forbidden)
     monkeypatch.setattr(budget, "evaluate_snapshot", forbidden)
-    again = budget.run_budget(str(shapes_dir), "v1", 0.03, out, str(judge_dir), threads=1, samples_per_class=4,
-                              extra=TINY.split(), name="tiny")
+    again = budget.run_budget(
+        str(shapes_dir),
+        "v1",
+        0.03,
+        out,
+        str(judge_dir),
+        threads=1,
+        samples_per_class=4,
+        extra=TINY.split(),
+        name="tiny",
+    )
     assert again == results
 
 

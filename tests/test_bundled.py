@@ -1,5 +1,6 @@
 """The weights shipped in weights/: each loads strictly, matches its config, is small enough, samples
 deterministically, and the CLI works on it from a fresh clone (no network)."""
+
 import json
 import subprocess
 import sys
@@ -48,8 +49,26 @@ def test_bundled_sampling_is_deterministic(name):
 def test_cli_sample_on_bundled_weights(name, tmp_path):
     model = CVAEGAN.from_pretrained(str(ROOT / "weights" / name))
     cls = model.config.class_names[-1]
-    out = subprocess.run([sys.executable, "-m", "cvaegan", "sample", "--weights", f"weights/{name}", "--class", cls,
-                          "--seeds", "0-7", "--out", str(tmp_path / "x.png")], cwd=ROOT, capture_output=True,
-                         text=True, timeout=300, env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"})
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cvaegan",
+            "sample",
+            "--weights",
+            f"weights/{name}",
+            "--class",
+            cls,
+            "--seeds",
+            "0-7",
+            "--out",
+            str(tmp_path / "x.png"),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**__import__("os").environ, "HF_HUB_OFFLINE": "1"},
+    )
     assert out.returncode == 0, out.stderr
     assert (tmp_path / "x.png").stat().st_size > 0

@@ -1,4 +1,5 @@
 """The command line: --help everywhere, byte-identical samples, one-line errors, export from a run."""
+
 import hashlib
 import subprocess
 import sys
@@ -11,7 +12,9 @@ from conftest import ROOT
 
 
 def run_cli(*args, check=True):
-    out = subprocess.run([sys.executable, "-m", "cvaegan", *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-m", "cvaegan", *args], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
     if check:
         assert out.returncode == 0, out.stderr
     return out
@@ -28,7 +31,10 @@ def test_help_for_every_command(command, capsys):
 
 def test_sample_is_byte_identical(trained_export, tmp_path):
     a, b = tmp_path / "a.png", tmp_path / "b.png"
-    assert main(["sample", "--weights", str(trained_export), "--class", "Square 1", "--seeds", "0-3,9", "--out", str(a)]) == 0
+    assert (
+        main(["sample", "--weights", str(trained_export), "--class", "Square 1", "--seeds", "0-3,9", "--out", str(a)])
+        == 0
+    )
     assert main(["sample", "--weights", str(trained_export), "--class", "1", "--seeds", "0-3,9", "--out", str(b)]) == 0
     assert hashlib.sha256(a.read_bytes()).digest() == hashlib.sha256(b.read_bytes()).digest()
     c = tmp_path / "c.png"
@@ -37,11 +43,31 @@ def test_sample_is_byte_identical(trained_export, tmp_path):
 
 
 def test_errors_are_one_line(trained_export, tmp_path):
-    out = run_cli("sample", "--weights", str(trained_export), "--class", "Dodecahedron", "--out", str(tmp_path / "x.png"), check=False)
+    out = run_cli(
+        "sample",
+        "--weights",
+        str(trained_export),
+        "--class",
+        "Dodecahedron",
+        "--out",
+        str(tmp_path / "x.png"),
+        check=False,
+    )
     assert out.returncode == 1
     assert out.stderr.startswith("error: unknown class 'Dodecahedron'") and "Traceback" not in out.stderr
     assert "Circle 0" in out.stderr
-    out = run_cli("sample", "--weights", str(trained_export), "--class", "0", "--seeds", "5-1", "--out", str(tmp_path / "x.png"), check=False)
+    out = run_cli(
+        "sample",
+        "--weights",
+        str(trained_export),
+        "--class",
+        "0",
+        "--seeds",
+        "5-1",
+        "--out",
+        str(tmp_path / "x.png"),
+        check=False,
+    )
     assert out.returncode == 1 and "goes backwards" in out.stderr
     out = run_cli("train", "--data", str(tmp_path / "nothing"), "--out", str(tmp_path / "run"), check=False)
     assert out.returncode == 1 and "does not exist" in out.stderr and "Traceback" not in out.stderr
@@ -50,9 +76,26 @@ def test_errors_are_one_line(trained_export, tmp_path):
 @pytest.mark.slow
 def test_train_resume_and_export_via_cli(shapes_dir, tmp_path):
     run = tmp_path / "run"
-    common = ["--data", str(shapes_dir), "--out", str(run), "--resolution", "32", "--z-dim", "16",
-              "--base-channels", "8", "--max-channels", "32", "--batch-size", "16", "--sample-every", "2",
-              "--checkpoint-every", "2"]
+    common = [
+        "--data",
+        str(shapes_dir),
+        "--out",
+        str(run),
+        "--resolution",
+        "32",
+        "--z-dim",
+        "16",
+        "--base-channels",
+        "8",
+        "--max-channels",
+        "32",
+        "--batch-size",
+        "16",
+        "--sample-every",
+        "2",
+        "--checkpoint-every",
+        "2",
+    ]
     run_cli("train", *common, "--steps", "2")
     out = run_cli("train", *common, "--steps", "3", check=False)
     assert out.returncode == 1 and "--resume" in out.stderr

@@ -1,4 +1,5 @@
 """Data loading: folders and tars, metadata names, resizing any image, clear errors, deterministic split."""
+
 import tarfile
 import warnings
 
@@ -49,13 +50,16 @@ def test_unreadable_images_are_skipped_with_a_warning(tmp_path):
     assert any("skipped 2 unreadable" in str(x.message) for x in w)
 
 
-@pytest.mark.parametrize("layout,match", [
-    ("missing", "does not exist"),
-    ("no_classes", "no class folders"),
-    ("one_class", "only one class"),
-    ("empty_class", "no images"),
-    ("all_broken", "could be read"),
-])
+@pytest.mark.parametrize(
+    "layout,match",
+    [
+        ("missing", "does not exist"),
+        ("no_classes", "no class folders"),
+        ("one_class", "only one class"),
+        ("empty_class", "no images"),
+        ("all_broken", "could be read"),
+    ],
+)
 def test_clear_errors(tmp_path, layout, match):
     root = tmp_path / "d"
     if layout != "missing":

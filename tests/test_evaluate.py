@@ -1,4 +1,5 @@
 """The judge and the evaluation metrics: known answers for each metric, then judge + evaluate end to end."""
+
 import json
 import shutil
 
@@ -144,16 +145,52 @@ def test_judge_rejects_corrupt_and_foreign_files(shapes_judge, tmp_path):
 
 def test_judge_and_evaluate_commands_end_to_end(trained_export, shapes_dir, tmp_path, capsys):
     judge_dir = tmp_path / "judge"
-    assert cli.main(["judge", "--data", str(shapes_dir), "--out", str(judge_dir), "--resolution", "32",
-                     "--epochs", "3", "--batch-size", "16"]) == 0
+    assert (
+        cli.main(
+            [
+                "judge",
+                "--data",
+                str(shapes_dir),
+                "--out",
+                str(judge_dir),
+                "--resolution",
+                "32",
+                "--epochs",
+                "3",
+                "--batch-size",
+                "16",
+            ]
+        )
+        == 0
+    )
     assert "judge top-1" in capsys.readouterr().out
     report_path = tmp_path / "report.json"
     weights = tmp_path / "weights"
     shutil.copytree(trained_export, weights)
     (weights / "README.md").write_text("# card\n\n" + OLD_JUDGE_LINE + "\n\nmore text\n")
-    assert cli.main(["evaluate", "--weights", str(weights), "--judge", str(judge_dir), "--data",
-                     str(shapes_dir), "--out", str(report_path), "--samples-per-class", "3",
-                     "--inpaint-images", "3", "--device", "cpu", "--card"]) == 0
+    assert (
+        cli.main(
+            [
+                "evaluate",
+                "--weights",
+                str(weights),
+                "--judge",
+                str(judge_dir),
+                "--data",
+                str(shapes_dir),
+                "--out",
+                str(report_path),
+                "--samples-per-class",
+                "3",
+                "--inpaint-images",
+                "3",
+                "--device",
+                "cpu",
+                "--card",
+            ]
+        )
+        == 0
+    )
     card = (weights / "README.md").read_text()
     assert "Independent judge" in card and OLD_JUDGE_LINE not in card and card.endswith("more text\n")
     assert json.loads((weights / "evaluation.json").read_text()) == json.loads(report_path.read_text())
@@ -177,6 +214,7 @@ def test_judge_and_evaluate_commands_end_to_end(trained_export, shapes_dir, tmp_
     other.class_folders = [f + "_x" for f in other.class_folders]
     with pytest.raises(E.EvaluationError, match="trained on other classes"):
         from cvaegan import CVAEGAN
+
         E.evaluate(CVAEGAN.from_pretrained(str(trained_export)), load_judge(judge_dir), other, 1, progress=False)
 
 
@@ -207,8 +245,11 @@ def test_experiment_table_plot_and_readme_section(tmp_path):
     md = X.table1_markdown({"rows": rows, "paper": X.PAPER_TABLE1})
     lines = md.strip().splitlines()
     assert len(lines) == 7 and lines[-1].startswith("| CVAE-GAN | 30.00% |") and "97.78%" in lines[-1]
-    X.bar_chart([(X.LABELS[k], v["discriminability"], X.PAPER_TABLE1[k]["discriminability"]) for k, v in rows.items()],
-                "t", tmp_path / "p.png")
+    X.bar_chart(
+        [(X.LABELS[k], v["discriminability"], X.PAPER_TABLE1[k]["discriminability"]) for k, v in rows.items()],
+        "t",
+        tmp_path / "p.png",
+    )
     assert Image.open(tmp_path / "p.png").size[0] == 640
     readme = tmp_path / "README.md"
     readme.write_text("a\n<!-- table1:start -->\nold\n<!-- table1:end -->\nb\n")
@@ -227,7 +268,7 @@ def _grey_folder(root, per_class=32, seed=0):
         for i in range(per_class):
             grey, left = rng.uniform(0.1, 0.9), int(rng.integers(2, 20))
             arr = np.full((32, 32, 3), int(grey * 255), np.uint8)
-            arr[10:20, left:left + 10] = (255, 0, 0) if c == 0 else (0, 0, 255)
+            arr[10:20, left : left + 10] = (255, 0, 0) if c == 0 else (0, 0, 255)
             Image.fromarray(arr).save(root / folder / f"{i}.png")
             rows.append(f"{folder}/{i}.png,{folder},{folder.upper()},{grey:.4f},{'' if i == 3 else left}")
     (root / "metadata.csv").write_text("\n".join(rows) + "\n")
@@ -240,8 +281,9 @@ def test_attribute_judge_learns_attributes_and_round_trips(tmp_path):
 
     data = load_images(_grey_folder(tmp_path / "grey"), 32, progress=False)
     assert torch.isnan(data.attributes["attr_left"]).sum() == 2  # the blank cells: unknown, not 0
-    cfg = train_judge(data, tmp_path / "aj", epochs=30, batch_size=16, widths=[16, 32, 64], progress=False,
-                      attributes=True)
+    cfg = train_judge(
+        data, tmp_path / "aj", epochs=30, batch_size=16, widths=[16, 32, 64], progress=False, attributes=True
+    )
     assert cfg.targets == ["attr_grey", "attr_left"] and cfg.outputs == 2
     assert cfg.training["val_r2"]["attr_grey"] > 0.7, cfg.training  # learnable from pixels
     j = load_judge(tmp_path / "aj")
@@ -258,8 +300,20 @@ def test_attribute_judge_needs_attribute_columns(shapes_dir, tmp_path, capsys):
     from conftest import make_shapes_folder
 
     bare = make_shapes_folder(tmp_path / "bare", names=False)
-    rc = cli.main(["judge", "--attributes", "--data", str(bare), "--out", str(tmp_path / "j"), "--resolution", "32",
-                   "--epochs", "1"])
+    rc = cli.main(
+        [
+            "judge",
+            "--attributes",
+            "--data",
+            str(bare),
+            "--out",
+            str(tmp_path / "j"),
+            "--resolution",
+            "32",
+            "--epochs",
+            "1",
+        ]
+    )
     assert rc == 1 and "attr_*" in capsys.readouterr().err
 
 

@@ -1,5 +1,6 @@
 """Save/load round trips, strict loading, and the Hub path with the real huggingface_hub client
 against a local Hub look-alike on 127.0.0.1 (no traffic leaves the machine)."""
+
 import json
 import os
 import pickle
@@ -39,12 +40,18 @@ def test_save_load_round_trip(tiny_model, tmp_path, fp16):
         assert torch.equal(a, b)
     cfg = json.loads((tmp_path / "w" / "config.json").read_text())
     assert cfg["resolution"] == 32 and cfg["num_classes"] == 4 and cfg["class_names"][1] == "Square 1"
-    assert cfg["package_version"] and set(cfg["files"]) == {"encoder.safetensors", "generator.safetensors", "classifier.safetensors"}
+    assert cfg["package_version"] and set(cfg["files"]) == {
+        "encoder.safetensors",
+        "generator.safetensors",
+        "classifier.safetensors",
+    }
     assert loaded.discriminator is None
 
 
 def test_saved_keys_have_no_wrapper_prefixes(tiny_model, tmp_path):
-    tiny_model.generator = torch.compile(tiny_model.generator, backend="eager") if hasattr(torch, "compile") else tiny_model.generator
+    tiny_model.generator = (
+        torch.compile(tiny_model.generator, backend="eager") if hasattr(torch, "compile") else tiny_model.generator
+    )
     hub.save_pretrained(tiny_model, tmp_path / "w")
     keys = load_file(str(tmp_path / "w" / "generator.safetensors")).keys()
     assert not any(k.startswith(("module.", "_orig_mod.")) for k in keys)
@@ -63,11 +70,14 @@ def _unsign(folder: Path) -> None:
     (folder / "config.json").write_text(json.dumps(cfg))
 
 
-@pytest.mark.parametrize("case,match", [
-    ("missing", "missing tensors"),
-    ("extra", "unexpected tensors"),
-    ("shape", "wrong shapes"),
-])
+@pytest.mark.parametrize(
+    "case,match",
+    [
+        ("missing", "missing tensors"),
+        ("extra", "unexpected tensors"),
+        ("shape", "wrong shapes"),
+    ],
+)
 def test_strict_loading_rejects_mismatched_tensors(tiny_model, tmp_path, case, match):
     w = tmp_path / "w"
     tiny_model.save_pretrained(w)
@@ -101,6 +111,7 @@ def test_pickle_and_truncated_files_are_refused_without_unpickling(tiny_model, t
     class Evil:
         def __reduce__(self):
             return (open, (str(marker), "w"))
+
     (w / "classifier.safetensors").write_bytes(pickle.dumps(Evil()))
     with pytest.raises(WeightsError, match="classifier.safetensors: not a readable safetensors"):
         CVAEGAN.from_pretrained(str(w))
@@ -171,7 +182,9 @@ def test_hub_revision_pin(fake_hub, tmp_path, tiny_model):
     assert m.config.class_names == tiny_model.config.class_names
     for a, b in zip(_outputs(m), _outputs(tiny_model)):
         assert torch.allclose(a, b, atol=1e-2)  # fp16 weights
-    by_commit = CVAEGAN.from_pretrained("owner/faces", revision=fake_hub.v1_commit, endpoint=fake_hub.url, cache_dir=cache)
+    by_commit = CVAEGAN.from_pretrained(
+        "owner/faces", revision=fake_hub.v1_commit, endpoint=fake_hub.url, cache_dir=cache
+    )
     assert by_commit.config.class_names == tiny_model.config.class_names
     with pytest.raises(WeightsError, match="no revision 'nope'"):
         CVAEGAN.from_pretrained("owner/faces", revision="nope", endpoint=fake_hub.url, cache_dir=cache)
@@ -211,9 +224,11 @@ def test_hf_hub_offline_uses_cache_only(fake_hub, tmp_path):
     CVAEGAN.from_pretrained("owner/faces", endpoint=fake_hub.url, cache_dir=cache)
     n = len(fake_hub.requests)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": cache, "HF_ENDPOINT": fake_hub.url}
-    code = ("from cvaegan import CVAEGAN\n"
-            "m = CVAEGAN.from_pretrained('owner/faces'); print(m.config.class_names)\n"
-            "try:\n    CVAEGAN.from_pretrained('owner/other')\nexcept Exception as e:\n    print('ERR', e)\n")
+    code = (
+        "from cvaegan import CVAEGAN\n"
+        "m = CVAEGAN.from_pretrained('owner/faces'); print(m.config.class_names)\n"
+        "try:\n    CVAEGAN.from_pretrained('owner/other')\nexcept Exception as e:\n    print('ERR', e)\n"
+    )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "['a', 'b', 'c', 'd']" in out.stdout

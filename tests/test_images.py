@@ -1,4 +1,5 @@
 """Input images and masks of every kind: modes, EXIF rotation, broken files, decompression bombs."""
+
 import io
 
 import numpy as np
@@ -34,11 +35,14 @@ def test_exif_rotation_is_applied():
     assert out.size == (20, 40)
 
 
-@pytest.mark.parametrize("data,match", [
-    (b"", "empty"),
-    (b"this is text, not pixels", "not an image"),
-    (None, "truncated"),
-])
+@pytest.mark.parametrize(
+    "data,match",
+    [
+        (b"", "empty"),
+        (b"this is text, not pixels", "not an image"),
+        (None, "truncated"),
+    ],
+)
 def test_broken_files(data, match):
     if data is None:
         data = _png(Image.new("RGB", (64, 64), (1, 2, 3)), "JPEG")[:200]

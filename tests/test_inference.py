@@ -1,5 +1,6 @@
 """Inference functions on a tiny model trained on coloured shapes: determinism, shapes, endpoints,
 directions, inpainting keeps known pixels, super-resolution matches its input, augment's files."""
+
 import csv
 import json
 
@@ -167,13 +168,40 @@ def test_inference_cli_commands(trained_export, shapes_dir, tmp_path, capsys):
     m.save(mask)
     small = tmp_path / "s.png"
     Image.open(photo).resize((8, 8)).save(small)
-    assert main(["swap", "--weights", w, "--seed", "3", "--classes", "0,1,Cross 3", "--out", str(tmp_path / "swap.png")]) == 0
+    assert (
+        main(["swap", "--weights", w, "--seed", "3", "--classes", "0,1,Cross 3", "--out", str(tmp_path / "swap.png")])
+        == 0
+    )
     assert main(["swap", "--weights", w, "--image", str(photo), "--out", str(tmp_path / "swap2.png")]) == 0
-    assert main(["interpolate", "--weights", w, "--class-a", "0", "--seed-a", "1", "--image-b", str(photo),
-                 "--frames", "4", "--out", str(tmp_path / "i.gif")]) == 0
+    assert (
+        main(
+            [
+                "interpolate",
+                "--weights",
+                w,
+                "--class-a",
+                "0",
+                "--seed-a",
+                "1",
+                "--image-b",
+                str(photo),
+                "--frames",
+                "4",
+                "--out",
+                str(tmp_path / "i.gif"),
+            ]
+        )
+        == 0
+    )
     assert main(["reconstruct", "--weights", w, "--image", str(photo), "--out", str(tmp_path / "r.png")]) == 0
-    assert main(["inpaint", "--weights", w, "--image", str(photo), "--mask", str(mask), "--out", str(tmp_path / "f.png")]) == 0
-    assert main(["superres", "--weights", w, "--image", str(small), "--steps", "10", "--out", str(tmp_path / "sr.png")]) == 0
+    assert (
+        main(["inpaint", "--weights", w, "--image", str(photo), "--mask", str(mask), "--out", str(tmp_path / "f.png")])
+        == 0
+    )
+    assert (
+        main(["superres", "--weights", w, "--image", str(small), "--steps", "10", "--out", str(tmp_path / "sr.png")])
+        == 0
+    )
     assert main(["augment", "--weights", w, "--per-class", "1", "--out", str(tmp_path / "aug")]) == 0
     out = np.asarray(Image.open(tmp_path / "f.png"))
     keep = np.asarray(m) == 0
@@ -190,9 +218,27 @@ def test_inference_cli_commands(trained_export, shapes_dir, tmp_path, capsys):
     before = CVAEGAN.from_pretrained(str(wcopy)).directions[0]
     capsys.readouterr()
     (wcopy / "README.md").write_text("# card\n\nkept text\n\n## Latent directions (the app's sliders)\n\nold table\n")
-    assert main(["directions", "--weights", str(wcopy), "--data", str(shapes_dir), "--components", "2",
-                 "--direction-judge", str(tmp_path / "aj"), "--judge-samples", "64", "--decorrelate",
-                 "--attribute-judge", str(tmp_path / "aj")]) == 0
+    assert (
+        main(
+            [
+                "directions",
+                "--weights",
+                str(wcopy),
+                "--data",
+                str(shapes_dir),
+                "--components",
+                "2",
+                "--direction-judge",
+                str(tmp_path / "aj"),
+                "--judge-samples",
+                "64",
+                "--decorrelate",
+                "--attribute-judge",
+                str(tmp_path / "aj"),
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "attr_x: fitted on generated samples, judged (n=64" in printed and "attr_x: re-measured" in printed
     card = (wcopy / "README.md").read_text()  # the card's directions section is replaced, the rest kept
@@ -202,8 +248,20 @@ def test_inference_cli_commands(trained_export, shapes_dir, tmp_path, capsys):
     after = CVAEGAN.from_pretrained(str(wcopy))
     assert after.config.directions == ["attr_x", "pc1", "pc2"] and not torch.allclose(after.directions[0], before)
     train_judge(data, tmp_path / "cj", epochs=1, batch_size=16, widths=[8, 16], progress=False)
-    assert main(["directions", "--weights", str(wcopy), "--data", str(shapes_dir),
-                 "--direction-judge", str(tmp_path / "cj")]) == 1
+    assert (
+        main(
+            [
+                "directions",
+                "--weights",
+                str(wcopy),
+                "--data",
+                str(shapes_dir),
+                "--direction-judge",
+                str(tmp_path / "cj"),
+            ]
+        )
+        == 1
+    )
     assert "is a class judge" in capsys.readouterr().err
 
 
@@ -221,7 +279,7 @@ class _ProbeGenerator(torch.nn.Module):
         b, d = 0.05 * (z @ self.u), 0.05 * (z @ self.v)
         x = b[:, None, None, None].expand(-1, 3, self.r, self.r).clone()
         x[..., : self.r // 2] += d[:, None, None, None] / 2
-        x[..., self.r // 2:] -= d[:, None, None, None] / 2
+        x[..., self.r // 2 :] -= d[:, None, None, None] / 2
         return x
 
 
@@ -259,8 +317,9 @@ def test_directions_fitted_on_judged_samples_follow_the_generator(tiny_model, sh
     assert float(m.directions[0] @ u) > 0  # moving up the slider raises the attribute
     assert m.direction_scales[0].item() == pytest.approx(10.0, rel=0.01)  # 1 SD (0.5) of brightness = 10 along u
     assert fits["attr_bright"]["r2"] > 0.999 and fits["attr_bright"]["source"] == "generated samples, judged"
-    checks = check_directions(m, {"attr_bright": 0.2, "attr_lr": 0.5, "pc1": 1.0, "pc2": 1.0}, classes=4, seeds=4,
-                              attribute_judge=judge)
+    checks = check_directions(
+        m, {"attr_bright": 0.2, "attr_lr": 0.5, "pc1": 1.0, "pc2": 1.0}, classes=4, seeds=4, attribute_judge=judge
+    )
     assert checks["attr_bright"]["per_unit"] == pytest.approx(1.0, abs=0.01)
     assert checks["attr_lr"]["per_unit"] == pytest.approx(1.0, abs=0.01)
     assert abs(checks["attr_bright"]["change_sd"]["attr_lr"]) < 0.01  # no side effect on the other
@@ -280,7 +339,9 @@ def test_decorrelated_directions_leave_the_other_attribute_alone(tiny_model, sha
     judge = _ProbeJudge()
     fits = compute_directions(m, data.images, data.labels, k=1, judge=judge, judge_samples=256, decorrelate=decorrelate)
     assert fits["attr_bright"]["decorrelated"] is decorrelate
-    checks = check_directions(m, {"attr_bright": 0.5, "attr_lr": 0.5, "pc1": 1.0}, classes=4, seeds=4, attribute_judge=judge)
+    checks = check_directions(
+        m, {"attr_bright": 0.5, "attr_lr": 0.5, "pc1": 1.0}, classes=4, seeds=4, attribute_judge=judge
+    )
     assert checks["attr_bright"]["per_unit"] == pytest.approx(1.0, abs=0.02)
     assert checks["attr_lr"]["per_unit"] == pytest.approx(1.0, abs=0.02)
     side = abs(checks["attr_bright"]["change_sd"]["attr_lr"])

@@ -1,4 +1,5 @@
 """Each loss term against hand-computed values, the reduction convention, and the running means."""
+
 import math
 
 import torch

@@ -1,5 +1,6 @@
 """The recipe options (presets, stratified batches, spectral norm, R1, joint G/E, warm starts, CPU budgets)
 and the `train` command's options generated from the config fields."""
+
 import argparse
 import dataclasses
 import json
@@ -40,6 +41,7 @@ def test_r1_penalty_is_the_squared_input_gradient():
     w = torch.randn(3, 8, 8)
     logits = (x * w).sum((1, 2, 3))  # d logit / d x = w for every sample
     from cvaegan.losses import r1_penalty
+
     assert r1_penalty(logits, x).item() == pytest.approx(w.pow(2).sum().item(), rel=1e-5)
 
 
@@ -61,8 +63,9 @@ def test_joint_ge_gives_g_the_same_gradient_as_the_paper_order():
         x, c, noise = _batch(tr.model)
         captured = []
         orig = tr.opt["G"].step
-        tr.opt["G"].step = lambda *a, _o=orig, **k: captured.append(
-            [p.grad.clone() for p in tr.nets["G"].parameters()]) or _o(*a, **k)
+        tr.opt["G"].step = lambda *a, _o=orig, **k: (
+            captured.append([p.grad.clone() for p in tr.nets["G"].parameters()]) or _o(*a, **k)
+        )
         tr.train_step(x, c, step_generator(0, 0), noise)
         grads[joint] = captured[0]
     for a, b in zip(grads[False], grads[True]):
@@ -122,6 +125,7 @@ def test_stratified_indices_are_stratified():
     assert torch.equal(stratified_indices(by_class, 12, 3, 0, 5), stratified_indices(by_class, 12, 3, 0, 5))
 
 
+@pytest.mark.slow  # trains a tiny model
 def test_training_batches_and_prior_batches_share_stratified_classes(shapes_dir, tmp_path, monkeypatch):
     data = load_images(shapes_dir, 32, progress=False)
     seen = []
@@ -130,6 +134,7 @@ def test_training_batches_and_prior_batches_share_stratified_classes(shapes_dir,
     def spy(self, x, c, gen, noise):
         seen.append((c.clone(), noise["c_p"].clone()))
         return orig(self, x, c, gen, noise)
+
     monkeypatch.setattr(Trainer, "train_step", spy)
     tcfg = TrainConfig(steps=3, batch_size=8, stratify=2, sample_every=0, checkpoint_every=3, device="cpu")
     train(data, tmp_path / "run", tcfg, tiny_config(), progress=False)
@@ -155,8 +160,22 @@ def test_presets_and_explicit_options(tmp_path):
     ap = argparse.ArgumentParser(prog="cvaegan")
     sub = ap.add_subparsers(dest="command")
     cli._train_parser(sub)
-    a = ap.parse_args(["train", "--data", "d", "--out", "o", "--preset", "v1", "--stratify", "4", "--beta2", "0.99",
-                       "--no-fp16-export"])
+    a = ap.parse_args(
+        [
+            "train",
+            "--data",
+            "d",
+            "--out",
+            "o",
+            "--preset",
+            "v1",
+            "--stratify",
+            "4",
+            "--beta2",
+            "0.99",
+            "--no-fp16-export",
+        ]
+    )
     tcfg, mcfg = cli.train_configs(a, num_classes=5)
     assert tcfg.preset == "v1" and tcfg.batch_size == 32 and tcfg.diffaugment == "translation,color"
     assert tcfg.stratify == 4 and tcfg.betas == (0.5, 0.99) and tcfg.export_fp16 is False
@@ -171,19 +190,47 @@ def test_presets_and_explicit_options(tmp_path):
 
 def test_old_run_configs_keep_the_recipe_they_trained_with():
     """train_config.json written before presets existed: the options added since are off on resume."""
-    old = {k: v for k, v in TrainConfig(batch_size=16).to_dict().items()
-           if k not in ("preset", "stratify", "r1_gamma", "joint_ge", "pretrain_steps", "d_lr_mult",
-                        "budget_minutes", "snapshot_minutes", "export_discriminator")}
+    old = {
+        k: v
+        for k, v in TrainConfig(batch_size=16).to_dict().items()
+        if k
+        not in (
+            "preset",
+            "stratify",
+            "r1_gamma",
+            "joint_ge",
+            "pretrain_steps",
+            "d_lr_mult",
+            "budget_minutes",
+            "snapshot_minutes",
+            "export_discriminator",
+        )
+    }
     t = TrainConfig.from_dict(json.loads(json.dumps(old)))
-    assert (t.preset, t.stratify, t.r1_gamma, t.joint_ge, t.pretrain_steps, t.export_discriminator) == \
-        ("v1", 0, 0.0, False, 0, False)
+    assert (t.preset, t.stratify, t.r1_gamma, t.joint_ge, t.pretrain_steps, t.export_discriminator) == (
+        "v1",
+        0,
+        0.0,
+        False,
+        0,
+        False,
+    )
     assert t.batch_size == 16
 
 
+@pytest.mark.slow  # trains a tiny model
 def test_cpu_budget_stops_the_run_and_keeps_snapshots(shapes_dir, tmp_path):
     data = load_images(shapes_dir, 32, progress=False)
-    tcfg = TrainConfig(steps=10**6, batch_size=8, budget_minutes=0.02, snapshot_minutes="0.005,0.02",
-                       sample_every=0, checkpoint_every=1000, log_every=1000, device="cpu")
+    tcfg = TrainConfig(
+        steps=10**6,
+        batch_size=8,
+        budget_minutes=0.02,
+        snapshot_minutes="0.005,0.02",
+        sample_every=0,
+        checkpoint_every=1000,
+        log_every=1000,
+        device="cpu",
+    )
     export = train(data, tmp_path / "run", tcfg, tiny_config(), progress=False)
     state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
     clock = state["clock"]
@@ -196,43 +243,70 @@ def test_cpu_budget_stops_the_run_and_keeps_snapshots(shapes_dir, tmp_path):
     assert (export / "discriminator.safetensors").is_file() and (export / "running_means.safetensors").is_file()
 
 
+@pytest.mark.slow  # trains a tiny model
 def test_warm_start_continues_from_the_released_networks(shapes_dir, tmp_path):
     """--init-from: the first step's losses are close to the source run's last ones, not to a fresh run's."""
     data = load_images(shapes_dir, 32, progress=False)
     base = dict(batch_size=16, lr=1e-3, log_every=1, sample_every=0, device="cpu")
-    export = train(data, tmp_path / "a", TrainConfig(steps=120, checkpoint_every=120, **base), tiny_config(),
-                   progress=False)
+    export = train(
+        data, tmp_path / "a", TrainConfig(steps=120, checkpoint_every=120, **base), tiny_config(), progress=False
+    )
     last = json.loads((tmp_path / "a" / "metrics.jsonl").read_text().splitlines()[-1])
     logs = {}
     for name, init in (("warm", export), ("fresh", None)):
         rows = []
-        train(data, tmp_path / name, TrainConfig(steps=1, checkpoint_every=1, **base), tiny_config(), progress=False,
-              init_from=init, on_step=lambda s, log: rows.append(dict(log)))
+        train(
+            data,
+            tmp_path / name,
+            TrainConfig(steps=1, checkpoint_every=1, **base),
+            tiny_config(),
+            progress=False,
+            init_from=init,
+            on_step=lambda s, log: rows.append(dict(log)),
+        )
         logs[name] = rows[0]
     for key in ("loss/C", "loss/G_recon"):
         assert abs(logs["warm"][key] - last[key]) < abs(logs["fresh"][key] - last[key]), key
     assert logs["warm"]["psnr/recon"] > logs["fresh"]["psnr/recon"] + 1
 
 
+@pytest.mark.slow  # trains a tiny model
 def test_warm_start_refuses_weights_without_discriminator(tiny_model, shapes_dir, tmp_path):
     from cvaegan.hub import WeightsError, save_pretrained
+
     save_pretrained(tiny_model, tmp_path / "weights")
     data = load_images(shapes_dir, 32, progress=False)
     with pytest.raises(WeightsError, match="discriminator"):
-        train(data, tmp_path / "w", TrainConfig(steps=1, batch_size=8, device="cpu"), None, progress=False,
-              init_from=tmp_path / "weights")
+        train(
+            data,
+            tmp_path / "w",
+            TrainConfig(steps=1, batch_size=8, device="cpu"),
+            None,
+            progress=False,
+            init_from=tmp_path / "weights",
+        )
 
 
+@pytest.mark.slow  # trains a tiny model
 def test_excluded_classes_are_never_trained_on_and_the_split_stays_put(shapes_dir, tmp_path, monkeypatch):
     from cvaegan.data import split_indices
+
     data = load_images(shapes_dir, 32, progress=False)
     excluded = data.class_folders[1]
     seen = []
     orig = Trainer.train_step
-    monkeypatch.setattr(Trainer, "train_step", lambda self, x, c, gen, noise: seen.append(x.clone()) or
-                        orig(self, x, c, gen, noise))
-    tcfg = TrainConfig(steps=2, batch_size=8, val_fraction=0.25, exclude_classes=excluded, sample_every=0,
-                       checkpoint_every=2, device="cpu")
+    monkeypatch.setattr(
+        Trainer, "train_step", lambda self, x, c, gen, noise: seen.append(x.clone()) or orig(self, x, c, gen, noise)
+    )
+    tcfg = TrainConfig(
+        steps=2,
+        batch_size=8,
+        val_fraction=0.25,
+        exclude_classes=excluded,
+        sample_every=0,
+        checkpoint_every=2,
+        device="cpu",
+    )
     export = train(data, tmp_path / "run", tcfg, tiny_config(), progress=False)
     cfg = json.loads((export / "config.json").read_text())
     assert cfg["num_classes"] == 3 and excluded not in cfg["class_folders"]
@@ -242,19 +316,32 @@ def test_excluded_classes_are_never_trained_on_and_the_split_stays_put(shapes_di
     banned = data.images[data.labels == 1].float() / 127.5 - 1
     for x in seen:  # no training image (flipped or not) is a photo of the excluded class
         for img in x:
-            assert not any(torch.allclose(img, b, atol=1e-2) or torch.allclose(img, b.flip(-1), atol=1e-2)
-                           for b in banned)
+            assert not any(
+                torch.allclose(img, b, atol=1e-2) or torch.allclose(img, b.flip(-1), atol=1e-2) for b in banned
+            )
     with pytest.raises(Exception, match="unknown class folders"):
-        train(data, tmp_path / "bad", TrainConfig(steps=1, batch_size=8, exclude_classes="nope", device="cpu"),
-              tiny_config(), progress=False)
+        train(
+            data,
+            tmp_path / "bad",
+            TrainConfig(steps=1, batch_size=8, exclude_classes="nope", device="cpu"),
+            tiny_config(),
+            progress=False,
+        )
 
 
+@pytest.mark.slow  # trains a tiny model
 def test_exported_checkpoint_carries_what_a_warm_start_needs(shapes_dir, tmp_path):
     from cvaegan.hub import load_training_state
     from cvaegan.train import export_checkpoint
+
     data = load_images(shapes_dir, 32, progress=False)
-    train(data, tmp_path / "run", TrainConfig(steps=2, batch_size=8, checkpoint_every=2, sample_every=0,
-                                              device="cpu"), tiny_config(), progress=False)
+    train(
+        data,
+        tmp_path / "run",
+        TrainConfig(steps=2, batch_size=8, checkpoint_every=2, sample_every=0, device="cpu"),
+        tiny_config(),
+        progress=False,
+    )
     warm = load_training_state(export_checkpoint(tmp_path / "run", tmp_path / "w"))
     state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
     for k, v in state["means"].items():
@@ -266,5 +353,6 @@ def test_exported_checkpoint_carries_what_a_warm_start_needs(shapes_dir, tmp_pat
 
 def test_stratification_adapts_to_data_with_few_classes():
     from cvaegan.train import effective_stratify
+
     assert effective_stratify(8, 32, 264) == 8 and effective_stratify(0, 32, 3) == 0
     assert effective_stratify(8, 8, 4) == 4 and effective_stratify(8, 12, 5) == 4 and effective_stratify(8, 32, 3) == 2

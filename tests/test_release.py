@@ -1,4 +1,5 @@
 """Publishing a run: the release folder loads strictly and carries directions, figures, pictures and a card."""
+
 import json
 
 import numpy as np
@@ -15,15 +16,34 @@ from cvaegan.release import release
 def test_release_folder(trained_export, shapes_dir, tmp_path):
     out = tmp_path / "weights" / "shapes"
     data = load_images(shapes_dir, 32, progress=False)
-    aj = train_judge(data, tmp_path / "attr_judge", epochs=1, batch_size=16, widths=[8, 16], progress=False,
-                     attributes=True)
-    figures = release(trained_export.parent, out, shapes_dir, "shapes", hardware="test CPU", notes="Tiny test model.",
-                      examples=tmp_path / "examples", attribute_judge=tmp_path / "attr_judge",
-                      direction_judge=tmp_path / "attr_judge")
+    aj = train_judge(
+        data, tmp_path / "attr_judge", epochs=1, batch_size=16, widths=[8, 16], progress=False, attributes=True
+    )
+    figures = release(
+        trained_export.parent,
+        out,
+        shapes_dir,
+        "shapes",
+        hardware="test CPU",
+        notes="Tiny test model.",
+        examples=tmp_path / "examples",
+        attribute_judge=tmp_path / "attr_judge",
+        direction_judge=tmp_path / "attr_judge",
+    )
     ex = sorted((tmp_path / "examples").glob("shapes_*_image.png"))
     assert len(ex) == 3 and all(p.with_name(p.name.replace("_image", "_mask")).is_file() for p in ex)
-    for name in ("config.json", "encoder.safetensors", "generator.safetensors", "classifier.safetensors",
-                 "directions.safetensors", "samples.png", "thumbnails.png", "loss_curves.png", "README.md", "figures.json"):
+    for name in (
+        "config.json",
+        "encoder.safetensors",
+        "generator.safetensors",
+        "classifier.safetensors",
+        "directions.safetensors",
+        "samples.png",
+        "thumbnails.png",
+        "loss_curves.png",
+        "README.md",
+        "figures.json",
+    ):
         assert (out / name).is_file(), name
     model = CVAEGAN.from_pretrained(str(out))
     assert model.config.directions[:3] == ["attr_x", "pc1", "pc2"]
@@ -37,7 +57,10 @@ def test_release_folder(trained_export, shapes_dir, tmp_path):
     assert len(checks["attr_x"]["judged"]["attr_x"]) == 3 and "per_unit" in checks["attr_x"]
     assert "per_unit" not in checks["pc1"] and set(checks["pc1"]["change_sd"]) == set(aj.targets)
     assert figures["attribute_judge"]["val_r2"] == aj.training["val_r2"]
-    assert "attribute judge" in (out / "README.md").read_text() and "n/a (principal component)" in (out / "README.md").read_text()
+    assert (
+        "attribute judge" in (out / "README.md").read_text()
+        and "n/a (principal component)" in (out / "README.md").read_text()
+    )
     card = (out / "README.md").read_text()
     # the attr_* directions were fitted on generated samples scored by the same judge: the card says so
     assert figures["direction_fits"]["attr_x"]["source"] == "generated samples, judged"
@@ -66,7 +89,9 @@ def test_judged_effects_known_answer():
     assert judged_effects("attr_smile", row, {"attr_smile": 0.5, "attr_yaw": 3.0}, "attribute units")["per_unit"] == 0.5
     assert e["change_sd"] == {"attr_smile": 4.0, "attr_yaw": -2.0} and e["largest_other"] == ["attr_yaw", -2.0]
     row.update(e, class_kept=[1.0, 1.0, 0.5], measured=[])
-    table = directions_table({"attr_smile": row}, {"resolution": 64, "training": {"epochs": 3, "val_r2": {"attr_smile": 0.5}}})
+    table = directions_table(
+        {"attr_smile": row}, {"resolution": 64, "training": {"epochs": 3, "val_r2": {"attr_smile": 0.5}}}
+    )
     assert "| attr_smile | +-2 | 100% / 100% / 50% | n/a | 1.00 (+4.00 SD) | yaw -2.00 |" in table
 
 

@@ -1,6 +1,7 @@
 """Reliability: a bad-input corpus through the Python API, the CLI and the app's HTTP API; property
 tests of preprocessing and parsing; training killed with SIGKILL and resumed; disk full / read-only
 run folders; 16 concurrent clients. The corpus is made here (no downloaded files)."""
+
 from __future__ import annotations
 
 import errno
@@ -80,9 +81,9 @@ def mask_corpus(size: int) -> dict[str, tuple[bytes, str]]:
     """name -> (mask PNG bytes, expectation); the background is a size x size photo."""
     z = np.zeros((size, size), np.uint8)
     grey = z.copy()
-    grey[size // 4: size // 2, :] = np.linspace(1, 200, size, dtype=np.uint8)
+    grey[size // 4 : size // 2, :] = np.linspace(1, 200, size, dtype=np.uint8)
     box = z.copy()
-    box[size // 3: 2 * size // 3, size // 3: 2 * size // 3] = 255
+    box[size // 3 : 2 * size // 3, size // 3 : 2 * size // 3] = 255
     return {
         "mask_empty": (_bytes(Image.fromarray(z)), "error"),
         "mask_full": (_bytes(Image.fromarray(z + 255)), "ok"),
@@ -134,8 +135,9 @@ def test_corpus_through_the_python_api(model, corpus_dir):
         mask_file = corpus_dir[0] / f"{name}.png"
         mask_file.write_bytes(data)
         for layer in (str(mask_file), data):  # as an uploaded file and as raw bytes
-            _check_api(lambda: S.inpaint(model, {"background": bg, "layers": [layer], "composite": None}, None, 2, 0),
-                       expect)
+            _check_api(
+                lambda: S.inpaint(model, {"background": bg, "layers": [layer], "composite": None}, None, 2, 0), expect
+            )
     bad_classes = ["Nope", "999", 999, -1, None]
     for c in bad_classes:
         _check_api(lambda: S.generate(model, c, 1, False, 1, 1.0), "error")
@@ -144,24 +146,44 @@ def test_corpus_through_the_python_api(model, corpus_dir):
     _check_api(lambda: S.generate(model, "Circle 0", MAX_SEED, False, 1, 1.0), "ok")
     _check_api(lambda: S.generate(model, "Circle 0", MAX_SEED, False, 2, 1.0), "error")  # runs past the end
     for amount in (float("nan"), float("inf"), 1e9, "x"):
-        _check_api(lambda: S.explore(model, "Circle 0", 1, 1.0, {n: amount for n in model.config.directions}
-                                     or {"pc1": amount}), "error")
+        _check_api(
+            lambda: S.explore(
+                model, "Circle 0", 1, 1.0, {n: amount for n in model.config.directions} or {"pc1": amount}
+            ),
+            "error",
+        )
 
 
 def test_corpus_through_the_cli(trained_export, corpus_dir, tmp_path, capsys):
     _, files = corpus_dir
     for name, (path, expect) in files.items():
-        rc = cli.main(["reconstruct", "--weights", str(trained_export), "--image", str(path), "--out",
-                       str(tmp_path / f"{name}.png"), "--device", "cpu"])
+        rc = cli.main(
+            [
+                "reconstruct",
+                "--weights",
+                str(trained_export),
+                "--image",
+                str(path),
+                "--out",
+                str(tmp_path / f"{name}.png"),
+                "--device",
+                "cpu",
+            ]
+        )
         err = capsys.readouterr().err
         assert rc == (1 if expect == "error" else 0), (name, err)
         if expect == "error":
             assert err.startswith("error: ") and "Traceback" not in err and err.count("\n") == 1, (name, err)
     w = str(trained_export)
-    for args in (["--class", "Nope", "--seeds", "0"], ["--class", "999", "--seeds", "0"],
-                 ["--class", "Circle 0", "--seeds", "-1"], ["--class", "Circle 0", "--seeds", "1.5"],
-                 ["--class", "Circle 0", "--seeds", "5-2"], ["--class", "Circle 0", "--seeds", "abc"],
-                 ["--class", "Circle 0", "--seeds", "0", "--truncation", "nan"]):
+    for args in (
+        ["--class", "Nope", "--seeds", "0"],
+        ["--class", "999", "--seeds", "0"],
+        ["--class", "Circle 0", "--seeds", "-1"],
+        ["--class", "Circle 0", "--seeds", "1.5"],
+        ["--class", "Circle 0", "--seeds", "5-2"],
+        ["--class", "Circle 0", "--seeds", "abc"],
+        ["--class", "Circle 0", "--seeds", "0", "--truncation", "nan"],
+    ):
         rc = cli.main(["sample", "--weights", w, *args, "--out", str(tmp_path / "s.png")])
         err = capsys.readouterr().err
         assert rc == 1 and err.startswith("error: ") and err.count("\n") == 1, (args, err)
@@ -206,8 +228,13 @@ _SETTINGS = settings(max_examples=60, deadline=None, suppress_health_check=[Heal
 
 
 @_SETTINGS
-@given(w=st.integers(1, 120), h=st.integers(1, 120), mode=st.sampled_from(["RGB", "L", "RGBA", "LA", "1", "P", "I;16"]),
-       res=st.sampled_from([8, 32, 64]), seed=st.integers(0, 2**16))
+@given(
+    w=st.integers(1, 120),
+    h=st.integers(1, 120),
+    mode=st.sampled_from(["RGB", "L", "RGBA", "LA", "1", "P", "I;16"]),
+    res=st.sampled_from([8, 32, 64]),
+    seed=st.integers(0, 2**16),
+)
 def test_any_image_becomes_a_valid_model_input(w, h, mode, res, seed):
     arr = np.random.default_rng(seed).integers(0, 255, (h, w, 3), dtype=np.uint8)
     img = Image.fromarray(arr).convert(mode)
@@ -217,8 +244,14 @@ def test_any_image_becomes_a_valid_model_input(w, h, mode, res, seed):
 
 
 @_SETTINGS
-@given(h=st.integers(1, 60), w=st.integers(1, 60), tw=st.integers(1, 80), th=st.integers(1, 80),
-       kind=st.sampled_from(["bool", "uint8", "float", "rgba"]), seed=st.integers(0, 2**16))
+@given(
+    h=st.integers(1, 60),
+    w=st.integers(1, 60),
+    tw=st.integers(1, 80),
+    th=st.integers(1, 80),
+    kind=st.sampled_from(["bool", "uint8", "float", "rgba"]),
+    seed=st.integers(0, 2**16),
+)
 def test_any_mask_becomes_a_boolean_mask_of_the_photo_size(h, w, tw, th, kind, seed):
     rng = np.random.default_rng(seed)
     if kind == "bool":
@@ -255,23 +288,35 @@ def test_seed_ranges_round_trip(a, n, extra):
 
 
 @_SETTINGS
-@given(st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(-2**70, 2**70), st.text(max_size=8),
-                 st.booleans(), st.none()))
+@given(
+    st.one_of(
+        st.floats(allow_nan=True, allow_infinity=True),
+        st.integers(-(2**70), 2**70),
+        st.text(max_size=8),
+        st.booleans(),
+        st.none(),
+    )
+)
 def test_seed_values_are_validated(v):
     try:
         s = check_seed(v)
     except SeedError:
-        ok = (not isinstance(v, bool) and isinstance(v, int) and 0 <= v <= MAX_SEED) or (
-            isinstance(v, float) and math.isfinite(v) and v.is_integer() and 0 <= v <= MAX_SEED) or (
-            isinstance(v, str) and v.strip().isdigit() and v.strip().isascii() and int(v) <= MAX_SEED)
+        ok = (
+            (not isinstance(v, bool) and isinstance(v, int) and 0 <= v <= MAX_SEED)
+            or (isinstance(v, float) and math.isfinite(v) and v.is_integer() and 0 <= v <= MAX_SEED)
+            or (isinstance(v, str) and v.strip().isdigit() and v.strip().isascii() and int(v) <= MAX_SEED)
+        )
         assert not ok, v
         return
     assert isinstance(s, int) and 0 <= s <= MAX_SEED
 
 
 @_SETTINGS
-@given(st.one_of(st.floats(allow_nan=True, allow_infinity=True), st.integers(-10**6, 10**6), st.text(max_size=6),
-                 st.none()))
+@given(
+    st.one_of(
+        st.floats(allow_nan=True, allow_infinity=True), st.integers(-(10**6), 10**6), st.text(max_size=6), st.none()
+    )
+)
 def test_slider_and_number_parsing(v):
     try:
         out = S.parse_number(v, "slider", -10, 10)
@@ -287,10 +332,40 @@ STEPS, EVERY = 12, 2
 
 
 def _train_cmd(data: Path, out: Path, resume: bool) -> list[str]:
-    return [sys.executable, "-m", "cvaegan", "train", "--data", str(data), "--out", str(out), "--resolution", "32",
-            "--z-dim", "16", "--base-channels", "8", "--max-channels", "32", "--steps", str(STEPS), "--batch-size", "8",
-            "--log-every", "1", "--sample-every", "0", "--checkpoint-every", str(EVERY), "--ema-decay", "0.9",
-            "--threads", "1", "--device", "cpu"] + (["--resume"] if resume else [])
+    return [
+        sys.executable,
+        "-m",
+        "cvaegan",
+        "train",
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--resolution",
+        "32",
+        "--z-dim",
+        "16",
+        "--base-channels",
+        "8",
+        "--max-channels",
+        "32",
+        "--steps",
+        str(STEPS),
+        "--batch-size",
+        "8",
+        "--log-every",
+        "1",
+        "--sample-every",
+        "0",
+        "--checkpoint-every",
+        str(EVERY),
+        "--ema-decay",
+        "0.9",
+        "--threads",
+        "1",
+        "--device",
+        "cpu",
+    ] + (["--resume"] if resume else [])
 
 
 def _ckpt_ok(run: Path) -> int:
@@ -341,8 +416,13 @@ def test_sigkill_at_random_moments_then_resume_matches_uninterrupted(shapes_dir,
         if done:
             break
         start_ns = time.time_ns()
-        proc = subprocess.Popen(_train_cmd(shapes_dir, run, (run / CHECKPOINT).exists()), env=env, cwd=ROOT,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            _train_cmd(shapes_dir, run, (run / CHECKPOINT).exists()),
+            env=env,
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         tmp_ckpt = run / (CHECKPOINT + ".tmp")
         t_end = time.monotonic() + 120
         if attempt % 2 == 0:  # kill the moment a checkpoint write of this process is under way
@@ -360,15 +440,22 @@ def test_sigkill_at_random_moments_then_resume_matches_uninterrupted(shapes_dir,
             kills += 1
         proc.wait()
         step = _ckpt_ok(run)
-        rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()] if (run / "metrics.jsonl").exists() else []
+        rows = (
+            [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+            if (run / "metrics.jsonl").exists()
+            else []
+        )
         if rows:  # work logged since the last checkpoint is at most one interval
             assert rows[-1]["step"] - step <= EVERY
     if _ckpt_ok(run) != STEPS:
-        last = subprocess.run(_train_cmd(shapes_dir, run, (run / CHECKPOINT).exists()), env=env, capture_output=True,
-                              text=True, cwd=ROOT)
+        last = subprocess.run(
+            _train_cmd(shapes_dir, run, (run / CHECKPOINT).exists()), env=env, capture_output=True, text=True, cwd=ROOT
+        )
         assert last.returncode == 0, last.stderr[-2000:]
     assert kills >= 3 and mid_write >= 1, (kills, mid_write)
-    _record("sigkill", {"kills": kills, "during_checkpoint_write": mid_write, "steps": STEPS, "checkpoint_every": EVERY})
+    _record(
+        "sigkill", {"kills": kills, "during_checkpoint_write": mid_write, "steps": STEPS, "checkpoint_every": EVERY}
+    )
     a = torch.load(ref / CHECKPOINT, weights_only=True)
     b = torch.load(run / CHECKPOINT, weights_only=True)
     assert a["step"] == b["step"] == STEPS
@@ -414,18 +501,35 @@ def test_read_only_run_folder_is_a_clear_error(shapes_dir, tmp_path, monkeypatch
         if str(path).startswith(str(run)) and any(ch in mode for ch in "wax"):
             raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
         return real_open(path, mode, *a, **kw)
+
     monkeypatch.setattr("builtins.open", ro_open)
     cfg.steps = 4
     with pytest.raises((TrainError, OSError), match="Read-only|read-only"):
         train(data, run, cfg, None, resume=True, progress=False)
     monkeypatch.undo()
     assert (run / CHECKPOINT).read_bytes() == before
-    rc = cli.main(["train", "--data", str(shapes_dir), "--out", "/proc/cvaegan-cannot-write-here", "--resolution", "32",
-                   "--steps", "1", "--batch-size", "8", "--base-channels", "8"])
+    rc = cli.main(
+        [
+            "train",
+            "--data",
+            str(shapes_dir),
+            "--out",
+            "/proc/cvaegan-cannot-write-here",
+            "--resolution",
+            "32",
+            "--steps",
+            "1",
+            "--batch-size",
+            "8",
+            "--base-channels",
+            "8",
+        ]
+    )
     assert rc == 1
 
 
 # --------------------------------------------------------------------------- concurrent users
+
 
 def test_sixteen_concurrent_clients(trained_export):
     """16 gradio_client clients at once, mixing generate and inpaint: no errors, bounded memory."""

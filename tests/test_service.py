@@ -1,4 +1,5 @@
 """The demo's request functions (what every app event calls), without any UI."""
+
 import os
 import time
 from pathlib import Path
@@ -27,11 +28,20 @@ def test_generate_seeds_and_determinism(model):
     assert 0 <= rnd < 2**31
 
 
-@pytest.mark.parametrize("seed,count,trunc,match", [
-    (-1, 1, 1.0, "seed"), (1.5, 1, 1.0, "whole"), (None, 1, 1.0, "enter a seed"), (0, 0, 1.0, "number of samples"),
-    (0, 99, 1.0, "number of samples"), (0, 1, float("nan"), "truncation"), (0, 1, 9.0, "truncation"),
-    (2**63 - 1, 2, 1.0, "too large"), ("abc", 1, 1.0, "seed"),
-])
+@pytest.mark.parametrize(
+    "seed,count,trunc,match",
+    [
+        (-1, 1, 1.0, "seed"),
+        (1.5, 1, 1.0, "whole"),
+        (None, 1, 1.0, "enter a seed"),
+        (0, 0, 1.0, "number of samples"),
+        (0, 99, 1.0, "number of samples"),
+        (0, 1, float("nan"), "truncation"),
+        (0, 1, 9.0, "truncation"),
+        (2**63 - 1, 2, 1.0, "too large"),
+        ("abc", 1, 1.0, "seed"),
+    ],
+)
 def test_generate_rejects_bad_values(model, seed, count, trunc, match):
     with pytest.raises(ValueError, match=match):
         S.generate(model, 0, seed, False, count, trunc)
@@ -96,6 +106,7 @@ def test_registry_loads_once_and_falls_back(trained_export, monkeypatch, tmp_pat
 
     bundled = tmp_path / "weights"
     import shutil
+
     shutil.copytree(trained_export, bundled / "faces")
     monkeypatch.setattr(hub, "BUNDLED_DIR", bundled)
     monkeypatch.setattr(S, "BUNDLED_DIR", bundled)
@@ -123,8 +134,10 @@ def test_model_card_inlines_its_pictures_and_names_empty_headers(trained_export,
     w = tmp_path / "w"
     shutil.copytree(trained_export, w)
     Image.new("RGB", (4, 4), (1, 2, 3)).save(w / "curves.png")
-    (w / "README.md").write_text("---\nlicense: other\n---\n# Card\n| | |\n|---|---|\n| a | 1 |\n"
-                                 "Loss curves: ![losses](curves.png) ![gone](missing.png) ![far](../x.png)\nText.\n")
+    (w / "README.md").write_text(
+        "---\nlicense: other\n---\n# Card\n| | |\n|---|---|\n| a | 1 |\n"
+        "Loss curves: ![losses](curves.png) ![gone](missing.png) ![far](../x.png)\nText.\n"
+    )
     card = S._card(load_folder(w))
     assert card.startswith("# Card\n| item | value |\n|---|---|")  # no empty header row
     assert card.count("data:image/png;base64,") == 1 and "![losses](data:image/png" in card
@@ -156,8 +169,12 @@ def test_identity_labels_are_readable_and_values_unchanged(model):
 
     m = copy.deepcopy(model)
     m.config.class_names = ["celeba_07201", "Tony Blair", "celeba_07203", "lfw_12"]
-    assert S.class_display_names(m) == ["Person 1 (CelebA 07201)", "Tony Blair", "Person 2 (CelebA 07203)",
-                                        "Person 3 (LFW 12)"]
+    assert S.class_display_names(m) == [
+        "Person 1 (CelebA 07201)",
+        "Tony Blair",
+        "Person 2 (CelebA 07203)",
+        "Person 3 (LFW 12)",
+    ]
     choices = S.class_choices(m, auto=True)
     assert choices[0] == (S.AUTO, S.AUTO) and [v for _, v in choices[1:]] == m.config.class_names
     m.config.class_names = ["class_3", "class_4", "x", "y"]

@@ -1,4 +1,5 @@
 """The training loop: update order, gradient routing, a full step, resume, and a short real training run."""
+
 import copy
 import json
 
@@ -19,8 +20,11 @@ def _batch(model, b=8, seed=0):
     r, k, zd = model.config.resolution, model.config.num_classes, model.config.z_dim
     x = torch.rand(b, 3, r, r, generator=g) * 2 - 1
     c = torch.randint(0, k, (b,), generator=g)
-    noise = {"eps": torch.randn(b, zd, generator=g), "z_p": torch.randn(b, zd, generator=g),
-             "c_p": torch.randint(0, k, (b,), generator=g)}
+    noise = {
+        "eps": torch.randn(b, zd, generator=g),
+        "z_p": torch.randn(b, zd, generator=g),
+        "c_p": torch.randint(0, k, (b,), generator=g),
+    }
     return x, c, noise
 
 
@@ -47,6 +51,7 @@ def test_classifier_is_trained_on_real_images_only():
     def hook(module, inputs):
         if any(p.requires_grad for p in module.parameters()):
             trained_inputs.append(inputs[0].detach().clone())
+
     tr.model.classifier.register_forward_pre_hook(hook)
     tr.train_step(x, c, step_generator(0, 0), noise)
     assert len(trained_inputs) == 1 and torch.equal(trained_inputs[0], x)
@@ -55,6 +60,7 @@ def test_classifier_is_trained_on_real_images_only():
 def test_generator_never_uses_the_gan_loss(monkeypatch):
     def forbidden(*a, **k):
         raise AssertionError("CVAE-GAN's generator must not be trained with -log D(G(z))")
+
     monkeypatch.setattr(L, "nonsaturating_generator_loss", forbidden)
     tr = _trainer()
     x, c, noise = _batch(tr.model)
@@ -80,8 +86,9 @@ def test_one_step_changes_all_four_networks_and_running_means():
 def test_resume_continues_exactly(shapes_dir, tmp_path, variant):
     """4 steps in one go == 2 steps, stop, resume for 2 more (same parameters, same metrics)."""
     data = load_images(shapes_dir, 32, progress=False)
-    cfg = dict(batch_size=16, log_every=1, sample_every=0, checkpoint_every=2, ema_decay=0.5, variant=variant,
-               val_fraction=0.2)
+    cfg = dict(
+        batch_size=16, log_every=1, sample_every=0, checkpoint_every=2, ema_decay=0.5, variant=variant, val_fraction=0.2
+    )
     train(data, tmp_path / "a", TrainConfig(steps=4, **cfg), tiny_config(), progress=False)
     train(data, tmp_path / "b", TrainConfig(steps=2, **cfg), tiny_config(), progress=False)
     with open(tmp_path / "b" / "metrics.jsonl", "a") as fh:  # rows a killed run logged after its checkpoint
@@ -105,8 +112,9 @@ def test_resume_continues_exactly(shapes_dir, tmp_path, variant):
                 assert torch.allclose(t.float(), b[key][name].float(), atol=1e-5), f"{key}.{name}"
 
 
-@pytest.mark.parametrize("variant,trained,untouched", [
-    ("cvae", "GE", "CD"), ("cgan", "DG", "CE"), ("fm-cgan", "DG", "CE")])
+@pytest.mark.parametrize(
+    "variant,trained,untouched", [("cvae", "GE", "CD"), ("cgan", "DG", "CE"), ("fm-cgan", "DG", "CE")]
+)
 def test_ablation_variants_train_only_their_networks(variant, trained, untouched, monkeypatch):
     """Table 1 ablations: CVAE never touches D or C; the GAN variants never touch E or C; only the
     CGAN variant calls -log D(G(z)), and the class-conditional projection is trained with D."""
@@ -118,8 +126,11 @@ def test_ablation_variants_train_only_their_networks(variant, trained, untouched
     monkeypatch.setattr(L, "nonsaturating_generator_loss", lambda x: calls.append(1) or orig(x))
     x, c, noise = _batch(tr.model)
     log = tr.train_step(x, c, step_generator(0, 0), noise)
-    changed = {k for k, v in tr.nets.items()
-               if any(not torch.equal(t, before[k][n]) for n, t in v.state_dict().items() if t.is_floating_point())}
+    changed = {
+        k
+        for k, v in tr.nets.items()
+        if any(not torch.equal(t, before[k][n]) for n, t in v.state_dict().items() if t.is_floating_point())
+    }
     assert set(trained) <= changed and not (set(untouched) & changed)
     assert bool(calls) == (variant == "cgan")
     assert all(torch.isfinite(torch.tensor(v)) for v in log.values())
