@@ -682,9 +682,15 @@ def wire_events(demo, ui, registry, model_of, examples_of):
     )
 
 
+def make_demo(registry: S.ModelRegistry) -> gr.Blocks:
+    """The demo for a model registry, with the request queue the Space runs with (tests build theirs here)."""
+    blocks = build_demo(registry)
+    blocks.queue(default_concurrency_limit=2, max_size=64)
+    return blocks
+
+
 registry = S.ModelRegistry(os.environ.get("CVAEGAN_WEIGHTS"))
-demo = build_demo(registry)
-demo.queue(default_concurrency_limit=2, max_size=64)
+demo = make_demo(registry)
 
 
 if __name__ == "__main__":
@@ -697,6 +703,5 @@ if __name__ == "__main__":
     args = ap.parse_args()
     if args.weights:
         registry = S.ModelRegistry(args.weights)
-        demo = build_demo(registry)
-        demo.queue(default_concurrency_limit=2, max_size=64)
+        demo = make_demo(registry)
     demo.launch(server_name=args.host, server_port=args.port, show_error=True, **LAUNCH)

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import importlib
-import os
 import socket
-import sys
+import types
 
 
 def free_port() -> int:
@@ -15,16 +13,18 @@ def free_port() -> int:
 
 
 def launch_app(weights: str | None):
-    """Import app.py with CVAEGAN_WEIGHTS=weights (None: the bundled weights only) and launch it in this
-    process with the app's own launch options (CSS, upload limit) -> (module, url)."""
-    if weights is None:
-        os.environ.pop("CVAEGAN_WEIGHTS", None)
-    else:
-        os.environ["CVAEGAN_WEIGHTS"] = weights
-    if "app" in sys.modules:
-        app = importlib.reload(sys.modules["app"])
-    else:
-        app = importlib.import_module("app")
+    """Build app.py's demo for a registry of the bundled weights plus `weights` (None: the bundled ones only)
+    and launch it in this process with the app's own launch options (CSS, upload limit) -> (app, url).
+
+    `app` carries what tests use of app.py: demo, registry, AUTO, LAUNCH and the module's file."""
+    import app as module
+    from cvaegan import service as S
+
+    registry = S.ModelRegistry(weights)
+    demo = module.make_demo(registry)
     port = free_port()
-    app.demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **app.LAUNCH)
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True, **module.LAUNCH)
+    app = types.SimpleNamespace(
+        demo=demo, registry=registry, AUTO=module.AUTO, LAUNCH=module.LAUNCH, __file__=module.__file__
+    )
     return app, f"http://127.0.0.1:{port}"
