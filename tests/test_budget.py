@@ -19,17 +19,21 @@ def test_budget_trains_judges_tabulates_and_resumes(shapes_dir, tmp_path, monkey
     judge_dir = tmp_path / "judge"
     train_judge(load_images(shapes_dir, 32, progress=False), judge_dir, epochs=1, progress=False)
     out = tmp_path / "exp"
-    results = budget.run_budget(
-        str(shapes_dir),
-        "v1",
-        0.03,
-        out,
-        str(judge_dir),
-        threads=1,
-        samples_per_class=4,
-        extra=TINY.split(),
-        name="tiny",
-    )
+
+    def run():  # the same command each time
+        return budget.run_budget(
+            str(shapes_dir),
+            "v1",
+            0.03,
+            out,
+            str(judge_dir),
+            threads=1,
+            samples_per_class=4,
+            extra=TINY.split(),
+            name="tiny",
+        )
+
+    results = run()
     row = results["tiny"]["0.03"]
     assert row["images_seen"] == 8 * row["step"] > 0 and row["threads"] == 1
     assert 0 <= row["top1"] <= 1 and row["fid"] >= 0 and row["psnr"] > 0 and row["samples"] == 16
@@ -47,17 +51,7 @@ def test_budget_trains_judges_tabulates_and_resumes(shapes_dir, tmp_path, monkey
 
     monkeypatch.setattr(budget.subprocess, "run", forbidden)
     monkeypatch.setattr(budget, "evaluate_snapshot", forbidden)
-    again = budget.run_budget(
-        str(shapes_dir),
-        "v1",
-        0.03,
-        out,
-        str(judge_dir),
-        threads=1,
-        samples_per_class=4,
-        extra=TINY.split(),
-        name="tiny",
-    )
+    again = run()
     assert again == results
 
 
