@@ -103,13 +103,6 @@ def train_recipe(
     state.write_text(json.dumps({"minutes": minutes}) + "\n")
 
 
-def snapshot_model(path: Path, use_ema: bool = True):
-    """The model a snapshot checkpoint would export (EMA of G and E when the run keeps them and use_ema)."""
-    from .train import model_from_checkpoint
-
-    return model_from_checkpoint(path, use_ema)
-
-
 def sheet(model, classes: list[int], out: Path) -> None:
     """8 classes x 8 seeds (rows: classes, columns: seeds 0-7), the same (z, c) for every recipe."""
     from .images import make_grid, save_png
@@ -127,30 +120,24 @@ def evaluate_snapshot(snap: Path, data, judge, samples_per_class: int, sheet_pat
     A run with an EMA of G is judged twice, EMA and live G (an EMA lags far behind early in training);
     the figures of the better one by top-1 are the row's, and both top-1s are kept."""
     from .evaluate import evaluate
-    from .train import grid_classes
+    from .train import grid_classes, model_from_state
 
-    state = torch.load(snap, map_location="cpu", weights_only=True)
-    kinds = ["ema", "live"] if state.get("ema") is not None else ["live"]
-    del state
+    state = torch.load(snap, map_location="cpu", weights_only=True)  # read once, judged once or twice
+    clock = state.get("clock", {})
+    out = {
+        "step": int(state["step"]),
+        "images_seen": int(clock.get("images", 0)),
+        "wall_min": round(clock.get("wall_s", 0) / 60, 2),
+        "threads": clock.get("threads"),
+    }
     best = None
-    for kind in kinds:
-        model, state = snapshot_model(snap, use_ema=kind == "ema")
+    for kind in ["ema", "live"] if state.get("ema") is not None else ["live"]:
+        model = model_from_state(state, use_ema=kind == "ema")
         r = evaluate(model, judge, data, samples_per_class, inpaint_images=0, progress=False)
-        top1 = r["discriminability"]["judge_top1_generated"]
+        out[f"top1_{kind}"] = top1 = r["discriminability"]["judge_top1_generated"]
         if best is None or top1 > best[1]["discriminability"]["judge_top1_generated"]:
             best = (kind, r, model)
-        clock = state.get("clock", {})
-        row = {
-            "step": int(state["step"]),
-            "images_seen": int(clock.get("images", 0)),
-            "wall_min": round(clock.get("wall_s", 0) / 60, 2),
-            "threads": clock.get("threads"),
-        }
-        row[f"top1_{kind}"] = top1
-        if kind == kinds[0]:
-            out = row
-        else:
-            out.update(row)
+    del state
     kind, r, model = best
     sheet(model, grid_classes(model.config.num_classes, 8), sheet_path)
     out.update(

@@ -129,8 +129,8 @@ def train_configs(
     tcfg = TrainConfig.from_preset(preset, **over)
     mfields = {f.name for f in dataclasses.fields(ModelConfig) if f.metadata.get("cli", True)}
     arch = {**MODEL_PRESETS[preset], **{k: v for k, v in given.items() if k in mfields}}
-    res = resolution or arch.pop("resolution", 64)
-    arch.pop("resolution", None)
+    given_res = arch.pop("resolution", 64)
+    res = resolution or given_res
     widths = default_widths(res)
     arch.setdefault("base_channels", widths["base_channels"])
     arch["max_channels"] = max(arch.get("max_channels", widths["max_channels"]), arch["base_channels"])

@@ -696,6 +696,11 @@ def model_from_checkpoint(path: str | os.PathLike, use_ema: bool = True) -> tupl
     """(model, checkpoint state) from a checkpoint file: the EMA of G (BatchNorm re-estimated) and of E when
     the run kept them and use_ema, otherwise the live networks."""
     state = torch.load(path, map_location="cpu", weights_only=True)
+    return model_from_state(state, use_ema), state
+
+
+def model_from_state(state: dict, use_ema: bool = True) -> CVAEGAN:
+    """The model of a loaded checkpoint state (see model_from_checkpoint)."""
     model = CVAEGAN(ModelConfig.from_dict(state["model_config"]))
     for key, net in (("C", model.classifier), ("D", model.discriminator), ("G", model.generator), ("E", model.encoder)):
         net.load_state_dict(state["nets"][key])
@@ -704,7 +709,7 @@ def model_from_checkpoint(path: str | os.PathLike, use_ema: bool = True) -> tupl
         model.generator = recalibrate_batchnorm(model.generator, model.config, torch.device("cpu"))
         if state.get("ema_E") is not None:  # older checkpoints kept no EMA of E: the live E is exported
             model.encoder.load_state_dict(state["ema_E"])
-    return model.eval(), state
+    return model.eval()
 
 
 def export_checkpoint(
