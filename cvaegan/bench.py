@@ -343,7 +343,7 @@ def _in_subprocess(kind: str, *args) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def step_variants(resolution: int = 64, batch: int = 32, steps: int = 6, preset: str = "v1") -> str:
+def step_variants(resolution: int = 64, batch: int = 32, steps: int = 6, preset: str = "v2") -> str:
     """Seconds per CPU training step: eager vs channels_last vs torch.compile, each in a fresh process."""
     lines = [
         f"| {resolution} px, batch {batch}, preset {preset}, CPU, {torch.get_num_threads()} threads | seconds / step "

@@ -576,8 +576,14 @@ def train(
         save_png(sample_grid(g, mcfg, grid_c, grid_s, device), out / "samples" / f"step_{step:07d}.png")
 
     # --- the loop --------------------------------------------------------------------------------------
+    # a CPU budget far below --steps ends the run: the bar then counts steps without a total
+    budgeted = tcfg.budget_minutes is not None
     bar = tqdm(
-        total=tcfg.steps, initial=trainer.step, desc="train", disable=not progress or rank != 0, dynamic_ncols=True
+        total=None if budgeted else tcfg.steps,
+        initial=trainer.step,
+        desc="train",
+        disable=not progress or rank != 0,
+        dynamic_ncols=True,
     )
     if rank == 0 and resume:
         _truncate_metrics(out / "metrics.jsonl", trainer.step)
@@ -624,7 +630,10 @@ def train(
             last = stop or s == tcfg.steps
             if rank == 0:
                 bar.update(1)
-                bar.set_postfix({short: f"{log[k]:.3g}" for k, short in POSTFIX.items() if k in log})
+                post = {short: f"{log[k]:.3g}" for k, short in POSTFIX.items() if k in log}
+                if budgeted:
+                    post["cpu_min"] = f"{minutes:.1f}/{tcfg.budget_minutes:g}"
+                bar.set_postfix(post)
                 if s % tcfg.log_every == 0 or last:
                     now = time.perf_counter()
                     if len(probe_val) and tcfg.variant == "cvae-gan":
