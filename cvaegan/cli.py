@@ -626,6 +626,13 @@ def _judge_parser(sub) -> argparse.ArgumentParser:
     )
     p.add_argument("--widths", default="32,64,128,256", help="channels of the residual stages (default 32,64,128,256)")
     p.add_argument(
+        "--augment",
+        choices=("standard", "strong"),
+        default="standard",
+        help="standard: flips, shifts, colour jitter; strong adds a random zoom and random erasing, for data "
+        "with few photos per class (default standard)",
+    )
+    p.add_argument(
         "--extra", default=None, help="extra labelled images to train on too (e.g. `cvaegan augment` output)"
     )
     p.add_argument(
@@ -663,6 +670,7 @@ def cmd_judge(a: argparse.Namespace) -> int:
         device=_device(a.device),
         attributes=a.attributes,
         stem_stride=a.stem_stride,
+        augment=a.augment,
         widths=[int(w) for w in a.widths.split(",")],
     )
     t = cfg.training

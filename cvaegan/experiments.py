@@ -380,6 +380,38 @@ def _budget_parser(sub) -> None:
     p.add_argument("--write-readme", action="store_true", help="put the table into README.md (budget markers)")
 
 
+def _enrolment_parser(sub) -> None:
+    p = sub.add_parser(
+        "enrolment",
+        help="enrol classes left out of training and judge them against the trained classes",
+        description=(
+            "Enrolment measured on classes the model never saw (see cvaegan/enrol_eval.py). Re-run to resume: "
+            "finished classes are not enrolled again. Classes are matched between weights, judge and data by "
+            "class folder name."
+        ),
+    )
+    p.add_argument("--weights", required=True, help="weights trained with --exclude-classes (a run's export/)")
+    p.add_argument("--data", required=True, help="the folder or .tar the weights were trained on (all classes)")
+    p.add_argument("--judge", required=True, help="judge folder (`cvaegan judge`) trained on every class of --data")
+    p.add_argument("--out", required=True, help="experiment folder (re-run to resume)")
+    p.add_argument(
+        "--classes",
+        default=None,
+        help="comma-separated class folders to enrol (default: the run's recorded --exclude-classes)",
+    )
+    p.add_argument("--photos", type=int, default=5, help="photos enrolled per class, a seeded pick (default 5)")
+    p.add_argument("--samples", type=int, default=50, help="samples judged per class (default 50)")
+    p.add_argument("--trained-classes", type=int, default=8, help="trained classes for reference (default 8)")
+    p.add_argument("--steps", type=int, default=200, help="enrolment steps (default 200, as `cvaegan enrol`)")
+    p.add_argument("--seed", type=int, default=0, help="seeds the picks and enrolment (default 0)")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument(
+        "--write-readme",
+        action="store_true",
+        help="put enrolment.md into README.md (enrol markers) with a JPEG copy of the sheet in docs/",
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(
         prog="python -m cvaegan.experiments", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -411,6 +443,7 @@ def main(argv: list[str] | None = None) -> int:
         if name == "table1":
             p.add_argument("--write-readme", action="store_true", help="put the table into README.md")
     _budget_parser(sub)
+    _enrolment_parser(sub)
     a = ap.parse_args(argv)
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     if a.experiment == "budget":
@@ -435,6 +468,31 @@ def main(argv: list[str] | None = None) -> int:
             write_readme_section(
                 readme, "budget", (out / "budget.md").read_text() + f"\n![budget plot](docs/budget_{out.name}.png)\n"
             )
+        return 0
+    if a.experiment == "enrolment":
+        from .enrol_eval import run_enrolment, write_readme
+
+        try:
+            run_enrolment(
+                a.weights,
+                a.data,
+                a.judge,
+                a.out,
+                [c.strip() for c in a.classes.split(",") if c.strip()] if a.classes else None,
+                a.photos,
+                a.samples,
+                a.trained_classes,
+                a.seed,
+                a.steps,
+                a.threads,
+            )
+            if a.write_readme:
+                readme = Path(__file__).resolve().parent.parent / "README.md"
+                write_readme(a.out, readme, f"enrolment_{Path(a.data).stem}.jpg")
+        except InputError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 1
+        _log(f"wrote {Path(a.out) / 'enrolment.md'}")
         return 0
     if a.experiment == "table1":
         r = table1(a)

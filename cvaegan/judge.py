@@ -165,6 +165,34 @@ def augment_batch(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return x.clamp(-1, 1)
 
 
+def strong_augment_batch(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """augment_batch plus a random zoom (scale 0.85-1.15 about the centre, reflect padding when zooming out)
+    and random erasing (half of the images lose one rectangle of 4-16% of the area, filled with noise).
+    For data with few photos per class, where the standard augmentation overfits (faces: ~21 per person)."""
+    b, _, h, w = x.shape
+    x = augment_batch(x, gen)
+    scale = 0.85 + 0.3 * torch.rand(b, generator=gen)
+    theta = torch.zeros(b, 2, 3)
+    theta[:, 0, 0] = theta[:, 1, 1] = 1 / scale  # output pixel -> input pixel: < 1 zooms in
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    x = F.grid_sample(x, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
+    erase = torch.rand(b, generator=gen) < 0.5
+    area = 0.04 + 0.12 * torch.rand(b, generator=gen)
+    aspect = torch.exp((torch.rand(b, generator=gen) - 0.5) * 1.4)  # 0.5-2
+    eh = (area * aspect).sqrt().mul(h).round().long().clamp(1, h)
+    ew = (area / aspect).sqrt().mul(w).round().long().clamp(1, w)
+    ys = (torch.rand(b, generator=gen) * (h - eh + 1).float()).long()
+    xs = (torch.rand(b, generator=gen) * (w - ew + 1).float()).long()
+    rows, cols = torch.arange(h).view(1, h, 1), torch.arange(w).view(1, 1, w)
+    box = (rows >= ys.view(b, 1, 1)) & (rows < (ys + eh).view(b, 1, 1))
+    box = box & (cols >= xs.view(b, 1, 1)) & (cols < (xs + ew).view(b, 1, 1)) & erase.view(b, 1, 1)
+    noise = torch.rand(x.shape, generator=gen) * 2 - 1
+    return torch.where(box.unsqueeze(1), noise, x)
+
+
+AUGMENTATIONS = {"standard": augment_batch, "strong": strong_augment_batch}
+
+
 @torch.no_grad()
 def predict(judge: Judge, x: torch.Tensor, batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
     """(logits, features) for float images in [-1, 1] (any resolution; resized to the judge's)."""
@@ -214,6 +242,7 @@ def train_judge(
     device: str | torch.device = "cpu",
     attributes: bool = False,
     stem_stride: int = 2,
+    augment: str = "standard",
 ) -> JudgeConfig:
     """Train a judge on the 90% training split of `data` (plus `extra` images, e.g. generated ones for
     the augmentation experiment), report top-1 on the 10% held-out split, save to `out`.
@@ -248,6 +277,8 @@ def train_judge(
         if extra.images.shape[-1] != res:
             raise JudgeError(f"extra images are {extra.images.shape[-1]} px, the data {res} px")
         x_tr, y_tr = torch.cat([x_tr, extra.images]), torch.cat([y_tr, extra.labels])
+    if augment not in AUGMENTATIONS:
+        raise JudgeError(f"unknown augmentation {augment!r}; choose one of {sorted(AUGMENTATIONS)}")
     if stem_stride not in (1, 2):
         raise ValueError(f"stem_stride must be 1 or 2, got {stem_stride}")
     cfg = JudgeConfig(
@@ -283,7 +314,9 @@ def train_judge(
         perm = torch.randperm(n, generator=gen)
         for k in range(per_epoch):
             idx = perm[k * batch_size : (k + 1) * batch_size]
-            out_, _ = judge((shift_batch if attributes else augment_batch)(uint8_to_float(x_tr[idx]), gen).to(device))
+            out_, _ = judge(
+                (shift_batch if attributes else AUGMENTATIONS[augment])(uint8_to_float(x_tr[idx]), gen).to(device)
+            )
             y = y_tr[idx].to(device)
             if attributes:  # standardised targets; NaN = unknown, left out of the loss
                 known = torch.isfinite(y)
@@ -310,6 +343,7 @@ def train_judge(
         "batch_size": batch_size,
         "lr": lr,
         "seed": seed,
+        "augment": "shift" if attributes else augment,
         "train_images": n,
         "extra_images": 0 if extra is None else len(extra.labels),
         "val_images": len(va),
