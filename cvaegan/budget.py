@@ -210,6 +210,32 @@ def markdown(results: dict[str, dict], data_name: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def time_to_quality(results: dict[str, dict], thresholds=(0.10, 0.25, 0.50)) -> str:
+    """Markdown: per recipe, images per second of CPU time and the CPU-minutes at which judge top-1 first
+    reaches each threshold (linear between judged snapshots), or "not by M min" with the best top-1 reached."""
+    head = " | ".join(f"CPU-min to {100 * t:g}%" for t in thresholds)
+    lines = [f"| recipe | images / CPU-second | {head} |", "|---" * (2 + len(thresholds)) + "|"]
+    for recipe, rows in results.items():
+        pts = sorted((float(m), r) for m, r in rows.items())
+        if not pts:
+            continue
+        last_min, last = pts[-1]
+        speed = last["images_seen"] / (60 * last_min) if last_min > 0 else 0.0
+        cells = []
+        for t in thresholds:
+            prev, hit = (0.0, 0.0), None
+            for m, r in pts:
+                if r["top1"] >= t:
+                    (m0, y0), y1 = prev, r["top1"]
+                    hit = m0 + (m - m0) * (t - y0) / (y1 - y0) if y1 > y0 else m
+                    break
+                prev = (m, r["top1"])
+            best = max(r["top1"] for _, r in pts)
+            cells.append(f"{hit:.0f}" if hit is not None else f"not by {last_min:g} (best {100 * best:.1f}%)")
+        lines.append(f"| {recipe} | {speed:.1f} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
 COLOURS = [
     (200, 60, 40),
     (40, 110, 200),
@@ -237,9 +263,10 @@ def plot(results: dict[str, dict], out: Path, title: str) -> None:
     X = lambda x: left + int(pw * x / xmax)  # noqa: E731
     Y = lambda y: top + ph - int(ph * y / ymax)  # noqa: E731
     d.line([left, top, left, top + ph, left + pw, top + ph], fill="black")
-    for k in range(5):
-        y = ymax * k / 4
-        d.text((5, Y(y) - 6), f"{100 * y:.1f}%", fill="black")
+    step = next(t for t in (0.005, 0.01, 0.02, 0.025, 0.05, 0.1, 0.2, 0.25) if ymax / t <= 6)  # round ticks
+    for k in range(int(ymax / step) + 1):
+        y = step * k
+        d.text((5, Y(y) - 6), f"{100 * y:g}%", fill="black")
         d.line([left - 3, Y(y), left + pw, Y(y)], fill=(225, 225, 225))
     for m in sorted({float(m) for rows in results.values() for m in rows}):
         if m <= xmax:
@@ -287,5 +314,6 @@ def run_budget(
     results = collect(out)
     (out / "budget.json").write_text(json.dumps(results, indent=1) + "\n")
     (out / "budget.md").write_text(markdown(results, Path(data_path).name))
+    (out / "time_to_quality.md").write_text(time_to_quality(results))
     plot(results, out / "budget.png", f"{Path(data_path).name}: judge top-1 on samples vs CPU-minutes")
     return results

@@ -58,3 +58,18 @@ def test_budget_trains_judges_tabulates_and_resumes(shapes_dir, tmp_path, monkey
 def test_unknown_recipe_is_refused():
     with pytest.raises(ValueError, match="unknown recipe"):
         budget.recipe_args("v9")
+
+
+def test_time_to_quality_interpolates_between_snapshots_and_says_when_not_reached():
+    from cvaegan.budget import time_to_quality
+
+    rows = {
+        "15": {"top1": 0.04, "images_seen": 18_000},
+        "30": {"top1": 0.16, "images_seen": 36_000},
+        "60": {"top1": 0.30, "images_seen": 72_000},
+    }
+    table = time_to_quality({"v2": rows, "slow": {"30": {"top1": 0.02, "images_seen": 9_000}}})
+    v2, slow = table.splitlines()[2], table.splitlines()[3]
+    assert v2.startswith("| v2 | 20.0 | ")  # 72,000 images in 60 CPU-minutes
+    assert "| 22 | 49 | not by 60 (best 30.0%) |" in v2  # 10% between 15 and 30; 25% between 30 and 60
+    assert slow == "| slow | 5.0 | not by 30 (best 2.0%) | not by 30 (best 2.0%) | not by 30 (best 2.0%) |"
