@@ -12,6 +12,8 @@ from pathlib import Path
 from .config import MODEL_PRESETS, ModelConfig, TrainConfig, default_widths
 from .errors import CVAEGANError, InputError
 
+REFUSED_EXIT = 3  # `release --only-if-better` when the judge does not find the candidate better (gate.GateRefused)
+
 
 def _add_weights(p: argparse.ArgumentParser) -> None:
     p.add_argument(
@@ -238,8 +240,13 @@ def _release_parser(sub) -> argparse.ArgumentParser:
         help="export a run as a published weights folder with figures and a model card",
         description=(
             "Export RUN's checkpoint into OUT, add latent directions (PCs + attr_* columns), "
-            "measure C's top-1 and reconstruction PSNR on the run's held-out split, and write "
-            "samples.png, thumbnails.png, loss_curves.png and README.md (the model card)."
+            "measure C's top-1 and reconstruction PSNR on the run's held-out split (of the classes it trained on: "
+            "a run's --exclude-classes are dropped as in training and listed in the card), and write "
+            "samples.png, thumbnails.jpg, directions.jpg, loss_curves.png and README.md (the model card). "
+            "With --judge, the candidate is first compared with the weights already in OUT (RUN/gate.json); "
+            "with --only-if-better too, OUT is replaced only if the judge says the candidate is better, "
+            f"otherwise it is left untouched and the command exits with code {REFUSED_EXIT} (errors: 1). "
+            "The folder must stay within 20 MiB and each file within 15 MiB."
         ),
     )
     p.add_argument("--run", required=True, help="run folder (checkpoint.pt, metrics.jsonl, train_config.json)")
@@ -272,31 +279,74 @@ def _release_parser(sub) -> argparse.ArgumentParser:
         help="make each attr_* direction orthogonal to the other "
         "attributes' regression weights (fewer side effects, see `directions --help`)",
     )
+    p.add_argument(
+        "--judge",
+        default=None,
+        metavar="JUDGE_FOLDER",
+        help="class judge folder (`cvaegan judge`, trained on real photos of this data set; it may know more "
+        "classes than the model: classes are matched by folder name): before writing OUT, measure the candidate "
+        "and the weights already in OUT on the same classes and seeds (judge top-1 on samples, FID in the "
+        "judge's features against held-out photos, reconstruction PSNR); writes RUN/gate.json and prints a table",
+    )
+    p.add_argument(
+        "--only-if-better",
+        action="store_true",
+        help="with --judge: release only if the candidate's judge top-1 is higher than the released weights' and "
+        "its FID at most --fid-tolerance times theirs (an empty OUT always passes); otherwise leave OUT "
+        f"untouched and exit with code {REFUSED_EXIT}",
+    )
+    p.add_argument(
+        "--fid-tolerance",
+        type=float,
+        default=1.1,
+        help="how much worse the candidate's FID may be, as a factor of the released one's (default 1.1)",
+    )
+    p.add_argument(
+        "--samples-per-class",
+        type=int,
+        default=10,
+        help="generated samples per class and model for --judge (default 10)",
+    )
+    p.add_argument(
+        "--no-discriminator",
+        action="store_true",
+        help="leave D and the running feature means out of OUT (smaller; `train --init-from OUT` then cannot go on)",
+    )
     return p
 
 
 def cmd_release(a: argparse.Namespace) -> int:
+    from .gate import GateRefused, table
     from .release import release
 
-    figures = release(
-        a.run,
-        a.out,
-        a.data,
-        a.name,
-        a.hardware,
-        a.notes,
-        a.components,
-        a.examples,
-        use_ema=not a.no_ema,
-        attribute_judge=a.attribute_judge,
-        direction_judge=a.direction_judge,
-        decorrelate=a.decorrelate,
-    )
-    print(
-        json.dumps(
-            {k: v for k, v in figures.items() if k not in ("c_top1_generated_per_class", "directions")}, indent=1
+    try:
+        figures = release(
+            a.run,
+            a.out,
+            a.data,
+            a.name,
+            a.hardware,
+            a.notes,
+            a.components,
+            a.examples,
+            use_ema=not a.no_ema,
+            attribute_judge=a.attribute_judge,
+            direction_judge=a.direction_judge,
+            decorrelate=a.decorrelate,
+            judge=a.judge,
+            only_if_better=a.only_if_better,
+            fid_tolerance=a.fid_tolerance,
+            samples_per_class=a.samples_per_class,
+            include_discriminator=not a.no_discriminator,
         )
-    )
+    except GateRefused as e:
+        print(table(e.comparison))
+        print(f"{e}; {a.out} was left untouched (comparison in {Path(a.run) / 'gate.json'})", file=sys.stderr)
+        return REFUSED_EXIT
+    skip = ("c_top1_generated_per_class", "directions", "release_gate")
+    print(json.dumps({k: v for k, v in figures.items() if k not in skip}, indent=1))
+    if "release_gate" in figures:
+        print(table(figures["release_gate"]))
     return 0
 
 
@@ -416,7 +466,7 @@ def _directions_parser(sub) -> argparse.ArgumentParser:
             "attr_* column of metadata.csv (ridge regression of the attribute on E's codes) into "
             "WEIGHTS/directions.safetensors + config.json. With --direction-judge the attr_* directions are fitted on "
             "generated samples instead (the judge's estimate of each attribute regressed on z), which follows how G "
-            "responds to z; see README, 'Latent directions'. Also re-checks them (directions.png, figures.json and the "
+            "responds to z; see README, 'Latent directions'. Also re-checks them (directions.jpg, figures.json and the "
             "card's 'Latent directions' section are replaced; the networks are not touched)."
         ),
     )
@@ -463,7 +513,7 @@ def cmd_directions(a: argparse.Namespace) -> int:
     )
     names = list(figures["directions"])
     print(
-        f"saved {len(names)} directions to {a.weights}: {', '.join(names)} (checked in directions.png, "
+        f"saved {len(names)} directions to {a.weights}: {', '.join(names)} (checked in directions.jpg, "
         "figures.json and the card's 'Latent directions' section)"
     )
     for name, f in figures["direction_fits"].items():

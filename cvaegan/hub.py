@@ -208,7 +208,7 @@ def push(
         folder_path=str(folder),
         repo_id=repo_id,
         revision=revision,
-        allow_patterns=["*.json", "*.safetensors", "*.md", "*.png"],
+        allow_patterns=["*.json", "*.safetensors", "*.md", "*.png", "*.jpg"],
         commit_message="Upload CVAE-GAN weights",
     )
     return str(getattr(info, "commit_url", info))

@@ -165,6 +165,12 @@ def save_png(img: Image.Image, path: str | os.PathLike) -> None:
     img.save(path, format="PNG", optimize=False, compress_level=6)
 
 
+def save_jpeg(img: Image.Image, path: str | os.PathLike, quality: int = 90) -> None:
+    """Save a JPEG (for large picture sheets, where a PNG would weigh megabytes); same pixels, same bytes."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    img.convert("RGB").save(path, format="JPEG", quality=quality, optimize=True)
+
+
 def open_mask(src, size: tuple[int, int], name: str | None = None) -> np.ndarray:
     """A mask image -> (H, W) bool array at `size` (w, h); True = missing pixel to fill.
 

@@ -1,5 +1,7 @@
 """Turning a training run into a published weights folder: export, latent directions, figures measured
-on the held-out split, pictures and the model card (card.py writes it)."""
+on the held-out split, pictures and the model card (card.py writes it); optionally only when an independent
+judge says the run is better than the weights it replaces (gate.py). A weights folder must stay within
+MAX_FOLDER_BYTES, and each of its files within MAX_FILE_BYTES (check_folder_size)."""
 
 from __future__ import annotations
 
@@ -7,22 +9,90 @@ import dataclasses
 import json
 import os
 import platform
+import shutil
+import tempfile
 from pathlib import Path
 
 import torch
 from PIL import Image, ImageDraw
 
 from . import inference as I
-from .card import directions_table, loss_curves, model_card, replace_directions_section, same_judge, thumbnail_sheet
+from .card import (
+    DIRECTIONS_SHEET,
+    LEGACY_SHEETS,
+    THUMBNAILS,
+    directions_table,
+    loss_curves,
+    model_card,
+    replace_directions_section,
+    same_judge,
+    thumbnail_sheet,
+)
 from .data import LabelledImages, load_images, split_indices
 from .directions import check_directions, compute_directions, directions_sheet
-from .errors import InputError
+from .errors import CVAEGANError, InputError
 from .hub import load_folder
-from .images import make_grid, psnr, save_png, to_pil, uint8_to_float
+from .images import make_grid, psnr, save_jpeg, save_png, to_pil, uint8_to_float
 from .judge import load_attribute_judge
 from .models import CVAEGAN
 from .seeds import z_from_seeds
-from .train import CHECKPOINT, export_checkpoint, grid_classes
+from .train import CHECKPOINT, drop_classes, export_checkpoint, grid_classes
+
+MAX_FOLDER_BYTES = 20 * 2**20  # a weights folder (the app's repo and the Hub carry several)
+MAX_FILE_BYTES = 15 * 2**20  # one file of it
+# files an earlier release may have left in OUT that describe other weights or were renamed since
+STALE_FILES = (*LEGACY_SHEETS.values(), "evaluation.json")
+
+
+class ReleaseError(CVAEGANError):
+    """A release that cannot be published as it is (e.g. a weights folder over the size limits)."""
+
+
+def check_folder_size(
+    folder: str | os.PathLike, max_folder: int = MAX_FOLDER_BYTES, max_file: int = MAX_FILE_BYTES, label: str = ""
+) -> int:
+    """The size in bytes of a weights folder; ReleaseError naming the biggest files when the folder is over
+    max_folder or one of its files over max_file (label: what to call the folder in the message)."""
+    folder = Path(folder)
+    files = sorted(((p.stat().st_size, p) for p in folder.rglob("*") if p.is_file()), key=lambda t: -t[0])
+    total = sum(n for n, _ in files)
+    mib = lambda n: f"{n / 2**20:.1f} MiB"  # noqa: E731
+    over = [f"{p.relative_to(folder).as_posix()} is {mib(n)}" for n, p in files if n > max_file]
+    if total > max_folder:
+        over.insert(0, f"the folder holds {mib(total)}")
+    if over:
+        biggest = ", ".join(f"{p.relative_to(folder).as_posix()} {mib(n)}" for n, p in files[:4])
+        raise ReleaseError(
+            f"{label or folder}: {'; '.join(over)}, over the limits ({mib(max_folder)} per weights folder, "
+            f"{mib(max_file)} per file). Biggest files: {biggest}. Ship narrower networks (--max-channels when "
+            "training) or leave D out (`release --no-discriminator`)"
+        )
+    return total
+
+
+def excluded_folders(run_cfg: dict) -> list[str]:
+    """The class folders a run left out of training (train_config.json's exclude_classes)."""
+    return [f.strip() for f in (run_cfg.get("exclude_classes") or "").split(",") if f.strip()]
+
+
+def run_split(
+    data: LabelledImages, val_fraction: float, excluded: list[str]
+) -> tuple[LabelledImages, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The classes and split a run trained with, as train() draws them: the split on ALL classes of the data
+    (so held-out photos are the same whatever was excluded), then the excluded classes dropped. Returns
+    (data without them, train indices, held-out indices, held-out indices into the full data).
+    val_fraction 0 (no held-out split): a 10% split to measure on, of photos the run trained on."""
+    train_idx, val_idx = split_indices(data.labels, val_fraction if val_fraction > 0 else 0.1)
+    full_val = val_idx
+    if excluded:
+        unknown = sorted(set(excluded) - set(data.class_folders))
+        if unknown:
+            raise InputError(
+                f"the run left out class folders {unknown[:5]} (exclude_classes in its train_config.json) that "
+                "the data does not have; pass the data the run was trained on"
+            )
+        data, train_idx, val_idx = drop_classes(data, excluded, train_idx, val_idx)
+    return data, train_idx, val_idx, full_val
 
 
 @torch.no_grad()
@@ -126,7 +196,8 @@ def fit_and_check_directions(
     judge_samples: int = 4096,
 ) -> tuple[dict, str]:
     """Fit and save the latent directions into the weights folder OUT, re-measure them (check_directions,
-    with attr_judge when given), draw directions.png. Returns (figures to record, the card's section)."""
+    with attr_judge when given), draw the directions sheet (directions.jpg). Returns (figures to record, the
+    card's section)."""
     fits = compute_directions(
         model,
         train_set.images,
@@ -151,7 +222,8 @@ def fit_and_check_directions(
     figures["directions"] = check_directions(model, amounts, attribute_judge=attr_judge)
     if attr_judge is not None:
         figures["attribute_judge"] = {"resolution": attr_judge.config.resolution, **attr_judge.config.training}
-    save_png(make_grid(directions_sheet(model, amounts), ncol=5), out / "directions.png")
+    save_jpeg(make_grid(directions_sheet(model, amounts), ncol=5), out / DIRECTIONS_SHEET)
+    (out / LEGACY_SHEETS[DIRECTIONS_SHEET]).unlink(missing_ok=True)  # an older release's sheet, superseded
     return figures, directions_table(figures["directions"], attr_cfg, fits, fit_cfg)
 
 
@@ -166,19 +238,25 @@ def refresh_directions(
     judge_samples: int = 4096,
 ) -> dict:
     """Re-fit and re-check the latent directions of a released weights folder without retraining:
-    directions.safetensors, config.json, directions.png, figures.json and the card's directions section
-    are replaced; the networks and every other figure stay as they are."""
+    directions.safetensors, config.json, the directions sheet (directions.jpg; an old directions.png is
+    removed), figures.json and the card's directions section are replaced; the networks and every other
+    figure stay as they are."""
     folder = Path(folder)
     attr_judge = load_attribute_judge(attribute_judge, device) if attribute_judge is not None else None
     fit_judge = load_attribute_judge(direction_judge, device) if direction_judge is not None else None
     model = load_folder(folder, device)
     data = load_images(data_path, model.config.resolution)
-    if data.class_folders != model.config.class_folders:
-        raise InputError(f"{data_path} has other classes than the weights in {folder}; use the training data")
     fig_path, card_path = folder / "figures.json", folder / "README.md"
     figures = json.loads(fig_path.read_text()) if fig_path.is_file() else {}
     held_out = figures.get("split") == "held-out"  # then the directions use the training part only, as in release
-    train_set = data.subset(split_indices(data.labels, 0.1)[0]) if held_out else data
+    excluded = [e["folder"] for e in figures.get("excluded_classes", [])]
+    if excluded and set(excluded) <= set(data.class_folders):  # the classes the release left out, as it did
+        data, train_idx, _, _ = run_split(data, figures.get("val_fraction") or 0.1, excluded)
+    else:
+        train_idx = split_indices(data.labels, figures.get("val_fraction") or 0.1)[0]
+    if data.class_folders != model.config.class_folders:
+        raise InputError(f"{data_path} has other classes than the weights in {folder}; use the training data")
+    train_set = data.subset(train_idx) if held_out else data
     dir_figures, table = fit_and_check_directions(
         model, folder, train_set, components, fit_judge, attr_judge, decorrelate, judge_samples
     )
@@ -189,6 +267,31 @@ def refresh_directions(
     if card_path.is_file():
         replace_directions_section(card_path, table)
     return dir_figures
+
+
+def _install(export: Path, out: Path) -> None:
+    """Copy a fresh export into OUT (config.json last) and remove what an earlier release left there that
+    no longer belongs: renamed picture sheets, the old judge's evaluation.json, D when none was exported."""
+    out.mkdir(parents=True, exist_ok=True)
+    names = sorted((p.name for p in export.iterdir() if p.is_file()), key=lambda n: n == "config.json")
+    for name in names:
+        shutil.copyfile(export / name, out / name)
+    stale = [*STALE_FILES, *(n for n in ("discriminator.safetensors", "running_means.safetensors") if n not in names)]
+    for name in stale:
+        (out / name).unlink(missing_ok=True)
+
+
+def _check_split_file(run: Path, data: LabelledImages, val_idx: torch.Tensor) -> None:
+    """The held-out photos release measures on must be the ones the run held out (its split.json)."""
+    path = run / "split.json"
+    if not path.is_file():
+        return
+    kept = json.loads(path.read_text()).get("val")
+    if kept is not None and sorted(kept) != sorted(data.paths[i] for i in val_idx.tolist()):
+        raise InputError(
+            f"the held-out photos drawn from this data differ from the run's {path.name}; pass the data the run "
+            "was trained on (same folders and files)"
+        )
 
 
 def release(
@@ -204,41 +307,96 @@ def release(
     attribute_judge: str | os.PathLike | None = None,
     direction_judge: str | os.PathLike | None = None,
     decorrelate: bool = False,
+    judge: str | os.PathLike | None = None,
+    only_if_better: bool = False,
+    fid_tolerance: float = 1.1,
+    samples_per_class: int = 10,
+    include_discriminator: bool = True,
 ) -> dict:
     """Export RUN's checkpoint into OUT and add directions, figures, pictures and the model card.
     attribute_judge: a folder from `cvaegan judge --attributes` that re-measures every direction;
     direction_judge: one whose estimates on generated samples fit the attr_* directions (default: fit
-    them on E's codes of the training photos); decorrelate: see directions.compute_directions."""
+    them on E's codes of the training photos); decorrelate: see directions.compute_directions.
+
+    A run trained with --exclude-classes is measured on the held-out photos of the classes it trained on
+    (the same photos train() held out) and its card lists the classes left out.
+
+    judge: a class judge folder (`cvaegan judge`): before OUT is touched, the candidate and the weights in OUT
+    are compared (gate.compare; written to RUN/gate.json and returned as figures["release_gate"]); with
+    only_if_better, gate.GateRefused is raised and OUT left as it was unless the candidate is better. At the
+    end the folder must pass check_folder_size (ReleaseError otherwise)."""
+    from .gate import GATE_FILE, GateRefused, compare, write_comparison
+    from .judge import load_judge
+
     run, out = Path(run), Path(out)
     if not (run / CHECKPOINT).is_file():
         raise FileNotFoundError(f"{run / CHECKPOINT} not found")
+    if only_if_better and judge is None:
+        raise InputError("--only-if-better needs --judge JUDGE_FOLDER (a class judge from `cvaegan judge`)")
     attr_judge = load_attribute_judge(attribute_judge) if attribute_judge is not None else None
     fit_judge = load_attribute_judge(direction_judge) if direction_judge is not None else None
-    export_checkpoint(run, out, use_ema=use_ema)
-    model = load_folder(out)
-    data = load_images(data_path, model.config.resolution)
-    if data.class_folders != model.config.class_folders:
-        raise InputError(f"{data_path} does not hold the classes this run was trained on")
+    class_judge = load_judge(judge) if judge is not None else None
     run_cfg = json.loads((run / "train_config.json").read_text())
-    held_out = (run_cfg.get("val_fraction") or 0) > 0
-    train_idx, val_idx = split_indices(data.labels, run_cfg["val_fraction"] if held_out else 0.1)
+    val_fraction = run_cfg.get("val_fraction") or 0
+    held_out = val_fraction > 0
+    excluded = excluded_folders(run_cfg)
+    state_step, rows = checkpoint_rows(run)
+    gate = None
+    with tempfile.TemporaryDirectory(prefix="cvaegan-release-") as tmp:
+        # the candidate exactly as it would ship (float16 files), exported next to OUT's weights, not over them
+        export_checkpoint(run, tmp, use_ema=use_ema, include_discriminator=include_discriminator)
+        candidate = load_folder(tmp)
+        full = load_images(data_path, candidate.config.resolution)
+        data, train_idx, val_idx, full_val = run_split(full, val_fraction, excluded)
+        if data.class_folders != candidate.config.class_folders:
+            raise InputError(f"{data_path} does not hold the classes this run was trained on")
+        if held_out:
+            _check_split_file(run, data, val_idx)
+        if class_judge is not None:
+            gate = compare(
+                candidate,
+                out,
+                class_judge,
+                judge,
+                full,
+                full_val,
+                data_path,
+                samples_per_class,
+                fid_tolerance,
+                held_out,
+            )
+            gate["candidate"]["run"], gate["candidate"]["step"] = str(run), state_step
+            write_comparison(gate, run / GATE_FILE)
+            if only_if_better and not gate["passed"]:
+                raise GateRefused(gate)
+        del candidate
+        check_folder_size(tmp, label=f"{out} (its networks)")  # too big already: stop before OUT is touched
+        _install(Path(tmp), out)
+    model = load_folder(out)
+    names = dict(zip(full.class_folders, full.class_names))
     train_set = data.subset(train_idx) if held_out else data
     figures = measure(model, data.subset(val_idx))
     figures["inpaint_psnr_by_iterations"] = measure_inpainting(model, data.subset(val_idx))
-    dir_figures, table = fit_and_check_directions(model, out, train_set, components, fit_judge, attr_judge, decorrelate)
+    dir_figures, table_md = fit_and_check_directions(
+        model, out, train_set, components, fit_judge, attr_judge, decorrelate
+    )
     figures.update(dir_figures)
-    state_step, rows = checkpoint_rows(run)
     figures["steps"] = state_step
     figures["generator"] = "EMA of G" if use_ema and run_cfg.get("ema_decay") else "G (no EMA)"
     figures["split"] = "held-out" if held_out else "training images (the run kept no held-out split)"
+    figures["val_fraction"] = val_fraction if held_out else 0.1
+    figures["excluded_classes"] = [{"folder": f, "name": names[f]} for f in excluded]
+    if gate is not None:
+        figures["release_gate"] = gate
     classes = grid_classes(model.config.num_classes, 8)
     grid = torch.cat([I.sample(model, c, list(range(8))) for c in classes])
     save_png(make_grid(grid, ncol=8), out / "samples.png")
-    save_png(thumbnail_sheet(model), out / "thumbnails.png")
+    save_jpeg(thumbnail_sheet(model), out / THUMBNAILS)
     loss_curves(rows, out / "loss_curves.png")
     hw = hardware or f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
-    (out / "README.md").write_text(model_card(name, model, run_cfg, figures, _wall_time(rows), hw, notes) + table)
+    (out / "README.md").write_text(model_card(name, model, run_cfg, figures, _wall_time(rows), hw, notes) + table_md)
     (out / "figures.json").write_text(json.dumps(figures, indent=1) + "\n")
     if examples is not None:
         write_examples(model, name, examples)
+    check_folder_size(out)
     return figures

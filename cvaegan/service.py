@@ -21,6 +21,7 @@ import torch
 from PIL import Image
 
 from . import blend, enrol as EN, inference as I
+from .card import THUMBNAILS, sheet_file
 from .hub import BUNDLED_DIR, BUNDLED_ORDER, CONFIG_NAME, Resolved, resolve_weights
 from .images import ImageError, make_grid, open_image, open_mask, save_png, to_pil
 from .models import CVAEGAN
@@ -230,11 +231,12 @@ class ModelRegistry:
 
 
 def _thumbnails(model: CVAEGAN) -> list[Image.Image]:
-    """One picture per class for the picker: thumbnails.png shipped with the weights when present
-    (a sprite sheet, one cell per class in index order), otherwise generated with seed 0."""
+    """One picture per class for the picker: the thumbnails sheet shipped with the weights when present
+    (thumbnails.jpg, or thumbnails.png of older folders: one cell per class in index order), otherwise
+    generated with seed 0."""
     r = model.config.resolution
-    sheet = Path(model.source) / "thumbnails.png" if model.source and Path(model.source).is_dir() else None
-    if sheet is not None and sheet.is_file():
+    sheet = sheet_file(model.source, THUMBNAILS)
+    if sheet is not None:
         img = Image.open(sheet).convert("RGB")
         cols = img.width // r
         if cols and (img.height // r) * cols >= model.config.num_classes:

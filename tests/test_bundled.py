@@ -9,7 +9,9 @@ import pytest
 import torch
 
 from cvaegan import CVAEGAN
+from cvaegan.card import THUMBNAILS, sheet_file
 from cvaegan.inference import sample
+from cvaegan.release import check_folder_size
 from cvaegan.service import bundled_names
 
 from conftest import ROOT
@@ -28,10 +30,10 @@ def test_bundled_weights_load_strictly_and_match_config(name):
     model = CVAEGAN.from_pretrained(str(folder))  # strict: keys, shapes and sha256 checked
     assert model.config.num_classes == cfg["num_classes"] == len(cfg["class_names"])
     assert model.generator(torch.zeros(1, cfg["z_dim"]), torch.tensor([0])).shape[-1] == cfg["resolution"]
-    for f in folder.glob("*.safetensors"):
-        assert f.stat().st_size <= 15 * 2**20, f"{f} is over 15 MiB"
-    for extra in ("README.md", "samples.png", "thumbnails.png", "loss_curves.png"):
+    check_folder_size(folder)  # at most 20 MiB, each file at most 15 MiB
+    for extra in ("README.md", "samples.png", "loss_curves.png"):
         assert (folder / extra).is_file(), extra
+    assert sheet_file(folder, THUMBNAILS) is not None, "no thumbnails sheet"  # .jpg, or .png of older releases
     assert cfg["directions"], "no latent directions saved"
 
 

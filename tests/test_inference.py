@@ -243,7 +243,8 @@ def test_inference_cli_commands(trained_export, shapes_dir, tmp_path, capsys):
     assert "attr_x: fitted on generated samples, judged (n=64" in printed and "attr_x: re-measured" in printed
     card = (wcopy / "README.md").read_text()  # the card's directions section is replaced, the rest kept
     assert card.startswith("# card\n\nkept text\n") and "old table" not in card and "NOT independent" in card
-    assert card.count("## Latent directions") == 1 and (wcopy / "directions.png").is_file()
+    assert card.count("## Latent directions") == 1 and (wcopy / "directions.jpg").is_file()
+    assert not (wcopy / "directions.png").exists() and "![directions](directions.jpg)" in card
     assert json.loads((wcopy / "figures.json").read_text())["direction_fits"]["attr_x"]["decorrelated"] is True
     after = CVAEGAN.from_pretrained(str(wcopy))
     assert after.config.directions == ["attr_x", "pc1", "pc2"] and not torch.allclose(after.directions[0], before)

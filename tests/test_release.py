@@ -1,16 +1,25 @@
-"""Publishing a run: the release folder loads strictly and carries directions, figures, pictures and a card."""
+"""Publishing a run: the release folder loads strictly and carries directions, figures, pictures and a card;
+runs trained with classes left out; the judge's gate; the size limits of a weights folder."""
 
 import json
+import os
 
 import numpy as np
+import pytest
+import torch
 from PIL import Image
 
-from cvaegan import CVAEGAN, service as S
-from cvaegan.card import directions_table
-from cvaegan.data import load_images
+from cvaegan import CVAEGAN, cli, gate as G, service as S
+from cvaegan.card import DIRECTIONS_SHEET, THUMBNAILS, directions_table, sheet_file
+from cvaegan.config import TrainConfig
+from cvaegan.data import load_images, split_indices
 from cvaegan.directions import judged_effects
-from cvaegan.judge import train_judge
-from cvaegan.release import release
+from cvaegan.errors import InputError
+from cvaegan.judge import JudgeConfig, train_judge
+from cvaegan.release import MAX_FILE_BYTES, ReleaseError, check_folder_size, refresh_directions, release
+from cvaegan.train import export_checkpoint, train
+
+from conftest import tiny_config
 
 
 def test_release_folder(trained_export, shapes_dir, tmp_path):
@@ -39,7 +48,8 @@ def test_release_folder(trained_export, shapes_dir, tmp_path):
         "classifier.safetensors",
         "directions.safetensors",
         "samples.png",
-        "thumbnails.png",
+        THUMBNAILS,
+        DIRECTIONS_SHEET,
         "loss_curves.png",
         "README.md",
         "figures.json",
@@ -70,10 +80,12 @@ def test_release_folder(trained_export, shapes_dir, tmp_path):
     assert "test CPU" in card and "not** an independent judge" in card and "Tiny test model." in card
     assert f"{figures['c_top1_real_val']:.1%}" in card
     assert json.loads((out / "figures.json").read_text())["steps"] == figures["steps"]
-    dirs = Image.open(out / "directions.png")  # 2 rows per direction, 5 columns, 2-px padding
+    dirs = Image.open(out / DIRECTIONS_SHEET)  # 2 rows per direction, 5 columns, 2-px padding
+    assert dirs.format == "JPEG" and Image.open(out / "samples.png").format == "PNG"
     assert dirs.size[0] == 5 * 32 + 6 * 2 and dirs.size[1] == 2 * len(model.config.directions) * 34 + 2
-    assert "![directions](directions.png)" in card
-    sheet = Image.open(out / "thumbnails.png")
+    assert f"![directions]({DIRECTIONS_SHEET})" in card
+    assert not (out / "thumbnails.png").exists() and not (out / "directions.png").exists()
+    sheet = Image.open(out / THUMBNAILS)
     assert sheet.size == (4 * 32, 32)
     # the app's picker slices the shipped sheet: one thumbnail per class, equal to a fresh render
     model.source = str(out)
@@ -109,3 +121,208 @@ def test_release_counts_the_steps_of_the_checkpoint_not_of_the_log(trained_expor
         f.write(json.dumps({"step": step + 150, "loss/C": 0.1, "time/step_s": 1.0}) + "\n")
     again_step, again_rows = checkpoint_rows(run)
     assert again_step == step and again_rows == rows
+
+
+# ---- runs trained with classes left out, the release gate -------------------------------------------
+
+EXCLUDED = "002.triangle"  # a class in the middle: the model's later classes sit one index below the data's
+
+
+@pytest.fixture(scope="module")
+def excluded_run(tmp_path_factory, shapes_dir):
+    """A tiny run trained for a few steps with one class left out (--exclude-classes) and a held-out split."""
+    data = load_images(shapes_dir, 32, progress=False)
+    run = tmp_path_factory.mktemp("excluded") / "run"
+    tcfg = TrainConfig(
+        steps=6,
+        batch_size=8,
+        log_every=2,
+        sample_every=6,
+        checkpoint_every=6,
+        val_fraction=0.1,
+        exclude_classes=EXCLUDED,
+        ema_decay=None,  # an EMA's BatchNorm re-estimation would double the cost of this fixture
+        device="cpu",
+    )
+    train(data, run, tcfg, tiny_config(), progress=False)
+    return run
+
+
+@pytest.fixture(scope="module")
+def class_judge(tmp_path_factory, shapes_dir):
+    """A tiny class judge of all 4 classes: one more than the excluded run's model has."""
+    out = tmp_path_factory.mktemp("judge") / "judge"
+    train_judge(
+        load_images(shapes_dir, 32, progress=False), out, epochs=1, batch_size=16, widths=[8, 16], progress=False
+    )
+    return out
+
+
+def _files(folder):
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def test_release_of_a_run_with_excluded_classes_behind_the_gate(
+    excluded_run, class_judge, shapes_dir, tmp_path, capsys
+):
+    out = tmp_path / "weights"
+    figures = release(
+        excluded_run, out, shapes_dir, "shapes", hardware="test CPU", components=2, judge=class_judge,
+        only_if_better=True, samples_per_class=2,
+    )  # fmt: skip
+    # the gate: nothing released yet, so it passes; measured on the 3 classes the model has (the judge knows 4)
+    gate = json.loads((excluded_run / G.GATE_FILE).read_text())
+    assert gate["passed"] and gate["released"] is None and "no weights yet" in gate["reason"]
+    assert gate["classes"] == 3 and gate["judge"]["classes"] == 4 and gate["candidate"]["samples"] == 6
+    assert 0 <= gate["candidate"]["judge_top1"] <= 1 and gate["candidate"]["recon_psnr_db"] > 0
+    assert figures["release_gate"]["candidate"] == gate["candidate"]
+
+    model = CVAEGAN.from_pretrained(str(out))
+    assert model.config.class_folders == ["000.circle", "001.square", "003.cross"]
+    assert figures["excluded_classes"] == [{"folder": EXCLUDED, "name": "Triangle 2"}]
+    # held out: the photos train() held out, drawn on all 4 classes, of the 3 trained ones
+    held = json.loads((excluded_run / "split.json").read_text())["val"]
+    full = load_images(shapes_dir, 32, progress=False)
+    drawn = [full.paths[i] for i in split_indices(full.labels, 0.1)[1].tolist()]
+    assert held == [p for p in drawn if not p.startswith(EXCLUDED)] and len(held) == 6
+    assert figures["split"] == "held-out" and figures["val_images"] == len(held) == gate["candidate"]["real_images"]
+    assert len(figures["c_top1_generated_per_class"]) == 3 and figures["recon_psnr_val_db"] > 0
+    card = (out / "README.md").read_text()
+    assert "## Classes left out of training" in card and f"| `{EXCLUDED}` | Triangle 2 |" in card
+    assert "enrol" in card and "about 10% of each class trained on" in card
+    # the picker offers the model's classes only; the JPEG sheets are what the app and the card show
+    assert S.class_display_names(model) == ["Circle 0", "Square 1", "Cross 3"]
+    model.source = str(out)
+    thumbs = S._thumbnails(model)
+    sheet = Image.open(out / THUMBNAILS)
+    assert sheet.format == "JPEG" and sheet.size == (3 * 32, 32) and len(thumbs) == 3
+    assert np.array_equal(np.asarray(thumbs[2]), np.asarray(sheet.convert("RGB").crop((64, 0, 96, 32))))
+    about = S._card(model)
+    assert "data:image/jpeg;base64," in about and "Classes left out of training" in about
+    assert check_folder_size(out) == sum(p.stat().st_size for p in out.iterdir())
+    # re-fitting the sliders of this folder drops the left-out class again
+    refresh_directions(out, shapes_dir, components=2)
+    assert (out / DIRECTIONS_SHEET).is_file()
+
+    # the same run again: the judge finds it exactly as good as what OUT holds, so it is not better
+    before = _files(out)
+    code = cli.main(
+        ["release", "--run", str(excluded_run), "--out", str(out), "--data", str(shapes_dir), "--name", "shapes",
+         "--judge", str(class_judge), "--only-if-better", "--samples-per-class", "2"]
+    )  # fmt: skip
+    assert code == cli.REFUSED_EXIT == 3
+    printed = capsys.readouterr()
+    assert "refused" in printed.out and "judge top-1" in printed.out and "left untouched" in printed.err
+    assert _files(out) == before  # byte-identical
+    gate = json.loads((excluded_run / G.GATE_FILE).read_text())
+    assert not gate["passed"] and gate["released"] == {k: gate["candidate"][k] for k in gate["released"]}
+
+
+def test_gate_rule():
+    new, old = {"judge_top1": 0.30, "fid": 10.5}, {"judge_top1": 0.25, "fid": 10.0}
+    assert G.decide(new, None)[0] and G.decide(new, old)[0]
+    assert not G.decide(new, {"judge_top1": 0.30, "fid": 20.0})[0]  # equal top-1 is not better
+    assert not G.decide({"judge_top1": 0.4, "fid": 11.5}, old)[0]  # FID more than 1.1 x worse
+    assert G.decide({"judge_top1": 0.4, "fid": 11.5}, old, fid_tolerance=1.2)[0]
+    assert "FID 11.50 > 1.1 x 10.00" in G.decide({"judge_top1": 0.4, "fid": 11.5}, old)[1]
+
+
+def test_gate_replaces_older_weights_only_when_better(excluded_run, class_judge, shapes_dir, tmp_path, monkeypatch):
+    out = tmp_path / "weights"
+    export_checkpoint(excluded_run, out)  # "released" weights, with files an older release left behind
+    for name in ("thumbnails.png", "directions.png", "evaluation.json"):
+        (out / name).write_bytes(b"old")
+    scores = {"candidate": {"judge_top1": 0.5, "fid": 12.0}, "released": {"judge_top1": 0.4, "fid": 10.0}}
+
+    def fake_scores(model, judge, data, val_idx, folders, samples_per_class=10, **kw):
+        s = scores["released" if model.source == str(out) else "candidate"]
+        return {**s, "recon_psnr_db": 20.0, "samples": len(folders) * samples_per_class, "real_images": len(val_idx)}
+
+    monkeypatch.setattr(G, "judge_scores", fake_scores)
+    args = dict(components=2, judge=class_judge, only_if_better=True)
+    before = _files(out)
+    with pytest.raises(G.GateRefused, match="FID 12.00 > 1.1 x 10.00"):  # better top-1, FID too much worse
+        release(excluded_run, out, shapes_dir, "shapes", **args)
+    assert _files(out) == before
+    scores["candidate"]["fid"] = 10.9
+    figures = release(excluded_run, out, shapes_dir, "shapes", **args)
+    assert figures["release_gate"]["passed"] and figures["release_gate"]["released"]["judge_top1"] == 0.4
+    assert (out / THUMBNAILS).is_file() and (out / DIRECTIONS_SHEET).is_file()
+    assert not any((out / n).exists() for n in ("thumbnails.png", "directions.png", "evaluation.json"))
+    with pytest.raises(InputError, match="--only-if-better needs --judge"):
+        release(excluded_run, out, shapes_dir, "shapes", only_if_better=True)
+
+
+class _FolderOracle(torch.nn.Module):
+    """A judge that reads, from an image's first pixel, the code of the class folder it was drawn for."""
+
+    def __init__(self, folders: list[str], code: dict[str, float]):
+        super().__init__()
+        self.config = JudgeConfig(resolution=32, num_classes=len(folders), widths=[len(folders)])
+        self.config.class_folders = self.config.class_names = list(folders)
+        self.codes = torch.tensor([code[f] for f in folders])
+        self.w = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, x):
+        k = (x[:, 0, 0, 0, None] - self.codes[None]).abs().argmin(1)
+        logits = torch.nn.functional.one_hot(k, len(self.codes)).float() * 10 + 0.01 * x[:, 1, 0, : len(self.codes)]
+        return logits, logits.flatten(1)
+
+
+def test_gate_matches_the_judges_classes_by_folder(shapes_dir, monkeypatch):
+    """A judge of more classes, in another order: the scores map classes by folder name, never by index."""
+    data = load_images(shapes_dir, 32, progress=False)
+    torch.manual_seed(0)
+    model = CVAEGAN(tiny_config(num_classes=3, class_folders=["000.circle", "001.square", "003.cross"])).eval()
+    code = {f: -0.8 + 0.4 * i for i, f in enumerate(["000.circle", "001.square", "002.triangle", "003.cross", "x"])}
+    judge = _FolderOracle(["x", "003.cross", "002.triangle", "000.circle", "001.square"], code)
+
+    def drawn(model, z, c, batch_size=1):  # what G would draw, marked with its class folder's code
+        x = torch.tanh(z[:, :1, None, None].expand(len(z), 3, 32, 32) * 0.3).clone()
+        x[:, 0, 0, 0] = torch.tensor([code[model.config.class_folders[int(i)]] for i in c])
+        return x
+
+    monkeypatch.setattr(G.I, "generate", drawn)
+    val = split_indices(data.labels, 0.25)[1]
+    s = G.judge_scores(model, judge, data, val, model.config.class_folders, samples_per_class=3)
+    assert s["judge_top1"] == 1.0 and s["samples"] == 9 and s["real_images"] == 12  # triangle's 4 photos left out
+    assert np.isfinite(s["fid"]) and s["recon_psnr_db"] > 0
+    with pytest.raises(InputError, match="missing"):
+        G.judge_scores(model, judge, data, val, ["002.triangle"], samples_per_class=1)  # not a class of the model
+
+
+def test_folder_size_limits(tmp_path):
+    w = tmp_path / "w"
+    w.mkdir()
+    for name, mib in (("generator.safetensors", 7), ("encoder.safetensors", 6), ("config.json", 0)):
+        with open(w / name, "wb") as f:
+            f.truncate(mib * 2**20)
+    assert check_folder_size(w) == 13 * 2**20
+    with open(w / "classifier.safetensors", "wb") as f:  # 7 + 6 + 8 = 21 MiB > 20 MiB
+        f.truncate(8 * 2**20)
+    with pytest.raises(ReleaseError, match=r"the folder holds 21.0 MiB.*Biggest files: classifier.safetensors 8.0 MiB"):
+        check_folder_size(w)
+    os.remove(w / "classifier.safetensors")
+    with open(w / "discriminator.safetensors", "wb") as f:
+        f.truncate(MAX_FILE_BYTES + 1)
+    with pytest.raises(ReleaseError, match="discriminator.safetensors is 15.0 MiB"):
+        check_folder_size(w, max_folder=2**40)
+
+
+def test_picture_sheets_of_older_folders_still_show(tiny_model, tmp_path):
+    """Folders released before the JPEG sheets keep thumbnails.png / directions.png; readers fall back."""
+    w = tmp_path / "w"
+    w.mkdir()
+    old = Image.new("RGB", (4 * 32, 32))
+    for i in range(4):
+        old.paste((60 * i, 20, 200 - 40 * i), (32 * i, 0, 32 * i + 32, 32))
+    old.save(w / "thumbnails.png")
+    Image.new("RGB", (8, 8), (9, 9, 9)).save(w / "directions.png")
+    (w / "README.md").write_text("# card\n\n![directions](directions.png)\n")
+    tiny_model.source = str(w)
+    assert sheet_file(w, THUMBNAILS) == w / "thumbnails.png" and sheet_file(w, DIRECTIONS_SHEET) == w / "directions.png"
+    assert np.asarray(S._thumbnails(tiny_model)[3])[5, 5].tolist() == [180, 20, 80]
+    assert "data:image/png;base64," in S._card(tiny_model)
+    Image.new("RGB", (4 * 32, 32), (1, 250, 1)).save(w / THUMBNAILS, quality=90)  # the new sheet wins
+    assert sheet_file(w, THUMBNAILS) == w / THUMBNAILS and np.asarray(S._thumbnails(tiny_model)[3])[5, 5][1] > 240
+    assert sheet_file(tmp_path / "nothing", THUMBNAILS) is None and sheet_file(None, THUMBNAILS) is None
