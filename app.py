@@ -244,7 +244,9 @@ def build_inpaint(ui, first, examples):
         )
         with gr.Column(scale=2, min_width=200):
             ui.in_cls = dropdown(S.class_choices(m, auto=True), AUTO, label="Class")
-            ui.iters = gr.Slider(1, S.MAX_ITERATIONS, value=4, step=1, label="Iterations (encode-generate-paste)")
+            ui.iters = gr.Slider(
+                1, S.MAX_ITERATIONS, value=S.DEFAULT_ITERATIONS, step=1, label="Iterations (encode-generate-paste)"
+            )
             ui.refine = gr.Slider(0, S.MAX_REFINE, value=0, step=10, label="Refinement steps (optimise z)")
             ui.inpaint_btn = gr.Button("Inpaint", variant="primary")
             ui.in_class = gr.Markdown()

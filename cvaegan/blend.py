@@ -12,9 +12,11 @@ import torch.nn.functional as F
 from PIL import Image
 
 from . import inference as I
+from .images import to_pil
 from .models import CVAEGAN
 
 CONFIDENT = 0.5  # C's top probability below this: say that C is not sure, and suggest picking a class
+DEFAULT_ITERATIONS = I.DEFAULT_ITERATIONS  # the app's slider starts here, and `cvaegan evaluate` measures it
 
 
 def window_box(mask: np.ndarray) -> tuple[int, int, int]:
@@ -93,18 +95,20 @@ def inpaint(
     photo,
     mask: np.ndarray,
     cls: int | None = None,
-    iterations: int = 4,
+    iterations: int = DEFAULT_ITERATIONS,
     refine_steps: int = 0,
     progress=None,
 ) -> dict:
-    """Fill the masked pixels of a photo of any size at its own resolution.
+    """Fill the masked pixels of a photo of any size at its own resolution: the one inpainting pipeline
+    that the app, the CLI (`inference.inpaint`) and `cvaegan evaluate` all run.
 
     photo: PIL RGB or (H, W, 3) uint8; mask: (H, W) bool, True = missing (not empty).
     The model inpaints the square window of the photo around the hole at its resolution (the paper's
     encode-generate-paste loop); the fill is upsampled (bicubic) and pasted seamlessly (`seamless_paste`).
     cls: class index, or None to let C decide on the window (holes filled with the mean colour).
     Returns {"image": PIL at the photo's size, "class": index, "top": C's [(index, p)] top-3 or [] when
-    the class was given, "box": (left, top, side) of the window}.
+    the class was given, "box": (left, top, side) of the window, "model_image": PIL of the window at the
+    model's resolution with the fill pasted in}.
     """
     src = np.asarray(photo.convert("RGB") if isinstance(photo, Image.Image) else photo, dtype=np.uint8)
     assert src.ndim == 3 and src.shape[2] == 3 and mask.shape == src.shape[:2], (src.shape, mask.shape)
@@ -137,4 +141,10 @@ def inpaint(
     out = src.copy()
     ys, xs = np.nonzero(mask)  # every masked pixel lies in the window
     out[ys, xs] = out_win[ys - top, xs - left]
-    return {"image": Image.fromarray(out, "RGB"), "class": int(cls), "top": top3, "box": (left, top, side)}
+    return {
+        "image": Image.fromarray(out, "RGB"),
+        "class": int(cls),
+        "top": top3,
+        "box": (left, top, side),
+        "model_image": to_pil(torch.where(m_small, gen, x_small)[0]),
+    }

@@ -20,10 +20,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from . import inference as I
+from . import blend, inference as I
 from .data import LabelledImages, split_indices
 from .errors import InputError
-from .images import psnr, uint8_to_float
+from .images import pil_to_uint8, psnr, uint8_to_float
 from .judge import Judge, predict
 from .models import CVAEGAN
 from .seeds import z_from_seeds
@@ -180,37 +180,103 @@ def psnr_ssim(
 
 # ---- masks and inpainting baselines ------------------------------------------------------------
 
+# The 25% box. On aligned faces it hides the eyes and the nose: the faces pack is aligned like CelebA's
+# img_align_celeba (shared data README: eye centres at (69.0, 112.75) and (107.9, 112.75), mouth corners
+# at y = 152.6 of the 178x218 frame, then rows 20..198 cropped), so at 64 px the eye centres sit at
+# (24.8, 33.4) and (38.8, 33.4), the mouth corners at y = 47.7 and the nose tip near y = 41 (median
+# attr_pitch 0.55 of the way from the eye line to the mouth). A square of half the side, centred
+# horizontally with its top at 5/16 of the side (at 64 px: rows 20-51, columns 16-47), covers the brows,
+# both eyes, the nose and the upper lip; no square of 25% can avoid the mouth entirely. Other data
+# (flowers, birds: the subject is centred) get the centre box (at 64 px: rows 16-47, columns 16-47).
+FACE_FOLDER_PREFIXES = ("celeba_", "lfw_")  # class ids of the faces pack (CelebA identity / LFW person)
+BOX25_TOP = {"faces": 5 / 16, "centre": 1 / 4}  # the box's top edge, as a fraction of the side
+MASK_KINDS = ("box25", "brush_thin", "brush")
+LEGACY_KINDS = ("centre_box",)  # still measured: the model card's table reads it
+INPAINT_METHODS = ("cvaegan", "cvaegan_predicted_class", "telea", "navier_stokes", "mean_fill")
 
-def centre_box_mask(resolution: int) -> torch.Tensor:
-    """(1, 1, R, R) bool: the central square of half the side (a quarter of the pixels)."""
+
+def box_layout(class_folders: list[str]) -> str:
+    """'faces' for the aligned faces pack (every class folder a CelebA or LFW id), 'centre' for other data."""
+    faces = class_folders and all(f.startswith(FACE_FOLDER_PREFIXES) for f in class_folders)
+    return "faces" if faces else "centre"
+
+
+def box25(resolution: int, layout: str = "centre") -> tuple[int, int, int]:
+    """(top, left, side) of the square that hides a quarter of an R x R image (exactly when R is even)."""
+    if layout not in BOX25_TOP:
+        raise EvaluationError(f"unknown box layout {layout!r}; one of {sorted(BOX25_TOP)}")
+    side = resolution // 2
+    top = min(round(BOX25_TOP[layout] * resolution), resolution - side)
+    return top, (resolution - side) // 2, side
+
+
+def box25_mask(resolution: int, layout: str = "centre") -> torch.Tensor:
+    """(1, 1, R, R) bool: the 25% box of `box25`."""
+    top, left, side = box25(resolution, layout)
     m = torch.zeros(1, 1, resolution, resolution, dtype=torch.bool)
-    a, b = resolution // 4, 3 * resolution // 4
-    m[..., a:b, a:b] = True
+    m[..., top : top + side, left : left + side] = True
     return m
 
 
-def brush_mask(resolution: int, seed: int) -> torch.Tensor:
-    """(1, 1, R, R) bool: 3-6 random thick brush strokes (free-form, like a user painting), seeded."""
+def centre_box_mask(resolution: int) -> torch.Tensor:
+    """(1, 1, R, R) bool: the central square of half the side (a quarter of the pixels)."""
+    return box25_mask(resolution, "centre")
+
+
+def stroke_mask(
+    resolution: int,
+    seed: int,
+    strokes: tuple[int, int] = (3, 7),
+    width: tuple[float, float] = (0.06, 0.12),
+    step: tuple[float, float] = (0.1, 0.25),
+    segments: tuple[int, int] = (2, 5),
+    min_width: int = 2,
+) -> torch.Tensor:
+    """(1, 1, R, R) bool: seeded free-form brush strokes (polylines with round joints), like a user painting.
+    Counts are [low, high) integer ranges; width and step are fractions of the side."""
     from PIL import Image, ImageDraw
 
     rng = np.random.default_rng(seed)
     img = Image.new("L", (resolution, resolution), 0)
     draw = ImageDraw.Draw(img)
-    for _ in range(int(rng.integers(3, 7))):
+    for _ in range(int(rng.integers(*strokes))):
         x, y = rng.uniform(0.15, 0.85, 2) * resolution
-        width = int(max(2, rng.uniform(0.06, 0.12) * resolution))
+        w = int(max(min_width, rng.uniform(*width) * resolution))
         pts = [(x, y)]
-        for _ in range(int(rng.integers(2, 5))):
+        for _ in range(int(rng.integers(*segments))):
             ang = rng.uniform(0, 2 * math.pi)
-            step = rng.uniform(0.1, 0.25) * resolution
-            x = float(np.clip(x + step * math.cos(ang), 0, resolution - 1))
-            y = float(np.clip(y + step * math.sin(ang), 0, resolution - 1))
+            length = rng.uniform(*step) * resolution
+            x = float(np.clip(x + length * math.cos(ang), 0, resolution - 1))
+            y = float(np.clip(y + length * math.sin(ang), 0, resolution - 1))
             pts.append((x, y))
-        draw.line(pts, fill=255, width=width, joint="curve")
+        draw.line(pts, fill=255, width=w, joint="curve")
         for px, py in pts:
-            r = width / 2
+            r = w / 2
             draw.ellipse([px - r, py - r, px + r, py + r], fill=255)
     return torch.from_numpy(np.asarray(img) > 0)[None, None]
+
+
+def brush_mask(resolution: int, seed: int) -> torch.Tensor:
+    """(1, 1, R, R) bool: 3-6 thick free-form strokes, 6-12% of the side wide (at 64 px: 3-7 px), seeded."""
+    return stroke_mask(resolution, seed)
+
+
+def brush_thin_mask(resolution: int, seed: int) -> torch.Tensor:
+    """(1, 1, R, R) bool: 3-5 thin strokes (scratches), 3.5-6% of the side wide (at 64 px: 2-3 px), seeded."""
+    return stroke_mask(resolution, seed, strokes=(3, 6), width=(0.035, 0.06), segments=(2, 4), min_width=1)
+
+
+def make_mask(kind: str, resolution: int, index: int, layout: str = "centre") -> torch.Tensor:
+    """The mask of one evaluation image: `kind` in MASK_KINDS or LEGACY_KINDS; strokes are seeded by the index."""
+    if kind == "box25":
+        return box25_mask(resolution, layout)
+    if kind == "centre_box":
+        return centre_box_mask(resolution)
+    if kind == "brush":
+        return brush_mask(resolution, seed=1000 + index)
+    if kind == "brush_thin":
+        return brush_thin_mask(resolution, seed=3000 + index)
+    raise EvaluationError(f"unknown mask kind {kind!r}")
 
 
 def opencv_inpaint(x: torch.Tensor, m: torch.Tensor, method: str) -> torch.Tensor:
@@ -230,47 +296,186 @@ def mean_fill(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
     return I._fill_known_mean(x, m)
 
 
+def user_inpaint(
+    model: CVAEGAN, photo: torch.Tensor, m: torch.Tensor, cls: int | None, iterations: int
+) -> tuple[torch.Tensor, int]:
+    """What a user of the app (or of `cvaegan inpaint`) gets for one photo: `blend.inpaint` (C picks the class
+    when cls is None, as the app's 'auto'), seamless paste included. photo: (3, H, W) uint8; m: (1, 1, H, W)
+    bool. Returns (the result as (1, 3, H, W) float in [-1, 1], the class used)."""
+    r = blend.inpaint(model, photo.permute(1, 2, 0).numpy(), m[0, 0].numpy(), cls, iterations)
+    return uint8_to_float(pil_to_uint8(r["image"]))[None], int(r["class"])
+
+
+def judge_indices(judge: Judge, class_folders: list[str]) -> torch.Tensor:
+    """The judge's class index of each folder, matched by folder name (never by position)."""
+    where = {f: i for i, f in enumerate(judge.config.class_folders)}
+    missing = [f for f in class_folders if f not in where]
+    if missing:
+        raise EvaluationError(
+            f"the judge does not know {len(missing)} of the data's classes (e.g. {missing[0]!r}); "
+            "train a judge on this data set (`cvaegan judge --data ...`)"
+        )
+    return torch.tensor([where[f] for f in class_folders])
+
+
+def _model_classes(model: CVAEGAN, folders: list[str]) -> list[int | None]:
+    """The model's class index of each data folder, by name when the weights record folders; None for a
+    folder the model does not have (a class left out of training)."""
+    mine = model.config.class_folders
+    if not mine:
+        return list(range(len(folders)))
+    where = {f: i for i, f in enumerate(mine)}
+    return [where.get(f) for f in folders]
+
+
 def inpainting_scores(
-    model: CVAEGAN, val: LabelledImages, count: int, iterations: int = 4, bar: tqdm | None = None
+    model: CVAEGAN,
+    val: LabelledImages,
+    count: int,
+    iterations: int | None = None,
+    bar: tqdm | None = None,
+    judge: Judge | None = None,
+    layout: str | None = None,
+    kinds: tuple[str, ...] = MASK_KINDS + LEGACY_KINDS,
 ) -> dict:
-    """PSNR / SSIM inside the mask for our inpainting (true class given, and C's guess) and three baselines."""
+    """Inpainting as a user gets it, against OpenCV's Telea and Navier-Stokes and a mean-colour fill.
+
+    Ours runs `blend.inpaint`, the app's and the CLI's pipeline (seamless paste included), at the app's
+    default iteration count unless `iterations` is given, once with the photo's true class and once with
+    C's guess (the app's 'auto'). For every mask kind: PSNR / SSIM inside the hole and, with a judge, the
+    judge's top-1 on the inpainted photos of every method (classes matched by folder name); the judge's
+    top-1 on the untouched photos is the ceiling, on the mean-colour fill the floor. `layout`: where the 25%
+    box goes ('faces' or 'centre'; default from the data's class folders, see `box_layout`)."""
     r = model.config.resolution
+    iterations = blend.DEFAULT_ITERATIONS if iterations is None else iterations
+    layout = box_layout(val.class_folders) if layout is None else layout
+    model_cls = _model_classes(model, val.class_folders)
+    known = torch.tensor([model_cls[int(y)] is not None for y in val.labels], dtype=torch.bool)
+    if not known.any():
+        raise EvaluationError("the weights have none of the data's classes; pass the data set they were trained on")
+    if not known.all():  # photos of classes the model does not have: no true class to give it
+        val = val.subset(torch.nonzero(known).flatten())
     n = min(count, len(val.labels))
     pick = torch.randperm(len(val.labels), generator=torch.Generator().manual_seed(99))[:n]
-    x_all = uint8_to_float(val.images[pick])
+    photos = val.images[pick]
+    x_all = uint8_to_float(photos)
     y_all = val.labels[pick]
-    methods = ("cvaegan", "cvaegan_predicted_class", "telea", "navier_stokes", "mean_fill")
-    report = {}
-    for kind in ("centre_box", "brush"):
-        scores = {k: ([], []) for k in methods}
-        holes = []
+    true_cls = [model_cls[int(y)] for y in y_all]
+    judge_y = judge_indices(judge, val.class_folders)[y_all] if judge is not None else None
+    report: dict = {
+        "pipeline": "blend.inpaint (the app's and the CLI's: model window, seamless paste)",
+        "images": n,
+        "skipped_photos_of_classes_the_model_lacks": int((~known).sum()),
+        "iterations": iterations,
+        "box25_layout": layout,
+    }
+    if judge is not None:
+        report["judge_top1_original"] = round(_judge_top1(judge, x_all, judge_y), 4)
+    done: dict[str, dict] = {}
+    for kind in kinds:
+        if kind == "centre_box" and layout == "centre" and "box25" in done:
+            report[kind] = done["box25"]  # the same mask: the same figures
+            if bar is not None:
+                bar.update(n)
+            continue
+        scores = {k: ([], []) for k in INPAINT_METHODS}
+        outs = {k: [] for k in INPAINT_METHODS}
+        holes, guessed = [], []
         for i in range(n):
             x = x_all[i : i + 1]
-            m = centre_box_mask(r) if kind == "centre_box" else brush_mask(r, seed=1000 + i)
+            m = make_mask(kind, r, i, layout)
             holes.append(m.float().mean().item())
-            with torch.no_grad():
-                guess = int(I.classify(model, torch.where(m, torch.zeros_like(x), x))[0][0])
-            outs = {
-                "cvaegan": torch.where(m, I.inpaint_tensor(model, x, m, int(y_all[i]), iterations).cpu(), x),
-                "cvaegan_predicted_class": torch.where(m, I.inpaint_tensor(model, x, m, guess, iterations).cpu(), x),
+            ours, _ = user_inpaint(model, photos[i], m, true_cls[i], iterations)
+            auto, guess = user_inpaint(model, photos[i], m, None, iterations)
+            guessed.append(guess == true_cls[i])
+            result = {
+                "cvaegan": ours,
+                "cvaegan_predicted_class": auto,
                 "telea": opencv_inpaint(x, m, "telea"),
                 "navier_stokes": opencv_inpaint(x, m, "ns"),
                 "mean_fill": mean_fill(x, m),
             }
-            for k, out in outs.items():
+            for k, out in result.items():
                 p, s = psnr_ssim(out, x, m)
                 scores[k][0].append(p.item())
                 scores[k][1].append(s.item())
+                outs[k].append(out)
             if bar is not None:
                 bar.update(1)
-        report[kind] = {
-            k: {"psnr_db": round(float(np.mean(p)), 3), "ssim": round(float(np.mean(s)), 4)}
-            for k, (p, s) in scores.items()
-        }
-        report[kind]["hole_fraction"] = round(float(np.mean(holes)), 3)
-    report["images"] = n
-    report["iterations"] = iterations
+        entry: dict = {"hole_fraction": round(float(np.mean(holes)), 4)}
+        if kind in ("box25", "centre_box"):
+            entry["box"] = dict(zip(("top", "left", "side"), box25(r, layout if kind == "box25" else "centre")))
+        for k, (p, s) in scores.items():
+            entry[k] = {"psnr_db": round(float(np.mean(p)), 3), "ssim": round(float(np.mean(s)), 4)}
+            if judge is not None:
+                entry[k]["judge_top1"] = round(_judge_top1(judge, torch.cat(outs[k]), judge_y), 4)
+        entry["cvaegan_predicted_class"]["class_guess_top1"] = round(float(np.mean(guessed)), 4)
+        report[kind] = done[kind] = entry
     return report
+
+
+def _judge_top1(judge: Judge, x: torch.Tensor, y: torch.Tensor) -> float:
+    logits, _ = predict(judge, x)
+    return (logits.argmax(1).cpu() == y).float().mean().item()
+
+
+def _beats(ours: dict, telea: dict) -> list[str]:
+    """Where ours falls short of Telea (empty when ours >= Telea on PSNR and, if measured, judge top-1)."""
+    short = []
+    if ours["psnr_db"] < telea["psnr_db"]:
+        short.append(f"PSNR {ours['psnr_db']:.2f} < {telea['psnr_db']:.2f} dB")
+    if "judge_top1" in ours and ours["judge_top1"] < telea["judge_top1"]:
+        short.append(f"judge top-1 {ours['judge_top1']:.1%} < {telea['judge_top1']:.1%}")
+    return short
+
+
+def inpainting_verdict(entry: dict, target: bool = True) -> str:
+    """Ours (true class, and C's guess) against Telea on PSNR inside the hole and the judge's top-1:
+    'target met' / 'target missed (figures)'; for masks without a target (the strokes), 'ours >= Telea' /
+    'Telea ahead (figures)'."""
+    parts = []
+    for key, label in (("cvaegan", "true class"), ("cvaegan_predicted_class", "C's guess")):
+        short = "; ".join(_beats(entry[key], entry["telea"]))
+        if target:
+            parts.append(f"{label}: target " + (f"missed ({short})" if short else "met"))
+        else:
+            parts.append(f"{label}: " + (f"Telea ahead ({short})" if short else "ours >= Telea"))
+    return "; ".join(parts)
+
+
+def inpainting_table(inp: dict) -> str:
+    """Markdown: ours vs Telea for each mask kind of an `inpainting_scores` report, with a verdict column.
+    The target (ours >= Telea on PSNR inside the hole and on the judge's top-1) is set for the 25% box; the
+    strokes are reported beside it, with Telea's lead stated where it has one."""
+    judged = "judge_top1_original" in inp
+    head = "| mask | hole | PSNR in the hole: ours, true class / ours, C's guess / Telea |"
+    if judged:
+        head += (
+            " judge top-1: ours, true class / ours, C's guess / Telea |"
+            " judge top-1: photo (ceiling) / mean fill (floor) |"
+        )
+    lines = [head + " verdict |", "|---" * head.count("|") + "|"]
+    names = {"box25": "25% box", "brush_thin": "thin strokes", "brush": "free-form brush"}
+    for kind in MASK_KINDS:
+        if kind not in inp:
+            continue
+        e = inp[kind]
+        name = names[kind]
+        if kind == "box25":
+            t, left, side = e["box"]["top"], e["box"]["left"], e["box"]["side"]
+            name += f" ({inp['box25_layout']}: rows {t}-{t + side - 1}, columns {left}-{left + side - 1})"
+        row = (
+            f"| {name} | {e['hole_fraction']:.1%} | {e['cvaegan']['psnr_db']:.2f} / "
+            f"{e['cvaegan_predicted_class']['psnr_db']:.2f} / {e['telea']['psnr_db']:.2f} dB |"
+        )
+        if judged:
+            row += (
+                f" {e['cvaegan']['judge_top1']:.1%} / {e['cvaegan_predicted_class']['judge_top1']:.1%} / "
+                f"{e['telea']['judge_top1']:.1%} | {inp['judge_top1_original']:.1%} / "
+                f"{e['mean_fill']['judge_top1']:.1%} |"
+            )
+        lines.append(row + f" {inpainting_verdict(e, target=kind == 'box25')} |")
+    return "\n".join(lines) + "\n"
 
 
 # ---- the whole report --------------------------------------------------------------------------
@@ -283,7 +488,7 @@ def check_compatible(model: CVAEGAN, judge: Judge, data: LabelledImages) -> None
             "this is an attribute judge (it regresses attr_* columns); evaluation needs a class "
             "judge from `cvaegan judge` without --attributes"
         )
-    if mc.class_folders and mc.class_folders != data.class_folders:
+    if mc.class_folders and not set(mc.class_folders) <= set(data.class_folders):
         raise EvaluationError(
             "the weights were trained on other classes than the data's folders; "
             "pass the data set the weights were trained on"
@@ -303,20 +508,33 @@ def evaluate(
     classes: list[int] | None = None,
     inpaint_images: int = 64,
     progress: bool = True,
+    *,
+    inpaint_iterations: int | None = None,
+    box: str | None = None,
 ) -> dict:
-    """All figures of the evaluation issue for one generator; `data` at the model's resolution."""
+    """All figures of the evaluation issue for one generator; `data` at the model's resolution.
+    Inpainting (see `inpainting_scores`): the app's default iterations unless `inpaint_iterations` is given;
+    `box`: 'faces' or 'centre' for the 25% box (default: from the data's class folders)."""
     require_libraries()
     check_compatible(model, judge, data)
     if samples_per_class < 1:
         raise EvaluationError("--samples-per-class must be at least 1")
     k = model.config.num_classes
     classes = list(range(k)) if classes is None else classes
-    _, va = split_indices(data.labels, 0.1)
+    _, va = split_indices(data.labels, 0.1)  # drawn on all of the data's classes, as `train` draws it
     val = data.subset(va)
+    # weights trained with --exclude-classes: measure on the held-out photos of the classes they have
+    model_cls = _model_classes(model, data.class_folders)
+    left_out = [f for f, c in zip(data.class_folders, model_cls) if c is None]
+    if left_out:
+        val = val.subset(torch.nonzero(torch.tensor([model_cls[int(y)] is not None for y in val.labels])).flatten())
+    val_model_labels = torch.tensor([model_cls[int(y)] for y in val.labels], dtype=torch.int64)
+    judge_of_model = judge_indices(judge, model.config.class_folders) if model.config.class_folders else None
     x_val = uint8_to_float(val.images)
     t0 = time.perf_counter()
     n_fake = len(classes) * samples_per_class
-    steps = n_fake + 2 * min(inpaint_images, len(val.labels)) + 4
+    kinds = MASK_KINDS + LEGACY_KINDS
+    steps = n_fake + len(kinds) * min(inpaint_images, len(val.labels)) + 4
     bar = tqdm(total=steps, desc="evaluate", disable=not progress, dynamic_ncols=True)
 
     # generated samples: class c, seeds FIRST_SEED + i
@@ -330,7 +548,8 @@ def evaluate(
 
     logits_f, feats_f = predict(judge, x_fake)
     logits_r, feats_r = predict(judge, x_val)
-    hits = (logits_f.argmax(1) == c_fake).float().view(len(classes), samples_per_class).mean(1)
+    target_f = c_fake if judge_of_model is None else judge_of_model[c_fake]
+    hits = (logits_f.argmax(1) == target_f).float().view(len(classes), samples_per_class).mean(1)
     real_top1 = (logits_r.argmax(1) == val.labels).float().mean().item()
     bar.update(1)
 
@@ -344,20 +563,25 @@ def evaluate(
     rec_p, rec_s = [], []
     with torch.no_grad():
         for i in range(0, len(x_val), 64):
-            xb, cb = x_val[i : i + 64], val.labels[i : i + 64]
+            xb, cb = x_val[i : i + 64], val_model_labels[i : i + 64]
             mu, _ = model.encoder.eval()(xb.to(model.device), cb.to(model.device))
             rec = model.generator.eval()(mu, cb.to(model.device)).float().cpu().clamp(-1, 1)
             p, s = psnr_ssim(rec, xb)
             rec_p.append(p)
             rec_s.append(s)
     bar.update(1)
-    inpaint = inpainting_scores(model, val, inpaint_images, bar=bar) if inpaint_images > 0 else {}
+    inpaint = (
+        inpainting_scores(model, val, inpaint_images, inpaint_iterations, bar, judge, box, kinds)
+        if inpaint_images > 0
+        else {}
+    )
     bar.close()
     return {
         "format": REPORT_FORMAT,
         "feature_space": "the judge's penultimate layer (not Inception): comparable only between models of this data set",
         "classes": len(classes),
-        "chance_top1": round(1 / k, 5),
+        "classes_left_out_of_training": left_out,
+        "chance_top1": round(1 / len(data.class_folders), 5),
         "samples_per_class": samples_per_class,
         "generated_images": n_fake,
         "val_images": len(val.labels),

@@ -172,6 +172,7 @@ def compare(
             "classes": judge.config.num_classes,
             "resolution": judge.config.resolution,
             "sha256": str(judge.config.files.get("judge.safetensors", ""))[:12],
+            "real_top1": judge.config.training.get("val_top1"),  # on its held-out photos: the ceiling
         },
         "classes": len(folders),
         "candidate_classes_not_compared": [f for f in candidate.config.class_folders if f not in set(folders)],

@@ -34,6 +34,7 @@ from .models import CVAEGAN
 from .seeds import z_from_seeds
 
 Progress = Callable[[float, str], None] | None
+DEFAULT_ITERATIONS = 4  # inpainting's encode-generate-paste rounds: the app's slider starts here; evaluate measures it
 
 
 def class_indices(model: CVAEGAN, classes) -> list[int]:
@@ -255,18 +256,12 @@ def inpaint_tensor(
     return gen.detach()
 
 
-def _ring(mask: np.ndarray, width: int) -> np.ndarray:
-    t = torch.from_numpy(mask.astype(np.float32))[None, None]
-    dil = F.max_pool2d(t, 2 * width + 1, stride=1, padding=width)[0, 0].numpy() > 0
-    return dil & ~mask
-
-
 def inpaint(
     model: CVAEGAN,
     image,
     mask,
     cls=None,
-    iterations: int = 4,
+    iterations: int = DEFAULT_ITERATIONS,
     refine_steps: int = 0,
     blend: bool = True,
     progress: Progress = None,
@@ -274,42 +269,43 @@ def inpaint(
     """Fill the masked pixels of a photo of any size.
 
     image: path/bytes/PIL/array; mask: any image or (H, W) array, non-zero (or alpha > 0) = missing.
-    The photo is resized to the model's square resolution (not cropped, so every masked pixel is
-    covered), inpainted, and the generated pixels are resized back. Known pixels are returned
-    unchanged. blend: shift the generated colours so they match the ring of known pixels around
-    the hole (seam blending). Returns {"image": PIL at input size, "model_image": PIL at model
+    blend (default): the app's pipeline, `cvaegan.blend.inpaint`: the model fills a square window around
+    the hole at its resolution and the fill is upsampled and pasted in without a seam. blend=False: the
+    whole photo is resized to the model's square resolution (not cropped, so every masked pixel is
+    covered), inpainted, and the generated pixels are resized back and pasted as they are. Known pixels
+    are returned unchanged either way. Returns {"image": PIL at input size, "model_image": PIL at model
     resolution, "class": index, "probability": C's probability or None}.
     """
     img = open_image(image, name="image")
     w, h = img.size
     miss = open_mask(mask, (w, h))
+    r = model.config.resolution
     if not miss.any():
-        r = model.config.resolution
         small = img.resize((r, r), Image.BICUBIC)
         return {"image": img, "model_image": small, "class": None, "probability": None}
-    r = model.config.resolution
+    given = None if cls is None or cls == "" else class_indices(model, cls)[0]
+    if blend:
+        from . import blend as B  # blend builds on this module
+
+        out = B.inpaint(model, img, miss, given, iterations, refine_steps, progress=progress)
+        prob = out["top"][0][1] if out["top"] else None
+        return {"image": out["image"], "model_image": out["model_image"], "class": out["class"], "probability": prob}
     x = uint8_to_float(pil_to_uint8(img.resize((r, r), Image.BICUBIC)))[None]
     m_small = open_mask(miss, (r, r))
     if miss.all():
         m_small[:] = True
     m = torch.from_numpy(m_small)[None, None]
-    if cls is None or cls == "":
-        idx, prob = classify(model, _fill_known_mean(x.to(model.device), m.to(model.device)))
-        cls_idx, prob = int(idx[0]), float(prob[0])
+    if given is None:
+        idx, p = classify(model, _fill_known_mean(x.to(model.device), m.to(model.device)))
+        cls_idx, prob = int(idx[0]), float(p[0])
     else:
-        cls_idx, prob = class_indices(model, cls)[0], None
+        cls_idx, prob = given, None
     gen = inpaint_tensor(model, x, m, cls_idx, iterations, refine_steps, progress=progress).cpu()
-    gen_big = np.asarray(to_pil(gen[0]).resize((w, h), Image.BICUBIC)).astype(np.float32)
-    src = np.asarray(img).astype(np.float32)
-    if blend and (~miss).any():
-        ring = _ring(miss, max(2, min(w, h) // 32))
-        if ring.any():
-            gen_big = gen_big + (src[ring].mean(0) - gen_big[ring].mean(0))
-    out = np.where(miss[:, :, None], np.clip(np.round(gen_big), 0, 255), src).astype(np.uint8)
-    model_img = torch.where(m, gen, x)[0]
+    gen_big = np.asarray(to_pil(gen[0]).resize((w, h), Image.BICUBIC))
+    out = np.where(miss[:, :, None], gen_big, np.asarray(img)).astype(np.uint8)
     return {
         "image": Image.fromarray(out, "RGB"),
-        "model_image": to_pil(model_img),
+        "model_image": to_pil(torch.where(m, gen, x)[0]),
         "class": cls_idx,
         "probability": prob,
     }

@@ -150,6 +150,15 @@ def checkpoint_rows(run: Path) -> tuple[int, list[dict]]:
     return step, [r for r in rows if r.get("step", 0) <= step]
 
 
+def training_clock(rows: list[dict]) -> dict | None:
+    """The run's clock at its last logged step (metrics.jsonl's clock/*, summed over resumes by `train`):
+    {"cpu_min", "wall_min", "images"}, or None for runs logged before the clock existed."""
+    last = next((r for r in reversed(rows) if "clock/cpu_min" in r), None)
+    if last is None:
+        return None
+    return {"cpu_min": last["clock/cpu_min"], "wall_min": last["clock/wall_min"], "images": int(last["clock/images"])}
+
+
 def _wall_time(rows: list[dict]) -> float:
     """Training seconds from metrics.jsonl: each row's time/step_s times the steps since the previous row."""
     total, prev = 0.0, 0
@@ -386,6 +395,7 @@ def release(
     figures["split"] = "held-out" if held_out else "training images (the run kept no held-out split)"
     figures["val_fraction"] = val_fraction if held_out else 0.1
     figures["excluded_classes"] = [{"folder": f, "name": names[f]} for f in excluded]
+    figures["clock"] = training_clock(rows)
     if gate is not None:
         figures["release_gate"] = gate
     classes = grid_classes(model.config.num_classes, 8)

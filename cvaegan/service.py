@@ -30,6 +30,7 @@ from .seeds import MAX_SEED, check_seed, z_from_seeds
 MAX_SAMPLES = 16  # images per Generate request
 MAX_FRAMES = 32  # interpolation frames per request
 MAX_ITERATIONS = 20  # inpainting rounds per request
+DEFAULT_ITERATIONS = blend.DEFAULT_ITERATIONS  # the Inpaint tab's default (what `cvaegan evaluate` measures)
 MAX_REFINE = 200  # z-refinement steps per request
 MAX_SR_STEPS = 300
 EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "examples"  # next to the package, never the cwd

@@ -107,6 +107,174 @@ def test_masks_and_baselines():
     assert torch.allclose(filled, flat)
 
 
+@pytest.mark.parametrize("res", [32, 64, 128])
+@pytest.mark.parametrize("layout", ["faces", "centre"])
+def test_box25_hides_exactly_a_quarter_inside_the_image(res, layout):
+    top, left, side = E.box25(res, layout)
+    assert 0 <= top and top + side <= res and 0 <= left and left + side <= res
+    m = E.box25_mask(res, layout)
+    assert m.shape == (1, 1, res, res) and int(m.sum()) == res * res // 4  # exactly 25%, nothing clipped
+    assert torch.equal(m, E.make_mask("box25", res, 7, layout))  # the same box for every image
+    assert torch.equal(E.box25_mask(res, "centre"), E.centre_box_mask(res))
+
+
+def test_face_box_covers_the_eyes_and_the_nose():
+    # where the faces pack puts them: CelebA's aligned frame (178 x 218, rows 20..198 cropped to the square),
+    # eye centres (69.0, 112.75) and (107.9, 112.75), mouth corners at y 152.6; nose tip 0.55 of the way down
+    def at64(x, y):
+        return x / 178 * 64, (y - 20) / 178 * 64
+
+    eyes = [at64(69.0, 112.75), at64(107.9, 112.75)]
+    mouth_y = at64(0, 152.6)[1]
+    nose = (32.0, eyes[0][1] + 0.55 * (mouth_y - eyes[0][1]))
+    m = E.box25_mask(64, "faces")[0, 0]
+    iod = eyes[1][0] - eyes[0][0]
+    for ex, ey in eyes:  # each eye with its lids and brow: +-0.3 iod across, from 0.4 iod above to 0.2 below
+        assert m[
+            round(ey - 0.4 * iod) : round(ey + 0.2 * iod) + 1, round(ex - 0.3 * iod) : round(ex + 0.3 * iod) + 1
+        ].all()
+    assert m[round(nose[1]) - 1 : round(nose[1]) + 2, 28:36].all()  # nose tip and nostrils
+    assert not E.box25_mask(64, "faces")[0, 0, :16].any()  # hair and forehead stay
+    assert E.box_layout(["celeba_07201", "lfw_George_W_Bush"]) == "faces"
+    assert E.box_layout(["001.Black_footed_Albatross", "celeba_07201"]) == "centre"
+
+
+def test_thin_strokes_are_thin_and_seeded():
+    import torch.nn.functional as F
+
+    fractions = []
+    for i in range(16):
+        m = E.make_mask("brush_thin", 64, i)
+        assert torch.equal(m, E.make_mask("brush_thin", 64, i))
+        core = -F.max_pool2d(-m.float(), 5, 1, 2)  # pixels whose whole 5x5 neighbourhood is masked
+        assert core.sum() <= 0.1 * m.sum()  # strokes 2-3 px wide have (almost) no such pixels
+        fractions.append(m.float().mean().item())
+    assert 0.02 < np.mean(fractions) < 0.15 < np.mean([E.make_mask("brush", 64, i).float().mean() for i in range(16)])
+
+
+class _FolderJudge(torch.nn.Module):
+    """A judge whose classes are `folders` (another order than the data's, and extra ones). It reads the
+    photo's data class from the red channel of pixel (0, 0), which no 25% face box touches, and names it by
+    its own index for that folder."""
+
+    def __init__(self, folders, data_folders):
+        super().__init__()
+        self.config = JudgeConfig(resolution=32, num_classes=len(folders), class_folders=folders, widths=[4])
+        self.to_mine = torch.tensor([folders.index(f) for f in data_folders])
+        self.w = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, x):
+        data_cls = ((x[:, 0, 0, 0] + 1) / 2 * 255 / 60).round().long().clamp(0, len(self.to_mine) - 1)
+        logits = torch.nn.functional.one_hot(self.to_mine[data_cls], self.config.num_classes).float() * 10
+        return logits, logits
+
+
+def _val_set(n=4, res=32, folders=("Circle 0", "Square 1", "Triangle 2", "Cross 3")):
+    from cvaegan.data import LabelledImages
+
+    folders = list(folders)
+    g = torch.Generator().manual_seed(3)
+    images = (torch.rand(n, 3, res, res, generator=g) * 255).to(torch.uint8)
+    labels = torch.arange(n) % len(folders)
+    images[:, 0, 0, 0] = (labels * 60).to(torch.uint8)  # the class, where _FolderJudge reads it
+    return LabelledImages(images, labels, folders, folders, [f"{folders[c]}/{i}.png" for i, c in enumerate(labels)])
+
+
+def test_evaluation_inpaints_with_the_apps_function(tiny_model, monkeypatch):
+    from cvaegan import blend, inference as I, service as S
+
+    calls = []
+    real = blend.inpaint
+
+    def spy(model, photo, mask, cls=None, iterations=blend.DEFAULT_ITERATIONS, *args, **kw):
+        calls.append((cls, iterations, np.asarray(photo).shape, mask.shape))
+        return real(model, photo, mask, cls, iterations, *args, **kw)
+
+    monkeypatch.setattr(blend, "inpaint", spy)
+    val = _val_set()
+    rep = E.inpainting_scores(tiny_model, val, 4, kinds=("box25",))
+    assert rep["iterations"] == S.DEFAULT_ITERATIONS == blend.DEFAULT_ITERATIONS  # the app's default
+    assert len(calls) == 8  # every photo twice: with its true class and with C's guess (the app's "auto")
+    assert sorted(c[0] for c in calls[::2]) == [0, 1, 2, 3] and all(c[0] is None for c in calls[1::2])
+    assert all(c[1] == S.DEFAULT_ITERATIONS and c[2] == (32, 32, 3) and c[3] == (32, 32) for c in calls)
+    # the app and the CLI run the very same function
+    layer = np.zeros((32, 32, 4), np.uint8)
+    layer[8:20, 8:20, 3] = 255
+    photo = val.images[0].permute(1, 2, 0).numpy()
+    S.inpaint(tiny_model, {"background": photo, "layers": [layer]}, S.AUTO, S.DEFAULT_ITERATIONS, 0)
+    assert len(calls) == 9 and calls[-1][0] is None
+    I.inpaint(tiny_model, photo, layer[..., 3] > 0, "Square 1")
+    assert len(calls) == 10 and calls[-1][0] == 1
+    # what the evaluation scores is what the user gets, pixel for pixel
+    m = E.box25_mask(32, "centre")
+    mine, cls = E.user_inpaint(tiny_model, val.images[1], m, 1, 4)
+    theirs = real(tiny_model, val.images[1].permute(1, 2, 0).numpy(), m[0, 0].numpy(), 1, 4)["image"]
+    assert cls == 1 and torch.equal(mine, E.uint8_to_float(E.pil_to_uint8(theirs))[None])
+
+
+def test_inpainting_judges_every_method_by_folder(tiny_model):
+    val = _val_set(n=6)
+    folders = ["extra_a", "Cross 3", "Triangle 2", "extra_b", "Square 1", "Circle 0"]  # other order, more classes
+    judge = _FolderJudge(folders, val.class_folders)
+    rep = E.inpainting_scores(tiny_model, val, 6, iterations=1, judge=judge, layout="faces")
+    assert rep["images"] == 6 and rep["iterations"] == 1 and rep["box25_layout"] == "faces"
+    assert rep["judge_top1_original"] == 1.0  # the ceiling
+    assert set(E.MASK_KINDS + E.LEGACY_KINDS) <= set(rep)
+    box = rep["box25"]
+    assert box["hole_fraction"] == 0.25 and box["box"] == {"top": 10, "left": 8, "side": 16}
+    for method in E.INPAINT_METHODS:  # pixel (0, 0) is never in the face box: every method keeps the class
+        assert box[method]["judge_top1"] == 1.0, method
+    assert rep["centre_box"]["hole_fraction"] == 0.25 and "box" in rep["centre_box"]
+    for kind in E.MASK_KINDS + E.LEGACY_KINDS:
+        e = rep[kind]
+        assert 0 < e["hole_fraction"] < 1
+        for method in E.INPAINT_METHODS:
+            assert e[method]["psnr_db"] > 0 and 0 <= e[method]["judge_top1"] <= 1
+        assert 0 <= e["cvaegan_predicted_class"]["class_guess_top1"] <= 1
+    assert rep["brush_thin"]["hole_fraction"] < rep["brush"]["hole_fraction"]
+    # a judge that lacks one of the data's classes is refused, not silently mis-scored
+    with pytest.raises(E.EvaluationError, match="does not know"):
+        E.inpainting_scores(tiny_model, val, 2, 1, judge=_FolderJudge(folders[:-1] + ["x"], folders[:-1] + ["x"]))
+    # without a judge: the pixel figures only
+    plain = E.inpainting_scores(tiny_model, val, 2, 1, kinds=("brush_thin",))
+    assert "judge_top1_original" not in plain and "judge_top1" not in plain["brush_thin"]["telea"]
+    # photos of a class the model does not have (left out of training) are skipped and counted
+    more = _val_set(n=5, folders=["Circle 0", "Square 1", "Triangle 2", "Cross 3", "Left out 4"])
+    rep = E.inpainting_scores(tiny_model, more, 10, 1, kinds=("box25",))
+    assert rep["images"] == 4 and rep["skipped_photos_of_classes_the_model_lacks"] == 1
+
+
+def test_inpainting_table_states_the_verdict():
+    def m(p, t):
+        return {"psnr_db": p, "ssim": 0.5, "judge_top1": t}
+
+    inp = {"images": 16, "iterations": 4, "box25_layout": "faces", "judge_top1_original": 0.5}
+    inp["box25"] = {
+        "hole_fraction": 0.25,
+        "box": {"top": 20, "left": 16, "side": 32},
+        "cvaegan": m(15.0, 0.3),
+        "cvaegan_predicted_class": m(14.0, 0.1),
+        "telea": m(12.5, 0.2),
+        "navier_stokes": m(12.3, 0.2),
+        "mean_fill": m(11.9, 0.05),
+    }
+    inp["brush_thin"] = {
+        "hole_fraction": 0.07,
+        "cvaegan": m(16.0, 0.45),
+        "cvaegan_predicted_class": m(16.0, 0.45),
+        "telea": m(20.0, 0.45),
+        "navier_stokes": m(20.0, 0.45),
+        "mean_fill": m(13.0, 0.4),
+    }
+    lines = E.inpainting_table(inp).strip().splitlines()
+    assert len(lines) == 4 and all(line.count("|") == lines[0].count("|") for line in lines)
+    assert "25% box (faces: rows 20-51, columns 16-47)" in lines[2] and "25.0%" in lines[2]
+    assert "true class: target met" in lines[2]
+    assert "C's guess: target missed (judge top-1 10.0% < 20.0%)" in lines[2]
+    assert "50.0% / 5.0%" in lines[2]  # ceiling / floor
+    assert "Telea ahead (PSNR 16.00 < 20.00 dB)" in lines[3]  # the strokes: Telea's lead is stated
+
+
 @pytest.fixture(scope="module")
 def shapes_judge(shapes_dir, tmp_path_factory):
     data = load_images(shapes_dir, 32, progress=False)
@@ -184,6 +352,10 @@ def test_judge_and_evaluate_commands_end_to_end(trained_export, shapes_dir, tmp_
                 "3",
                 "--inpaint-images",
                 "3",
+                "--inpaint-iterations",
+                "2",
+                "--box",
+                "faces",
                 "--device",
                 "cpu",
                 "--card",
@@ -191,7 +363,10 @@ def test_judge_and_evaluate_commands_end_to_end(trained_export, shapes_dir, tmp_
         )
         == 0
     )
+    printed = capsys.readouterr().out
+    assert "| 25% box (faces: rows 10-25, columns 8-23) |" in printed and "target" in printed
     card = (weights / "README.md").read_text()
+    assert "ours vs OpenCV Telea" in card and "| 25% box (faces" in card
     assert "Independent judge" in card and OLD_JUDGE_LINE not in card and card.endswith("more text\n")
     assert json.loads((weights / "evaluation.json").read_text()) == json.loads(report_path.read_text())
     r = json.loads(report_path.read_text())
@@ -205,10 +380,14 @@ def test_judge_and_evaluate_commands_end_to_end(trained_export, shapes_dir, tmp_
     assert r["inception_score_judge"]["generated"]["mean"] >= 1
     assert 0 <= r["intra_class_diversity"]["generated"] <= 1
     assert r["reconstruction"]["psnr_db"] > 10
-    for kind in ("centre_box", "brush"):
-        methods = r["inpainting"][kind]
+    inp = r["inpainting"]
+    assert inp["images"] == 3 and inp["iterations"] == 2 and inp["box25_layout"] == "faces"
+    assert 0 <= inp["judge_top1_original"] <= 1
+    for kind in ("box25", "brush_thin", "brush", "centre_box"):
+        methods = inp[kind]
         assert set(methods) >= {"cvaegan", "cvaegan_predicted_class", "telea", "navier_stokes", "mean_fill"}
-        assert all(m["psnr_db"] > 0 for k, m in methods.items() if isinstance(m, dict))
+        assert all(methods[k]["psnr_db"] > 0 and 0 <= methods[k]["judge_top1"] <= 1 for k in E.INPAINT_METHODS)
+    assert "| 25% box (faces" in E.inpainting_table(inp)
     # a judge of another data set is refused with a message that says what to do
     other = load_images(shapes_dir, 32, progress=False)
     other.class_folders = [f + "_x" for f in other.class_folders]
@@ -323,3 +502,29 @@ def test_r_squared_known_values():
     t = torch.tensor([1.0, 2.0, 3.0, float("nan")])
     assert r_squared(t, t) == pytest.approx(1.0)
     assert r_squared(torch.full((4,), 2.0), t) == pytest.approx(0.0)
+
+
+def test_evaluate_weights_that_left_classes_out(tiny_model, monkeypatch):
+    """Weights trained with --exclude-classes are measured on the classes they have; the judge's classes are
+    matched by folder name, not by position."""
+    from cvaegan import inference as I
+
+    folders = ["Circle 0", "Square 1", "Triangle 2", "Cross 3", "Left out 4"]
+    data = _val_set(n=80, folders=folders)
+    judge = _FolderJudge(folders, folders)  # trained on the data's folders, as check_compatible asks
+    judge.config.widths = [len(folders)]  # its features are its logits
+    tiny_model.config.class_folders = ["Cross 3", "Triangle 2", "Square 1", "Circle 0"]  # the model's own order
+    data_index = {f: i for i, f in enumerate(folders)}
+
+    def fake_generate(model, z, c, batch_size=64):
+        x = torch.zeros(len(c), 3, 32, 32)
+        d = torch.tensor([data_index[model.config.class_folders[int(k)]] for k in c])
+        x[:, 0, 0, 0] = (d * 60).float() / 255 * 2 - 1  # the sample's data class, where _FolderJudge reads it
+        return x
+
+    monkeypatch.setattr(I, "generate", fake_generate)
+    rep = E.evaluate(tiny_model, judge, data, samples_per_class=3, inpaint_images=0, progress=False)
+    assert rep["classes"] == 4 and rep["classes_left_out_of_training"] == ["Left out 4"]
+    assert rep["discriminability"]["judge_top1_generated"] == 1.0  # every sample judged as its own class
+    assert rep["val_images"] == 8  # two held-out photos for each class the weights have
+    assert rep["reconstruction"]["psnr_db"] > 0

@@ -190,6 +190,12 @@ def test_release_of_a_run_with_excluded_classes_behind_the_gate(
     card = (out / "README.md").read_text()
     assert "## Classes left out of training" in card and f"| `{EXCLUDED}` | Triangle 2 |" in card
     assert "enrol" in card and "about 10% of each class trained on" in card
+    # the card states the training clock and the gate's figures, with the judge's ceiling
+    clock = figures["clock"]
+    assert clock["images"] > 0 and clock["cpu_min"] > 0 and f"{clock['images']:,} images seen" in card
+    assert "## Released because the judge said better" in card and "(none: first release)" in card
+    assert f"| judge top-1 on samples | {gate['candidate']['judge_top1']:.1%} |" in card
+    assert gate["judge"]["real_top1"] is not None and f"the ceiling: {gate['judge']['real_top1']:.1%}" in card
     # the picker offers the model's classes only; the JPEG sheets are what the app and the card show
     assert S.class_display_names(model) == ["Circle 0", "Square 1", "Cross 3"]
     model.source = str(out)
@@ -247,6 +253,7 @@ def test_gate_replaces_older_weights_only_when_better(excluded_run, class_judge,
     scores["candidate"]["fid"] = 10.9
     figures = release(excluded_run, out, shapes_dir, "shapes", **args)
     assert figures["release_gate"]["passed"] and figures["release_gate"]["released"]["judge_top1"] == 0.4
+    assert "| 40.0% |" in (out / "README.md").read_text()  # the replaced weights' top-1 beside this release's
     assert (out / THUMBNAILS).is_file() and (out / DIRECTIONS_SHEET).is_file()
     assert not any((out / n).exists() for n in ("thumbnails.png", "directions.png", "evaluation.json"))
     with pytest.raises(InputError, match="--only-if-better needs --judge"):
