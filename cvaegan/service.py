@@ -23,7 +23,7 @@ from PIL import Image
 from . import blend, enrol as EN, inference as I
 from .card import THUMBNAILS, sheet_file
 from .hub import BUNDLED_DIR, BUNDLED_ORDER, CONFIG_NAME, Resolved, resolve_weights
-from .images import ImageError, make_grid, open_image, open_mask, save_png, to_pil
+from .images import ImageError, open_image, open_mask, save_png, to_pil
 from .models import CVAEGAN
 from .seeds import MAX_SEED, check_seed, z_from_seeds
 
@@ -245,7 +245,7 @@ def _thumbnails(model: CVAEGAN) -> list[Image.Image]:
                 img.crop(((i % cols) * r, (i // cols) * r, (i % cols + 1) * r, (i // cols + 1) * r))
                 for i in range(model.config.num_classes)
             ]
-    return [to_pil(t) for t in _class_samples(model)]
+    return [to_pil(t) for t in I.class_samples(model)]
 
 
 def _card(model: CVAEGAN) -> str:
@@ -276,18 +276,6 @@ def _card(model: CVAEGAN) -> str:
         f"No model card was shipped with these weights.\n\n{c.num_classes} classes, "
         f"{c.resolution}x{c.resolution} px, z_dim {c.z_dim}."
     )
-
-
-def thumbnail_sheet(model: CVAEGAN, seed: int = 0, truncation: float = 0.7, columns: int = 16) -> Image.Image:
-    """A sprite sheet of one generated thumbnail per class (no padding), for shipping with the weights."""
-    x = _class_samples(model, seed, truncation)
-    return make_grid(x, ncol=min(columns, len(x)), pad=0)
-
-
-def _class_samples(model: CVAEGAN, seed: int = 0, truncation: float = 0.7) -> torch.Tensor:
-    """One sample per class, all with the same z: (K, 3, R, R) in [-1, 1]."""
-    k = model.config.num_classes
-    return I.generate(model, z_from_seeds([seed] * k, model.config.z_dim, truncation), torch.arange(k), batch_size=64)
 
 
 # ------------------------------------------------------------------ request values
@@ -547,7 +535,7 @@ def upload_paths(files) -> list:
 
 
 def _class_thumbnail(model: CVAEGAN, idx: int, seed: int = 0, truncation: float = 0.7) -> Image.Image:
-    """The picker picture of one class, drawn like _class_samples draws them (same z for every class)."""
+    """The picker picture of one class, drawn like inference.class_samples draws them (same z for every class)."""
     z = z_from_seeds([seed], model.config.z_dim, truncation)
     return to_pil(I.generate(model, z, torch.tensor([idx]))[0])
 
