@@ -237,6 +237,12 @@ class TrainConfig:
         "in snapshots/ (e.g. 15,30,60,120); empty = none",
     )
     device: str = option("auto", "where to train (auto: cuda if present)", choices=("auto", "cpu", "cuda"))
+    memory_format: str = option(
+        "auto",
+        "layout of the networks' weights and of the image batches: channels_last or contiguous; auto: "
+        "channels_last on CUDA, and on CPU where README Benchmarks measured it faster (the result does not change)",
+        choices=("auto", "channels_last", "contiguous"),
+    )
     export_fp16: bool = option(
         True,
         "store exported E, G, C (and D) weights as float16 (halves file size)",
