@@ -319,12 +319,9 @@ def judge_indices(judge: Judge, class_folders: list[str]) -> torch.Tensor:
 
 
 def _model_classes(model: CVAEGAN, folders: list[str]) -> list[int | None]:
-    """The model's class index of each data folder, by name when the weights record folders; None for a
-    folder the model does not have (a class left out of training)."""
-    mine = model.config.class_folders
-    if not mine:
-        return list(range(len(folders)))
-    where = {f: i for i, f in enumerate(mine)}
+    """The model's class index of each data folder, by name; None for a folder the model does not have (a
+    class left out of training)."""
+    where = {f: i for i, f in enumerate(model.config.class_folders)}
     return [where.get(f) for f in folders]
 
 
@@ -529,7 +526,7 @@ def evaluate(
     if left_out:
         val = val.subset(torch.nonzero(torch.tensor([model_cls[int(y)] is not None for y in val.labels])).flatten())
     val_model_labels = torch.tensor([model_cls[int(y)] for y in val.labels], dtype=torch.int64)
-    judge_of_model = judge_indices(judge, model.config.class_folders) if model.config.class_folders else None
+    judge_of_model = judge_indices(judge, model.config.class_folders)
     x_val = uint8_to_float(val.images)
     t0 = time.perf_counter()
     n_fake = len(classes) * samples_per_class
@@ -548,8 +545,7 @@ def evaluate(
 
     logits_f, feats_f = predict(judge, x_fake)
     logits_r, feats_r = predict(judge, x_val)
-    target_f = c_fake if judge_of_model is None else judge_of_model[c_fake]
-    hits = (logits_f.argmax(1) == target_f).float().view(len(classes), samples_per_class).mean(1)
+    hits = (logits_f.argmax(1) == judge_of_model[c_fake]).float().view(len(classes), samples_per_class).mean(1)
     real_top1 = (logits_r.argmax(1) == val.labels).float().mean().item()
     bar.update(1)
 
@@ -560,15 +556,7 @@ def evaluate(
     div_real = intra_class_diversity(x_val, val.labels)
     bar.update(1)
 
-    rec_p, rec_s = [], []
-    with torch.no_grad():
-        for i in range(0, len(x_val), 64):
-            xb, cb = x_val[i : i + 64], val_model_labels[i : i + 64]
-            mu, _ = model.encoder.eval()(xb.to(model.device), cb.to(model.device))
-            rec = model.generator.eval()(mu, cb.to(model.device)).float().cpu().clamp(-1, 1)
-            p, s = psnr_ssim(rec, xb)
-            rec_p.append(p)
-            rec_s.append(s)
+    rec_p, rec_s = psnr_ssim(I.reconstruct_batch(model, x_val, val_model_labels), x_val)
     bar.update(1)
     inpaint = (
         inpainting_scores(model, val, inpaint_images, inpaint_iterations, bar, judge, box, kinds)
@@ -606,8 +594,8 @@ def evaluate(
             "definition": "1 - mean pairwise MS-SSIM (3 scales) among same-class images",
         },
         "reconstruction": {
-            "psnr_db": round(torch.cat(rec_p).mean().item(), 3),
-            "ssim": round(torch.cat(rec_s).mean().item(), 4),
+            "psnr_db": round(rec_p.mean().item(), 3),
+            "ssim": round(rec_s.mean().item(), 4),
         },
         "inpainting": inpaint,
         "wall_s": round(time.perf_counter() - t0, 1),

@@ -81,16 +81,11 @@ def judge_scores(
         raise InputError(f"only {len(val_idx)} held-out photo(s) of the compared classes; FID needs at least 2")
     real, labels = uint8_to_float(data.images[val_idx]), lut[data.labels[val_idx]]
     fid = fid_kid(judge, real, fake)["fid"]
-    db = []
-    for i in range(0, len(real), 64):
-        xb, cb = real[i : i + 64].to(model.device), labels[i : i + 64].to(model.device)
-        mu, _ = model.encoder.eval()(xb, cb)
-        rec = model.generator.eval()(mu, cb).float().cpu().clamp(-1, 1)
-        db.append(psnr_ssim(rec, real[i : i + 64])[0])
+    db = psnr_ssim(I.reconstruct_batch(model, real, labels), real)[0]
     return {
         "judge_top1": round(top1, 5),
         "fid": round(fid, 4),
-        "recon_psnr_db": round(torch.cat(db).mean().item(), 3),
+        "recon_psnr_db": round(db.mean().item(), 3),
         "samples": len(seeds),
         "real_images": len(val_idx),
     }

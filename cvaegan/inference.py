@@ -118,6 +118,20 @@ def encode(model: CVAEGAN, x: torch.Tensor, cls=None) -> tuple[torch.Tensor, int
     return mu[0].float().cpu(), idx, prob
 
 
+@torch.no_grad()
+def reconstruct_batch(model: CVAEGAN, x: torch.Tensor, labels: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+    """Images of known classes through E (its mean) and G: x (B, 3, R, R) in [-1, 1], labels (B,) model class
+    indices -> (B, 3, R, R) float on the CPU, clamped to [-1, 1]. The figures' reconstruction PSNR uses this."""
+    model.encoder.eval()
+    model.generator.eval()
+    out = []
+    for i in range(0, len(x), batch_size):
+        xb, cb = x[i : i + batch_size].to(model.device), labels[i : i + batch_size].to(model.device)
+        mu, _ = model.encoder(xb, cb)
+        out.append(model.generator(mu, cb).float().clamp(-1, 1).cpu())
+    return torch.cat(out) if out else torch.zeros(0, *x.shape[1:])
+
+
 def reconstruct(model: CVAEGAN, image, cls=None) -> tuple[torch.Tensor, int, float | None]:
     """Photo -> E -> G at model resolution. Returns (image (3, R, R), class used, C's probability if predicted)."""
     z, idx, prob = encode(model, as_model_input(model, image), cls)

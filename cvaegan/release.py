@@ -101,12 +101,7 @@ def measure(model: CVAEGAN, val: LabelledImages, samples_per_class: int = 4, fir
     x = uint8_to_float(val.images)
     pred, _ = I.classify(model, x)
     real_top1 = (pred == val.labels).float().mean().item()
-    db = []
-    for i in range(0, len(x), 64):
-        xb, cb = x[i : i + 64].to(model.device), val.labels[i : i + 64].to(model.device)
-        mu, _ = model.encoder.eval()(xb, cb)
-        rec = model.generator.eval()(mu, cb).float().clamp(-1, 1)
-        db.append(psnr(rec, xb).cpu())
+    db = psnr(I.reconstruct_batch(model, x, val.labels), x)
     k = model.config.num_classes
     classes = torch.arange(k).repeat_interleave(samples_per_class)
     seeds = [first_seed + i for i in range(len(classes))]
@@ -119,7 +114,7 @@ def measure(model: CVAEGAN, val: LabelledImages, samples_per_class: int = 4, fir
         "c_top1_generated": round(hits.mean().item(), 4),
         "c_top1_generated_per_class": [round(v, 4) for v in hits.tolist()],
         "generated_per_class": samples_per_class,
-        "recon_psnr_val_db": round(torch.cat(db).mean().item(), 2),
+        "recon_psnr_val_db": round(db.mean().item(), 2),
         "chance": round(1 / k, 4),
     }
 
