@@ -862,6 +862,12 @@ def _enrol_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=200, help="optimisation steps (default 200)")
     p.add_argument("--seed", type=int, default=0, help="seed of the noise and the mirroring (default 0)")
     p.add_argument(
+        "--lambdas",
+        default="3,1,0.001,0.001",
+        help="loss weights l1-l4 of KL, L_G, L_GD, L_GC (default 3,1,0.001,0.001: the paper's; a larger l4 pushes "
+        "samples of the new class towards C's features of the photos)",
+    )
+    p.add_argument(
         "--preview", default=None, metavar="PNG", help="also write a sheet: the photos above samples of the new class"
     )
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
@@ -872,10 +878,11 @@ def cmd_enrol(a: argparse.Namespace) -> int:
     import torch
     from tqdm.auto import tqdm
 
-    from .enrol import add_classes, before_after, enrol, load_photos, save_classes
+    from .enrol import add_classes, before_after, check_lambdas, enrol, load_photos, save_classes
     from .hub import load_pretrained
     from .images import save_png
 
+    check_lambdas(a.lambdas)  # before the weights load: a typo fails at once
     if a.threads:
         torch.set_num_threads(a.threads)
     images = a.images[0] if len(a.images) == 1 and Path(a.images[0]).is_dir() else a.images
@@ -890,6 +897,7 @@ def cmd_enrol(a: argparse.Namespace) -> int:
             a.name,
             steps=a.steps,
             seed=a.seed,
+            lambdas=a.lambdas,
             progress=lambda f, msg: (bar.update(1), bar.set_postfix_str(msg.split(": ", 1)[-1])),
         )
     save_classes(cls, a.out)

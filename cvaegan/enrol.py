@@ -38,6 +38,7 @@ FILE_VERSION = 1  # bump when the class file layout changes in a way older code 
 FOLDER_PREFIX = "enrolled_"  # class_folders entry of an enrolled class: enrolled_<slug of the name>
 NETWORK_FILES = ("encoder.safetensors", "generator.safetensors", "classifier.safetensors")
 TENSORS = ("generator_embed", "encoder_embed", "classifier_weight", "classifier_bias")
+DEFAULT_LAMBDAS = (3.0, 1.0, 1e-3, 1e-3)  # l1 KL, l2 L_G, l3 L_GD, l4 L_GC: the paper's weights (PAPER.md)
 FRAMING_HINT = (
     "photos are centre-cropped to a square and resized, so the subject must sit where it sat in the "
     "training photos (faces: aligned like CelebA's img_align_celeba, eyes level, face centred and "
@@ -78,6 +79,25 @@ def base_identity(model: CVAEGAN) -> dict:
         "num_classes": sum(not f.startswith(FOLDER_PREFIX) for f in c.class_folders),
         "files": {f: c.files[f] for f in NETWORK_FILES if c.files.get(f)},
     }
+
+
+def check_lambdas(lambdas) -> tuple[float, float, float, float]:
+    """The four loss weights (l1 KL, l2 L_G, l3 L_GD, l4 L_GC): a sequence of 4 finite numbers >= 0, or their
+    text "3,1,0.001,0.001" -> a tuple of floats, else EnrolError."""
+    if isinstance(lambdas, str):
+        parts = [s.strip() for s in lambdas.split(",")]
+        try:
+            lambdas = [float(s) for s in parts]
+        except ValueError:
+            raise EnrolError(f"loss weights must be 4 numbers like 3,1,0.001,0.001, got {','.join(parts)!r}") from None
+    values = tuple(float(x) for x in lambdas)
+    if len(values) != 4 or not all(math.isfinite(x) and x >= 0 for x in values):
+        raise EnrolError(f"loss weights must be 4 finite numbers >= 0 (KL, L_G, L_GD, L_GC), got {list(values)}")
+    if values[1] == 0:
+        raise EnrolError(
+            "the reconstruction weight l2 must be above 0: without it the class learns nothing of the photos"
+        )
+    return values
 
 
 def check_name(model: CVAEGAN, name: str) -> str:
@@ -310,7 +330,7 @@ def enrol(
     steps: int = 200,
     lr: float = 0.1,
     prior_batch: int = 8,
-    lambdas: tuple[float, float, float, float] = (3.0, 1.0, 1e-3, 1e-3),
+    lambdas: tuple[float, float, float, float] = DEFAULT_LAMBDAS,
     seed: int = 0,
     init_from: str | int | None = None,
     progress: Progress = None,
@@ -330,6 +350,7 @@ def enrol(
     """
     if steps < 1 or prior_batch < 1 or lr <= 0:
         raise EnrolError("steps and prior_batch must be at least 1 and lr positive")
+    lambdas = check_lambdas(lambdas)
     t0 = time.perf_counter()
     name = check_name(model, name)
     cfg, dev = model.config, model.device

@@ -38,7 +38,7 @@ from tqdm.auto import tqdm
 
 from . import __version__
 from .data import IMAGE_EXTENSIONS, _list_directory
-from .enrol import MAX_PHOTOS, MIN_PHOTOS, add_classes, enrol, load_photos, save_classes
+from .enrol import DEFAULT_LAMBDAS, MAX_PHOTOS, MIN_PHOTOS, add_classes, check_lambdas, enrol, load_photos, save_classes
 from .errors import InputError
 from .images import to_pil
 from .inference import sample
@@ -201,7 +201,15 @@ def _safe(folder: str) -> str:
 
 
 def measure_class(
-    model, judge: Judge, source: PhotoSource, folder: str, photos: int, seeds: list[int], seed: int, steps: int
+    model,
+    judge: Judge,
+    source: PhotoSource,
+    folder: str,
+    photos: int,
+    seeds: list[int],
+    seed: int,
+    steps: int,
+    lambdas: tuple[float, float, float, float] = DEFAULT_LAMBDAS,
 ) -> tuple[dict, Image.Image]:
     """Enrol one held-out class and judge it against its baseline -> (result, its block of the sheet)."""
     cfg = model.config
@@ -211,7 +219,7 @@ def measure_class(
     name = folder if not folder.lstrip("-").isdigit() else f"held-out {folder}"
     threads = torch.get_num_threads()
     wall0, cpu0 = time.perf_counter(), time.process_time()
-    cls = enrol(model, raw, name, steps=steps, seed=seed)
+    cls = enrol(model, raw, name, steps=steps, seed=seed, lambdas=lambdas)
     wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
     base = cfg.class_index(cls.info["init_from"])  # the class enrolment started from: C's nearest to the photos
     base_folder = cfg.class_folders[base]
@@ -230,6 +238,7 @@ def measure_class(
             "threads": threads,
             "steps": steps,
             "seed": seed,
+            "lambdas": list(lambdas),
             "discriminator": info["discriminator"],
             "recon_psnr_db_before": info["recon_psnr_db_before"],
             "recon_psnr_db_after": info["recon_psnr_db_after"],
@@ -342,6 +351,7 @@ def run_enrolment(
     steps: int = 200,
     threads: int | None = None,
     progress: bool = True,
+    lambdas: tuple[float, float, float, float] = DEFAULT_LAMBDAS,
 ) -> dict:
     """The enrolment experiment (see the module doc); returns what enrolment.json holds. Re-running the same
     call resumes: classes whose result is cached under the same settings are not enrolled again."""
@@ -351,6 +361,7 @@ def run_enrolment(
         raise EnrolmentExperimentError(f"--photos must be between {MIN_PHOTOS} and {MAX_PHOTOS}, got {photos}")
     if samples < 1 or trained_classes < 1 or steps < 1:
         raise EnrolmentExperimentError("--samples, --trained-classes and --steps must be at least 1")
+    lambdas = check_lambdas(lambdas)
     if threads:
         torch.set_num_threads(threads)
     if classes is None:
@@ -382,6 +393,8 @@ def run_enrolment(
         "seed": seed,
         "steps": steps,
     }
+    if tuple(lambdas) != DEFAULT_LAMBDAS:  # recorded only when changed: results cached with the default stay valid
+        settings["lambdas"] = list(lambdas)
 
     results: dict[str, dict] = {}
     blocks: list[Image.Image] = []
@@ -393,7 +406,7 @@ def run_enrolment(
         if cached and cached.get("settings") == settings and Path(stem + ".png").is_file():
             results[folder] = cached
         else:
-            result, block = measure_class(model, judge_model, source, folder, photos, seeds, seed, steps)
+            result, block = measure_class(model, judge_model, source, folder, photos, seeds, seed, steps, lambdas)
             save_classes(result.pop("_class"), stem + ".safetensors")
             block.save(stem + ".png")
             result["settings"] = settings
@@ -405,7 +418,8 @@ def run_enrolment(
     bar.close()
 
     candidates = [f for f in model_folders if f in judge_folders]
-    ref_settings = {**settings, "trained_classes": trained_classes}
+    ref_settings = {k: v for k, v in settings.items() if k != "lambdas"}  # trained classes are not enrolled
+    ref_settings["trained_classes"] = trained_classes
     ref = _read_json(out / "reference.json")
     if not ref or ref.get("settings") != ref_settings:
         picked = pick_trained(candidates, trained_classes, seed)
@@ -476,13 +490,18 @@ def _verdict(met: bool | None) -> str:
     return {True: "**met**", False: "**missed**", None: "not measured (other settings)"}[met]
 
 
+def _lambdas_note(settings: dict) -> str:
+    lam = settings.get("lambdas")
+    return "" if lam is None else ", loss weights l1-l4 " + ", ".join(f"{x:g}" for x in lam)
+
+
 def markdown(r: dict) -> str:
     s, m, t = r["settings"], r["means"], r["targets"]
     mach = r["machine"]
     threads = "/".join(str(x) for x in r["threads"])
     lines = [
         f"{len(r['classes'])} classes left out of training, enrolled from {s['photos']} photos each "
-        f"({s['steps']} steps, seed {s['seed']}); {s['samples']} samples per class (seeds {s['sample_seeds']}) "
+        f"({s['steps']} steps, seed {s['seed']}{_lambdas_note(s)}); {s['samples']} samples per class (seeds {s['sample_seeds']}) "
         f"judged by the independent judge (top-1 on held-out real photos: {_pct(r['judge_val_top1'])}), which "
         f"knows every class. Data `{Path(r['data']).name}`.",
         "",

@@ -404,6 +404,12 @@ def _enrolment_parser(sub) -> None:
     p.add_argument("--trained-classes", type=int, default=8, help="trained classes for reference (default 8)")
     p.add_argument("--steps", type=int, default=200, help="enrolment steps (default 200, as `cvaegan enrol`)")
     p.add_argument("--seed", type=int, default=0, help="seeds the picks and enrolment (default 0)")
+    p.add_argument(
+        "--lambdas",
+        default="3,1,0.001,0.001",
+        help="loss weights l1-l4 of KL, L_G, L_GD, L_GC (default 3,1,0.001,0.001: the paper's; a larger l4 pushes "
+        "samples of the new class towards C's features of the photos)",
+    )
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument(
         "--write-readme",
@@ -485,6 +491,7 @@ def main(argv: list[str] | None = None) -> int:
                 a.seed,
                 a.steps,
                 a.threads,
+                lambdas=a.lambdas,
             )
             if a.write_readme:
                 readme = Path(__file__).resolve().parent.parent / "README.md"

@@ -15,8 +15,10 @@ from cvaegan import CVAEGAN
 from cvaegan.cli import main
 from cvaegan.config import TrainConfig
 from cvaegan.enrol import (
+    DEFAULT_LAMBDAS,
     EnrolError,
     add_classes,
+    check_lambdas,
     enrol,
     load_classes,
     load_extra_classes,
@@ -367,6 +369,39 @@ def test_cli_enrol_end_to_end(weights, photos, tmp_path, capsys):
         == 1
     )
     assert "already exists" in capsys.readouterr().err
+
+
+def test_loss_weights_are_checked_recorded_and_used(weights, photos, enrolled, tmp_path, capsys):
+    assert check_lambdas("3, 1, 0.001, 1") == (3.0, 1.0, 0.001, 1.0) and check_lambdas(DEFAULT_LAMBDAS) == (
+        3.0,
+        1.0,
+        1e-3,
+        1e-3,
+    )
+    for bad, match in [
+        ("3,1,1", "4 finite numbers"),
+        ("3,1,x,1", "4 numbers like"),
+        ((3, 1, -1, 1), ">= 0"),
+        ((3, 0, 1, 1), "reconstruction weight"),
+        ((3, 1, float("nan"), 1), "finite"),
+    ]:
+        with pytest.raises(EnrolError, match=match):
+            check_lambdas(bad)
+    assert enrolled.info["lambdas"] == list(DEFAULT_LAMBDAS)
+    # a larger identity term (l4, C's features) learns a different class from the same photos and seed
+    heavy = enrol(CVAEGAN.from_pretrained(weights), photos, "Green Cross", steps=STEPS, lambdas=(3, 1, 1e-3, 10))
+    assert heavy.info["lambdas"] == [3.0, 1.0, 1e-3, 10.0]
+    assert not torch.equal(heavy.generator_embed, enrolled.generator_embed)
+    with pytest.raises(EnrolError, match="4 finite numbers"):
+        enrol(CVAEGAN.from_pretrained(weights), photos, "Green Cross", steps=1, lambdas=(1, 1))
+    argv = ["enrol", "--weights", str(weights), "--images", str(photos), "--name", "Star"]
+    assert main([*argv, "--out", str(tmp_path / "s.safetensors"), "--lambdas", "3,1"]) == 1
+    err = capsys.readouterr().err
+    assert (
+        "error: loss weights must be 4" in err and "Traceback" not in err and not (tmp_path / "s.safetensors").exists()
+    )
+    assert main([*argv, "--out", str(tmp_path / "t.safetensors"), "--lambdas", "3,1,0.001,2", "--steps", "1"]) == 0
+    assert load_classes(tmp_path / "t.safetensors")[0].info["lambdas"] == [3.0, 1.0, 0.001, 2.0]
 
 
 # ------------------------------------------------------------------ slow: does it learn a held-out class?

@@ -149,6 +149,14 @@ def test_rerun_resumes_without_enrolling_again(quick, done, monkeypatch):
     shutil.copytree(out, other)
     run(quick, other, seed=1)
     assert calls == [HELD_OUT]
+    # nor one cached under other loss weights; those are recorded and printed, the reference is kept
+    ref = (other / "reference.json").read_text()
+    r = run(quick, other, seed=1, lambdas=(3, 1, 0.001, 1))
+    assert calls == [HELD_OUT, HELD_OUT] and r["settings"]["lambdas"] == [3.0, 1.0, 0.001, 1.0]
+    assert r["classes"][HELD_OUT]["enrol"]["lambdas"] == [3.0, 1.0, 0.001, 1.0]
+    assert "loss weights l1-l4 3, 1, 0.001, 1" in (other / "enrolment.md").read_text()
+    assert (other / "reference.json").read_text() == ref
+    assert "lambdas" not in first["settings"]  # the default is not recorded: older results stay valid
 
 
 def test_readme_block_goes_between_markers(done, tmp_path):
