@@ -19,6 +19,7 @@ import gradio as gr
 from cvaegan import service as S
 
 MAX_SLIDERS = 16
+NEAR_PHOTOS_DEFAULT = False  # Generate: classes added from photos sample z ~ N(0, I) (the paper's prior) unless ticked
 AUTO = S.AUTO
 CITATION = """```bibtex
 @inproceedings{bao2017cvaegan,
@@ -83,6 +84,11 @@ def build_generate(ui, first):
     with gr.Row():
         ui.count = gr.Slider(1, S.MAX_SAMPLES, value=8, step=1, label="Number of samples")
         ui.truncation = gr.Slider(0.0, 2.0, value=1.0, step=0.05, label="Truncation (z scale; lower = more typical)")
+    ui.near_photos = gr.Checkbox(
+        NEAR_PHOTOS_DEFAULT,
+        label="Classes added from photos: sample near their photos",
+        info="z is drawn around the enrolment photos' codes instead of from N(0, I); trained classes are unaffected",
+    )
     ui.gen_btn = gr.Button("Generate", variant="primary")
     ui.seed_used = gr.Markdown()
     ui.gallery = gr.Gallery(
@@ -469,8 +475,8 @@ def wire_events(demo, ui, registry, model_of, examples_of):
     ui.thumbs.select(pick_class, ui.model_dd, ui.cls, api_name="pick_class", api_visibility="undocumented")
 
     @ui_errors
-    def on_generate(choice, c, s, rnd, n, t):
-        images, used = S.generate(model_of(choice), c, s, rnd, n, t)
+    def on_generate(choice, c, s, rnd, n, t, near=NEAR_PHOTOS_DEFAULT):
+        images, used = S.generate(model_of(choice), c, s, rnd, n, t, bool(near))
         note = f"Seed used: **{used}**"
         if float(t) == 0 and len(images) > 1:
             note += (
@@ -480,7 +486,7 @@ def wire_events(demo, ui, registry, model_of, examples_of):
 
     ui.gen_btn.click(
         on_generate,
-        [ui.model_dd, ui.cls, ui.seed, ui.randomize, ui.count, ui.truncation],
+        [ui.model_dd, ui.cls, ui.seed, ui.randomize, ui.count, ui.truncation, ui.near_photos],
         [ui.gallery, ui.seed_used, ui.seed, ui.last_images],
         api_name="generate",
         concurrency_limit=2,

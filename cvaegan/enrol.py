@@ -38,6 +38,7 @@ FILE_VERSION = 1  # bump when the class file layout changes in a way older code 
 FOLDER_PREFIX = "enrolled_"  # class_folders entry of an enrolled class: enrolled_<slug of the name>
 NETWORK_FILES = ("encoder.safetensors", "generator.safetensors", "classifier.safetensors")
 TENSORS = ("generator_embed", "encoder_embed", "classifier_weight", "classifier_bias")
+PRIOR_TENSORS = ("z_mean", "z_std")  # the photo prior; optional (class files written before it lack them)
 DEFAULT_LAMBDAS = (3.0, 1.0, 1e-3, 1e-3)  # l1 KL, l2 L_G, l3 L_GD, l4 L_GC: the paper's weights (PAPER.md)
 FRAMING_HINT = (
     "photos are centre-cropped to a square and resized, so the subject must sit where it sat in the "
@@ -63,6 +64,10 @@ class EnrolledClass:
     base: dict  # the weights it was learned for: dims + sha256 of encoder/generator/classifier.safetensors
     info: dict = field(default_factory=dict)  # how it was learned: photos, steps, seconds, init_from, figures
     warnings: list[str] = field(default_factory=list)  # about the photos: heavy centre crops, photos too small
+    # the photo prior: mean and std (z_dim,) of E's posteriors of the photos and their mirror images, pooled
+    # (a Gaussian with the first two moments of their mixture); sample(..., prior="photos") draws z from it
+    z_mean: torch.Tensor | None = None
+    z_std: torch.Tensor | None = None
 
 
 # ------------------------------------------------------------------ inputs
@@ -198,6 +203,10 @@ def _grow(model: CVAEGAN, classes: Sequence[EnrolledClass]) -> None:
     new.bias.copy_(torch.cat([old.bias, torch.tensor([c.classifier_bias for c in classes]).to(new.bias)]))
     new.requires_grad_(old.weight.requires_grad)
     model.classifier.out = new
+    first = model.config.num_classes
+    for i, c in enumerate(classes):
+        if c.z_mean is not None:
+            model.class_priors[first + i] = (c.z_mean.float().cpu(), c.z_std.float().cpu())
     cfg = model.config.to_dict()
     cfg["class_names"] = cfg["class_names"] + [c.name for c in classes]
     cfg["class_folders"] = cfg["class_folders"] + [c.folder for c in classes]
@@ -297,6 +306,13 @@ def _fit_classifier_row(
             w.mul_((max_norm / w.norm()).clamp(max=1.0))
             bias.clamp_(max=max_bias)
     return w.detach(), float(bias.detach())
+
+
+def photo_prior(mu: torch.Tensor, logvar: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The Gaussian with the mean and variance of the mixture of the photos' posteriors N(mu_i, exp(logvar_i)):
+    mean = mean_i mu_i, var = mean_i exp(logvar_i) + var_i mu_i (per dimension) -> (z_mean, z_std)."""
+    var = logvar.exp().mean(0) + mu.var(0, unbiased=False)
+    return mu.mean(0), var.clamp(1e-6, 1e4).sqrt()
 
 
 def _psnr(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -434,8 +450,10 @@ def enrol(
         net.generator.embed.weight[-1] = g_row.detach()
         net.encoder.embed.weight[-1] = e_row.detach()
         c_new = torch.full((2 * n,), k_new, device=dev)
-        recon = net.generator(net.encoder(both, c_new)[0], c_new)
+        mu_all, logvar_all = net.encoder(both, c_new)
+        recon = net.generator(mu_all, c_new)
         psnr_after = _psnr(recon[:n], x)
+        z_mean, z_std = photo_prior(mu_all.float(), logvar_all.float())
         shift = fc_both.mean(0) - _photo_features(net.classifier, recon).mean(0)
     w_c, b_c = _fit_classifier_row(net, k_new, fc_both, shift, k0, gen)
     with torch.no_grad():
@@ -446,6 +464,7 @@ def enrol(
     start.classifier_weight, start.classifier_bias = w_c.float().cpu(), b_c
     start.generator_embed, start.encoder_embed = g_row.detach().float().cpu(), e_row.detach().float().cpu()
     start.warnings = photo_warnings(sizes, cfg.resolution)
+    start.z_mean, start.z_std = z_mean.cpu(), z_std.cpu()
     start.info = {
         "photos": n,
         "steps": steps,
@@ -483,7 +502,7 @@ def _digest(tensors: dict[str, torch.Tensor], names: list[str], folders: list[st
     """sha256 over the tensors (name, dtype, shape, bytes) and what they belong to: a changed value,
     name or base identity in the file no longer matches the digest it carries."""
     h = hashlib.sha256()
-    for key in TENSORS:
+    for key in [*TENSORS, *(k for k in PRIOR_TENSORS if k in tensors)]:  # files without a prior: as before
         t = tensors[key].contiguous()
         h.update(f"{key}|{t.dtype}|{tuple(t.shape)}|".encode())
         h.update(t.numpy().tobytes())
@@ -512,6 +531,15 @@ def save_classes(classes: EnrolledClass | Sequence[EnrolledClass], path: str | o
         "classifier_weight": torch.stack([c.classifier_weight.float() for c in classes]),
         "classifier_bias": torch.tensor([float(c.classifier_bias) for c in classes]),
     }
+    with_prior = [c.z_mean is not None and c.z_std is not None for c in classes]
+    if any(with_prior) and not all(with_prior):
+        raise EnrolError(
+            "some of these classes carry a photo prior and some do not (enrolled with an older cvaegan); "
+            "save them in separate files or enrol the older ones again"
+        )
+    if all(with_prior):
+        tensors["z_mean"] = torch.stack([c.z_mean.float() for c in classes])
+        tensors["z_std"] = torch.stack([c.z_std.float() for c in classes])
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     names, folders = [c.name for c in classes], [c.folder for c in classes]
     meta = {
@@ -568,8 +596,10 @@ def load_classes(path: str | os.PathLike, model: CVAEGAN | None = None) -> list[
         )
     names, folders = _meta_json(meta, "names", path), _meta_json(meta, "folders", path)
     base, info = _meta_json(meta, "base", path), _meta_json(meta, "info", path)
-    if set(tensors) != set(TENSORS):
-        raise EnrolError(f"{path}: expected tensors {list(TENSORS)}, found {sorted(tensors)}")
+    if set(tensors) not in (set(TENSORS), {*TENSORS, *PRIOR_TENSORS}):
+        raise EnrolError(
+            f"{path}: expected tensors {list(TENSORS)} (and optionally {list(PRIOR_TENSORS)}), found {sorted(tensors)}"
+        )
     m = len(names) if isinstance(names, list) else -1
     if m < 1 or not isinstance(folders, list) or len(folders) != m or not isinstance(base, dict):
         raise EnrolError(f"{path}: class file metadata is inconsistent (names, folders, base); enrol the class again")
@@ -579,12 +609,16 @@ def load_classes(path: str | os.PathLike, model: CVAEGAN | None = None) -> list[
         "classifier_weight": (m, base.get("feature_dim")),
         "classifier_bias": (m,),
     }
+    if "z_mean" in tensors:
+        want.update({k: (m, base.get("z_dim")) for k in PRIOR_TENSORS})
     for key, shape in want.items():
         t = tensors[key]
         if tuple(t.shape) != shape or t.dtype != torch.float32:
             raise EnrolError(f"{path}: tensor {key!r} is {tuple(t.shape)} {t.dtype}, expected {shape} float32")
         if not torch.isfinite(t).all():
             raise EnrolError(f"{path}: tensor {key!r} holds NaN or infinite values; enrol the class again")
+    if "z_std" in tensors and not (tensors["z_std"] > 0).all():
+        raise EnrolError(f"{path}: tensor 'z_std' must be positive; enrol the class again")
     if meta.get("sha256") != _digest(tensors, names, folders, base):
         raise EnrolError(
             f"{path}: contents do not match the sha256 recorded in the file (changed or corrupted); "
@@ -601,6 +635,8 @@ def load_classes(path: str | os.PathLike, model: CVAEGAN | None = None) -> list[
             float(tensors["classifier_bias"][i]),
             base,
             info[i],
+            z_mean=tensors["z_mean"][i] if "z_mean" in tensors else None,
+            z_std=tensors["z_std"][i] if "z_std" in tensors else None,
         )
         for i in range(m)
     ]

@@ -60,15 +60,44 @@ def generate(model: CVAEGAN, z: torch.Tensor, c: torch.Tensor, batch_size: int =
     return torch.cat(out)
 
 
-def sample(model: CVAEGAN, classes, seeds: Sequence[int], truncation: float = 1.0, batch_size: int = 1) -> torch.Tensor:
+PRIORS = ("standard", "photos")
+
+
+def apply_prior(model: CVAEGAN, z: torch.Tensor, idx: Sequence[int], prior: str = "standard") -> torch.Tensor:
+    """z drawn from N(0, I) (one row per class index) -> z of the sampling prior. "standard": unchanged, the
+    paper's prior. "photos": rows of classes enrolled from photos become mean + std * z, a Gaussian fitted to
+    E's codes of their photos (cvaegan.enrol.photo_prior), so samples stay near those photos; other classes
+    keep N(0, I)."""
+    if prior not in PRIORS:
+        raise InputError(f"prior must be one of {', '.join(PRIORS)}, got {prior!r}")
+    if prior == "standard" or not model.class_priors:
+        return z
+    z = z.clone()
+    for row, k in enumerate(idx):
+        if k in model.class_priors:
+            mean, std = model.class_priors[k]
+            z[row] = mean + std * z[row]
+    return z
+
+
+def sample(
+    model: CVAEGAN,
+    classes,
+    seeds: Sequence[int],
+    truncation: float = 1.0,
+    batch_size: int = 1,
+    prior: str = "standard",
+) -> torch.Tensor:
     """Images for `seeds` (one per seed) of one class, or of one class per seed when `classes` is a list
-    of the same length. batch_size 1 (default) makes every image bit-identical however many are asked."""
+    of the same length. batch_size 1 (default) makes every image bit-identical however many are asked.
+    prior: "standard" (z ~ N(0, I), the paper's) or "photos" (classes enrolled from photos sample z near
+    their photos' codes, see apply_prior; truncation then shrinks towards that mean)."""
     idx = class_indices(model, classes)
     if len(idx) == 1:
         idx = idx * len(seeds)
     if len(idx) != len(seeds):
         raise InputError(f"got {len(idx)} classes for {len(seeds)} seeds; give one class or one per seed")
-    z = z_from_seeds(list(seeds), model.config.z_dim, truncation)
+    z = apply_prior(model, z_from_seeds(list(seeds), model.config.z_dim, truncation), idx, prior)
     return generate(model, z, torch.tensor(idx), batch_size)
 
 
@@ -153,15 +182,17 @@ def slerp(a: torch.Tensor, b: torch.Tensor, t: float) -> torch.Tensor:
 
 
 def endpoint(
-    model: CVAEGAN, cls=None, seed: int | None = None, image=None, truncation: float = 1.0
+    model: CVAEGAN, cls=None, seed: int | None = None, image=None, truncation: float = 1.0, prior: str = "standard"
 ) -> tuple[torch.Tensor, int]:
-    """An interpolation endpoint: (class, seed) or an encoded photo (class given or predicted) -> (z, class)."""
+    """An interpolation endpoint: (class, seed) or an encoded photo (class given or predicted) -> (z, class).
+    prior: as in sample (for a (class, seed) endpoint)."""
     if image is not None:
         z, idx, _ = encode(model, as_model_input(model, image), cls)
         return z, idx
     if cls is None or seed is None:
         raise InputError("an endpoint needs either an image, or both a class and a seed")
-    return z_from_seeds([seed], model.config.z_dim, truncation)[0], class_indices(model, cls)[0]
+    k = class_indices(model, cls)[0]
+    return apply_prior(model, z_from_seeds([seed], model.config.z_dim, truncation), [k], prior)[0], k
 
 
 def interpolate(

@@ -200,6 +200,9 @@ class CVAEGAN(PretrainedMixin, nn.Module):
         self.directions: torch.Tensor | None = None  # (num_directions, z_dim) unit vectors, if saved
         self.direction_scales: torch.Tensor | None = None  # amount unit per direction (z distance)
         self.source = ""  # where the weights were loaded from (set by the loader)
+        # class index -> (mean, std) of z: the photo prior of a class enrolled from photos (cvaegan.enrol); the
+        # trained classes have none and always sample z ~ N(0, I). Not saved with the weights.
+        self.class_priors: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     @property
     def device(self) -> torch.device:

@@ -338,15 +338,20 @@ def upscale(img: Image.Image, at_least: int = EDIT_PX) -> Image.Image:
 # ------------------------------------------------------------------ requests
 
 
-def generate(model: CVAEGAN, cls, seed, randomize: bool, count, truncation) -> tuple[list[Image.Image], int]:
-    """`count` images of a class with seeds seed, seed+1, ...; returns (images, first seed used)."""
+def generate(
+    model: CVAEGAN, cls, seed, randomize: bool, count, truncation, near_photos: bool = False
+) -> tuple[list[Image.Image], int]:
+    """`count` images of a class with seeds seed, seed+1, ...; returns (images, first seed used).
+    near_photos: a class added from photos samples z near its photos' codes (inference.sample's prior
+    "photos"); trained classes are unaffected."""
     idx = model.config.class_index(cls)
     s = parse_seed(seed, randomize)
     n = parse_number(count, "number of samples", 1, MAX_SAMPLES, integer=True)
     t = parse_number(truncation, "truncation", 0.0, 2.0)
     if s + n - 1 > MAX_SEED:
         raise ValueError(f"seed too large: seeds {s}..{s + n - 1} pass {MAX_SEED}")
-    return [to_pil(x) for x in I.sample(model, idx, list(range(s, s + n)), t)], s
+    prior = "photos" if near_photos else "standard"
+    return [to_pil(x) for x in I.sample(model, idx, list(range(s, s + n)), t, prior=prior)], s
 
 
 def explore(model: CVAEGAN, cls, seed, truncation, amounts: dict[str, float]) -> Image.Image:

@@ -37,7 +37,7 @@ def test_app_is_thin_and_every_event_named(served):
     kept = {
         "/select_model": (1, 27),
         "/init_sliders": (0, 16),
-        "/generate": (6, 3),
+        "/generate": (7, 3),  # 6 + "near the photos" (defaulted: 6-argument calls still work, see below)
         "/send_to_inpaint": (0, 1),
         "/explore": (20, 1),
         "/reset_sliders": (1, 16),
@@ -52,6 +52,8 @@ def test_app_is_thin_and_every_event_named(served):
         assert name in api, name
         assert (len(api[name]["parameters"]), len(api[name]["returns"])) == (n_in, n_out), name
     assert "/explore_view" in api and len(api["/explore_view"]["parameters"]) == 21
+    near = api["/generate"]["parameters"][6]
+    assert near["parameter_has_default"] and near["parameter_default"] is False
 
 
 def test_generate_over_http_is_seeded(served):

@@ -113,6 +113,13 @@ def test_enrol_endpoint_over_http(weights, tmp_path, monkeypatch):
         # the new class through the other endpoints
         gallery, _, _ = client.predict(w, "Green Cross", 0, False, 2, 1.0, api_name="/generate")
         assert len(gallery) == 2
+        # "near the photos" draws the added class's z around its photos' codes; a trained class is unaffected
+        near, _, _ = client.predict(w, "Green Cross", 0, False, 2, 1.0, True, api_name="/generate")
+        pixels = [np.asarray(Image.open(g["image"])) for g in (*gallery, *near)]
+        assert not np.array_equal(pixels[0], pixels[2]) and not np.array_equal(pixels[1], pixels[3])
+        a, _, _ = client.predict(w, "Circle 0", 0, False, 1, 1.0, True, api_name="/generate")
+        b, _, _ = client.predict(w, "Circle 0", 0, False, 1, 1.0, False, api_name="/generate")
+        assert np.array_equal(np.asarray(Image.open(a[0]["image"])), np.asarray(Image.open(b[0]["image"])))
     finally:
         app.demo.close()
         client.close() if hasattr(client, "close") else None

@@ -1,6 +1,8 @@
 """Enrolment of a new class from a few photos: the model stays untouched, the class file loads strictly,
 bad inputs give clear errors, the CLI works, and (slow) a held-out class is learned well enough for C."""
 
+import copy
+import dataclasses
 import json
 import pickle
 
@@ -23,6 +25,7 @@ from cvaegan.enrol import (
     load_classes,
     load_extra_classes,
     load_photos,
+    photo_prior,
     photo_warnings,
     save_classes,
 )
@@ -32,12 +35,14 @@ from cvaegan.images import load_tensor
 from cvaegan.inference import (
     classify,
     endpoint,
+    generate,
     inpaint,
     interpolate,
     reconstruct,
     sample,
     swap,
 )
+from cvaegan.seeds import z_from_seeds
 
 from conftest import COLOURS, SHAPES, draw_shape, tiny_config
 
@@ -148,6 +153,48 @@ def test_class_file_round_trip_and_from_pretrained(weights, enrolled, tmp_path):
         load_extra_classes(c, path)
 
 
+def test_photo_prior_is_learned_saved_and_sampled(weights, photos, enrolled, tmp_path):
+    # the Gaussian of the posteriors' mixture: mean of the means; variance = mean variance + variance of the means
+    mu = torch.tensor([[0.0, 2.0], [2.0, 2.0]])
+    mean, std = photo_prior(mu, torch.zeros(2, 2))
+    assert torch.allclose(mean, torch.tensor([1.0, 2.0])) and torch.allclose(std, torch.tensor([2.0**0.5, 1.0]))
+    z_dim = CVAEGAN.from_pretrained(weights).config.z_dim
+    assert enrolled.z_mean.shape == enrolled.z_std.shape == (z_dim,) and (enrolled.z_std > 0).all()
+    (loaded,) = load_classes(save_classes(enrolled, tmp_path / "c.safetensors"))
+    assert torch.equal(loaded.z_mean, enrolled.z_mean) and torch.equal(loaded.z_std, enrolled.z_std)
+
+    model = load_pretrained(weights, extra_classes=[tmp_path / "c.safetensors"])
+    k = model.config.class_index("Green Cross")
+    assert list(model.class_priors) == [k]
+    seeds = [0, 1, 2]
+    z = z_from_seeds(seeds, z_dim)
+    near = sample(model, "Green Cross", seeds, prior="photos")
+    assert torch.equal(near, generate(model, enrolled.z_mean + enrolled.z_std * z, torch.full((3,), k)))
+    assert not torch.equal(near, sample(model, "Green Cross", seeds))  # the default stays N(0, I)
+    # trained classes have no photo prior: "photos" leaves them on N(0, I), also in a mixed batch
+    assert torch.equal(sample(model, "Square 1", seeds, prior="photos"), sample(model, "Square 1", seeds))
+    mixed = sample(model, ["Square 1", "Green Cross"], [0, 1], prior="photos")
+    assert torch.equal(mixed[1], near[1]) and torch.equal(mixed[0], sample(model, "Square 1", [0])[0])
+    zk, kk = endpoint(model, "Green Cross", 2, prior="photos")
+    assert kk == k and torch.equal(zk, enrolled.z_mean + enrolled.z_std * z[2])
+    with pytest.raises(InputError, match="prior must be one of standard, photos"):
+        sample(model, "Green Cross", seeds, prior="near")
+    # class files written before the photo prior (no z_mean / z_std) still load, and sample on N(0, I)
+    old = copy.copy(enrolled)
+    old.z_mean = old.z_std = None
+    path = save_classes(old, tmp_path / "old.safetensors")
+    with safe_open(str(path), framework="pt") as fh:
+        assert set(fh.keys()) == {"generator_embed", "encoder_embed", "classifier_weight", "classifier_bias"}
+    m2 = load_pretrained(weights, extra_classes=[path])
+    assert m2.class_priors == {} and torch.equal(
+        sample(m2, "Green Cross", seeds, prior="photos"), sample(m2, "Green Cross", seeds)
+    )
+    with pytest.raises(EnrolError, match="carry a photo prior and some do not"):
+        save_classes(
+            [enrolled, dataclasses.replace(old, name="Other", folder="enrolled_other")], tmp_path / "x.safetensors"
+        )
+
+
 def _rewrite(path, change_tensors=None, change_meta=None):
     with safe_open(str(path), framework="pt") as fh:
         keys = fh.keys()  # (a safetensors handle, not a dict)
@@ -176,6 +223,10 @@ def _meta_set(key, value):
         ("weights_file", "not a cvaegan class file"),
         ("future", "newer"),
         ("missing", "not found"),
+        ("half_prior", "optionally"),
+        ("prior_shape", "'z_mean' is"),
+        ("prior_std", "'z_std' must be positive"),
+        ("prior_value", "sha256"),
     ],
 )
 def test_class_file_is_loaded_strictly(weights, enrolled, tmp_path, case, match):
@@ -198,6 +249,14 @@ def test_class_file_is_loaded_strictly(weights, enrolled, tmp_path, case, match)
         path = weights / "generator.safetensors"
     elif case == "future":
         _rewrite(path, change_meta=_meta_set("format_version", "99"))
+    elif case == "half_prior":
+        _rewrite(path, lambda t: t.pop("z_std"))
+    elif case == "prior_shape":
+        _rewrite(path, lambda t: t.__setitem__("z_mean", torch.zeros(1, 3)))
+    elif case == "prior_std":
+        _rewrite(path, lambda t: t["z_std"].mul_(-1))
+    elif case == "prior_value":
+        _rewrite(path, lambda t: t["z_mean"].add_(1e-3))
     else:
         path = tmp_path / "nothing.safetensors"
     with pytest.raises(EnrolError, match=match):

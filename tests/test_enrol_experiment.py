@@ -115,7 +115,12 @@ def test_experiment_writes_its_outputs(quick, done):
     c = r["classes"][HELD_OUT]
     assert c["photos"] == EE.pick_photos([f"{HELD_OUT}/{i:02d}.png" for i in range(12)], 5, 0, HELD_OUT)
     assert c["nearest_trained"] in CVAEGAN.from_pretrained(quick[1]).config.class_folders
-    for key in ("judge_top1_enrolled", "judge_top1_reconstructions", "baseline_judge_says_held_out"):
+    for key in (
+        "judge_top1_enrolled",
+        "judge_top1_enrolled_photo_prior",
+        "judge_top1_reconstructions",
+        "baseline_judge_says_held_out",
+    ):
         assert 0 <= c[key] <= 1
     e = c["enrol"]
     assert e["wall_s"] > 0 and e["cpu_s"] > 0 and e["threads"] == 1 and e["steps"] == 5
@@ -123,7 +128,8 @@ def test_experiment_writes_its_outputs(quick, done):
     assert len(r["trained_reference"]) == 4 and HELD_OUT not in r["trained_reference"]
     m, t = r["means"], r["targets"]
     assert m["judge_top1_enrolled"] == c["judge_top1_enrolled"] and m["enrol_wall_s_max"] == e["wall_s"]
-    assert set(t) == {"top1_ratio", "enrol_seconds"}
+    assert set(t) == {"top1_ratio", "top1_ratio_photo_prior", "enrol_seconds"}
+    assert m["judge_top1_enrolled_photo_prior"] == c["judge_top1_enrolled_photo_prior"]
     assert t["enrol_seconds"]["met"] == (t["enrol_seconds"]["value"] <= 60)
     assert r["machine"]["torch_threads"] == 1 and r["machine"]["cpu_count"] >= 1 and r["threads"] == [1]
     saved = json.loads((out / "enrolment.json").read_text())
@@ -134,7 +140,8 @@ def test_experiment_writes_its_outputs(quick, done):
     assert f"| {HELD_OUT} |" in md and "| **mean** |" in md and "target >= 0.5" in md and "<= 60 s" in md
     assert load_classes(out / "classes" / f"{HELD_OUT}.safetensors")[0].name == HELD_OUT
     sheet = Image.open(out / "enrolment_sheet.png")
-    assert sheet.width >= EE.LABEL_W + 8 * 64 and sheet.height >= 3 * 64
+    assert sheet.width >= EE.LABEL_W + 8 * 64 and sheet.height >= 4 * 64  # photos, before, enrolled, photo prior
+    assert "with the photo prior" in md
 
 
 def test_rerun_resumes_without_enrolling_again(quick, done, monkeypatch):
