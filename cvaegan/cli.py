@@ -863,9 +863,10 @@ def _enrol_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the noise and the mirroring (default 0)")
     p.add_argument(
         "--lambdas",
-        default="3,1,0.001,0.001",
-        help="loss weights l1-l4 of KL, L_G, L_GD, L_GC (default 3,1,0.001,0.001: the paper's; a larger l4 pushes "
-        "samples of the new class towards C's features of the photos)",
+        default="3,1,0.001,1",
+        help="loss weights l1-l4 of KL, L_G, L_GD, L_GC (default 3,1,0.001,1: the paper's training weights except a "
+        "heavier l4, which pushes samples of the new class towards C's features of the photos; 3,1,0.001,0.001 is "
+        "the paper's)",
     )
     p.add_argument(
         "--preview", default=None, metavar="PNG", help="also write a sheet: the photos above samples of the new class"

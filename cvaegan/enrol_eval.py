@@ -397,8 +397,7 @@ def run_enrolment(
         "steps": steps,
         "photo_prior": True,  # results cached before the photo prior was measured are enrolled again
     }
-    if tuple(lambdas) != DEFAULT_LAMBDAS:  # recorded only when changed: results cached with the default stay valid
-        settings["lambdas"] = list(lambdas)
+    settings["lambdas"] = list(lambdas)  # always: the default changed once (0.001 -> 1 for L_GC)
 
     results: dict[str, dict] = {}
     blocks: list[Image.Image] = []
@@ -507,7 +506,7 @@ def _verdict(met: bool | None) -> str:
 
 def _lambdas_note(settings: dict) -> str:
     lam = settings.get("lambdas")
-    return "" if lam is None else ", loss weights l1-l4 " + ", ".join(f"{x:g}" for x in lam)
+    return "" if lam is None else ", loss weights l1-l4 " + ", ".join(f"{x:g}" for x in lam)  # (older results: none)
 
 
 def markdown(r: dict) -> str:

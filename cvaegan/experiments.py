@@ -406,9 +406,10 @@ def _enrolment_parser(sub) -> None:
     p.add_argument("--seed", type=int, default=0, help="seeds the picks and enrolment (default 0)")
     p.add_argument(
         "--lambdas",
-        default="3,1,0.001,0.001",
-        help="loss weights l1-l4 of KL, L_G, L_GD, L_GC (default 3,1,0.001,0.001: the paper's; a larger l4 pushes "
-        "samples of the new class towards C's features of the photos)",
+        default="3,1,0.001,1",
+        help="loss weights l1-l4 of KL, L_G, L_GD, L_GC (default 3,1,0.001,1: the paper's training weights except a "
+        "heavier l4, which pushes samples of the new class towards C's features of the photos; 3,1,0.001,0.001 is "
+        "the paper's)",
     )
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument(

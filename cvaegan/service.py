@@ -581,7 +581,8 @@ def enrol_class(
         f"(started from {info['init_from']}; reconstruction {info['recon_psnr_db_before']:.1f} -> "
         f"{info['recon_psnr_db_after']:.1f} dB; C recognises {info['c_top1_samples']:.0%} of its samples). "
         "It is selected in every class picker of this model until the app restarts. Top row: your photos "
-        "as the model sees them; below: samples with seeds 0-7."
+        "as the model sees them; below: samples with seeds 0-7, then the same seeds near your photos (tick "
+        "'Classes added from photos: sample near their photos' in Generate for those)."
     )
     if cls.warnings:
         text += "\n\n" + "\n".join(f"- Note: {w}" for w in cls.warnings)

@@ -15,7 +15,7 @@ from PIL import Image
 from cvaegan import enrol_eval as EE
 from cvaegan.config import TrainConfig
 from cvaegan.data import load_images
-from cvaegan.enrol import load_classes
+from cvaegan.enrol import PAPER_LAMBDAS, load_classes
 from cvaegan.experiments import main
 from cvaegan.judge import Judge, JudgeConfig, save_judge, train_judge
 from cvaegan.models import CVAEGAN
@@ -158,12 +158,12 @@ def test_rerun_resumes_without_enrolling_again(quick, done, monkeypatch):
     assert calls == [HELD_OUT]
     # nor one cached under other loss weights; those are recorded and printed, the reference is kept
     ref = (other / "reference.json").read_text()
-    r = run(quick, other, seed=1, lambdas=(3, 1, 0.001, 1))
-    assert calls == [HELD_OUT, HELD_OUT] and r["settings"]["lambdas"] == [3.0, 1.0, 0.001, 1.0]
-    assert r["classes"][HELD_OUT]["enrol"]["lambdas"] == [3.0, 1.0, 0.001, 1.0]
-    assert "loss weights l1-l4 3, 1, 0.001, 1" in (other / "enrolment.md").read_text()
+    r = run(quick, other, seed=1, lambdas=PAPER_LAMBDAS)
+    assert calls == [HELD_OUT, HELD_OUT] and r["settings"]["lambdas"] == [3.0, 1.0, 0.001, 0.001]
+    assert r["classes"][HELD_OUT]["enrol"]["lambdas"] == [3.0, 1.0, 0.001, 0.001]
+    assert "loss weights l1-l4 3, 1, 0.001, 0.001" in (other / "enrolment.md").read_text()
     assert (other / "reference.json").read_text() == ref
-    assert "lambdas" not in first["settings"]  # the default is not recorded: older results stay valid
+    assert first["settings"]["lambdas"] == list(EE.DEFAULT_LAMBDAS)  # recorded, default or not
 
 
 def test_readme_block_goes_between_markers(done, tmp_path):
