@@ -228,6 +228,10 @@ class Trainer:
         # training clock: CPU seconds of this process spent in training steps (all threads), wall seconds,
         # images seen; kept in the checkpoint so that a resumed run continues counting
         self.clock = {"cpu_s": 0.0, "wall_s": 0.0, "images": 0, "threads": torch.get_num_threads()}
+        # gradient norms: measured on the steps train() logs (cheap there), and on every step when clipping;
+        # logged as grad/<net> (the largest over the step's phases, before clipping) to spot blow-ups
+        self.measure_grad_norms = False
+        self.grad_norms: dict[str, float] = {}
 
     def autocast(self):
         return torch.autocast("cuda", dtype=torch.bfloat16) if self.cuda else nullcontext()
@@ -244,7 +248,13 @@ class Trainer:
             if name not in self.opt:  # "P" steps with D's optimiser
                 continue
             if self.tcfg.grad_clip:
-                nn.utils.clip_grad_norm_(self.nets[name].parameters(), self.tcfg.grad_clip)
+                norm = nn.utils.clip_grad_norm_(self.nets[name].parameters(), self.tcfg.grad_clip)
+            elif self.measure_grad_norms:
+                norm = nn.utils.get_total_norm([p.grad for p in self.nets[name].parameters() if p.grad is not None])
+            else:
+                norm = None
+            if norm is not None and self.measure_grad_norms:
+                self.grad_norms[name] = max(self.grad_norms.get(name, 0.0), float(norm))
             self.opt[name].step()
 
     def _aug(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -266,6 +276,7 @@ class Trainer:
         batch = L.Batch(x_r, c_r, noise["eps"], noise["z_p"], noise["c_p"], gen, self.step)
         loss_obj = self.warmup_loss if self.step < t.pretrain_steps else self.loss
         log: dict[str, float] = {}
+        self.grad_norms = {}
         for phase in loss_obj.phases_at(self.step):
             set_requires_grad(self.grad_nets, phase.trains)
             loss, scalars = loss_obj.compute(phase, batch)
@@ -275,6 +286,7 @@ class Trainer:
                 self._update_ema()
         set_requires_grad(self.grad_nets, ())
         self.step += 1
+        log.update({f"grad/{name}": v for name, v in self.grad_norms.items()})
         return log
 
     @torch.no_grad()
@@ -625,6 +637,7 @@ def train(
             if trainer.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             noise = {"eps": eps[mine].to(device), "z_p": z_p[mine].to(device), "c_p": c_p[mine].to(device)}
+            trainer.measure_grad_norms = (trainer.step + 1) % tcfg.log_every == 0  # the steps logged below
             log = trainer.train_step(x, labels[idx[mine]].to(device), gen, noise)
             trainer.clock["cpu_s"] += time.process_time() - cpu0
             trainer.clock["wall_s"] += time.perf_counter() - wall0

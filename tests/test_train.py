@@ -2,6 +2,7 @@
 
 import copy
 import json
+import math
 
 import pytest
 import torch
@@ -80,6 +81,22 @@ def test_one_step_changes_all_four_networks_and_running_means():
     assert tr.means["c_real"].seen[c].all() and tr.means["c_fake"].seen[noise["c_p"]].all()
     assert tr.means["c_real"].seen.sum() == len(set(c.tolist()))
     assert tr.step == 1
+
+
+def test_gradient_norms_are_logged_when_asked():
+    tr = _trainer()
+    x, c, noise = _batch(tr.model)
+    assert not any(k.startswith("grad/") for k in tr.train_step(x, c, step_generator(0, 0), noise))
+    tr.measure_grad_norms = True
+    log = tr.train_step(x, c, step_generator(0, 1), noise)
+    norms = {k: v for k, v in log.items() if k.startswith("grad/")}
+    assert set(norms) == {f"grad/{n}" for n in tr.opt} and all(math.isfinite(v) and v > 0 for v in norms.values())
+    # with clipping the norm before clipping is logged, and the update uses the clipped gradient
+    clipped = _trainer(grad_clip=1e-6)
+    clipped.measure_grad_norms = True
+    assert all(
+        v > 1e-6 for k, v in clipped.train_step(x, c, step_generator(0, 1), noise).items() if k.startswith("grad/")
+    )
 
 
 @pytest.mark.parametrize("variant", ["cvae-gan", "fm-cgan"])
@@ -164,6 +181,9 @@ def test_run_folder_contents(trained_export):
     assert (run / "samples" / f"step_{TRAINED_STEPS:07d}.png").is_file()
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert rows[-1]["step"] == TRAINED_STEPS and "loss/G_mean_fm_C" in rows[-1]
+    every = json.loads((run / "train_config.json").read_text())["log_every"]
+    on_schedule = [r for r in rows if r["step"] % every == 0]
+    assert on_schedule and all({"grad/G", "grad/E", "grad/C", "grad/D"} <= set(r) for r in on_schedule)
     # the resume checkpoint loads without unpickling arbitrary objects
     state = torch.load(run / "checkpoint.pt", weights_only=True)
     assert set(state["nets"]) == {"C", "D", "G", "E"} and state["step"] == TRAINED_STEPS
