@@ -832,6 +832,19 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     return 0
 
 
+def add_lambdas_option(p: argparse.ArgumentParser) -> None:
+    """--lambdas of `cvaegan enrol` and `python -m cvaegan.experiments enrolment` (checked by enrol.check_lambdas)."""
+    from .enrol import DEFAULT_LAMBDAS
+
+    p.add_argument(
+        "--lambdas",
+        default=",".join(f"{x:g}" for x in DEFAULT_LAMBDAS),
+        help="loss weights l1-l4 of KL, L_G, L_GD, L_GC (default 3,1,0.001,1: the paper's training weights except a "
+        "heavier l4, which pushes samples of the new class towards C's features of the photos; 3,1,0.001,0.001 is "
+        "the paper's)",
+    )
+
+
 def _enrol_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser(
         "enrol",
@@ -861,13 +874,7 @@ def _enrol_parser(sub) -> argparse.ArgumentParser:
     )
     p.add_argument("--steps", type=int, default=200, help="optimisation steps (default 200)")
     p.add_argument("--seed", type=int, default=0, help="seed of the noise and the mirroring (default 0)")
-    p.add_argument(
-        "--lambdas",
-        default="3,1,0.001,1",
-        help="loss weights l1-l4 of KL, L_G, L_GD, L_GC (default 3,1,0.001,1: the paper's training weights except a "
-        "heavier l4, which pushes samples of the new class towards C's features of the photos; 3,1,0.001,0.001 is "
-        "the paper's)",
-    )
+    add_lambdas_option(p)
     p.add_argument(
         "--preview", default=None, metavar="PNG", help="also write a sheet: the photos above samples of the new class"
     )

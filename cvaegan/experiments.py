@@ -22,6 +22,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw
 
+from .cli import add_lambdas_option
 from .errors import CVAEGANError, InputError
 
 # Table 1 of Bao et al. (ICCV 2017): FaceScrub, 530 identities; a classifier trained on the data set.
@@ -404,13 +405,7 @@ def _enrolment_parser(sub) -> None:
     p.add_argument("--trained-classes", type=int, default=8, help="trained classes for reference (default 8)")
     p.add_argument("--steps", type=int, default=200, help="enrolment steps (default 200, as `cvaegan enrol`)")
     p.add_argument("--seed", type=int, default=0, help="seeds the picks and enrolment (default 0)")
-    p.add_argument(
-        "--lambdas",
-        default="3,1,0.001,1",
-        help="loss weights l1-l4 of KL, L_G, L_GD, L_GC (default 3,1,0.001,1: the paper's training weights except a "
-        "heavier l4, which pushes samples of the new class towards C's features of the photos; 3,1,0.001,0.001 is "
-        "the paper's)",
-    )
+    add_lambdas_option(p)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument(
         "--write-readme",
