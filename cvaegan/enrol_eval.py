@@ -387,7 +387,7 @@ def run_enrolment(
     out = Path(out)
     (out / "classes").mkdir(parents=True, exist_ok=True)
     seeds = list(range(SAMPLE_SEEDS, SAMPLE_SEEDS + samples))
-    settings = {
+    common = {  # what the trained-class reference depends on too
         "weights_sha256": {k: v[:16] for k, v in sorted(model.config.files.items())},
         "judge_sha256": {k: v[:16] for k, v in sorted(judge_model.config.files.items())},
         "photos": photos,
@@ -395,9 +395,9 @@ def run_enrolment(
         "sample_seeds": f"{seeds[0]}-{seeds[-1]}",
         "seed": seed,
         "steps": steps,
-        "photo_prior": True,  # results cached before the photo prior was measured are enrolled again
     }
-    settings["lambdas"] = list(lambdas)  # always: the default changed once (0.001 -> 1 for L_GC)
+    # lambdas always recorded: results cached before (no lambdas, no photo-prior figure) are enrolled again
+    settings = {**common, "lambdas": list(lambdas)}
 
     results: dict[str, dict] = {}
     blocks: list[Image.Image] = []
@@ -421,10 +421,7 @@ def run_enrolment(
     bar.close()
 
     candidates = [f for f in model_folders if f in judge_folders]
-    ref_settings = {
-        k: v for k, v in settings.items() if k not in ("lambdas", "photo_prior")
-    }  # trained classes are not enrolled
-    ref_settings["trained_classes"] = trained_classes
+    ref_settings = {**common, "trained_classes": trained_classes}  # trained classes are not enrolled
     ref = _read_json(out / "reference.json")
     if not ref or ref.get("settings") != ref_settings:
         picked = pick_trained(candidates, trained_classes, seed)
