@@ -139,6 +139,36 @@ def train_configs(
     return tcfg, ModelConfig.for_resolution(res, num_classes, **arch)
 
 
+def resume_config(a: argparse.Namespace, tcfg: TrainConfig) -> TrainConfig:
+    """--resume: the run's own training config (train_config.json in --out), with the options a resumed run may
+    change (train.RESUME_OPTIONS) taken from the command line. steps, device, budget and snapshot marks always
+    come from the command line (as before); the others only when given. Any other option given with a value
+    other than the run's is an error, rather than silently ignored."""
+    from .train import RESUME_OPTIONS
+
+    path = Path(a.out) / "train_config.json"
+    if not path.is_file():  # train() reports the missing checkpoint
+        return tcfg
+    saved = TrainConfig.from_dict(json.loads(path.read_text()))
+    given = vars(a)
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    differ = [
+        f"--{k.replace('_', '-')} (the run has {getattr(saved, k)!r}, given {getattr(tcfg, k)!r})"
+        for k in sorted(fields & set(given))
+        if k not in RESUME_OPTIONS and getattr(tcfg, k) != getattr(saved, k)
+    ]
+    if ("betas_0" in given or "betas_1" in given) and tcfg.betas != saved.betas:
+        differ.append(f"--betas (the run has {saved.betas}, given {tcfg.betas})")
+    if differ:
+        raise InputError(
+            f"--resume continues {a.out} as it was configured, but these options differ from it: {'; '.join(differ)}. "
+            f"Drop them to resume, or start a new run in another --out (--init-from warm-starts from weights). "
+            f"A resumed run may change only: {', '.join('--' + k.replace('_', '-') for k in RESUME_OPTIONS)}."
+        )
+    always = ("steps", "device", "budget_minutes", "snapshot_minutes")
+    return dataclasses.replace(saved, **{k: getattr(tcfg, k) for k in RESUME_OPTIONS if k in always or k in given})
+
+
 def cmd_train(a: argparse.Namespace) -> int:
     import torch
 
@@ -158,6 +188,8 @@ def cmd_train(a: argparse.Namespace) -> int:
         resolution = read_config(Path(a.init_from)).resolution
     data = load_images(a.data, resolution)
     tcfg, mcfg = train_configs(a, data.num_classes, resolution)
+    if a.resume:
+        tcfg = resume_config(a, tcfg)
     export = train(data, a.out, tcfg, mcfg, resume=a.resume, init_from=a.init_from)
     print(f"done: weights in {export}")
     return 0

@@ -222,6 +222,11 @@ class TrainConfig:
         "early EMA is not dominated by the untrained start",
     )
     grad_clip: float | None = option(None, "max gradient norm per network and phase; None = off")
+    grad_clip_auto: float | None = option(
+        None,
+        "clip each network's gradient norm (per phase) at K x its running mean norm, e.g. 5: "
+        "a guard against one-step blow-ups that needs no per-data-set threshold; None = off",
+    )
     lr_schedule: str = option(
         "constant", "learning-rate schedule (cosine decays to 10% over --steps)", choices=("constant", "cosine")
     )
@@ -284,6 +289,10 @@ class TrainConfig:
             )
         if self.r1_gamma < 0 or self.r1_every < 1:
             raise ConfigError("r1_gamma must be >= 0 and r1_every >= 1")
+        if self.grad_clip is not None and self.grad_clip < 0:
+            raise ConfigError(f"grad_clip must be positive (or None for off), got {self.grad_clip}")
+        if self.grad_clip_auto is not None and self.grad_clip_auto <= 1:
+            raise ConfigError(f"grad_clip_auto must be > 1 (a multiple of the running mean norm), got {self.grad_clip_auto}")
         if self.budget_minutes is not None and self.budget_minutes <= 0:
             raise ConfigError(f"budget_minutes must be positive, got {self.budget_minutes}")
         self.snapshot_marks()  # validates

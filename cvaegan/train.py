@@ -7,6 +7,7 @@ checkpoint.pt (resume state, torch.load(weights_only=True)), split.json, export/
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import math
 import os
@@ -31,6 +32,22 @@ from .models import CVAEGAN
 from .seeds import step_generator, z_from_seeds
 
 CHECKPOINT = "checkpoint.pt"
+AUTO_CLIP_WARMUP = 50  # --grad-clip-auto: updates per network and phase measured before any clipping
+AUTO_CLIP_DECAY = 0.99  # --grad-clip-auto: EMA decay of the running mean gradient norm (about 100 updates)
+# options a resumed run takes from its caller (the rest are the checkpoint's): they extend or move the run, give it
+# more snapshot marks, guard it with a gradient clip, or change what it writes, but not the method. The CLI
+# passes the checkpoint's values for the ones the user did not give (cli.resume_config).
+RESUME_OPTIONS = (
+    "steps",
+    "device",
+    "budget_minutes",
+    "snapshot_minutes",
+    "grad_clip",
+    "grad_clip_auto",
+    "log_every",
+    "sample_every",
+    "checkpoint_every",
+)
 POSTFIX = {
     "loss/C": "C",
     "loss/D": "D",
@@ -232,6 +249,9 @@ class Trainer:
         # logged as grad/<net> (the largest over the step's phases, before clipping) to spot blow-ups
         self.measure_grad_norms = False
         self.grad_norms: dict[str, float] = {}
+        # --grad-clip-auto: per network and phase, a running mean of the (clipped) gradient norm, how many
+        # updates it has seen, and how many updates were clipped; kept in the checkpoint
+        self.norm_stats: dict[str, dict[str, float]] = {}
 
     def autocast(self):
         return torch.autocast("cuda", dtype=torch.bfloat16) if self.cuda else nullcontext()
@@ -249,6 +269,8 @@ class Trainer:
                 continue
             if self.tcfg.grad_clip:
                 norm = nn.utils.clip_grad_norm_(self.nets[name].parameters(), self.tcfg.grad_clip)
+            elif self.tcfg.grad_clip_auto:
+                norm = self._auto_clip(f"{name}@{'+'.join(trains)}", self.nets[name])
             elif self.measure_grad_norms:
                 norm = nn.utils.get_total_norm([p.grad for p in self.nets[name].parameters() if p.grad is not None])
             else:
@@ -256,6 +278,38 @@ class Trainer:
             if norm is not None and self.measure_grad_norms:
                 self.grad_norms[name] = max(self.grad_norms.get(name, 0.0), float(norm))
             self.opt[name].step()
+
+    def _auto_clip(self, key: str, net: nn.Module) -> torch.Tensor:
+        """--grad-clip-auto K: scale `net`'s gradient down to K x the running mean of its norm in this phase
+        (after AUTO_CLIP_WARMUP updates of measuring only). Returns the norm before clipping."""
+        grads = [p.grad for p in net.parameters() if p.grad is not None]
+        norm = nn.utils.get_total_norm(grads)
+        st = self.norm_stats.setdefault(key, {"mean": 0.0, "updates": 0, "clipped": 0})
+        value = float(norm)
+        if not math.isfinite(value):  # nothing sensible to scale to: drop this update's gradient
+            for g in grads:
+                g.zero_()
+            st["clipped"] += 1
+            return norm
+        if st["updates"] >= AUTO_CLIP_WARMUP:
+            limit = self.tcfg.grad_clip_auto * st["mean"]
+            if value > limit:
+                for g in grads:
+                    g.mul_(limit / value)
+                st["clipped"] += 1
+                value = limit
+        n = st["updates"] = st["updates"] + 1
+        rate = max(1.0 / n, 1.0 - AUTO_CLIP_DECAY)  # a plain mean at first, then an EMA
+        st["mean"] += rate * (value - st["mean"])
+        return norm
+
+    def clipped_updates(self) -> dict[str, int]:
+        """--grad-clip-auto: updates clipped so far, per network (all phases)."""
+        out: dict[str, int] = {}
+        for key, st in self.norm_stats.items():
+            net = key.split("@")[0]
+            out[net] = out.get(net, 0) + int(st["clipped"])
+        return out
 
     def _aug(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
         return diff_augment(x, self.policy, gen) if self.policy else x
@@ -348,6 +402,7 @@ class Trainer:
             "train_config": self.tcfg.to_dict(),
             "torch_rng": torch.get_rng_state(),
             "clock": dict(self.clock),
+            "norm_stats": {k: dict(v) for k, v in self.norm_stats.items()},
         }
 
     def load_networks(self, warm: dict) -> None:
@@ -381,6 +436,7 @@ class Trainer:
         self.step = int(state["step"])
         # checkpoints from before the clock existed count from zero; the thread count is today's
         self.clock.update({k: v for k, v in (state.get("clock") or {}).items() if k != "threads"})
+        self.norm_stats = {k: dict(v) for k, v in (state.get("norm_stats") or {}).items()}
 
 
 @torch.no_grad()
@@ -480,7 +536,7 @@ def train(
     """Train on decoded images and write everything into the run folder `out`; returns the export folder.
 
     mcfg None builds the default config for 64 px from the data's classes. With resume=True the run
-    continues from out/checkpoint.pt (its configs win over the arguments). init_from: a weights folder
+    continues from out/checkpoint.pt (its configs win over the arguments, except RESUME_OPTIONS). init_from: a weights folder
     carrying discriminator.safetensors and the running feature means (`export_discriminator`): all four
     networks start from it, with fresh optimisers. `on_step(step, log)` is called after every iteration.
     """
@@ -498,10 +554,9 @@ def train(
         state = torch.load(ckpt_path, map_location="cpu", weights_only=True)
         mcfg = ModelConfig.from_dict(state["model_config"])
         old = TrainConfig.from_dict(state["train_config"])
-        # a resumed run may be extended (steps, budget), moved (device) or given more snapshot marks
-        old.steps, old.device = tcfg.steps, tcfg.device
-        old.budget_minutes, old.snapshot_minutes = tcfg.budget_minutes, tcfg.snapshot_minutes
-        tcfg = old
+        # a resumed run may be extended (steps, budget), moved (device), given more snapshot marks, a gradient
+        # clip, or other logging intervals; everything else is the checkpoint's
+        tcfg = dataclasses.replace(old, **{k: getattr(tcfg, k) for k in RESUME_OPTIONS})
     elif ckpt_path.exists():
         raise TrainError(
             f"{out} already holds a run ({CHECKPOINT}); pass --resume to continue it or choose another --out"
@@ -558,8 +613,9 @@ def train(
         try:
             out.mkdir(parents=True, exist_ok=True)
             (out / "samples").mkdir(exist_ok=True)
+            # the config the run trains with now (a resume may have changed RESUME_OPTIONS)
+            (out / "train_config.json").write_text(json.dumps(tcfg.to_dict(), indent=2) + "\n")
             if state is None:
-                (out / "train_config.json").write_text(json.dumps(tcfg.to_dict(), indent=2) + "\n")
                 (out / "model_config.json").write_text(mcfg.to_json())
                 (out / "split.json").write_text(
                     json.dumps(
@@ -672,6 +728,7 @@ def train(
                         "clock/cpu_min": round(minutes, 3),
                         "clock/wall_min": round(trainer.clock["wall_s"] / 60, 3),
                         "clock/images": trainer.clock["images"],
+                        **{f"clip/{k}": n for k, n in trainer.clipped_updates().items()},
                     }
                     metrics.write(json.dumps(rec) + "\n")
                     metrics.flush()

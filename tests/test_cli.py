@@ -1,6 +1,7 @@
 """The command line: --help everywhere, byte-identical samples, one-line errors, export from a run."""
 
 import hashlib
+import json
 import subprocess
 import sys
 
@@ -101,6 +102,18 @@ def test_train_resume_and_export_via_cli(shapes_dir, tmp_path):
     assert out.returncode == 1 and "--resume" in out.stderr
     run_cli("train", *common, "--steps", "4", "--resume")
     assert (run / "samples" / "step_0000004.png").is_file()
+    # an option that would change the method is refused on --resume (not silently ignored); nothing is lost
+    ckpt = (run / "checkpoint.pt").read_bytes()
+    out = run_cli("train", *common, "--steps", "5", "--resume", "--lr", "0.001", check=False)
+    assert out.returncode == 1 and "--lr (the run has 0.0002, given 0.001)" in out.stderr
+    assert (run / "checkpoint.pt").read_bytes() == ckpt
+    # a gradient clip may be switched on when resuming; the run's config records it, and it stays on
+    run_cli("train", *common, "--steps", "5", "--resume", "--grad-clip-auto", "4")
+    assert json.loads((run / "train_config.json").read_text())["grad_clip_auto"] == 4.0
+    run_cli("train", *common, "--steps", "6", "--resume")
+    cfg = json.loads((run / "train_config.json").read_text())
+    assert cfg["grad_clip_auto"] == 4.0 and cfg["steps"] == 6
+    assert "clip/G" in json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
     run_cli("export", "--run", str(run), "--out", str(tmp_path / "w"))
     for name in ("config.json", "encoder.safetensors", "generator.safetensors", "classifier.safetensors"):
         assert (tmp_path / "w" / name).is_file()

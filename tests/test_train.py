@@ -6,9 +6,10 @@ import math
 
 import pytest
 import torch
+from torch import nn
 
-from cvaegan import CVAEGAN, inference as I, losses as L
-from cvaegan.config import TrainConfig
+from cvaegan import CVAEGAN, inference as I, losses as L, train as train_mod
+from cvaegan.config import ConfigError, TrainConfig
 from cvaegan.data import load_images
 from cvaegan.seeds import step_generator
 from cvaegan.train import Trainer, TrainError, train
@@ -97,6 +98,49 @@ def test_gradient_norms_are_logged_when_asked():
     assert all(
         v > 1e-6 for k, v in clipped.train_step(x, c, step_generator(0, 1), noise).items() if k.startswith("grad/")
     )
+
+
+def test_auto_clip_scales_a_spike_down_to_k_times_the_running_mean(monkeypatch):
+    monkeypatch.setattr(train_mod, "AUTO_CLIP_WARMUP", 3)
+    tr = _trainer(grad_clip_auto=2.0)
+    net = nn.Linear(4, 1, bias=False)
+
+    def update(norm):
+        net.weight.grad = torch.full_like(net.weight, norm / 2.0)  # 4 entries: total norm = `norm`
+        before = float(tr._auto_clip("G@G", net))
+        return before, float(net.weight.grad.norm())
+
+    for _ in range(3):  # warm-up: measured, never clipped
+        assert update(10.0) == pytest.approx((10.0, 10.0))
+    assert update(15.0) == pytest.approx((15.0, 15.0))  # below 2 x mean (20): untouched
+    mean = tr.norm_stats["G@G"]["mean"]
+    before, after = update(1000.0)  # a spike
+    assert before == pytest.approx(1000.0) and after == pytest.approx(2.0 * mean)
+    assert tr.norm_stats["G@G"]["clipped"] == 1 and tr.clipped_updates() == {"G": 1}
+    # the running mean moved by the clipped value, not by the spike
+    assert tr.norm_stats["G@G"]["mean"] < 2.0 * mean
+    net.weight.grad = torch.full_like(net.weight, float("nan"))
+    tr._auto_clip("G@G", net)
+    assert torch.equal(net.weight.grad, torch.zeros_like(net.weight)) and tr.clipped_updates() == {"G": 2}
+
+
+def test_auto_clip_in_training_steps_and_checkpoint(monkeypatch):
+    monkeypatch.setattr(train_mod, "AUTO_CLIP_WARMUP", 1)
+    tr = _trainer(grad_clip_auto=3.0)
+    x, c, noise = _batch(tr.model)
+    for i in range(2):
+        tr.train_step(x, c, step_generator(0, i), noise)
+    assert tr.clipped_updates() == {k: 0 for k in tr.opt}
+    for st in tr.norm_stats.values():  # as if every earlier gradient had been tiny: the next one is a spike
+        st["mean"] = 1e-9
+    tr.train_step(x, c, step_generator(0, 2), noise)
+    assert tr.clipped_updates() == {k: 1 for k in tr.opt}
+    assert all(st["updates"] == 3 for st in tr.norm_stats.values())
+    again = _trainer(grad_clip_auto=3.0)
+    again.load_state_dict(tr.state_dict())
+    assert again.norm_stats == tr.norm_stats
+    with pytest.raises(ConfigError, match="grad_clip_auto"):
+        TrainConfig(grad_clip_auto=1.0)
 
 
 @pytest.mark.parametrize("variant", ["cvae-gan", "fm-cgan"])
