@@ -84,11 +84,7 @@ def build_generate(ui, first):
     with gr.Row():
         ui.count = gr.Slider(1, S.MAX_SAMPLES, value=8, step=1, label="Number of samples")
         ui.truncation = gr.Slider(0.0, 2.0, value=1.0, step=0.05, label="Truncation (z scale; lower = more typical)")
-    ui.near_photos = gr.Checkbox(
-        NEAR_PHOTOS_DEFAULT,
-        label="Classes added from photos: sample near their photos",
-        info="z is drawn around the enrolment photos' codes instead of from N(0, I); trained classes are unaffected",
-    )
+    ui.near_photos = near_photos_box()
     ui.gen_btn = gr.Button("Generate", variant="primary")
     ui.seed_used = gr.Markdown()
     ui.gallery = gr.Gallery(
@@ -194,6 +190,14 @@ def build_explore(ui, first):
     )
 
 
+def near_photos_box():
+    return gr.Checkbox(
+        NEAR_PHOTOS_DEFAULT,
+        label="Classes added from photos: sample near their photos",
+        info="z is drawn around the enrolment photos' codes instead of from N(0, I); trained classes are unaffected",
+    )
+
+
 def build_interpolate(ui, first):
     m = first.model
     names = m.config.class_names
@@ -213,6 +217,7 @@ def build_interpolate(ui, first):
     with gr.Row():
         ui.mode = gr.Radio(["z", "class", "both"], value="both", label="What changes")
         ui.frames = gr.Slider(2, S.MAX_FRAMES, value=8, step=1, label="Frames")
+    ui.morph_near = near_photos_box()
     ui.morph_btn = gr.Button("Interpolate", variant="primary")
     with gr.Row():
         ui.morph_anim = gr.Image(
@@ -601,12 +606,12 @@ def wire_events(demo, ui, registry, model_of, examples_of):
 
     # ------------------------------------------------------------ interpolate
     @ui_errors
-    def on_morph(choice, ca, sa, ia, cb, sb, ib, md, nf):
-        return S.as_files(S.interpolate(model_of(choice), (ca, sa, ia), (cb, sb, ib), md, nf))
+    def on_morph(choice, ca, sa, ia, cb, sb, ib, md, nf, near=NEAR_PHOTOS_DEFAULT):
+        return S.as_files(S.interpolate(model_of(choice), (ca, sa, ia), (cb, sb, ib), md, nf, bool(near)))
 
     ui.morph_btn.click(
         on_morph,
-        [ui.model_dd, *ui.ends, ui.mode, ui.frames],
+        [ui.model_dd, *ui.ends, ui.mode, ui.frames, ui.morph_near],
         [ui.morph_gal, ui.morph_gif],
         api_name="interpolate",
         concurrency_limit=1,

@@ -34,26 +34,32 @@ def _timeit(fn, repeats: int, warmup: int = 2) -> list[float]:
     return out
 
 
+STEP_VARIANTS = ("eager", "channels_last", "compile", "channels_last+compile")
+
+
 def train_step_once(
     resolution: int, batch: int, device: str, steps: int = 4, variant: str = "eager", preset: str = "none"
 ) -> dict:
     """Time `steps` training iterations of the default config (264 classes) on random data.
 
     variant (CPU): "eager"; "channels_last" (networks and inputs in channels_last memory format);
-    "compile" (torch.compile of every network's forward, inductor; compile time is excluded by warm-up)."""
+    "compile" (torch.compile of every network's forward, inductor; compile time is excluded by warm-up);
+    "channels_last+compile" (both)."""
     from .seeds import step_generator
     from .train import Trainer
 
     dev = torch.device(device)
     cfg = ModelConfig.for_resolution(resolution, 264)
     model = CVAEGAN(cfg).to(dev)
-    layout = "channels_last" if variant == "channels_last" or dev.type == "cuda" else "contiguous"
+    if variant not in STEP_VARIANTS:
+        raise ValueError(f"variant must be one of {STEP_VARIANTS}, got {variant!r}")
+    layout = "channels_last" if variant.startswith("channels_last") or dev.type == "cuda" else "contiguous"
     tr = Trainer(model, TrainConfig.from_preset(preset, batch_size=batch, device=device, memory_format=layout), dev)
     x = torch.rand(batch, 3, resolution, resolution, device=dev) * 2 - 1
     c = torch.randint(0, 264, (batch,), device=dev)
     if tr.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    if variant == "compile":
+    if variant.endswith("compile"):
         for net in tr.nets.values():
             net.forward = torch.compile(net.forward)
     if dev.type == "cuda":
@@ -342,10 +348,10 @@ def _in_subprocess(kind: str, *args) -> dict:
 
 
 def step_variants(resolution: int = 64, batch: int = 32, steps: int = 10, preset: str = "v2", rounds: int = 2) -> str:
-    """Seconds per CPU training step: eager vs channels_last vs torch.compile, each in a fresh process,
+    """Seconds per CPU training step: eager vs channels_last vs torch.compile vs both, each in a fresh process,
     interleaved over `rounds` rounds (so a slow spell of a shared machine does not hit one variant only);
     each variant's best median over the rounds is reported."""
-    variants = ("eager", "channels_last", "compile")
+    variants = STEP_VARIANTS
     best: dict[str, float] = {}
     failed: dict[str, str] = {}
     for _ in range(rounds):
@@ -442,7 +448,7 @@ if __name__ == "__main__":
     ap.add_argument(
         "--step-variants",
         action="store_true",
-        help="only eager vs channels_last vs torch.compile for the CPU training step (64 px, batch 32)",
+        help="only eager vs channels_last vs torch.compile vs both for the CPU training step (64 px, batch 32)",
     )
     ap.add_argument("--clients", type=int, default=16, help="load test: concurrent clients (default 16)")
     ap.add_argument("--requests", type=int, default=8, help="load test: requests per client (default 8)")

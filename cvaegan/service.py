@@ -393,21 +393,26 @@ def swap_grid(model: CVAEGAN, seed, truncation, limit: int = 300) -> list[tuple[
     return [(to_pil(t), model.config.class_names[i]) for i, t in enumerate(x)]
 
 
-def _endpoint(model: CVAEGAN, cls, seed, image) -> tuple[torch.Tensor, int]:
+def _endpoint(model: CVAEGAN, cls, seed, image, prior: str = "standard") -> tuple[torch.Tensor, int]:
     if image is not None:
         return I.endpoint(model, class_choice(model, cls), image=image)
     idx = class_choice(model, cls)
     if idx is None:
         raise ValueError("each endpoint needs a class (or an uploaded photo)")
-    return I.endpoint(model, idx, parse_seed(seed))
+    return I.endpoint(model, idx, parse_seed(seed), prior=prior)
 
 
-def interpolate(model: CVAEGAN, a: tuple, b: tuple, mode: str, frames) -> tuple[list[Image.Image], str]:
-    """a, b: (class, seed, image or None). Returns (frames, path of an animated GIF)."""
+def interpolate(
+    model: CVAEGAN, a: tuple, b: tuple, mode: str, frames, near_photos: bool = False
+) -> tuple[list[Image.Image], str]:
+    """a, b: (class, seed, image or None). Returns (frames, path of an animated GIF).
+    near_photos: a (class, seed) endpoint of a class added from photos takes its z near the photos' codes
+    (as in generate); trained classes and photo endpoints are unaffected."""
     n = parse_number(frames, "frames", 2, MAX_FRAMES, integer=True)
     if mode not in ("z", "class", "both"):
         raise ValueError(f"mode must be z, class or both, got {mode!r}")
-    (za, ca), (zb, cb) = _endpoint(model, *a), _endpoint(model, *b)
+    prior = "photos" if near_photos else "standard"
+    (za, ca), (zb, cb) = _endpoint(model, *a, prior=prior), _endpoint(model, *b, prior=prior)
     x = I.interpolate(model, (za, ca), (zb, cb), n, mode)
     names = model.config.class_names
     path = output_path(".gif", f"interpolation_{names[ca]}_to_{names[cb]}_{n}_frames")

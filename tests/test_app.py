@@ -43,7 +43,7 @@ def test_app_is_thin_and_every_event_named(served):
         "/reset_sliders": (1, 16),
         "/explore_after_reset": (20, 1),
         "/swap": (3, 1),
-        "/interpolate": (9, 2),
+        "/interpolate": (10, 2),  # 9 + "near the photos" (defaulted, as for /generate)
         "/inpaint": (5, 2),
         "/enhance": (4, 2),
         "/reconstruct": (3, 2),
@@ -52,8 +52,9 @@ def test_app_is_thin_and_every_event_named(served):
         assert name in api, name
         assert (len(api[name]["parameters"]), len(api[name]["returns"])) == (n_in, n_out), name
     assert "/explore_view" in api and len(api["/explore_view"]["parameters"]) == 21
-    near = api["/generate"]["parameters"][6]
-    assert near["parameter_has_default"] and near["parameter_default"] is False
+    for name, i in (("/generate", 6), ("/interpolate", 9)):
+        near = api[name]["parameters"][i]
+        assert near["parameter_has_default"] and near["parameter_default"] is False, name
 
 
 def test_generate_over_http_is_seeded(served):

@@ -120,6 +120,12 @@ def test_enrol_endpoint_over_http(weights, tmp_path, monkeypatch):
         a, _, _ = client.predict(w, "Circle 0", 0, False, 1, 1.0, True, api_name="/generate")
         b, _, _ = client.predict(w, "Circle 0", 0, False, 1, 1.0, False, api_name="/generate")
         assert np.array_equal(np.asarray(Image.open(a[0]["image"])), np.asarray(Image.open(b[0]["image"])))
+        # the same in Interpolate: the added class's endpoint moves near its photos, a trained one stays
+        ends = ("Green Cross", 0, None, "Circle 0", 1, None, "both", 2)
+        plain, _ = client.predict(w, *ends, api_name="/interpolate")
+        close, _ = client.predict(w, *ends, True, api_name="/interpolate")
+        frames = [np.asarray(Image.open(g["image"])) for g in (*plain, *close)]
+        assert not np.array_equal(frames[0], frames[2]) and np.array_equal(frames[1], frames[3])
     finally:
         app.demo.close()
         client.close() if hasattr(client, "close") else None
