@@ -323,9 +323,16 @@ def _release_parser(sub) -> argparse.ArgumentParser:
     p.add_argument(
         "--only-if-better",
         action="store_true",
-        help="with --judge: release only if the candidate's judge top-1 is higher than the released weights' and "
-        "its FID at most --fid-tolerance times theirs (an empty OUT always passes); otherwise leave OUT "
-        f"untouched and exit with code {REFUSED_EXIT}",
+        help="with --judge: release only if the candidate's judge top-1 is clearly higher than the released "
+        "weights' (--min-z) and its FID at most --fid-tolerance times theirs (an empty OUT always passes); "
+        f"otherwise leave OUT untouched and exit with code {REFUSED_EXIT}",
+    )
+    p.add_argument(
+        "--min-z",
+        type=float,
+        default=None,
+        help="how clearly the candidate's top-1 must lead: McNemar's z over the samples both models drew from the "
+        "same seeds (default gate.MIN_Z = 1.64: one-sided 95%%; 0: any lead)",
     )
     p.add_argument(
         "--fid-tolerance",
@@ -368,6 +375,7 @@ def cmd_release(a: argparse.Namespace) -> int:
             judge=a.judge,
             only_if_better=a.only_if_better,
             fid_tolerance=a.fid_tolerance,
+            **({} if a.min_z is None else {"min_z": a.min_z}),
             samples_per_class=a.samples_per_class,
             include_discriminator=not a.no_discriminator,
         )

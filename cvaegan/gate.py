@@ -6,13 +6,20 @@ same classes (those both have, found in the judge by class folder name, never by
 on more classes than the models works), the same seeds (evaluate.FIRST_SEED + i), the same held-out photos.
 The figures are evaluate.py's: the judge's top-1 on generated samples, FID in the judge's feature space
 against the held-out photos (evaluate.fid_kid) and reconstruction PSNR of the held-out photos
-(evaluate.psnr_ssim). The candidate passes when its top-1 is higher and its FID at most `fid_tolerance`
-times the released one's; a folder without weights yet always passes.
+(evaluate.psnr_ssim). The candidate passes when its top-1 is higher by a margin the sample size can tell
+from chance, and its FID is at most `fid_tolerance` times the released one's; a folder without weights yet
+always passes.
+
+The margin: both models draw the same (class, seed) pairs, so their hits are paired. Of the pairs where
+exactly one model's sample is recognised, the candidate must win clearly more: McNemar's statistic
+z = (b - c) / sqrt(b + c) >= `min_z` (b: recognised for the candidate only, c: for the released only;
+1.64 is one-sided 95%). A 0.1-point lead on 1,020 samples (the flowers gate of 2026-11-23) is a tie.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 from pathlib import Path
 
@@ -29,7 +36,11 @@ from .seeds import z_from_seeds
 from .serialization import CONFIG_NAME, WeightsError
 
 GATE_FILE = "gate.json"
-RULE = "candidate judge top-1 > released judge top-1 and candidate FID <= {tol:g} x released FID"
+RULE = (
+    "candidate judge top-1 > released judge top-1, with McNemar's z = (b - c) / sqrt(b + c) >= {min_z:g} over the "
+    "paired samples, and candidate FID <= {tol:g} x released FID"
+)
+MIN_Z = 1.64  # one-sided 95%
 
 
 class GateRefused(CVAEGANError):
@@ -52,7 +63,8 @@ def judge_scores(
     first_seed: int = FIRST_SEED,
 ) -> dict:
     """The judge's top-1 on generated samples, FID (judge features) of the samples against the held-out
-    photos, and E->G reconstruction PSNR of those photos, over the classes `folders`.
+    photos, and E->G reconstruction PSNR of those photos, over the classes `folders`. "hits" is a string
+    with one character per sample ("1" recognised, "0" not), for the paired test in decide().
 
     Classes are matched by folder name between the model, the judge and `data` (all of the data's classes,
     at the model's resolution); val_idx: the held-out photos, indices into data. Class k of `folders` gets
@@ -71,7 +83,8 @@ def judge_scores(
     c_judge = torch.tensor([j_idx[f] for f in folders]).repeat_interleave(samples_per_class)
     seeds = [first_seed + i for i in range(len(c_model))]
     fake = I.generate(model, z_from_seeds(seeds, model.config.z_dim), c_model, batch_size=64)
-    top1 = (predict(judge, fake)[0].argmax(1) == c_judge).float().mean().item()
+    hit = predict(judge, fake)[0].argmax(1) == c_judge
+    top1 = hit.float().mean().item()
 
     # held-out photos of these classes, labelled with the model's class index
     lut = torch.full((data.num_classes,), -1, dtype=torch.long)
@@ -88,18 +101,36 @@ def judge_scores(
         "recon_psnr_db": round(db.mean().item(), 3),
         "samples": len(seeds),
         "real_images": len(val_idx),
+        "hits": "".join("1" if h else "0" for h in hit.tolist()),
     }
 
 
-def decide(candidate: dict, released: dict | None, fid_tolerance: float = 1.1) -> tuple[bool, str]:
+def paired(candidate: dict, released: dict) -> dict:
+    """McNemar's counts over the samples both models drew from the same (class, seed): b recognised for the
+    candidate only, c for the released only, z = (b - c) / sqrt(b + c) (0 when no pair differs)."""
+    a, r = candidate["hits"], released["hits"]
+    if len(a) != len(r):
+        raise InputError(f"the two models were judged on different numbers of samples ({len(a)} vs {len(r)})")
+    b = sum(x == "1" and y == "0" for x, y in zip(a, r))
+    c = sum(x == "0" and y == "1" for x, y in zip(a, r))
+    return {"candidate_only": b, "released_only": c, "z": round((b - c) / math.sqrt(b + c), 3) if b + c else 0.0}
+
+
+def decide(
+    candidate: dict, released: dict | None, fid_tolerance: float = 1.1, min_z: float = MIN_Z
+) -> tuple[bool, str]:
     """(passed, why) for two judge_scores results; released None: OUT holds no weights yet."""
     if released is None:
         return True, "the output folder holds no weights yet"
     c1, r1, cf, rf = candidate["judge_top1"], released["judge_top1"], candidate["fid"], released["fid"]
-    better = c1 > r1
+    p = paired(candidate, released)
+    better = c1 > r1 and p["z"] >= min_z
     close = cf <= fid_tolerance * rf
     why = (
-        f"judge top-1 {c1:.2%} {'>' if better else '<='} {r1:.2%} (released) and "
+        f"judge top-1 {c1:.2%} {'>' if c1 > r1 else '<='} {r1:.2%} (released); "
+        f"{p['candidate_only']} samples recognised for the candidate only, {p['released_only']} for the released "
+        f"only: z = {p['z']:.2f} {'>=' if p['z'] >= min_z else '<'} {min_z:g}"
+        f"{'' if better else ' (not clearly better)'}; "
         f"FID {cf:.2f} {'<=' if close else '>'} {fid_tolerance:g} x {rf:.2f} = {fid_tolerance * rf:.2f}"
     )
     return better and close, why
@@ -131,6 +162,7 @@ def compare(
     samples_per_class: int = 10,
     fid_tolerance: float = 1.1,
     held_out: bool = True,
+    min_z: float = MIN_Z,
 ) -> dict:
     """Measure the candidate and the weights in OUT (if any) with the judge and decide (see the module's
     docstring). data: all classes of the data set at the candidate's resolution; val_idx: held-out photos."""
@@ -138,6 +170,8 @@ def compare(
         raise InputError("--judge: this is an attribute judge; the gate needs a class judge (`cvaegan judge`)")
     if fid_tolerance < 1:
         raise InputError(f"--fid-tolerance must be at least 1, got {fid_tolerance:g}")
+    if min_z < 0:
+        raise InputError(f"--min-z must be at least 0, got {min_z:g}")
     out = Path(out)
     released = released_model(out)
     in_judge, in_data = set(judge.config.class_folders), set(data.class_folders)
@@ -156,12 +190,18 @@ def compare(
         res = released.config.resolution
         rdata = data if res == data.images.shape[-1] else load_images(data_path, res, progress=False)
         rel = judge_scores(released, judge, rdata, val_idx, folders, samples_per_class)
-    passed, why = decide(cand, rel, fid_tolerance)
+    passed, why = decide(cand, rel, fid_tolerance, min_z)
+    pairs = paired(cand, rel) if rel is not None else None
+    for s in (cand, rel):  # the per-sample hits are summed up in "paired"
+        if s is not None:
+            s.pop("hits", None)
     return {
         "passed": passed,
         "reason": why,
-        "rule": RULE.format(tol=fid_tolerance),
+        "rule": RULE.format(tol=fid_tolerance, min_z=min_z),
         "fid_tolerance": fid_tolerance,
+        "min_z": min_z,
+        "paired": pairs,
         "judge": {
             "folder": str(judge_dir),
             "classes": judge.config.num_classes,

@@ -31,6 +31,7 @@ from .card import (
 from .data import LabelledImages, load_images, split_indices
 from .directions import check_directions, compute_directions, directions_sheet
 from .errors import CVAEGANError, InputError
+from .gate import MIN_Z
 from .hub import load_folder
 from .images import make_grid, psnr, save_jpeg, save_png, to_pil, uint8_to_float
 from .judge import load_attribute_judge
@@ -314,6 +315,7 @@ def release(
     judge: str | os.PathLike | None = None,
     only_if_better: bool = False,
     fid_tolerance: float = 1.1,
+    min_z: float = MIN_Z,
     samples_per_class: int = 10,
     include_discriminator: bool = True,
 ) -> dict:
@@ -368,6 +370,7 @@ def release(
                 samples_per_class,
                 fid_tolerance,
                 held_out,
+                min_z,
             )
             gate["candidate"]["run"], gate["candidate"]["step"] = str(run), state_step
             write_comparison(gate, run / GATE_FILE)

@@ -224,13 +224,28 @@ def test_release_of_a_run_with_excluded_classes_behind_the_gate(
     assert not gate["passed"] and gate["released"] == {k: gate["candidate"][k] for k in gate["released"]}
 
 
+def _scores(hits: str, fid: float) -> dict:
+    return {"judge_top1": hits.count("1") / len(hits), "fid": fid, "hits": hits}
+
+
 def test_gate_rule():
-    new, old = {"judge_top1": 0.30, "fid": 10.5}, {"judge_top1": 0.25, "fid": 10.0}
+    old = _scores("1" * 25 + "0" * 75, 10.0)
+    new = _scores("1" * 25 + "0" * 5 + "1" * 20 + "0" * 50, 10.5)  # 20 more hits, none lost: z = 4.47
+    assert G.paired(new, old) == {"candidate_only": 20, "released_only": 0, "z": 4.472}
     assert G.decide(new, None)[0] and G.decide(new, old)[0]
-    assert not G.decide(new, {"judge_top1": 0.30, "fid": 20.0})[0]  # equal top-1 is not better
-    assert not G.decide({"judge_top1": 0.4, "fid": 11.5}, old)[0]  # FID more than 1.1 x worse
-    assert G.decide({"judge_top1": 0.4, "fid": 11.5}, old, fid_tolerance=1.2)[0]
-    assert "FID 11.50 > 1.1 x 10.00" in G.decide({"judge_top1": 0.4, "fid": 11.5}, old)[1]
+    assert not G.decide(new, {**new, "fid": 20.0})[0]  # equal top-1 is not better
+    worse_fid = {**_scores(new["hits"], 11.5)}
+    assert not G.decide(worse_fid, old)[0]  # FID more than 1.1 x worse
+    assert G.decide(worse_fid, old, fid_tolerance=1.2)[0]
+    assert "FID 11.50 > 1.1 x 10.00" in G.decide(worse_fid, old)[1]
+    # a small lead is a tie: 3 more hits out of 100 (4 won, 1 lost: z = 1.34)
+    small = _scores("0" + "1" * 24 + "1" * 4 + "0" * 71, 10.0)
+    assert G.paired(small, old)["z"] == 1.342 and small["judge_top1"] > old["judge_top1"]
+    passed, why = G.decide(small, old)
+    assert not passed and "z = 1.34 < 1.64 (not clearly better)" in why
+    assert G.decide(small, old, min_z=0)[0]  # any lead
+    with pytest.raises(InputError, match="different numbers of samples"):
+        G.paired(small, _scores("1", 1.0))
 
 
 def test_gate_replaces_older_weights_only_when_better(excluded_run, class_judge, shapes_dir, tmp_path, monkeypatch):
@@ -242,7 +257,9 @@ def test_gate_replaces_older_weights_only_when_better(excluded_run, class_judge,
 
     def fake_scores(model, judge, data, val_idx, folders, samples_per_class=10, **kw):
         s = scores["released" if model.source == str(out) else "candidate"]
-        return {**s, "recon_psnr_db": 20.0, "samples": len(folders) * samples_per_class, "real_images": len(val_idx)}
+        n = len(folders) * 100  # enough samples for a 10-point lead to be clear (z above 5)
+        hits = "1" * round(s["judge_top1"] * n) + "0" * (n - round(s["judge_top1"] * n))
+        return {**s, "recon_psnr_db": 20.0, "samples": n, "real_images": len(val_idx), "hits": hits}
 
     monkeypatch.setattr(G, "judge_scores", fake_scores)
     args = dict(components=2, judge=class_judge, only_if_better=True)
@@ -253,6 +270,7 @@ def test_gate_replaces_older_weights_only_when_better(excluded_run, class_judge,
     scores["candidate"]["fid"] = 10.9
     figures = release(excluded_run, out, shapes_dir, "shapes", **args)
     assert figures["release_gate"]["passed"] and figures["release_gate"]["released"]["judge_top1"] == 0.4
+    assert figures["release_gate"]["paired"]["released_only"] == 0 and "hits" not in figures["release_gate"]["released"]
     assert "| 40.0% |" in (out / "README.md").read_text()  # the replaced weights' top-1 beside this release's
     assert (out / THUMBNAILS).is_file() and (out / DIRECTIONS_SHEET).is_file()
     assert not any((out / n).exists() for n in ("thumbnails.png", "directions.png", "evaluation.json"))
