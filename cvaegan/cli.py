@@ -107,7 +107,8 @@ def _train_parser(sub) -> argparse.ArgumentParser:
         metavar="WEIGHTS",
         help="warm start: all four networks and the "
         "running feature means from a weights folder that carries discriminator.safetensors (fresh "
-        "optimisers); its architecture wins over the architecture options",
+        "optimisers; the preset's warm-start --pretrain-steps are skipped unless given); its architecture wins "
+        "over the architecture options",
     )
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
     g = p.add_argument_group("architecture (ModelConfig; saved with the weights)")
@@ -169,6 +170,16 @@ def resume_config(a: argparse.Namespace, tcfg: TrainConfig) -> TrainConfig:
     return dataclasses.replace(saved, **{k: getattr(tcfg, k) for k in RESUME_OPTIONS if k in always or k in given})
 
 
+def init_from_config(a: argparse.Namespace, tcfg: TrainConfig) -> TrainConfig:
+    """--init-from: the warm-start steps (plain CVAE + C, so that the feature-matching targets mean something
+    when they start) are for networks that start from scratch; networks loaded from weights skip them unless
+    --pretrain-steps is given."""
+    if "pretrain_steps" in vars(a) or not tcfg.pretrain_steps:
+        return tcfg
+    print(f"note: --init-from: the preset's {tcfg.pretrain_steps} warm-start steps are skipped (give --pretrain-steps to keep them)")
+    return dataclasses.replace(tcfg, pretrain_steps=0)
+
+
 def cmd_train(a: argparse.Namespace) -> int:
     import torch
 
@@ -190,6 +201,8 @@ def cmd_train(a: argparse.Namespace) -> int:
     tcfg, mcfg = train_configs(a, data.num_classes, resolution)
     if a.resume:
         tcfg = resume_config(a, tcfg)
+    elif a.init_from:
+        tcfg = init_from_config(a, tcfg)
     export = train(data, a.out, tcfg, mcfg, resume=a.resume, init_from=a.init_from)
     print(f"done: weights in {export}")
     return 0

@@ -117,3 +117,17 @@ def test_train_resume_and_export_via_cli(shapes_dir, tmp_path):
     run_cli("export", "--run", str(run), "--out", str(tmp_path / "w"))
     for name in ("config.json", "encoder.safetensors", "generator.safetensors", "classifier.safetensors"):
         assert (tmp_path / "w" / name).is_file()
+
+
+def test_init_from_skips_the_presets_warm_start_steps_unless_asked(capsys):
+    import argparse
+
+    from cvaegan.cli import init_from_config
+    from cvaegan.config import TrainConfig
+
+    v2 = TrainConfig.from_preset("v2")
+    assert v2.pretrain_steps > 0
+    assert init_from_config(argparse.Namespace(init_from="w"), v2).pretrain_steps == 0
+    assert "warm-start steps are skipped" in capsys.readouterr().out
+    given = TrainConfig.from_preset("v2", pretrain_steps=40)
+    assert init_from_config(argparse.Namespace(init_from="w", pretrain_steps=40), given).pretrain_steps == 40
