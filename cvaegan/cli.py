@@ -176,7 +176,9 @@ def init_from_config(a: argparse.Namespace, tcfg: TrainConfig) -> TrainConfig:
     --pretrain-steps is given."""
     if "pretrain_steps" in vars(a) or not tcfg.pretrain_steps:
         return tcfg
-    print(f"note: --init-from: the preset's {tcfg.pretrain_steps} warm-start steps are skipped (give --pretrain-steps to keep them)")
+    print(
+        f"note: --init-from: the preset's {tcfg.pretrain_steps} warm-start steps are skipped (give --pretrain-steps to keep them)"
+    )
     return dataclasses.replace(tcfg, pretrain_steps=0)
 
 

@@ -292,7 +292,9 @@ class TrainConfig:
         if self.grad_clip is not None and self.grad_clip < 0:
             raise ConfigError(f"grad_clip must be positive (or None for off), got {self.grad_clip}")
         if self.grad_clip_auto is not None and self.grad_clip_auto <= 1:
-            raise ConfigError(f"grad_clip_auto must be > 1 (a multiple of the running mean norm), got {self.grad_clip_auto}")
+            raise ConfigError(
+                f"grad_clip_auto must be > 1 (a multiple of the running mean norm), got {self.grad_clip_auto}"
+            )
         if self.budget_minutes is not None and self.budget_minutes <= 0:
             raise ConfigError(f"budget_minutes must be positive, got {self.budget_minutes}")
         self.snapshot_marks()  # validates
