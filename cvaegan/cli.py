@@ -894,7 +894,7 @@ def add_lambdas_option(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--lambdas",
         default=",".join(f"{x:g}" for x in DEFAULT_LAMBDAS),
-        help="loss weights l1-l4 of KL, L_G, L_GD, L_GC (default 3,1,0.001,1: the paper's training weights except a "
+        help="loss weights l1-l4 of KL, L_G, L_GD, L_GC (default 3,1,0.001,10: the paper's training weights except a "
         "heavier l4, which pushes samples of the new class towards C's features of the photos; 3,1,0.001,0.001 is "
         "the paper's)",
     )

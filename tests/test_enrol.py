@@ -436,7 +436,7 @@ def test_cli_enrol_end_to_end(weights, photos, tmp_path, capsys):
 
 
 def test_loss_weights_are_checked_recorded_and_used(weights, photos, enrolled, tmp_path, capsys):
-    assert check_lambdas("3, 1, 0.001, 1") == (3.0, 1.0, 0.001, 1.0) == check_lambdas(DEFAULT_LAMBDAS)
+    assert check_lambdas("3, 1, 0.001, 10") == (3.0, 1.0, 0.001, 10.0) == check_lambdas(DEFAULT_LAMBDAS)
     assert PAPER_LAMBDAS == (3.0, 1.0, 1e-3, 1e-3)  # the paper's training weights, for reproducing the old default
     for bad, match in [
         ("3,1,1", "4 finite numbers"),
