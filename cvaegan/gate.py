@@ -117,13 +117,14 @@ def paired(candidate: dict, released: dict) -> dict:
 
 
 def decide(
-    candidate: dict, released: dict | None, fid_tolerance: float = 1.1, min_z: float = MIN_Z
+    candidate: dict, released: dict | None, fid_tolerance: float = 1.1, min_z: float = MIN_Z, pairs: dict | None = None
 ) -> tuple[bool, str]:
-    """(passed, why) for two judge_scores results; released None: OUT holds no weights yet."""
+    """(passed, why) for two judge_scores results; released None: OUT holds no weights yet. pairs: their
+    paired() counts, if already taken."""
     if released is None:
         return True, "the output folder holds no weights yet"
     c1, r1, cf, rf = candidate["judge_top1"], released["judge_top1"], candidate["fid"], released["fid"]
-    p = paired(candidate, released)
+    p = pairs or paired(candidate, released)
     better = c1 > r1 and p["z"] >= min_z
     close = cf <= fid_tolerance * rf
     why = (
@@ -190,8 +191,8 @@ def compare(
         res = released.config.resolution
         rdata = data if res == data.images.shape[-1] else load_images(data_path, res, progress=False)
         rel = judge_scores(released, judge, rdata, val_idx, folders, samples_per_class)
-    passed, why = decide(cand, rel, fid_tolerance, min_z)
     pairs = paired(cand, rel) if rel is not None else None
+    passed, why = decide(cand, rel, fid_tolerance, min_z, pairs)
     for s in (cand, rel):  # the per-sample hits are summed up in "paired"
         if s is not None:
             s.pop("hits", None)

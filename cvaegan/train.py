@@ -282,20 +282,19 @@ class Trainer:
     def _auto_clip(self, key: str, net: nn.Module) -> torch.Tensor:
         """--grad-clip-auto K: scale `net`'s gradient down to K x the running mean of its norm in this phase
         (after AUTO_CLIP_WARMUP updates of measuring only). Returns the norm before clipping."""
-        grads = [p.grad for p in net.parameters() if p.grad is not None]
-        norm = nn.utils.get_total_norm(grads)
+        params = [p for p in net.parameters() if p.grad is not None]
+        norm = nn.utils.get_total_norm([p.grad for p in params])
         st = self.norm_stats.setdefault(key, {"mean": 0.0, "updates": 0, "clipped": 0})
         value = float(norm)
         if not math.isfinite(value):  # nothing sensible to scale to: drop this update's gradient
-            for g in grads:
-                g.zero_()
+            for p in params:
+                p.grad.zero_()
             st["clipped"] += 1
             return norm
         if st["updates"] >= AUTO_CLIP_WARMUP:
             limit = self.tcfg.grad_clip_auto * st["mean"]
             if value > limit:
-                for g in grads:
-                    g.mul_(limit / value)
+                nn.utils.clip_grads_with_norm_(params, limit, norm)
                 st["clipped"] += 1
                 value = limit
         n = st["updates"] = st["updates"] + 1
