@@ -38,6 +38,8 @@ RECIPES: dict[str, list[str]] = {
     "v1+warm": ["--preset", "v1", "--pretrain-steps", "300"],
     "v1+sn": ["--preset", "v1", "--d-norm", "none", "--c-norm", "none", "--spectral-norm"],
     "v1+ttur": ["--preset", "v1", "--d-lr-mult", "2", "--beta2", "0.99"],
+    # beyond RECIPE.md's list: the class reaches every layer of G (G listens to z far more than to c)
+    "v2+cbn": ["--preset", "v2", "--g-cond", "cbn"],
 }
 
 

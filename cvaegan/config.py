@@ -13,6 +13,7 @@ from .errors import InputError
 FORMAT_VERSION = 1
 RESOLUTIONS = (32, 64, 128)
 NORMS = ("batch", "group", "none")  # normalisation layers of the D / C trunks
+G_CONDS = ("concat", "cbn")  # how G takes the class label
 
 
 def option(default: Any = None, help: str = "", *, factory: Any = None, **meta: Any) -> Any:
@@ -58,6 +59,12 @@ class ModelConfig:
     d_norm: str = option("batch", "normalisation in D's trunk (paper: batch)", choices=NORMS)
     c_norm: str = option("batch", "normalisation in C's trunk (paper: batch)", choices=NORMS)
     spectral_norm: bool = option(False, "spectral normalisation of every D layer (Miyato et al. 2018)")
+    g_cond: str = option(
+        "concat",
+        "how G takes the class: concat (paper: the label embedding joined to z at G's input) or cbn (also a "
+        "class-conditional gain and bias in every BatchNorm of G, de Vries et al. 2017, Miyato & Koyama 2018)",
+        choices=G_CONDS,
+    )
     directions: list[str] = option(help="names of saved latent directions (may be empty)", factory=list, cli=False)
     direction_units: list[str] = option(help="unit of each direction's amount", factory=list, cli=False)
     format_version: int = option(FORMAT_VERSION, "weights layout version; newer than this code -> error", cli=False)
@@ -81,6 +88,8 @@ class ModelConfig:
         for name in ("d_norm", "c_norm"):
             if getattr(self, name) not in NORMS:
                 raise ConfigError(f"{name} must be one of {list(NORMS)}, got {getattr(self, name)!r}")
+        if self.g_cond not in G_CONDS:
+            raise ConfigError(f"g_cond must be one of {list(G_CONDS)}, got {self.g_cond!r}")
         if len(self.direction_units) < len(self.directions):
             self.direction_units = list(self.direction_units) + [""] * (
                 len(self.directions) - len(self.direction_units)

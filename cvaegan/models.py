@@ -48,6 +48,26 @@ class LabelEmbedding(nn.Module):
         return labels_to_onehot(c, self.num_classes, self.weight.dtype) @ self.weight
 
 
+class ClassBatchNorm(nn.Module):
+    """BatchNorm whose gain and bias are linear in the class embedding e (conditional BN).
+
+    Both maps start at zero, so a fresh layer is a plain BatchNorm with unit gain and zero bias.
+    """
+
+    def __init__(self, ch: int, label_dim: int):
+        super().__init__()
+        self.bn = nn.BatchNorm2d(ch, affine=False)
+        self.gain = nn.Linear(label_dim, ch)
+        self.bias = nn.Linear(label_dim, ch)
+        for layer in (self.gain, self.bias):
+            nn.init.zeros_(layer.weight)
+            nn.init.zeros_(layer.bias)
+
+    def forward(self, h: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+        gain = (1.0 + self.gain(e)).to(h.dtype)[:, :, None, None]
+        return self.bn(h) * gain + self.bias(e).to(h.dtype)[:, :, None, None]
+
+
 def _norm_layer(kind: str, ch: int) -> nn.Module:
     if kind == "batch":
         return nn.BatchNorm2d(ch)
@@ -117,7 +137,11 @@ class Encoder(nn.Module):
 
 
 class Generator(nn.Module):
-    """G(z, c) -> x. z: (B, z_dim); c: (B,) indices or (B, K) weights; x: (B, 3, R, R) in [-1, 1]."""
+    """G(z, c) -> x. z: (B, z_dim); c: (B,) indices or (B, K) weights; x: (B, 3, R, R) in [-1, 1].
+
+    The class embedding joins z at the input; with cfg.g_cond == "cbn" it also sets the gain and bias
+    of every BatchNorm (ClassBatchNorm), so the class reaches every layer, not only the first.
+    """
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
@@ -125,7 +149,11 @@ class Generator(nn.Module):
         self.embed = LabelEmbedding(cfg.num_classes, cfg.label_dim)
         c4 = channels(cfg, 4)
         self.fc = nn.Linear(cfg.z_dim + cfg.label_dim, c4 * 16)
-        self.bn0 = nn.BatchNorm2d(c4)
+
+        def bn(ch: int) -> nn.Module:
+            return ClassBatchNorm(ch, cfg.label_dim) if cfg.g_cond == "cbn" else nn.BatchNorm2d(ch)
+
+        self.bn0 = bn(c4)
         levels = _levels(cfg)[::-1]  # 4, 8, ..., R
         blocks = []
         for r_in, r_out in zip(levels[:-1], levels[1:]):
@@ -133,19 +161,25 @@ class Generator(nn.Module):
             layers: list[nn.Module] = [
                 nn.Upsample(scale_factor=2, mode="nearest"),
                 nn.Conv2d(cin, cout, 3, 1, 1, bias=False),
-                nn.BatchNorm2d(cout),
+                bn(cout),
                 nn.ReLU(inplace=True),
             ]
             if r_out <= 32:  # a second conv where it is cheap (low resolution)
-                layers += [nn.Conv2d(cout, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+                layers += [nn.Conv2d(cout, cout, 3, 1, 1, bias=False), bn(cout), nn.ReLU(inplace=True)]
             blocks.append(nn.Sequential(*layers))
         self.blocks = nn.Sequential(*blocks)
         self.to_rgb = nn.Conv2d(channels(cfg, cfg.resolution), 3, 3, 1, 1)
 
     def forward(self, z: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-        h = self.fc(torch.cat([z, self.embed(c).to(z.dtype)], dim=1))
-        h = F.relu(self.bn0(h.view(z.shape[0], -1, 4, 4)))
-        return torch.tanh(self.to_rgb(self.blocks(h)))
+        e = self.embed(c).to(z.dtype)
+        h = self.fc(torch.cat([z, e], dim=1)).view(z.shape[0], -1, 4, 4)
+        if self.cfg.g_cond == "concat":
+            return torch.tanh(self.to_rgb(self.blocks(F.relu(self.bn0(h)))))
+        h = F.relu(self.bn0(h, e))
+        for block in self.blocks:
+            for layer in block:
+                h = layer(h, e) if isinstance(layer, ClassBatchNorm) else layer(h)
+        return torch.tanh(self.to_rgb(h))
 
 
 class Discriminator(nn.Module):

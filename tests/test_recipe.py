@@ -103,6 +103,52 @@ def test_spectral_norm_is_active_when_asked():
     assert not any(torch.nn.utils.parametrize.is_parametrized(m) for m in plain.modules())
 
 
+def test_class_batchnorm_starts_plain_and_then_carries_the_class_to_every_layer():
+    from cvaegan.models import ClassBatchNorm
+
+    torch.manual_seed(0)
+    g = CVAEGAN(tiny_config(g_cond="cbn")).generator
+    cbns = [m for m in g.modules() if isinstance(m, ClassBatchNorm)]
+    assert len(cbns) == sum(isinstance(m, torch.nn.BatchNorm2d) for m in CVAEGAN(tiny_config()).generator.modules())
+    h = torch.randn(6, cbns[0].bn.num_features, 4, 4)
+    e = torch.randn(6, 8)
+    plain = torch.nn.functional.batch_norm(h, None, None, training=True)
+    assert torch.allclose(cbns[0](h, e), plain, atol=1e-5)  # zero-initialised gain and bias: a plain BN
+    # a G step trains the class maps, and then the class changes what every layer's BN hands on
+    tr = _trainer(tiny_config(g_cond="cbn"))
+    x, c, noise = _batch(tr.model)
+    for i in range(2):
+        tr.train_step(x, c, step_generator(0, i), noise)
+    cbns = [m for m in tr.model.generator.modules() if isinstance(m, ClassBatchNorm)]
+    assert all(m.gain.weight.abs().sum() > 0 and m.bias.weight.abs().sum() > 0 for m in cbns)
+    g = tr.model.generator.eval()
+    z = torch.randn(1, 16).repeat(2, 1)
+    with torch.no_grad():
+        a, b = g(z, torch.tensor([0, 1]))
+        one_hot_a = g(z[:1], torch.nn.functional.one_hot(torch.tensor([0]), 4).float())
+    assert (a - b).abs().mean() > 1e-3
+    assert torch.allclose(one_hot_a[0], a, atol=1e-5)  # soft labels take the same path as indices
+
+
+def test_class_batchnorm_weights_round_trip_strictly(tmp_path):
+    torch.manual_seed(0)
+    m = CVAEGAN(tiny_config(g_cond="cbn")).eval()
+    for mod in m.generator.modules():
+        if isinstance(mod, torch.nn.Linear):
+            torch.nn.init.normal_(mod.weight, std=0.1)
+    m.save_pretrained(tmp_path / "w", fp16=False)
+    assert json.loads((tmp_path / "w" / "config.json").read_text())["g_cond"] == "cbn"
+    back = CVAEGAN.from_pretrained(tmp_path / "w")
+    z, c = torch.randn(3, 16), torch.tensor([0, 2, 3])
+    with torch.no_grad():
+        assert torch.allclose(back.generator(z, c), m.generator(z, c), atol=1e-5)
+    cfg = json.loads((tmp_path / "w" / "config.json").read_text())
+    cfg["g_cond"] = "concat"  # a layout that does not match the tensors must not load
+    (tmp_path / "w" / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(Exception, match="generator"):
+        CVAEGAN.from_pretrained(tmp_path / "w")
+
+
 @pytest.mark.parametrize("norm,layer", [("group", torch.nn.GroupNorm), ("none", None), ("batch", torch.nn.BatchNorm2d)])
 def test_classifier_and_discriminator_normalisation(norm, layer):
     m = CVAEGAN(tiny_config(d_norm=norm, c_norm=norm))
