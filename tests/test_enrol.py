@@ -285,13 +285,20 @@ def test_class_file_for_other_weights_is_refused(weights, enrolled, tmp_path):
         load_classes(path)
 
 
-def test_in_memory_model_can_enrol_but_not_save(tmp_path, photos):
+@pytest.mark.parametrize("g_cond", ["concat", "cbn"])
+def test_in_memory_model_can_enrol_but_not_save(tmp_path, photos, g_cond):
     torch.manual_seed(0)
-    model = CVAEGAN(tiny_config()).eval()
+    model = CVAEGAN(tiny_config(g_cond=g_cond)).eval()
     cls = enrol(model, photos, "Thing", steps=2, init_from=2)
+    with torch.no_grad():  # the learned row drives G whichever way G takes the class
+        z = torch.randn(2, model.config.z_dim)
+        before = model.generator(z, torch.tensor([2, 2]))
     assert cls.info["init_from"] == "2"
     add_classes(model, cls)
     assert model.config.class_names[-1] == "Thing"
+    with torch.no_grad():
+        thing = model.generator(z, torch.tensor([4, 4]))
+        assert torch.isfinite(thing).all() and not torch.allclose(thing, before)
     with pytest.raises(EnrolError, match="save_pretrained"):
         save_classes(cls, tmp_path / "thing.safetensors")
 
