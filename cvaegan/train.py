@@ -286,9 +286,9 @@ class Trainer:
         norm = nn.utils.get_total_norm([p.grad for p in params])
         st = self.norm_stats.setdefault(key, {"mean": 0.0, "updates": 0, "clipped": 0})
         value = float(norm)
-        if not math.isfinite(value):  # nothing sensible to scale to: drop this update's gradient
-            for p in params:
-                p.grad.zero_()
+        if not math.isfinite(value):  # nothing sensible to scale to: skip this network's update entirely
+            for p in params:  # (no gradient at all, so Adam does not step on its momentum either)
+                p.grad = None
             st["clipped"] += 1
             return norm
         if st["updates"] >= AUTO_CLIP_WARMUP:
