@@ -40,6 +40,7 @@ RECIPES: dict[str, list[str]] = {
     "v1+ttur": ["--preset", "v1", "--d-lr-mult", "2", "--beta2", "0.99"],
     # beyond RECIPE.md's list: the class reaches every layer of G (G listens to z far more than to c)
     "v2+cbn": ["--preset", "v2", "--g-cond", "cbn"],
+    "v2+caug": ["--preset", "v2", "--c-augment"],  # C stops learning the photos by heart
 }
 
 

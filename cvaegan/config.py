@@ -224,6 +224,11 @@ class TrainConfig:
     sample_classes: int = option(8, "rows of the sample grid (classes spread over the range)")
     sample_seeds: int = option(8, "columns of the sample grid (seeds 0..N-1)")
     diffaugment: str = option("", "DiffAugment policy for D's inputs, e.g. color,translation,cutout; empty = off")
+    c_augment: bool = option(
+        False,
+        "train C on real photos augmented with the --diffaugment policy too (paper: C sees them as they are); "
+        "C otherwise learns small classes by heart within minutes",
+    )
     ema_decay: float | None = option(None, "EMA of G's and E's weights for export and samples, e.g. 0.999; None = off")
     ema_rampup: bool = option(
         True,
@@ -342,6 +347,7 @@ ADDED_WITH_PRESETS: dict[str, Any] = {
     "stratify": 0,
     "r1_gamma": 0.0,
     "joint_ge": False,
+    "c_augment": False,
     "pretrain_steps": 0,
     "export_discriminator": False,
     "budget_minutes": None,

@@ -190,9 +190,10 @@ class MethodLoss:
         return getattr(self, "phase_" + phase.name)(b)
 
     def phase_C(self, b: Batch):
-        """L_C on real images only."""
+        """L_C on real images only (with c_augment: augmented as D's inputs are)."""
+        x = self.ctx.augment(b.x_r, b.gen) if self.t.c_augment else b.x_r
         with self.ctx.autocast():
-            logits, _ = self.ctx.train_nets["C"](b.x_r)
+            logits, _ = self.ctx.train_nets["C"](x)
             loss = classifier_loss(logits, b.c_r)
         return loss, {"loss/C": loss.item(), "acc/C": (logits.argmax(1) == b.c_r).float().mean().item()}
 

@@ -130,6 +130,19 @@ def test_class_batchnorm_starts_plain_and_then_carries_the_class_to_every_layer(
     assert torch.allclose(one_hot_a[0], a, atol=1e-5)  # soft labels take the same path as indices
 
 
+@pytest.mark.parametrize("c_augment", [False, True])
+def test_c_augment_trains_c_on_augmented_photos_only_when_asked(c_augment):
+    tr = _trainer(c_augment=c_augment, diffaugment="color,translation,cutout")
+    x, c, noise = _batch(tr.model)
+    seen = []
+    tr.model.classifier.register_forward_pre_hook(
+        lambda mod, args: seen.append(args[0].detach().clone()) if mod.training else None
+    )
+    tr.train_step(x, c, step_generator(0, 0), noise)
+    assert len(seen) == 1  # C's own phase; elsewhere C is a fixed feature extractor in eval mode
+    assert seen[0].shape == x.shape and torch.equal(seen[0], x) != c_augment
+
+
 def test_class_batchnorm_weights_round_trip_strictly(tmp_path):
     torch.manual_seed(0)
     m = CVAEGAN(tiny_config(g_cond="cbn")).eval()
