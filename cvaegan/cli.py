@@ -108,7 +108,7 @@ def _train_parser(sub) -> argparse.ArgumentParser:
         help="warm start: all four networks and the "
         "running feature means from a weights folder that carries discriminator.safetensors (fresh "
         "optimisers; the preset's warm-start --pretrain-steps are skipped unless given); its architecture wins "
-        "over the architecture options",
+        "over the architecture options, except --g-cond cbn, which converts a concat G exactly",
     )
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
     g = p.add_argument_group("architecture (ModelConfig; saved with the weights)")

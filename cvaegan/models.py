@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from pathlib import Path
@@ -180,6 +181,30 @@ class Generator(nn.Module):
             for layer in block:
                 h = layer(h, e) if isinstance(layer, ClassBatchNorm) else layer(h)
         return torch.tanh(self.to_rgb(h))
+
+
+def generator_state_to_cbn(state: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:
+    """A concat G's state dict (cfg.g_cond "concat") rewritten for the same G with class-conditional BatchNorm:
+    each BN's affine weight w and bias b become the class maps' constant terms (gain bias w - 1, bias bias b,
+    both matrices zero), its running statistics move to the inner BN. The converted G computes exactly what
+    the concat G did, so a released model can warm-start with --g-cond cbn."""
+    target = Generator(dataclasses.replace(cfg, g_cond="cbn"))
+    out: dict[str, torch.Tensor] = {}
+    cbn = {name for name, m in target.named_modules() if isinstance(m, ClassBatchNorm)}
+    for key, ref in target.state_dict().items():
+        prefix, _, leaf = key.rpartition(".")
+        owner = prefix.rpartition(".")[0] if prefix.endswith((".bn", ".gain", ".bias")) else None
+        if owner not in cbn:
+            out[key] = state[key]
+        elif prefix.endswith(".bn"):  # running_mean / running_var / num_batches_tracked
+            out[key] = state[f"{owner}.{leaf}"]
+        elif leaf == "weight":  # the class matrices start at zero: no class dependence yet
+            out[key] = torch.zeros_like(ref)
+        elif prefix.endswith(".gain"):
+            out[key] = state[f"{owner}.weight"].to(ref.dtype) - 1.0
+        else:
+            out[key] = state[f"{owner}.bias"].to(ref.dtype)
+    return out
 
 
 class Discriminator(nn.Module):

@@ -565,7 +565,13 @@ def train(
         from .hub import load_training_state
 
         warm = load_training_state(init_from)
+        wanted_g_cond = mcfg.g_cond if mcfg is not None else None
         mcfg = ModelConfig.from_dict({**warm["config"], "directions": [], "direction_units": [], "files": {}})
+        if wanted_g_cond == "cbn" and mcfg.g_cond == "concat":  # an exact conversion: G computes what it did
+            from .models import generator_state_to_cbn
+
+            warm["nets"]["G"] = generator_state_to_cbn(warm["nets"]["G"], mcfg)
+            mcfg = dataclasses.replace(mcfg, g_cond="cbn")
     # the split is drawn on all classes, so that held-out photos stay held out whatever is excluded
     train_idx, val_idx = split_indices(data.labels, tcfg.val_fraction, seed=SPLIT_SEED)
     excluded = [f.strip() for f in tcfg.exclude_classes.split(",") if f.strip()]

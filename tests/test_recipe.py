@@ -130,6 +130,64 @@ def test_class_batchnorm_starts_plain_and_then_carries_the_class_to_every_layer(
     assert torch.allclose(one_hot_a[0], a, atol=1e-5)  # soft labels take the same path as indices
 
 
+@pytest.mark.parametrize("training", [False, True])
+def test_concat_generator_converts_to_class_batchnorm_exactly(training):
+    from cvaegan.models import Generator, generator_state_to_cbn
+
+    torch.manual_seed(0)
+    cfg = tiny_config()
+    g = Generator(cfg)
+    for m in g.modules():  # a trained-looking BN: gains, biases and running statistics away from their init
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.uniform_(-0.3, 0.3)
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 1.5)
+    converted = Generator(dataclasses.replace(cfg, g_cond="cbn"))
+    converted.load_state_dict(generator_state_to_cbn(g.state_dict(), cfg), strict=True)
+    g.train(training)
+    converted.train(training)
+    z, c = torch.randn(5, 16), torch.tensor([0, 1, 2, 3, 1])
+    with torch.no_grad():
+        assert torch.allclose(converted(z, c), g(z, c), atol=1e-5)
+
+
+@pytest.mark.slow  # trains a tiny model
+def test_warm_start_with_g_cond_cbn_converts_a_released_concat_model(shapes_dir, tmp_path):
+    data = load_images(shapes_dir, 32, progress=False)
+    base = dict(batch_size=16, lr=1e-3, log_every=1, sample_every=0, device="cpu")
+    export = train(
+        data, tmp_path / "a", TrainConfig(steps=30, checkpoint_every=30, **base), tiny_config(), progress=False
+    )
+    first = {}
+    for name, init in (("b", export), ("fresh", None)):
+        rows = []
+        out = train(
+            data,
+            tmp_path / name,
+            TrainConfig(steps=1, checkpoint_every=1, **base),
+            tiny_config(g_cond="cbn"),
+            progress=False,
+            init_from=init,
+            on_step=lambda s, log: rows.append(dict(log)),
+        )
+        first[name] = rows[0]["psnr/recon"]
+    out = tmp_path / "b" / "export"
+    assert CVAEGAN.read_config(out).g_cond == "cbn"
+    last = json.loads((tmp_path / "a" / "metrics.jsonl").read_text().splitlines()[-1])["psnr/recon"]
+    assert abs(first["b"] - last) < abs(first["fresh"] - last)  # went on from the released G, not from scratch
+    # without --g-cond cbn the released architecture wins, as before
+    again = train(
+        data,
+        tmp_path / "c",
+        TrainConfig(steps=1, checkpoint_every=1, **base),
+        tiny_config(),
+        progress=False,
+        init_from=out,
+    )
+    assert CVAEGAN.read_config(again).g_cond == "cbn"
+
+
 @pytest.mark.parametrize("c_augment", [False, True])
 def test_c_augment_trains_c_on_augmented_photos_only_when_asked(c_augment):
     tr = _trainer(c_augment=c_augment, diffaugment="color,translation,cutout")
