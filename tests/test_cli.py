@@ -117,6 +117,10 @@ def test_train_resume_and_export_via_cli(shapes_dir, tmp_path):
     run_cli("export", "--run", str(run), "--out", str(tmp_path / "w"))
     for name in ("config.json", "encoder.safetensors", "generator.safetensors", "classifier.safetensors"):
         assert (tmp_path / "w" / name).is_file()
+    # a released concat model goes on training with class-conditional BatchNorm in G
+    warm = ["--data", str(shapes_dir), "--out", str(tmp_path / "cbn"), "--init-from", str(run / "export")]
+    run_cli("train", *warm, "--g-cond", "cbn", "--steps", "1", "--batch-size", "16", "--sample-every", "1")
+    assert json.loads((tmp_path / "cbn" / "export" / "config.json").read_text())["g_cond"] == "cbn"
 
 
 def test_init_from_skips_the_presets_warm_start_steps_unless_asked(capsys):
