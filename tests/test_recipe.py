@@ -4,6 +4,7 @@ and the `train` command's options generated from the config fields."""
 import argparse
 import dataclasses
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -152,35 +153,44 @@ def test_concat_generator_converts_to_class_batchnorm_exactly(training):
         assert torch.allclose(converted(z, c), g(z, c), atol=1e-5)
 
 
-@pytest.mark.slow  # trains a tiny model
-def test_warm_start_with_g_cond_cbn_converts_a_released_concat_model(shapes_dir, tmp_path):
+def _warm_vs_fresh(shapes_dir, tmp_path, source_steps: int, mcfg) -> tuple[dict, dict, Path]:
+    """Train a source run for `source_steps`, then one step of `mcfg` warm-started from its export and one
+    from scratch. Returns (the source's last log, {"warm": first log, "fresh": first log}, the warm export)."""
     data = load_images(shapes_dir, 32, progress=False)
     base = dict(batch_size=16, lr=1e-3, log_every=1, sample_every=0, device="cpu")
-    export = train(
-        data, tmp_path / "a", TrainConfig(steps=30, checkpoint_every=30, **base), tiny_config(), progress=False
-    )
+    source = TrainConfig(steps=source_steps, checkpoint_every=source_steps, **base)
+    export = train(data, tmp_path / "source", source, tiny_config(), progress=False)
+    last = json.loads((tmp_path / "source" / "metrics.jsonl").read_text().splitlines()[-1])
     first = {}
-    for name, init in (("b", export), ("fresh", None)):
+    for name, init in (("warm", export), ("fresh", None)):
         rows = []
-        out = train(
+        train(
             data,
             tmp_path / name,
             TrainConfig(steps=1, checkpoint_every=1, **base),
-            tiny_config(g_cond="cbn"),
+            mcfg,
             progress=False,
             init_from=init,
             on_step=lambda s, log: rows.append(dict(log)),
         )
-        first[name] = rows[0]["psnr/recon"]
-    out = tmp_path / "b" / "export"
+        first[name] = rows[0]
+    return last, first, tmp_path / "warm" / "export"
+
+
+@pytest.mark.slow  # trains a tiny model
+def test_warm_start_with_g_cond_cbn_converts_a_released_concat_model(shapes_dir, tmp_path):
+    last, first, out = _warm_vs_fresh(shapes_dir, tmp_path, 30, tiny_config(g_cond="cbn"))
     assert CVAEGAN.read_config(out).g_cond == "cbn"
-    last = json.loads((tmp_path / "a" / "metrics.jsonl").read_text().splitlines()[-1])["psnr/recon"]
-    assert abs(first["b"] - last) < abs(first["fresh"] - last)  # went on from the released G, not from scratch
-    # without --g-cond cbn the released architecture wins, as before
+    # went on from the released G, not from scratch
+    assert abs(first["warm"]["psnr/recon"] - last["psnr/recon"]) < abs(
+        first["fresh"]["psnr/recon"] - last["psnr/recon"]
+    )
+    # without --g-cond cbn the weights' architecture wins, as before
+    data = load_images(shapes_dir, 32, progress=False)
     again = train(
         data,
         tmp_path / "c",
-        TrainConfig(steps=1, checkpoint_every=1, **base),
+        TrainConfig(steps=1, checkpoint_every=1, batch_size=16, sample_every=0, device="cpu"),
         tiny_config(),
         progress=False,
         init_from=out,
@@ -363,25 +373,7 @@ def test_cpu_budget_stops_the_run_and_keeps_snapshots(shapes_dir, tmp_path):
 @pytest.mark.slow  # trains a tiny model
 def test_warm_start_continues_from_the_released_networks(shapes_dir, tmp_path):
     """--init-from: the first step's losses are close to the source run's last ones, not to a fresh run's."""
-    data = load_images(shapes_dir, 32, progress=False)
-    base = dict(batch_size=16, lr=1e-3, log_every=1, sample_every=0, device="cpu")
-    export = train(
-        data, tmp_path / "a", TrainConfig(steps=120, checkpoint_every=120, **base), tiny_config(), progress=False
-    )
-    last = json.loads((tmp_path / "a" / "metrics.jsonl").read_text().splitlines()[-1])
-    logs = {}
-    for name, init in (("warm", export), ("fresh", None)):
-        rows = []
-        train(
-            data,
-            tmp_path / name,
-            TrainConfig(steps=1, checkpoint_every=1, **base),
-            tiny_config(),
-            progress=False,
-            init_from=init,
-            on_step=lambda s, log: rows.append(dict(log)),
-        )
-        logs[name] = rows[0]
+    last, logs, _ = _warm_vs_fresh(shapes_dir, tmp_path, 120, tiny_config())
     for key in ("loss/C", "loss/G_recon"):
         assert abs(logs["warm"][key] - last[key]) < abs(logs["fresh"][key] - last[key]), key
     assert logs["warm"]["psnr/recon"] > logs["fresh"]["psnr/recon"] + 1
