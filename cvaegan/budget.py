@@ -30,6 +30,7 @@ SHEET_SEEDS = 8
 RECIPES: dict[str, list[str]] = {
     "v1": ["--preset", "v1"],
     "v2": ["--preset", "v2"],  # the budget runs in the README used the same values given as options
+    "v3": ["--preset", "v3"],  # = v2+cbn below, under its preset name
     "paper": ["--preset", "paper"],
     "v1+stratify": ["--preset", "v1", "--stratify", "8"],
     "v1+joint": ["--preset", "v1", "--joint-ge"],

@@ -309,7 +309,12 @@ def test_presets_and_explicit_options(tmp_path):
     assert mcfg.resolution == 64 and mcfg.base_channels == 32 and mcfg.d_norm == "batch"
     a = ap.parse_args(["train", "--data", "d", "--out", "o", "--resolution", "32"])
     tcfg, mcfg = cli.train_configs(a, num_classes=5)
-    assert tcfg == TrainConfig.from_preset("v2") and tcfg.preset == "v2" and mcfg.base_channels == 64
+    assert tcfg == TrainConfig.from_preset("v3") and tcfg.preset == "v3" and mcfg.base_channels == 64
+    assert mcfg.g_cond == "cbn"  # the default recipe's G takes the class in every layer
+    a = ap.parse_args(["train", "--data", "d", "--out", "o", "--preset", "v2"])
+    assert cli.train_configs(a, num_classes=5)[1].g_cond == "concat"  # the second weights' recipe, reproducible
+    a = ap.parse_args(["train", "--data", "d", "--out", "o", "--g-cond", "concat"])
+    assert cli.train_configs(a, num_classes=5)[1].g_cond == "concat"  # an explicit option wins over the preset
     for name, values in PRESETS.items():
         assert TrainConfig.from_preset(name).preset == name
         assert all(getattr(TrainConfig.from_preset(name), k) == v for k, v in values.items())
