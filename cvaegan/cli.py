@@ -205,7 +205,8 @@ def cmd_train(a: argparse.Namespace) -> int:
         tcfg = resume_config(a, tcfg)
     elif a.init_from:
         tcfg = init_from_config(a, tcfg)
-    export = train(data, a.out, tcfg, mcfg, resume=a.resume, init_from=a.init_from)
+    init_g_cond = getattr(a, "g_cond", None) if a.init_from else None  # only when given: the weights' G otherwise
+    export = train(data, a.out, tcfg, mcfg, resume=a.resume, init_from=a.init_from, init_g_cond=init_g_cond)
     print(f"done: weights in {export}")
     return 0
 

@@ -531,13 +531,15 @@ def train(
     progress: bool = True,
     on_step=None,
     init_from: str | os.PathLike | None = None,
+    init_g_cond: str | None = None,
 ) -> Path:
     """Train on decoded images and write everything into the run folder `out`; returns the export folder.
 
     mcfg None builds the default config for 64 px from the data's classes. With resume=True the run
     continues from out/checkpoint.pt (its configs win over the arguments, except RESUME_OPTIONS). init_from: a weights folder
     carrying discriminator.safetensors and the running feature means (`export_discriminator`): all four
-    networks start from it, with fresh optimisers. `on_step(step, log)` is called after every iteration.
+    networks start from it, with fresh optimisers; its architecture wins over `mcfg`, except that init_g_cond="cbn"
+    converts a concat G exactly (models.generator_state_to_cbn). `on_step(step, log)` is called after every iteration.
     """
     out = Path(out)
     rank, world, device = _init_distributed(tcfg)
@@ -565,9 +567,8 @@ def train(
         from .hub import load_training_state
 
         warm = load_training_state(init_from)
-        wanted_g_cond = mcfg.g_cond if mcfg is not None else None
         mcfg = ModelConfig.from_dict({**warm["config"], "directions": [], "direction_units": [], "files": {}})
-        if wanted_g_cond == "cbn" and mcfg.g_cond == "concat":  # an exact conversion: G computes what it did
+        if init_g_cond == "cbn" and mcfg.g_cond == "concat":  # an exact conversion: G computes what it did
             from .models import generator_state_to_cbn
 
             warm["nets"]["G"] = generator_state_to_cbn(warm["nets"]["G"], mcfg)

@@ -96,6 +96,8 @@ def test_train_resume_and_export_via_cli(shapes_dir, tmp_path):
         "2",
         "--checkpoint-every",
         "2",
+        "--g-cond",
+        "concat",  # G as in the paper (the default v3 has cbn), so that a warm start below can convert it
     ]
     run_cli("train", *common, "--steps", "2")
     out = run_cli("train", *common, "--steps", "3", check=False)
@@ -121,6 +123,10 @@ def test_train_resume_and_export_via_cli(shapes_dir, tmp_path):
     warm = ["--data", str(shapes_dir), "--out", str(tmp_path / "cbn"), "--init-from", str(run / "export")]
     run_cli("train", *warm, "--g-cond", "cbn", "--steps", "1", "--batch-size", "16", "--sample-every", "1")
     assert json.loads((tmp_path / "cbn" / "export" / "config.json").read_text())["g_cond"] == "cbn"
+    # the default preset (v3) has cbn, but only an explicit --g-cond converts released weights
+    warm[3] = str(tmp_path / "kept")
+    run_cli("train", *warm, "--steps", "1", "--batch-size", "16", "--sample-every", "1")
+    assert json.loads((tmp_path / "kept" / "export" / "config.json").read_text())["g_cond"] == "concat"
 
 
 def test_init_from_skips_the_presets_warm_start_steps_unless_asked(capsys):

@@ -153,7 +153,7 @@ def test_concat_generator_converts_to_class_batchnorm_exactly(training):
         assert torch.allclose(converted(z, c), g(z, c), atol=1e-5)
 
 
-def _warm_vs_fresh(shapes_dir, tmp_path, source_steps: int, mcfg) -> tuple[dict, dict, Path]:
+def _warm_vs_fresh(shapes_dir, tmp_path, source_steps: int, mcfg, **kw) -> tuple[dict, dict, Path]:
     """Train a source run for `source_steps`, then one step of `mcfg` warm-started from its export and one
     from scratch. Returns (the source's last log, {"warm": first log, "fresh": first log}, the warm export)."""
     data = load_images(shapes_dir, 32, progress=False)
@@ -172,6 +172,7 @@ def _warm_vs_fresh(shapes_dir, tmp_path, source_steps: int, mcfg) -> tuple[dict,
             progress=False,
             init_from=init,
             on_step=lambda s, log: rows.append(dict(log)),
+            **(kw if init is not None else {}),
         )
         first[name] = rows[0]
     return last, first, tmp_path / "warm" / "export"
@@ -179,23 +180,20 @@ def _warm_vs_fresh(shapes_dir, tmp_path, source_steps: int, mcfg) -> tuple[dict,
 
 @pytest.mark.slow  # trains a tiny model
 def test_warm_start_with_g_cond_cbn_converts_a_released_concat_model(shapes_dir, tmp_path):
-    last, first, out = _warm_vs_fresh(shapes_dir, tmp_path, 30, tiny_config(g_cond="cbn"))
+    last, first, out = _warm_vs_fresh(shapes_dir, tmp_path, 30, tiny_config(g_cond="cbn"), init_g_cond="cbn")
     assert CVAEGAN.read_config(out).g_cond == "cbn"
     # went on from the released G, not from scratch
     assert abs(first["warm"]["psnr/recon"] - last["psnr/recon"]) < abs(
         first["fresh"]["psnr/recon"] - last["psnr/recon"]
     )
-    # without --g-cond cbn the weights' architecture wins, as before
+    # without init_g_cond the weights' architecture wins, whatever the given model config says
     data = load_images(shapes_dir, 32, progress=False)
-    again = train(
-        data,
-        tmp_path / "c",
-        TrainConfig(steps=1, checkpoint_every=1, batch_size=16, sample_every=0, device="cpu"),
-        tiny_config(),
-        progress=False,
-        init_from=out,
-    )
+    one = TrainConfig(steps=1, checkpoint_every=1, batch_size=16, sample_every=0, device="cpu")
+    again = train(data, tmp_path / "c", one, tiny_config(), progress=False, init_from=out)
     assert CVAEGAN.read_config(again).g_cond == "cbn"
+    source = tmp_path / "source" / "export"
+    kept = train(data, tmp_path / "d", one, tiny_config(g_cond="cbn"), progress=False, init_from=source)
+    assert CVAEGAN.read_config(kept).g_cond == "concat"
 
 
 @pytest.mark.parametrize("c_augment", [False, True])
