@@ -173,13 +173,14 @@ class Generator(nn.Module):
 
     def forward(self, z: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         e = self.embed(c).to(z.dtype)
-        h = self.fc(torch.cat([z, e], dim=1)).view(z.shape[0], -1, 4, 4)
-        if self.cfg.g_cond == "concat":
-            return torch.tanh(self.to_rgb(self.blocks(F.relu(self.bn0(h)))))
-        h = F.relu(self.bn0(h, e))
+
+        def run(layer: nn.Module, h: torch.Tensor) -> torch.Tensor:  # a ClassBatchNorm also takes the class
+            return layer(h, e) if isinstance(layer, ClassBatchNorm) else layer(h)
+
+        h = F.relu(run(self.bn0, self.fc(torch.cat([z, e], dim=1)).view(z.shape[0], -1, 4, 4)))
         for block in self.blocks:
             for layer in block:
-                h = layer(h, e) if isinstance(layer, ClassBatchNorm) else layer(h)
+                h = run(layer, h)
         return torch.tanh(self.to_rgb(h))
 
 
