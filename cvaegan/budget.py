@@ -42,6 +42,7 @@ RECIPES: dict[str, list[str]] = {
     # beyond RECIPE.md's list: the class reaches every layer of G (G listens to z far more than to c)
     "v2+cbn": ["--preset", "v2", "--g-cond", "cbn"],
     "v2+caug": ["--preset", "v2", "--c-augment"],  # C stops learning the photos by heart
+    "v3+selfsup": ["--preset", "v3", "--d-selfsup"],  # RECIPE.md item 5: FastGAN's self-supervised D
 }
 
 

@@ -59,6 +59,12 @@ class ModelConfig:
     d_norm: str = option("batch", "normalisation in D's trunk (paper: batch)", choices=NORMS)
     c_norm: str = option("batch", "normalisation in C's trunk (paper: batch)", choices=NORMS)
     spectral_norm: bool = option(False, "spectral normalisation of every D layer (Miyato et al. 2018)")
+    d_selfsup: bool = option(
+        False,
+        "self-supervised D (FastGAN, Liu et al. 2021): two small decoders rebuild each real photo from D's "
+        "8x8 map (whole, at 32 px) and a random quarter of its 16x16 map (that quarter, at 32 px); the L1 "
+        "error joins D's loss. Adds a regulariser to D, not a term of the paper's method",
+    )
     g_cond: str = option(
         "concat",
         "how G takes the class: concat (paper: the label embedding joined to z at G's input) or cbn (also a "

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .images import psnr as image_psnr
+from .models import selfsup_targets
 
 
 def sq_norm(a: torch.Tensor) -> torch.Tensor:
@@ -118,6 +119,13 @@ class RunningMeans(nn.Module):
     def update(self, estimate: torch.Tensor, present: torch.Tensor) -> None:
         self.mean[present] = estimate.detach().float()[present]
         self.seen |= present
+
+
+def selfsup_loss(x: torch.Tensor, whole: torch.Tensor, part: torch.Tensor, quarter: int) -> torch.Tensor:
+    """FastGAN's reconstruction term for D (Liu et al. 2021), with L1 in place of LPIPS (no pretrained network
+    here): mean absolute error of D's decoded whole image and decoded quarter against x resized to 32 px."""
+    target_whole, target_part = selfsup_targets(x.float(), quarter)
+    return F.l1_loss(whole.float(), target_whole) + F.l1_loss(part.float(), target_part)
 
 
 def r1_penalty(logits_real: torch.Tensor, x_real: torch.Tensor) -> torch.Tensor:
@@ -228,15 +236,27 @@ class CVAEGANLoss(MethodLoss):
             x_p = n["G"](b.z_p, b.c_p)
         b.cache["z"] = z
         size = b.x_r.shape[0]
+        selfsup = hasattr(n["D"], "decode_whole")
+        scalars = {}
         with self.ctx.autocast():
-            d_in = torch.cat([aug(b.x_r, b.gen), aug(x_f, b.gen), aug(x_p, b.gen)])
-            logits, _ = self.ctx.train_nets["D"](d_in)
+            x_r = aug(b.x_r, b.gen)
+            d_in = torch.cat([x_r, aug(x_f, b.gen), aug(x_p, b.gen)])
+            if selfsup:  # FastGAN: D must also rebuild the (augmented) real photos it was shown
+                quarter = int(torch.randint(0, 4, (1,), generator=b.gen, device=b.gen.device))
+                logits, _, whole, part = self.ctx.train_nets["D"](d_in, decode=size, quarter=quarter)
+            else:
+                logits, _ = self.ctx.train_nets["D"](d_in)
             l_r, l_f, l_p = logits.split(size)
             loss = discriminator_loss(l_r, l_f, l_p)
+            if selfsup:
+                rec = selfsup_loss(x_r, whole, part, quarter)
+                loss = loss + rec
+                scalars["loss/D_selfsup"] = rec.item()
         return loss, {
             "loss/D": loss.item(),
             "acc/D_real": (l_r > 0).float().mean().item(),
             "acc/D_fake": 0.5 * ((l_f < 0).float().mean() + (l_p < 0).float().mean()).item(),
+            **scalars,
         }
 
     def phase_D_r1(self, b: Batch):

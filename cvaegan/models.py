@@ -117,6 +117,56 @@ class ConvTrunk(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x).flatten(1)
 
+    def forward_maps(self, x: torch.Tensor, sizes: tuple[int, ...]) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+        """Like forward, and also the activation maps whose spatial size is in `sizes` (after each block)."""
+        maps: dict[int, torch.Tensor] = {}
+        for block in self.net:
+            x = block(x)
+            if x.shape[-1] in sizes and isinstance(block, nn.Sequential):
+                maps[x.shape[-1]] = x
+        return x.flatten(1), maps
+
+
+class SelfSupDecoder(nn.Module):
+    """FastGAN-style decoder of D (Liu et al. 2021): an 8x8 map -> a 32x32 image, two nearest x2 upsamplings,
+    each followed by a 3x3 conv, BatchNorm and LeakyReLU, then a 3x3 conv to RGB and tanh. Kept narrow: it only
+    has to make D's features keep what a photo looks like, not draw well."""
+
+    def __init__(self, cin: int, mid: int):
+        super().__init__()
+        out = max(8, mid // 2)
+        self.net = nn.Sequential(
+            nn.Upsample(scale_factor=2, mode="nearest"),
+            nn.Conv2d(cin, mid, 3, 1, 1, bias=False),
+            nn.BatchNorm2d(mid),
+            nn.LeakyReLU(0.2, inplace=True),
+            nn.Upsample(scale_factor=2, mode="nearest"),
+            nn.Conv2d(mid, out, 3, 1, 1, bias=False),
+            nn.BatchNorm2d(out),
+            nn.LeakyReLU(0.2, inplace=True),
+            nn.Conv2d(out, 3, 3, 1, 1),
+            nn.Tanh(),
+        )
+
+    def forward(self, h: torch.Tensor) -> torch.Tensor:
+        return self.net(h)
+
+
+def selfsup_targets(x: torch.Tensor, quarter: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """What D's decoders must rebuild from images x (B, 3, R, R): the whole image and its `quarter`
+    (0-3: top-left, top-right, bottom-left, bottom-right), both resized to 32x32."""
+    r = x.shape[-1] // 2
+    top, left = (quarter // 2) * r, (quarter % 2) * r
+    crop = x[..., top : top + r, left : left + r]
+    return _resize32(x), _resize32(crop)
+
+
+def _resize32(x: torch.Tensor) -> torch.Tensor:
+    if x.shape[-1] == 32:
+        return x
+    mode = "area" if x.shape[-1] > 32 else "bilinear"
+    return F.interpolate(x, size=(32, 32), mode=mode, **({} if mode == "area" else {"align_corners": False}))
+
 
 class Encoder(nn.Module):
     """E(x, c) -> (mu, logvar) of q(z | x, c). x: (B, 3, R, R) in [-1, 1]; c: (B,) or (B, K)."""
@@ -217,10 +267,29 @@ class Discriminator(nn.Module):
         self.trunk = ConvTrunk(cfg, first_norm=False, norm=cfg.d_norm, sn=sn)
         self.feature = nn.Sequential(_linear(self.trunk.out_dim, cfg.feature_dim, sn), nn.LeakyReLU(0.2, inplace=True))
         self.out = _linear(cfg.feature_dim, 1, sn)
+        if cfg.d_selfsup:  # FastGAN's self-supervision: only in training, on real photos (cvaegan.losses)
+            self.decode_whole = SelfSupDecoder(channels(cfg, 8), channels(cfg, 32))
+            self.decode_part = SelfSupDecoder(channels(cfg, 16), channels(cfg, 32))
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        f = self.feature(self.trunk(x))
-        return self.out(f).squeeze(1), f
+    def forward(
+        self, x: torch.Tensor, decode: int = 0, quarter: int = 0
+    ) -> tuple[torch.Tensor, torch.Tensor] | tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """decode > 0 (with cfg.d_selfsup): also rebuild the first `decode` images of x, whole and their
+        `quarter` (see selfsup_targets), from D's 8x8 and 16x16 maps. A keyword of forward, not a method of
+        its own, so that it works through a data-parallel wrapper."""
+        if not decode:
+            f = self.feature(self.trunk(x))
+            return self.out(f).squeeze(1), f
+        if not hasattr(self, "decode_whole"):
+            raise ValueError("this discriminator has no self-supervision decoders (ModelConfig.d_selfsup is off)")
+        flat, maps = self.trunk.forward_maps(x, (16, 8))
+        f = self.feature(flat)
+        h16 = maps[16][:decode]
+        half = h16.shape[-1] // 2
+        top, left = (quarter // 2) * half, (quarter % 2) * half
+        whole = self.decode_whole(maps[8][:decode])
+        part = self.decode_part(h16[..., top : top + half, left : left + half])
+        return self.out(f).squeeze(1), f, whole, part
 
 
 class Classifier(nn.Module):

@@ -228,6 +228,76 @@ def test_class_batchnorm_weights_round_trip_strictly(tmp_path):
         CVAEGAN.from_pretrained(tmp_path / "w")
 
 
+def test_selfsup_targets_are_the_whole_photo_and_the_chosen_quarter():
+    from cvaegan.models import selfsup_targets
+
+    x = torch.zeros(2, 3, 64, 64)
+    for q, (top, left) in enumerate([(0, 0), (0, 32), (32, 0), (32, 32)]):
+        x[..., top : top + 32, left : left + 32] = q + 1.0
+    for q in range(4):
+        whole, part = selfsup_targets(x, q)
+        assert whole.shape == part.shape == (2, 3, 32, 32)
+        assert torch.all(part == q + 1.0)
+        assert torch.allclose(whole[..., :16, :16], torch.ones(1)) and torch.allclose(whole[..., 16:, 16:], torch.full((1,), 4.0))
+
+
+@pytest.mark.parametrize("quarter", range(4))
+def test_selfsup_decoders_read_the_8x8_map_and_the_chosen_quarter_of_the_16x16_map(quarter):
+    torch.manual_seed(0)
+    d = CVAEGAN(tiny_config(d_selfsup=True)).discriminator.eval()
+    got, maps = {}, {}
+    d.decode_whole.register_forward_hook(lambda mod, args, out: got.update(whole=args[0]))
+    d.decode_part.register_forward_hook(lambda mod, args, out: got.update(part=args[0]))
+    for block in d.trunk.net:
+        block.register_forward_hook(lambda mod, args, out: maps.setdefault(out.shape[-1], out))
+    x = torch.randn(5, 3, 32, 32)
+    with torch.no_grad():
+        logit, f, whole, part = d(x, decode=3, quarter=quarter)
+        plain_logit, plain_f = d(x)
+    assert torch.allclose(logit, plain_logit) and torch.allclose(f, plain_f)  # decoding changes nothing else
+    assert whole.shape == part.shape == (3, 3, 32, 32)
+    assert torch.equal(got["whole"], maps[8][:3])
+    top, left = (quarter // 2) * 8, (quarter % 2) * 8
+    assert torch.equal(got["part"], maps[16][:3, :, top : top + 8, left : left + 8])
+
+
+def test_selfsup_discriminator_round_trips_strictly(tmp_path):
+    torch.manual_seed(0)
+    m = CVAEGAN(tiny_config(d_selfsup=True)).eval()
+    m.save_pretrained(tmp_path / "w", fp16=False, include_discriminator=True)
+    back = CVAEGAN.from_pretrained(tmp_path / "w", with_discriminator=True)
+    assert back.config.d_selfsup
+    for k, v in m.discriminator.state_dict().items():
+        assert torch.equal(back.discriminator.state_dict()[k], v), k
+    cfg = json.loads((tmp_path / "w" / "config.json").read_text())
+    cfg["d_selfsup"] = False  # D's file holds decoders this config does not build: refused
+    (tmp_path / "w" / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(Exception, match="discriminator"):
+        CVAEGAN.from_pretrained(tmp_path / "w", with_discriminator=True)
+    assert not CVAEGAN.from_pretrained(tmp_path / "w").config.d_selfsup  # sampling never needs D
+
+
+def test_selfsup_discriminator_rebuilds_reals_in_its_own_phase_only():
+    tr = _trainer(tiny_config(d_selfsup=True))
+    d = tr.model.discriminator
+    decoders = {k: v.detach().clone() for k, v in d.state_dict().items() if k.startswith("decode_")}
+    assert decoders
+    seen = record_optimizer_steps(tr)
+    decoded = []
+    d.decode_part.register_forward_hook(lambda mod, args, out: decoded.append(args[0].shape[0]))
+    x, c, noise = _batch(tr.model)
+    log = tr.train_step(x, c, step_generator(0, 0), noise)
+    assert seen == [("C", ["C"]), ("D", ["D"]), ("G", ["G"]), ("E", ["E"])]  # still one network per phase
+    assert log["loss/D_selfsup"] > 0
+    assert decoded == [x.shape[0]]  # once per step, in D's phase, the real photos only
+    after = d.state_dict()
+    assert all(not torch.equal(after[k], v) for k, v in decoders.items() if k.endswith(".weight") and v.dim() == 4)
+    plain = _trainer()
+    assert "loss/D_selfsup" not in plain.train_step(x, c, step_generator(0, 0), noise)
+    with pytest.raises(ValueError, match="d_selfsup"):
+        plain.model.discriminator(x, decode=2)
+
+
 @pytest.mark.parametrize("norm,layer", [("group", torch.nn.GroupNorm), ("none", None), ("batch", torch.nn.BatchNorm2d)])
 def test_classifier_and_discriminator_normalisation(norm, layer):
     m = CVAEGAN(tiny_config(d_norm=norm, c_norm=norm))
