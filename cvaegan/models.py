@@ -152,20 +152,25 @@ class SelfSupDecoder(nn.Module):
         return self.net(h)
 
 
+def quarter_crop(t: torch.Tensor, quarter: int) -> torch.Tensor:
+    """The `quarter` (0-3: top-left, top-right, bottom-left, bottom-right) of square maps or images (..., S, S)."""
+    half = t.shape[-1] // 2
+    top, left = (quarter // 2) * half, (quarter % 2) * half
+    return t[..., top : top + half, left : left + half]
+
+
 def selfsup_targets(x: torch.Tensor, quarter: int) -> tuple[torch.Tensor, torch.Tensor]:
     """What D's decoders must rebuild from images x (B, 3, R, R): the whole image and its `quarter`
-    (0-3: top-left, top-right, bottom-left, bottom-right), both resized to 32x32."""
-    r = x.shape[-1] // 2
-    top, left = (quarter // 2) * r, (quarter % 2) * r
-    crop = x[..., top : top + r, left : left + r]
-    return _resize32(x), _resize32(crop)
+    (see quarter_crop), both resized to 32x32."""
+    return _resize32(x), _resize32(quarter_crop(x, quarter))
 
 
 def _resize32(x: torch.Tensor) -> torch.Tensor:
     if x.shape[-1] == 32:
         return x
-    mode = "area" if x.shape[-1] > 32 else "bilinear"
-    return F.interpolate(x, size=(32, 32), mode=mode, **({} if mode == "area" else {"align_corners": False}))
+    if x.shape[-1] > 32:
+        return F.interpolate(x, size=(32, 32), mode="area")
+    return F.interpolate(x, size=(32, 32), mode="bilinear", align_corners=False)
 
 
 class Encoder(nn.Module):
@@ -284,11 +289,8 @@ class Discriminator(nn.Module):
             raise ValueError("this discriminator has no self-supervision decoders (ModelConfig.d_selfsup is off)")
         flat, maps = self.trunk.forward_maps(x, (16, 8))
         f = self.feature(flat)
-        h16 = maps[16][:decode]
-        half = h16.shape[-1] // 2
-        top, left = (quarter // 2) * half, (quarter % 2) * half
         whole = self.decode_whole(maps[8][:decode])
-        part = self.decode_part(h16[..., top : top + half, left : left + half])
+        part = self.decode_part(quarter_crop(maps[16][:decode], quarter))
         return self.out(f).squeeze(1), f, whole, part
 
 
