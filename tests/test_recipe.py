@@ -238,7 +238,9 @@ def test_selfsup_targets_are_the_whole_photo_and_the_chosen_quarter():
         whole, part = selfsup_targets(x, q)
         assert whole.shape == part.shape == (2, 3, 32, 32)
         assert torch.all(part == q + 1.0)
-        assert torch.allclose(whole[..., :16, :16], torch.ones(1)) and torch.allclose(whole[..., 16:, 16:], torch.full((1,), 4.0))
+        assert torch.allclose(whole[..., :16, :16], torch.ones(1)) and torch.allclose(
+            whole[..., 16:, 16:], torch.full((1,), 4.0)
+        )
 
 
 @pytest.mark.parametrize("quarter", range(4))
