@@ -393,21 +393,104 @@ features, so they compare models of this data set only (not Inception FID).
 """
 
 
-def attach_judge(folder: str | os.PathLike, report: dict, judge_cfg: dict) -> Path:
-    """Write evaluation.json into a weights folder and the judge's section into its model card."""
+TARGETS_START, TARGETS_END = "<!-- targets:start -->", "<!-- targets:end -->"
+TARGET_RATIO = (
+    0.5  # samples' judge top-1 at least this times the judge's real top-1; FID at most this times the baseline's
+)
+TARGET_PSNR_DB = 18.0  # reconstruction PSNR on held-out photos
+
+
+def _verdict(ok: bool, ok_on_gate: bool | None = None) -> str:
+    """'met' / '**missed**'; where the release gate measured the figure on its own samples and disagrees, both."""
+    if ok_on_gate is None or ok_on_gate == ok:
+        return "met" if ok else "**missed**"
+    return "met on these samples, **missed** on the gate's" if ok else "**missed** on these samples, met on the gate's"
+
+
+def targets_section(report: dict, gate: dict | None = None, fid_baseline: float | None = None) -> str:
+    """Markdown: the release targets (samples' top-1 >= 0.5 x the judge's real top-1, FID at most half the
+    baseline weights' FID, reconstruction >= 18 dB, the 25% box ours >= Telea on PSNR and on the judge), each with
+    its figure from `report` (`cvaegan evaluate`) and, where the release gate measured it too, the gate's figure."""
+    d = report["discriminability"]
+    real, top1 = d["judge_top1_real_val"], d["judge_top1_generated"]
+    cand = (gate or {}).get("candidate") or {}
+    n = report.get("generated_images")
+    gate_top1 = cand.get("judge_top1")
+    on_gate = (
+        f"; {gate_top1:.2%} on the release gate's {cand['samples']:,} samples ({gate_top1 / real:.2f} x)"
+        if gate_top1 is not None and cand.get("samples")
+        else ""
+    )
+    rows = [
+        f"| judge top-1 on samples >= {TARGET_RATIO} x the judge's real top-1 (>= {TARGET_RATIO * real:.2%}) "
+        f"| {top1:.2%} on {n:,} samples ({top1 / real:.3f} x {real:.1%}){on_gate} | {_verdict(top1 >= TARGET_RATIO * real, gate_top1 >= TARGET_RATIO * real if on_gate else None)} |"
+    ]
+    fid = report["fid_judge"]
+    gate_fid = f"; {cand['fid']:.2f} on the gate's samples" if cand.get("fid") is not None else ""
+    if fid_baseline:
+        gate_ok = cand["fid"] <= TARGET_RATIO * fid_baseline if cand.get("fid") is not None else None
+        rows.append(
+            f"| FID in judge space at most {TARGET_RATIO} x the baseline weights' {fid_baseline:.1f} "
+            f"(<= {TARGET_RATIO * fid_baseline:.2f}) | {fid:.2f} ({fid / fid_baseline:.2f} x){gate_fid} "
+            f"| {_verdict(fid <= TARGET_RATIO * fid_baseline, gate_ok)} |"
+        )
+    else:
+        rows.append(
+            f"| FID in judge space at most half the baseline weights' | {fid:.2f}{gate_fid} | no baseline given |"
+        )
+    psnr = report["reconstruction"]["psnr_db"]
+    rows.append(
+        f"| reconstruction PSNR on held-out photos >= {TARGET_PSNR_DB:g} dB | {psnr:.2f} dB | {_verdict(psnr >= TARGET_PSNR_DB)} |"
+    )
+    box = report.get("inpainting", {}).get("box25")
+    if box:
+        ours, telea = box["cvaegan"], box["telea"]
+        p_ok, j_ok = ours["psnr_db"] >= telea["psnr_db"], ours["judge_top1"] >= telea["judge_top1"]
+        verdict = {
+            (True, True): "met",
+            (False, False): "**missed** on both",
+            (False, True): "**missed** on PSNR, met on the judge",
+            (True, False): "**missed** on the judge, met on PSNR",
+        }[(p_ok, j_ok)]
+        rows.append(
+            f"| 25% box ({report['inpainting'].get('box25_layout', 'centre')}): ours >= OpenCV Telea on PSNR and judge "
+            f"top-1 | {ours['psnr_db']:.2f} vs {telea['psnr_db']:.2f} dB; {ours['judge_top1']:.1%} vs "
+            f"{telea['judge_top1']:.1%} | {verdict} |"
+        )
+    return (
+        "## Targets of this release, measured\n\n"
+        "Measured by `cvaegan evaluate --card` with the independent judge (figures above); by eye: see the sample "
+        "grids.\n\n| target | figure | verdict |\n|---|---|---|\n" + "\n".join(rows) + "\n"
+    )
+
+
+def _put_block(text: str, start: str, end: str, body: str, after: str | None = None) -> str:
+    """Replace text between `start` and `end` markers with `body`, or insert the marked block after the marker
+    `after` (else at the end)."""
+    block = f"{start}\n{body}{end}"
+    if start in text and end in text:
+        a, b = text.index(start), text.index(end) + len(end)
+        return text[:a] + block + text[b:]
+    if after and after in text:
+        i = text.index(after) + len(after)
+        return text[:i] + "\n\n" + block + text[i:]
+    return text.rstrip("\n") + "\n\n" + block + "\n"
+
+
+def attach_judge(folder: str | os.PathLike, report: dict, judge_cfg: dict, fid_baseline: float | None = None) -> Path:
+    """Write evaluation.json into a weights folder, and the judge's section and the release targets (with the
+    release gate's figures from figures.json, when there are some) into its model card."""
     folder = Path(folder)
     (folder / "evaluation.json").write_text(json.dumps(report, indent=1) + "\n")
     card = folder / "README.md"
     if not card.is_file():
         return folder
     text = card.read_text(encoding="utf-8")
-    block = f"{JUDGE_START}\n{judge_section(report, judge_cfg)}{JUDGE_END}"
-    if JUDGE_START in text and JUDGE_END in text:
-        a, b = text.index(JUDGE_START), text.index(JUDGE_END) + len(JUDGE_END)
-        text = text[:a] + block + text[b:]
-    elif OLD_JUDGE_LINE in text:
-        text = text.replace(OLD_JUDGE_LINE, "The independent judge's figures follow.\n\n" + block)
-    else:
-        text = text.rstrip("\n") + "\n\n" + block + "\n"
+    if OLD_JUDGE_LINE in text and JUDGE_START not in text:
+        text = text.replace(OLD_JUDGE_LINE, f"The independent judge's figures follow.\n\n{JUDGE_START}\n{JUDGE_END}")
+    text = _put_block(text, JUDGE_START, JUDGE_END, judge_section(report, judge_cfg))
+    figures = folder / "figures.json"
+    gate = json.loads(figures.read_text()).get("release_gate") if figures.is_file() else None
+    text = _put_block(text, TARGETS_START, TARGETS_END, targets_section(report, gate, fid_baseline), after=JUDGE_END)
     card.write_text(text, encoding="utf-8")
     return folder

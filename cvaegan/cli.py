@@ -831,7 +831,15 @@ def _evaluate_parser(sub) -> argparse.ArgumentParser:
     p.add_argument(
         "--card",
         action="store_true",
-        help="also write evaluation.json and the judge's figures into the weights folder's model card (README.md)",
+        help="also write evaluation.json, the judge's figures and the release targets into the weights folder's "
+        "model card (README.md)",
+    )
+    p.add_argument(
+        "--fid-baseline",
+        type=float,
+        default=None,
+        help="with --card: the judge-space FID of the weights the release targets count from (target: at most "
+        "half of it); without it the card's FID target row says no baseline was given",
     )
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
     return p
@@ -844,6 +852,10 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     from .evaluate import evaluate, write_report
     from .judge import load_judge
 
+    if a.fid_baseline is not None and not a.card:
+        raise InputError("--fid-baseline only goes into the model card: add --card")
+    if a.fid_baseline is not None and not a.fid_baseline > 0:
+        raise InputError(f"--fid-baseline must be a positive FID, got {a.fid_baseline}")
     if a.threads:
         torch.set_num_threads(a.threads)
     model = _model(a)
@@ -874,7 +886,7 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
 
         if not a.weights or not Path(a.weights).is_dir():
             raise InputError("--card needs --weights to be a local weights folder")
-        attach_judge(a.weights, report, dataclasses.asdict(judge.config))
+        attach_judge(a.weights, report, dataclasses.asdict(judge.config), fid_baseline=a.fid_baseline)
     d = report["discriminability"]
     print(
         f"judge top-1: generated {d['judge_top1_generated']:.4f}, held-out real {d['judge_top1_real_val']:.4f} "

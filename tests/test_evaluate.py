@@ -359,6 +359,8 @@ def test_judge_and_evaluate_commands_end_to_end(trained_export, shapes_dir, tmp_
                 "--device",
                 "cpu",
                 "--card",
+                "--fid-baseline",
+                "30",
             ]
         )
         == 0
@@ -368,6 +370,8 @@ def test_judge_and_evaluate_commands_end_to_end(trained_export, shapes_dir, tmp_
     card = (weights / "README.md").read_text()
     assert "ours vs OpenCV Telea" in card and "| 25% box (faces" in card
     assert "Independent judge" in card and OLD_JUDGE_LINE not in card and card.endswith("more text\n")
+    assert card.index("<!-- judge:end -->") < card.index("## Targets of this release") < card.index("more text")
+    assert "baseline weights' 30.0 (<= 15.00)" in card
     assert json.loads((weights / "evaluation.json").read_text()) == json.loads(report_path.read_text())
     r = json.loads(report_path.read_text())
     assert r["format"] == E.REPORT_FORMAT
@@ -528,3 +532,74 @@ def test_evaluate_weights_that_left_classes_out(tiny_model, monkeypatch):
     assert rep["discriminability"]["judge_top1_generated"] == 1.0  # every sample judged as its own class
     assert rep["val_images"] == 8  # two held-out photos for each class the weights have
     assert rep["reconstruction"]["psnr_db"] > 0
+
+
+def _report(top1=0.2, real=0.5, fid=12.0, psnr=16.0, ours=(15.0, 0.4), telea=(14.0, 0.3)):
+    box = {
+        "cvaegan": {"psnr_db": ours[0], "judge_top1": ours[1]},
+        "telea": {"psnr_db": telea[0], "judge_top1": telea[1]},
+    }
+    return {
+        "discriminability": {"judge_top1_generated": top1, "judge_top1_real_val": real},
+        "generated_images": 500,
+        "fid_judge": fid,
+        "reconstruction": {"psnr_db": psnr},
+        "inpainting": {"box25": box, "box25_layout": "centre"},
+    }
+
+
+def _verdicts(section: str) -> list[str]:
+    rows = [r for r in section.splitlines() if r.startswith("| ") and not r.startswith("| target")]
+    return [r.rsplit("|", 2)[1].strip() for r in rows]
+
+
+def test_targets_section_verdicts_follow_the_figures():
+    from cvaegan.card import targets_section
+
+    # top-1 0.2 < 0.5 x 0.5; FID 12 <= 15; PSNR 16 < 18; box: ours ahead on both
+    s = targets_section(_report(), fid_baseline=30.0)
+    assert _verdicts(s) == ["**missed**", "met", "**missed**", "met"]
+    assert "20.00% on 500 samples (0.400 x 50.0%)" in s and "(<= 15.00)" in s and "15.00 vs 14.00 dB" in s
+    s = targets_section(_report(top1=0.3, fid=16.0, psnr=18.5, ours=(13.0, 0.6)), fid_baseline=30.0)
+    assert _verdicts(s) == ["met", "**missed**", "met", "**missed** on PSNR, met on the judge"]
+    s = targets_section(_report(ours=(13.0, 0.1)), fid_baseline=None)
+    assert _verdicts(s)[1:] == ["no baseline given", "**missed**", "**missed** on both"]
+
+
+def test_targets_section_quotes_the_release_gate():
+    from cvaegan.card import targets_section
+
+    gate = {"candidate": {"judge_top1": 0.26, "fid": 11.5, "samples": 1000}}
+    s = targets_section(_report(), gate, fid_baseline=30.0)
+    assert "26.00% on the release gate's 1,000 samples (0.52 x)" in s and "11.50 on the gate's samples" in s
+    # 20% misses 0.5 x 50% on these samples, the gate's 26% meets it; both FIDs meet 15
+    assert _verdicts(s)[:2] == ["**missed** on these samples, met on the gate's", "met"]
+    gate["candidate"]["fid"] = 16.0
+    assert (
+        _verdicts(targets_section(_report(), gate, fid_baseline=30.0))[1]
+        == "met on these samples, **missed** on the gate's"
+    )
+
+
+def test_attach_judge_rewrites_its_blocks_in_place(tmp_path, monkeypatch):
+    import cvaegan.card as card
+
+    monkeypatch.setattr(card, "judge_section", lambda report, cfg: f"judge figures {report['fid_judge']}\n")
+    (tmp_path / "README.md").write_text("# card\n\n" + OLD_JUDGE_LINE + "\n\n## Terms\nmine\n")
+    (tmp_path / "figures.json").write_text(json.dumps({"release_gate": {"candidate": {"fid": 9.5}}}))
+    card.attach_judge(tmp_path, _report(fid=12.0), {}, fid_baseline=30.0)
+    card.attach_judge(tmp_path, _report(fid=11.0), {}, fid_baseline=30.0)
+    text = (tmp_path / "README.md").read_text()
+    assert text.count("## Targets of this release") == 1 and text.count("judge figures") == 1
+    assert "judge figures 11.0" in text and "| 11.00 (0.37 x); 9.50 on the gate's samples | met |" in text
+    assert text.index("judge figures") < text.index("## Targets") < text.index("## Terms") and text.endswith("mine\n")
+    assert json.loads((tmp_path / "evaluation.json").read_text())["fid_judge"] == 11.0
+
+
+def test_evaluate_refuses_a_fid_baseline_it_cannot_use(tmp_path, capsys):
+    base = ["evaluate", "--weights", str(tmp_path), "--judge", "j", "--data", "d", "--out", str(tmp_path / "r.json")]
+    assert cli.main(base + ["--fid-baseline", "30"]) == 1
+    assert "add --card" in capsys.readouterr().err
+    assert cli.main(base + ["--card", "--fid-baseline", "0"]) == 1
+    assert "positive FID" in capsys.readouterr().err
+    assert not (tmp_path / "r.json").exists()
