@@ -13,6 +13,7 @@ from pathlib import Path
 from PIL import Image, ImageDraw
 
 from . import inference as I
+from .errors import InputError
 from .images import make_grid
 from .models import CVAEGAN
 
@@ -482,6 +483,16 @@ def attach_judge(folder: str | os.PathLike, report: dict, judge_cfg: dict, fid_b
     """Write evaluation.json into a weights folder, and the judge's section and the release targets (with the
     release gate's figures from figures.json, when there are some) into its model card."""
     folder = Path(folder)
+    figures = folder / "figures.json"
+    gate = None
+    if figures.is_file():
+        try:
+            gate = json.loads(figures.read_text(encoding="utf-8")).get("release_gate")
+        except (ValueError, AttributeError) as e:
+            raise InputError(
+                f"{figures} is not a JSON object ({e}); restore it (e.g. `git checkout {figures}`) or delete it, "
+                "then run `evaluate --card` again (nothing was written)"
+            ) from e
     (folder / "evaluation.json").write_text(json.dumps(report, indent=1) + "\n")
     card = folder / "README.md"
     if not card.is_file():
@@ -490,8 +501,6 @@ def attach_judge(folder: str | os.PathLike, report: dict, judge_cfg: dict, fid_b
     if OLD_JUDGE_LINE in text and JUDGE_START not in text:
         text = text.replace(OLD_JUDGE_LINE, f"The independent judge's figures follow.\n\n{JUDGE_START}\n{JUDGE_END}")
     text = _put_block(text, JUDGE_START, JUDGE_END, judge_section(report, judge_cfg))
-    figures = folder / "figures.json"
-    gate = json.loads(figures.read_text()).get("release_gate") if figures.is_file() else None
     text = _put_block(text, TARGETS_START, TARGETS_END, targets_section(report, gate, fid_baseline), after=JUDGE_END)
     card.write_text(text, encoding="utf-8")
     return folder

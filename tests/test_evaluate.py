@@ -603,3 +603,15 @@ def test_evaluate_refuses_a_fid_baseline_it_cannot_use(tmp_path, capsys):
     assert cli.main(base + ["--card", "--fid-baseline", "0"]) == 1
     assert "positive FID" in capsys.readouterr().err
     assert not (tmp_path / "r.json").exists()
+
+
+@pytest.mark.parametrize("broken", ["{not json", "[1, 2]"])
+def test_attach_judge_refuses_a_broken_figures_file_before_writing(tmp_path, broken):
+    from cvaegan.card import attach_judge
+    from cvaegan.errors import InputError
+
+    (tmp_path / "README.md").write_text("# card\n")
+    (tmp_path / "figures.json").write_text(broken)
+    with pytest.raises(InputError, match="figures.json is not a JSON object.*nothing was written"):
+        attach_judge(tmp_path, _report(), {}, fid_baseline=30.0)
+    assert (tmp_path / "README.md").read_text() == "# card\n" and not (tmp_path / "evaluation.json").exists()
