@@ -73,3 +73,35 @@ def test_time_to_quality_interpolates_between_snapshots_and_says_when_not_reache
     assert v2.startswith("| v2 | 20.0 | ")  # 72,000 images in 60 CPU-minutes
     assert "| 22 | 49 | not by 60 (best 30.0%) |" in v2  # 10% between 15 and 30; 25% between 30 and 60
     assert slow == "| slow | 5.0 | not by 30 (best 2.0%) | not by 30 (best 2.0%) | not by 30 (best 2.0%) |"
+
+
+def test_every_named_recipe_parses_and_sets_what_its_name_says():
+    """A queued 15-minute arm that dies on a bad option wastes a working stretch: every recipe must parse into
+    configs and models, and each single-option arm must differ from its base preset where its name says."""
+    from cvaegan import cli
+    from cvaegan.models import CVAEGAN
+
+    ap = cli._parser()
+
+    def configs(name):
+        return cli.train_configs(ap.parse_args(["train", "--data", "d", "--out", "o", *budget.RECIPES[name]]), 5)
+
+    for name in budget.RECIPES:
+        tcfg, mcfg = configs(name)
+        CVAEGAN(mcfg)  # the architecture builds
+        assert tcfg.preset == name.split("+")[0]
+    v1t, v1m = configs("v1")
+    changed = {
+        "v1+stratify": lambda t, m: t.stratify == 8 != v1t.stratify,
+        "v1+joint": lambda t, m: t.joint_ge and not v1t.joint_ge,
+        "v1+cutout": lambda t, m: "cutout" in t.diffaugment and "cutout" not in v1t.diffaugment,
+        "v1+r1": lambda t, m: t.r1_gamma == 0.025 != v1t.r1_gamma,
+        "v1+warm": lambda t, m: t.pretrain_steps == 300 != v1t.pretrain_steps,
+        "v1+sn": lambda t, m: m.spectral_norm and m.d_norm == m.c_norm == "none" and v1m.d_norm == "batch",
+        "v1+ttur": lambda t, m: t.d_lr_mult == 2 and t.betas[1] == 0.99 and v1t.betas[1] != 0.99,
+        "v2+cbn": lambda t, m: m.g_cond == "cbn",
+        "v2+caug": lambda t, m: t.c_augment,
+        "v3+selfsup": lambda t, m: m.d_selfsup,
+    }
+    for name, check in changed.items():
+        assert check(*configs(name)), name
