@@ -394,7 +394,6 @@ features, so they compare models of this data set only (not Inception FID).
 """
 
 
-TARGETS_START, TARGETS_END = "<!-- targets:start -->", "<!-- targets:end -->"
 # samples' judge top-1 at least this times the judge's real top-1; FID at most this times the baseline weights'
 TARGET_RATIO = 0.5
 TARGET_PSNR_DB = 18.0  # reconstruction PSNR on held-out photos
@@ -467,9 +466,10 @@ def targets_section(report: dict, gate: dict | None = None, fid_baseline: float 
     )
 
 
-def _put_block(text: str, start: str, end: str, body: str, after: str | None = None) -> str:
-    """Replace text between `start` and `end` markers with `body`, or insert the marked block after the marker
-    `after` (else at the end)."""
+def put_marked_block(text: str, tag: str, body: str, after: str | None = None) -> str:
+    """`text` with `body` between its <!-- TAG:start --> / <!-- TAG:end --> markers; without them the marked block
+    is inserted after the string `after` (else at the end). The one marker mechanism of cards and README."""
+    start, end = f"<!-- {tag}:start -->", f"<!-- {tag}:end -->"
     block = f"{start}\n{body}{end}"
     if start in text and end in text:
         a, b = text.index(start), text.index(end) + len(end)
@@ -501,7 +501,7 @@ def attach_judge(folder: str | os.PathLike, report: dict, judge_cfg: dict, fid_b
     text = card.read_text(encoding="utf-8")
     if OLD_JUDGE_LINE in text and JUDGE_START not in text:
         text = text.replace(OLD_JUDGE_LINE, f"The independent judge's figures follow.\n\n{JUDGE_START}\n{JUDGE_END}")
-    text = _put_block(text, JUDGE_START, JUDGE_END, judge_section(report, judge_cfg))
-    text = _put_block(text, TARGETS_START, TARGETS_END, targets_section(report, gate, fid_baseline), after=JUDGE_END)
+    text = put_marked_block(text, "judge", judge_section(report, judge_cfg))
+    text = put_marked_block(text, "targets", targets_section(report, gate, fid_baseline), after=JUDGE_END)
     card.write_text(text, encoding="utf-8")
     return folder

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import subprocess
 import sys
 import time
@@ -347,11 +346,12 @@ def augmentation(a: argparse.Namespace) -> dict:
 
 def write_readme_section(readme: Path, tag: str, text: str) -> None:
     """Replace the text between <!-- TAG:start --> and <!-- TAG:end --> in README."""
+    from .card import put_marked_block
+
     s = readme.read_text(encoding="utf-8")
-    pat = re.compile(rf"(<!-- {tag}:start -->\n).*?(<!-- {tag}:end -->)", re.S)
-    if not pat.search(s):
+    if f"<!-- {tag}:start -->" not in s or f"<!-- {tag}:end -->" not in s:
         raise InputError(f"{readme} has no <!-- {tag}:start --> / <!-- {tag}:end --> markers")
-    readme.write_text(pat.sub(lambda m: m.group(1) + text + m.group(2), s), encoding="utf-8")
+    readme.write_text(put_marked_block(s, tag, text), encoding="utf-8")
 
 
 def _budget_parser(sub) -> None:
