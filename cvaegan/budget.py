@@ -39,6 +39,7 @@ RECIPES: dict[str, list[str]] = {
     "v1+warm": ["--preset", "v1", "--pretrain-steps", "300"],
     "v1+sn": ["--preset", "v1", "--d-norm", "none", "--c-norm", "none", "--spectral-norm"],
     "v1+ttur": ["--preset", "v1", "--d-lr-mult", "2", "--beta2", "0.99"],
+    "v1+lecam": ["--preset", "v1", "--lecam-weight", "0.3"],  # RECIPE.md item 4's optional LeCam term
     # beyond RECIPE.md's list: the class reaches every layer of G (G listens to z far more than to c)
     "v2+cbn": ["--preset", "v2", "--g-cond", "cbn"],
     "v2+caug": ["--preset", "v2", "--c-augment"],  # C stops learning the photos by heart

@@ -206,6 +206,13 @@ class TrainConfig:
         "steps; StyleGAN2-ADA's 0.0002 res^2 / batch is about 0.025 at 64 px, batch 32); 0 = off",
     )
     r1_every: int = option(16, "steps between lazy R1 penalties")
+    lecam_weight: float = option(
+        0.0,
+        "LeCam regulariser on D (Tseng et al., CVPR 2021): keeps D's logits on real images near a moving "
+        "average of its logits on generated ones and vice versa; the authors' BigGAN-on-CIFAR scripts use "
+        "0.3; 0 = off",
+    )
+    lecam_decay: float = option(0.99, "decay of the LeCam anchors' moving averages")
     joint_ge: bool = option(
         False,
         "one backward pass for G and E (E's gradient then flows through G before its "
@@ -310,6 +317,10 @@ class TrainConfig:
             )
         if self.r1_gamma < 0 or self.r1_every < 1:
             raise ConfigError("r1_gamma must be >= 0 and r1_every >= 1")
+        if self.lecam_weight < 0 or not 0 <= self.lecam_decay < 1:
+            raise ConfigError(
+                f"lecam_weight must be >= 0 and lecam_decay in [0, 1), got {self.lecam_weight} and {self.lecam_decay}"
+            )
         if self.grad_clip is not None and self.grad_clip < 0:
             raise ConfigError(f"grad_clip must be positive (or None for off), got {self.grad_clip}")
         if self.grad_clip_auto is not None and self.grad_clip_auto <= 1:
@@ -353,6 +364,7 @@ ADDED_WITH_PRESETS: dict[str, Any] = {
     "d_lr_mult": 1.0,
     "stratify": 0,
     "r1_gamma": 0.0,
+    "lecam_weight": 0.0,
     "joint_ge": False,
     "c_augment": False,
     "pretrain_steps": 0,

@@ -135,6 +135,30 @@ def r1_penalty(logits_real: torch.Tensor, x_real: torch.Tensor) -> torch.Tensor:
     return grad.pow(2).flatten(1).sum(1).mean()
 
 
+class LeCamAnchors(nn.Module):
+    """Moving averages of D's mean logit on real and on generated images: the anchors of the LeCam
+    regulariser (Tseng et al., CVPR 2021). Buffers, so that a checkpoint carries them."""
+
+    def __init__(self, decay: float = 0.99):
+        super().__init__()
+        self.decay = decay
+        self.register_buffer("real", torch.zeros(()))
+        self.register_buffer("fake", torch.zeros(()))
+
+    @torch.no_grad()
+    def update(self, logits_real: torch.Tensor, logits_fake: torch.Tensor) -> None:
+        self.real.lerp_(logits_real.detach().float().mean(), 1 - self.decay)
+        self.fake.lerp_(logits_fake.detach().float().mean(), 1 - self.decay)
+
+
+def lecam_penalty(logits_real: torch.Tensor, logits_fake: torch.Tensor, anchors: LeCamAnchors) -> torch.Tensor:
+    """LeCam: mean relu(D(x) - anchor_fake)^2 over real images + mean relu(anchor_real - D(x'))^2 over generated
+    ones; it stops D's real and fake logits from drifting apart without bound (a bounded LeCam divergence)."""
+    real = F.relu(logits_real.float() - anchors.fake).pow(2).mean()
+    fake = F.relu(anchors.real - logits_fake.float()).pow(2).mean()
+    return real + fake
+
+
 # ---------------------------------------------------------------------------------------------------
 # Methods as loss objects: each lists its phases and computes one phase's loss from the pure functions
 # above. The training loop (cvaegan.train.Trainer.train_step) walks the phases and never branches on
@@ -180,6 +204,7 @@ class LossContext:
     augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor]  # D's input augmentation (or identity)
     augments: bool  # whether `augment` changes anything
     autocast: Callable[[], object]
+    lecam: LeCamAnchors | None = None  # the LeCam anchors (lecam_weight > 0)
 
 
 class MethodLoss:
@@ -213,8 +238,8 @@ class MethodLoss:
 class CVAEGANLoss(MethodLoss):
     """The paper's method. Per iteration (Algorithm 1): C <- L_C; D <- L_D; G <- lambda2 L_G + lambda3 L_GD +
     lambda4 L_GC; E <- lambda1 L_KL + lambda2 L_G through the updated G. Options: a lazy R1 phase after D
-    (r1_gamma), and joint_ge, one backward for G and E (E's gradient then flows through the G of before
-    the update)."""
+    (r1_gamma), a LeCam term in D's loss (lecam_weight), and joint_ge, one backward for G and E (E's gradient
+    then flows through the G of before the update)."""
 
     def __init__(self, ctx: LossContext):
         super().__init__(ctx)
@@ -248,6 +273,12 @@ class CVAEGANLoss(MethodLoss):
                 logits, _ = self.ctx.train_nets["D"](d_in)
             l_r, l_f, l_p = logits.split(size)
             loss = discriminator_loss(l_r, l_f, l_p)
+            if self.t.lecam_weight > 0:
+                l_gen = torch.cat([l_f, l_p])
+                reg = lecam_penalty(l_r, l_gen, self.ctx.lecam)
+                loss = loss + self.t.lecam_weight * reg
+                self.ctx.lecam.update(l_r, l_gen)
+                scalars["loss/D_lecam"] = reg.item()
             if selfsup:
                 rec = selfsup_loss(x_r, whole, part, quarter)
                 loss = loss + rec

@@ -225,6 +225,7 @@ class Trainer:
                 "c_fake": L.RunningMeans(k, f, tcfg.momentum),
             }
         ).to(device)
+        self.lecam = L.LeCamAnchors(tcfg.lecam_decay).to(device)  # used when lecam_weight > 0
         ctx = L.LossContext(
             nets={**self.grad_nets},
             train_nets={**self.train_nets, "P": self.proj},
@@ -234,6 +235,7 @@ class Trainer:
             augment=self._aug,
             augments=bool(self.policy),
             autocast=self.autocast,
+            lecam=self.lecam,
         )
         self.loss = L.method_loss(ctx)
         self.warmup_loss = L.CVAELoss(ctx, with_classifier=True)  # the first `pretrain_steps` steps
@@ -394,6 +396,7 @@ class Trainer:
             "nets": {k: v.state_dict() for k, v in self.nets.items()},
             "opt": {k: v.state_dict() for k, v in self.opt.items()},
             "means": self.means.state_dict(),
+            "lecam": self.lecam.state_dict(),
             "ema": self.ema.state_dict() if self.ema is not None else None,
             "ema_E": self.ema_encoder().state_dict() if self.ema_e is not None else None,
             "proj": self.proj.state_dict() if self.proj is not None else None,
@@ -423,6 +426,8 @@ class Trainer:
         for k, opt in self.opt.items():
             opt.load_state_dict(state["opt"][k])
         self.means.load_state_dict(state["means"])
+        if state.get("lecam") is not None:  # checkpoints from before the LeCam option have no anchors
+            self.lecam.load_state_dict(state["lecam"])
         if self.ema is not None:
             if state.get("ema") is None:
                 raise TrainError("the checkpoint was written without --ema-decay; resume without it")
@@ -744,7 +749,7 @@ def train(
             crossed = [m for m in marks if minutes >= m]
             if s % tcfg.checkpoint_every == 0 or last or crossed:
                 if world > 1:  # every process must hold identical running means before saving
-                    for buf in trainer.means.buffers():
+                    for buf in [*trainer.means.buffers(), *trainer.lecam.buffers()]:
                         if buf.is_floating_point():
                             dist.all_reduce(buf)
                             buf /= world

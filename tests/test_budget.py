@@ -99,6 +99,7 @@ def test_every_named_recipe_parses_and_sets_what_its_name_says():
         "v1+warm": lambda t, m: t.pretrain_steps == 300 != v1t.pretrain_steps,
         "v1+sn": lambda t, m: m.spectral_norm and m.d_norm == m.c_norm == "none" and v1m.d_norm == "batch",
         "v1+ttur": lambda t, m: t.d_lr_mult == 2 and t.betas[1] == 0.99 and v1t.betas[1] != 0.99,
+        "v1+lecam": lambda t, m: t.lecam_weight == 0.3 != v1t.lecam_weight,
         "v2+cbn": lambda t, m: m.g_cond == "cbn",
         "v2+caug": lambda t, m: t.c_augment,
         "v3+selfsup": lambda t, m: m.d_selfsup,

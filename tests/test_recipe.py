@@ -46,6 +46,37 @@ def test_r1_penalty_is_the_squared_input_gradient():
     assert r1_penalty(logits, x).item() == pytest.approx(w.pow(2).sum().item(), rel=1e-5)
 
 
+def test_lecam_penalty_against_the_anchors():
+    from cvaegan.losses import LeCamAnchors, lecam_penalty
+
+    anchors = LeCamAnchors()
+    anchors.real.fill_(1.0)  # anchor of the real logits; the fake anchor stays 0
+    real, fake = torch.tensor([2.0, -1.0]), torch.tensor([0.0, 3.0])
+    # real: mean(relu([2, -1] - 0)^2) = 2; generated: mean(relu(1 - [0, 3])^2) = 0.5
+    assert lecam_penalty(real, fake, anchors).item() == pytest.approx(2.5)
+    anchors.decay = 0.5
+    anchors.update(real, fake)  # lerp halfway to the batch means 0.5 and 1.5
+    assert (anchors.real.item(), anchors.fake.item()) == pytest.approx((0.75, 0.75))
+
+
+def test_lecam_enters_only_d_s_phase_and_its_anchors_resume():
+    tr = _trainer(lecam_weight=0.3)
+    seen = record_optimizer_steps(tr)
+    x, c, noise = _batch(tr.model)
+    log = tr.train_step(x, c, step_generator(0, 0), noise)
+    assert seen == [("C", ["C"]), ("D", ["D"]), ("G", ["G"]), ("E", ["E"])]
+    assert log["loss/D_lecam"] >= 0 and tr.lecam.real.item() != 0 and tr.lecam.fake.item() != 0
+    state = tr.state_dict()
+    again = _trainer(lecam_weight=0.3)
+    again.load_state_dict(state)
+    assert again.lecam.real.item() == tr.lecam.real.item() and again.lecam.fake.item() == tr.lecam.fake.item()
+    off = _trainer()
+    log = off.train_step(x, c, step_generator(0, 0), noise)
+    assert "loss/D_lecam" not in log and off.lecam.real.item() == 0 == off.lecam.fake.item()
+    with pytest.raises(ValueError, match="lecam_weight"):
+        TrainConfig(lecam_weight=-1.0)
+
+
 def test_joint_ge_is_one_phase_for_g_and_e_and_the_rest_stays_routed():
     tr = _trainer(joint_ge=True)
     seen = record_optimizer_steps(tr)
