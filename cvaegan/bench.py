@@ -18,8 +18,6 @@ import torch
 from .config import ModelConfig, TrainConfig
 from .models import CVAEGAN
 
-README_START, README_END = "<!-- bench:start -->", "<!-- bench:end -->"
-
 
 def _timeit(fn, repeats: int, warmup: int = 2) -> list[float]:
     for _ in range(warmup):
@@ -426,12 +424,16 @@ def run(write_readme: bool = False, quick: bool = False, app: bool = True) -> st
         ]
     table = "\n".join(lines)
     if write_readme:
-        readme = Path(__file__).resolve().parent.parent / "README.md"
-        text = readme.read_text()
-        if README_START in text and README_END in text:
-            a, b = text.index(README_START) + len(README_START), text.index(README_END)
-            readme.write_text(text[:a] + "\n" + table + "\n" + text[b:])
+        write_readme_table(table)
     return table
+
+
+def write_readme_table(table: str, readme: Path | None = None) -> None:
+    """Put `table` between README.md's bench markers (the project's README by default)."""
+    from .card import put_marked_block
+
+    readme = readme or Path(__file__).resolve().parent.parent / "README.md"
+    readme.write_text(put_marked_block(readme.read_text(), "bench", table + "\n"))
 
 
 if __name__ == "__main__":

@@ -42,3 +42,12 @@ def test_step_variants_interleave_rounds_and_keep_each_variants_best(monkeypatch
     assert "| eager | 0.80 | 1.00x |" in table and "| channels_last | 0.50 | 1.60x |" in table
     assert "| channels_last+compile | 0.40 | 2.00x |" in table
     assert "| compile | failed: RuntimeError: no compiler | - |" in table
+
+
+def test_write_readme_table_replaces_only_the_bench_block(tmp_path):
+    from cvaegan.bench import write_readme_table
+
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- bench:start -->\nold table\n<!-- bench:end -->\nafter\n")
+    write_readme_table("| new | table |", readme)
+    assert readme.read_text() == "intro\n<!-- bench:start -->\n| new | table |\n<!-- bench:end -->\nafter\n"
