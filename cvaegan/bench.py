@@ -429,11 +429,11 @@ def run(write_readme: bool = False, quick: bool = False, app: bool = True) -> st
 
 
 def write_readme_table(table: str, readme: Path | None = None) -> None:
-    """Put `table` between README.md's bench markers (the project's README by default)."""
-    from .card import put_marked_block
+    """Put `table` between README.md's bench markers (the project's README by default), as every experiment's
+    `--write-readme` does."""
+    from .experiments import write_readme_section
 
-    readme = readme or Path(__file__).resolve().parent.parent / "README.md"
-    readme.write_text(put_marked_block(readme.read_text(), "bench", table + "\n"))
+    write_readme_section(readme or Path(__file__).resolve().parent.parent / "README.md", "bench", table + "\n")
 
 
 if __name__ == "__main__":

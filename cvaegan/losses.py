@@ -204,7 +204,7 @@ class LossContext:
     augment: Callable[[torch.Tensor, torch.Generator], torch.Tensor]  # D's input augmentation (or identity)
     augments: bool  # whether `augment` changes anything
     autocast: Callable[[], object]
-    lecam: LeCamAnchors | None = None  # the LeCam anchors (lecam_weight > 0)
+    lecam: LeCamAnchors | None = None  # the LeCam anchors; read only when lecam_weight > 0
 
 
 class MethodLoss:
