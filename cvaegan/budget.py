@@ -22,6 +22,8 @@ from pathlib import Path
 import torch
 from PIL import Image, ImageDraw
 
+from .speed import describe
+
 MARKS = (15, 30, 60, 120)
 SHEET_SEEDS = 8
 
@@ -135,6 +137,7 @@ def evaluate_snapshot(snap: Path, data, judge, samples_per_class: int, sheet_pat
         "images_seen": int(clock.get("images", 0)),
         "wall_min": round(clock.get("wall_s", 0) / 60, 2),
         "threads": clock.get("threads"),
+        "machine_gflops": describe(clock.get("machines")),
     }
     best = None
     for kind in ["ema", "live"] if state.get("ema") is not None else ["live"]:
@@ -195,9 +198,9 @@ def markdown(results: dict[str, dict], data_name: str) -> str:
         f"`{data_name}`, {'/'.join(threads)} threads, judge top-1 on held-out real photos "
         f"{100 * any_row['real_top1']:.1f}% (the ceiling); {any_row['samples']} samples per row.",
         "",
-        "| recipe | CPU-minutes | steps | images seen | wall minutes | judge top-1 on samples (G used) "
-        "| top-1: EMA / live G | FID (judge) | recon PSNR (held-out) | diversity |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| recipe | CPU-minutes | steps | images seen | wall minutes | machine (GFLOP/CPU-s) "
+        "| judge top-1 on samples (G used) | top-1: EMA / live G | FID (judge) | recon PSNR (held-out) | diversity |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for recipe, rows in results.items():
         for minute in sorted(rows, key=float):
@@ -205,13 +208,15 @@ def markdown(results: dict[str, dict], data_name: str) -> str:
             both = " / ".join(f"{100 * r[k]:.1f}%" if k in r else "-" for k in ("top1_ema", "top1_live"))
             lines.append(
                 f"| {recipe} | {minute} | {r['step']:,} | {r['images_seen']:,} | {r['wall_min']} "
-                f"| {100 * r['top1']:.1f}% ({r.get('generator', 'live')}) | {both} | {r['fid']:.2f} "
+                f"| {r.get('machine_gflops', '-')} | {100 * r['top1']:.1f}% ({r.get('generator', 'live')}) | {both} | {r['fid']:.2f} "
                 f"| {r['psnr']:.2f} dB | {r['diversity']:.3f} |"
             )
     lines.append("")
     lines.append(
         "Each row is judged with the better of the EMA of G and the live G by top-1 (both top-1s shown); "
-        "sheets: `sheet_<minutes>min.png` in each run folder, rows = 8 classes, columns = seeds 0-7."
+        "sheets: `sheet_<minutes>min.png` in each run folder, rows = 8 classes, columns = seeds 0-7. "
+        "Machine: the speed reference of `cvaegan.speed` (a 3x3 convolution, forward and backward, on one "
+        "thread) where the run trained; CPU-minutes compare only between rows of similar machines."
     )
     return "\n".join(lines) + "\n"
 

@@ -30,6 +30,7 @@ from .hub import save_pretrained
 from .images import make_grid, save_png, uint8_to_float
 from .models import CVAEGAN
 from .seeds import step_generator, z_from_seeds
+from .speed import machine_record
 
 CHECKPOINT = "checkpoint.pt"
 AUTO_CLIP_WARMUP = 50  # --grad-clip-auto: updates per network and phase measured before any clipping
@@ -245,7 +246,8 @@ class Trainer:
         self.calib: torch.Tensor | None = None  # (N, 3, R, R) uint8 real images to re-estimate EMA E's BatchNorm
         self.step = 0
         # training clock: CPU seconds of this process spent in training steps (all threads), wall seconds,
-        # images seen; kept in the checkpoint so that a resumed run continues counting
+        # images seen; kept in the checkpoint so that a resumed run continues counting. train() adds
+        # "machines": one speed.machine_record per training process (the machine's speed reference)
         self.clock = {"cpu_s": 0.0, "wall_s": 0.0, "images": 0, "threads": torch.get_num_threads()}
         # gradient norms: measured on the steps train() logs (cheap there), and on every step when clipping;
         # logged as grad/<net> (the largest over the step's phases, before clipping) to spot blow-ups
@@ -651,6 +653,8 @@ def train(
         del state
     elif warm is not None:
         trainer.load_networks(warm)
+    if rank == 0:  # what a CPU-minute was worth on this process's machine (kept with the clock)
+        trainer.clock["machines"] = [*trainer.clock.get("machines", []), machine_record(trainer.step)]
     # fixed real images: training ones re-estimate the EMA encoder's BatchNorm; training vs held-out
     # ones measure D's memorisation (acc/D_train_eval vs acc/D_val_eval in metrics.jsonl)
     pick = torch.randperm(n, generator=torch.Generator().manual_seed(4321))

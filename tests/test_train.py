@@ -166,6 +166,10 @@ def test_resume_continues_exactly(shapes_dir, tmp_path, variant):
     a = torch.load(tmp_path / "a" / "checkpoint.pt", weights_only=True)
     b = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)
     assert a["step"] == b["step"] == 4
+    # each training process records its machine's speed reference with the clock: b started twice
+    assert [m["step"] for m in a["clock"]["machines"]] == [0]
+    assert [m["step"] for m in b["clock"]["machines"]] == [0, 2]
+    assert all(m["conv_gflops"] > 0 and m["cpu"] for m in b["clock"]["machines"])
     for k in "CDGE":
         for name, t in a["nets"][k].items():
             assert torch.allclose(t.float(), b["nets"][k][name].float(), atol=1e-5), f"{k}.{name}"

@@ -1,0 +1,74 @@
+"""A speed reference of the machine a run trains on.
+
+CPU-minutes measure a budget, but the same CPU-minute buys about 3x more training steps on one shared 2-core
+machine than on another (README, Equal-budget recipes). So every training process measures a fixed workload
+before its first step, shaped like the model's own work (a 3x3 convolution, forward and backward, on one
+thread: what one CPU-second buys, the clock's unit), and records it with the run's clock. Rows measured on machines whose reference differs
+are then seen to differ in what a CPU-minute was worth."""
+
+from __future__ import annotations
+
+import platform
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+# the workload: one 3x3 convolution, 32 -> 32 channels, on a batch of 16 32x32 maps, forward and backward
+_BATCH, _CH, _SIDE = 16, 32, 32
+CONV_GFLOP = 3 * 2 * _BATCH * _CH * _CH * 9 * _SIDE * _SIDE / 1e9  # forward + grads of input and weight
+
+
+def cpu_name() -> str:
+    """The CPU's model name (/proc/cpuinfo on Linux), else what `platform` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def reference_gflops(repeats: int = 5) -> float:
+    """GFLOP per second of the reference convolution on one CPU thread: the median of `repeats` timed runs
+    after one warm-up (about 0.15 s in all). torch's thread count is restored afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _time_conv(repeats)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _time_conv(repeats: int) -> float:
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(_BATCH, _CH, _SIDE, _SIDE, generator=gen, requires_grad=True)
+    w = torch.randn(_CH, _CH, 3, 3, generator=gen, requires_grad=True)
+    times = []
+    for i in range(repeats + 1):
+        t = time.perf_counter()
+        F.conv2d(x, w, padding=1).sum().backward()
+        if i:  # the first run is the warm-up
+            times.append(time.perf_counter() - t)
+    times.sort()
+    return round(CONV_GFLOP / times[len(times) // 2], 2)
+
+
+def machine_record(step: int) -> dict:
+    """What the run's clock keeps about the machine a training process started on, at `step`."""
+    return {
+        "step": int(step),
+        "cpu": cpu_name(),
+        "conv_gflops": reference_gflops(),
+    }
+
+
+def describe(machines: list[dict] | None) -> str:
+    """'27.3' for a run trained on one machine, '9.1-27.3' for one resumed across machines, '-' if unknown."""
+    vals = sorted(m["conv_gflops"] for m in machines or [] if "conv_gflops" in m)
+    if not vals:
+        return "-"
+    lo, hi = vals[0], vals[-1]
+    return f"{lo:.1f}" if hi <= lo * 1.1 else f"{lo:.1f}-{hi:.1f}"

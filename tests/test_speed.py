@@ -1,0 +1,30 @@
+"""The machine speed reference kept with every run's clock."""
+
+import pytest
+import torch
+
+from cvaegan import speed
+
+
+def test_reference_runs_on_one_thread_and_restores_the_thread_count(monkeypatch):
+    seen = []
+    real = speed._time_conv
+    monkeypatch.setattr(speed, "_time_conv", lambda r: seen.append(torch.get_num_threads()) or real(r))
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        gflops = speed.reference_gflops(repeats=3)
+        assert seen == [1] and torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+    assert 0 < gflops < 1e4  # a CPU thread, not a typo in the FLOP count
+    assert speed.CONV_GFLOP == pytest.approx(3 * 2 * 16 * 32 * 32 * 9 * 32 * 32 / 1e9)
+
+
+def test_machine_record_and_its_description():
+    rec = speed.machine_record(7)
+    assert rec["step"] == 7 and rec["cpu"] and rec["conv_gflops"] > 0
+    assert speed.describe([rec]) == f"{rec['conv_gflops']:.1f}"
+    assert speed.describe([{"conv_gflops": 27.3}, {"conv_gflops": 9.1}]) == "9.1-27.3"  # resumed elsewhere
+    assert speed.describe([{"conv_gflops": 27.0}, {"conv_gflops": 28.0}]) == "27.0"  # within 10%: one machine
+    assert speed.describe(None) == speed.describe([]) == "-"  # runs from before the reference
