@@ -829,6 +829,13 @@ def _evaluate_parser(sub) -> argparse.ArgumentParser:
         "is a CelebA / LFW id, else centre)",
     )
     p.add_argument(
+        "--truncation",
+        type=float,
+        default=1.0,
+        help="scale of the samples' z, as the app's slider (default 1: z ~ N(0, I), the paper's prior and every "
+        "published figure's); lower gives more typical, less varied samples. Not with --card",
+    )
+    p.add_argument(
         "--card",
         action="store_true",
         help="also write evaluation.json, the judge's figures and the release targets into the weights folder's "
@@ -856,6 +863,10 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
         raise InputError("--fid-baseline only goes into the model card: add --card")
     if a.fid_baseline is not None and not a.fid_baseline > 0:
         raise InputError(f"--fid-baseline must be a positive FID, got {a.fid_baseline}")
+    if a.card and a.truncation != 1.0:
+        raise InputError("the model card's figures use z ~ N(0, I): drop --truncation, or drop --card")
+    if not 0 <= a.truncation <= 2:
+        raise InputError(f"--truncation must be between 0 and 2 (1 = z ~ N(0, I)), got {a.truncation}")
     if a.threads:
         torch.set_num_threads(a.threads)
     model = _model(a)
@@ -877,6 +888,7 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
         a.inpaint_images,
         inpaint_iterations=a.inpaint_iterations,
         box=a.box,
+        truncation=a.truncation,
     )
     write_report(report, a.out)
     if a.card:

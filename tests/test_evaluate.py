@@ -534,6 +534,46 @@ def test_evaluate_weights_that_left_classes_out(tiny_model, monkeypatch):
     assert rep["reconstruction"]["psnr_db"] > 0
 
 
+def test_evaluate_truncation_scales_the_samples_z(tiny_model, monkeypatch):
+    """--truncation scales every sample's z (seeds unchanged), is recorded, and is refused outside [0, 2]."""
+    from cvaegan import inference as I
+
+    folders = ["Circle 0", "Square 1", "Triangle 2", "Cross 3"]
+    data = _val_set(n=64, folders=folders)
+    judge = _FolderJudge(folders, folders)
+    judge.config.widths = [len(folders)]
+    tiny_model.config.class_folders = folders
+    calls, seen = [], {}
+    real_generate = I.generate
+
+    def spy(model, z, c, batch_size=64):
+        calls.append(z.clone())
+        return real_generate(model, z, c, batch_size=batch_size)
+
+    monkeypatch.setattr(I, "generate", spy)
+    reps = {}
+    for t in (1.0, 0.5, 0.0):
+        calls.clear()
+        reps[t] = E.evaluate(tiny_model, judge, data, 2, inpaint_images=0, progress=False, truncation=t)
+        seen[t] = torch.cat(calls)
+        assert reps[t]["truncation"] == t
+        if t != 1.0:
+            assert torch.allclose(seen[t], t * seen[1.0])
+    assert reps[0.0]["intra_class_diversity"]["generated"] == pytest.approx(0.0, abs=1e-4)  # z = 0: one picture
+    assert reps[1.0]["intra_class_diversity"]["generated"] > reps[0.0]["intra_class_diversity"]["generated"]
+    with pytest.raises(E.EvaluationError, match="between 0 and 2"):
+        E.evaluate(tiny_model, judge, data, 2, inpaint_images=0, progress=False, truncation=3.0)
+
+
+def test_evaluate_command_keeps_the_card_at_the_prior(tmp_path, capsys):
+    base = ["evaluate", "--weights", str(tmp_path), "--judge", "j", "--data", "d", "--out", str(tmp_path / "r.json")]
+    assert cli.main(base + ["--card", "--truncation", "0.7"]) == 1
+    assert "z ~ N(0, I)" in capsys.readouterr().err
+    assert cli.main(base + ["--truncation", "-1"]) == 1
+    assert "between 0 and 2" in capsys.readouterr().err
+    assert not (tmp_path / "r.json").exists()
+
+
 def _report(top1=0.2, real=0.5, fid=12.0, psnr=16.0, ours=(15.0, 0.4), telea=(14.0, 0.3)):
     box = {
         "cvaegan": {"psnr_db": ours[0], "judge_top1": ours[1]},
