@@ -580,6 +580,17 @@ def train(
 
             warm["nets"]["G"] = generator_state_to_cbn(warm["nets"]["G"], mcfg)
             mcfg = dataclasses.replace(mcfg, g_cond="cbn")
+        held = warm.get("val_fraction", 0.0)
+        if held and tcfg.val_fraction == 0:  # the released figures' held-out photos stay out of training
+            tcfg = dataclasses.replace(tcfg, val_fraction=held)
+            if rank == 0:
+                print(f"note: --init-from: holding out {held:g} of each class, as the weights' training did")
+        elif held and tcfg.val_fraction != held:
+            raise TrainError(
+                f"--init-from {init_from}: those weights were trained holding out {held:g} of each class and are "
+                f"measured on those photos; --val-fraction {tcfg.val_fraction:g} would train on some of them. "
+                f"Use --val-fraction {held:g} (or leave it out)"
+            )
     # the split is drawn on all classes, so that held-out photos stay held out whatever is excluded
     train_idx, val_idx = split_indices(data.labels, tcfg.val_fraction, seed=SPLIT_SEED)
     excluded = [f.strip() for f in tcfg.exclude_classes.split(",") if f.strip()]
