@@ -77,15 +77,15 @@ def load_training_state(folder: str | os.PathLike) -> dict:
         "nets": nets,
         "means": load_tensors(folder / RUNNING_MEANS_NAME),
         "source": str(folder),
-        "val_fraction": _held_out_fraction(folder),
+        "val_fraction": held_out_fraction(folder),
     }
 
 
-def _held_out_fraction(folder: Path) -> float:
+def held_out_fraction(folder: str | os.PathLike) -> float:
     """The fraction of each class the weights' training held out (figures.json, written by `release`), 0 if
     unknown. A warm start keeps it, so that the photos the weights are measured on stay unseen."""
     try:
-        figures = json.loads((folder / "figures.json").read_text(encoding="utf-8"))
+        figures = json.loads((Path(folder) / "figures.json").read_text(encoding="utf-8"))
         return float(figures.get("val_fraction") or 0.0) if figures.get("split") == "held-out" else 0.0
     except (OSError, ValueError, TypeError, AttributeError):
         return 0.0

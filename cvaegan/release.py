@@ -32,7 +32,7 @@ from .data import LabelledImages, load_images, split_indices
 from .directions import check_directions, compute_directions, directions_sheet
 from .errors import CVAEGANError, InputError
 from .gate import MIN_Z
-from .hub import load_folder
+from .hub import held_out_fraction, load_folder
 from .images import make_grid, psnr, save_jpeg, save_png, to_pil, uint8_to_float
 from .judge import load_attribute_judge
 from .models import CVAEGAN
@@ -346,6 +346,13 @@ def release(
     val_fraction = run_cfg.get("val_fraction") or 0
     held_out = val_fraction > 0
     excluded = excluded_folders(run_cfg)
+    released_held = held_out_fraction(out) if class_judge is not None else 0.0
+    if released_held and not held_out:
+        raise InputError(
+            f"{run} trained on every photo, but the weights in {out} are measured on photos held out of their "
+            f"training ({released_held:g} of each class): the gate would score the candidate on photos it trained "
+            f"on. Train with --val-fraction {released_held:g} (`train --init-from` keeps it by default)"
+        )
     state_step, rows = checkpoint_rows(run)
     gate = None
     with tempfile.TemporaryDirectory(prefix="cvaegan-release-") as tmp:

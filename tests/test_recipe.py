@@ -489,14 +489,14 @@ def test_warm_start_continues_from_the_released_networks(shapes_dir, tmp_path):
 def test_warm_start_keeps_the_released_weights_held_out_photos_out(shapes_dir, tmp_path, capsys):
     """Weights released from a run that held out a fraction of each class are measured on those photos: a warm
     start holds the same photos out by default and refuses another fraction (it would train on some of them)."""
-    from cvaegan.hub import _held_out_fraction
+    from cvaegan.hub import held_out_fraction
 
     data = load_images(shapes_dir, 32, progress=False)
     one = dict(steps=1, checkpoint_every=1, batch_size=8, sample_every=0, device="cpu")
     export = train(data, tmp_path / "src", TrainConfig(val_fraction=0.25, **one), tiny_config(), progress=False)
-    assert _held_out_fraction(export) == 0.0  # a bare export: nothing recorded, nothing inherited
+    assert held_out_fraction(export) == 0.0  # a bare export: nothing recorded, nothing inherited
     (export / "figures.json").write_text(json.dumps({"split": "held-out", "val_fraction": 0.25}))
-    assert _held_out_fraction(export) == 0.25
+    assert held_out_fraction(export) == 0.25
     train(data, tmp_path / "warm", TrainConfig(**one), None, progress=False, init_from=export)
     assert json.loads((tmp_path / "warm" / "train_config.json").read_text())["val_fraction"] == 0.25
     assert "holding out 0.25 of each class" in capsys.readouterr().out
@@ -504,7 +504,7 @@ def test_warm_start_keeps_the_released_weights_held_out_photos_out(shapes_dir, t
         train(data, tmp_path / "other", TrainConfig(val_fraction=0.5, **one), None, progress=False, init_from=export)
     assert not (tmp_path / "other" / "checkpoint.pt").exists()
     (export / "figures.json").write_text("{broken")
-    assert _held_out_fraction(export) == 0.0
+    assert held_out_fraction(export) == 0.0
 
 
 @pytest.mark.slow  # trains a tiny model

@@ -3,6 +3,7 @@ runs trained with classes left out; the judge's gate; the size limits of a weigh
 
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -109,8 +110,6 @@ def test_judged_effects_known_answer():
 
 def test_release_counts_the_steps_of_the_checkpoint_not_of_the_log(trained_export, tmp_path):
     """A run that logged past its last checkpoint: the card's steps and wall time stop at the checkpoint."""
-    import shutil
-
     from cvaegan.release import checkpoint_rows
 
     run = tmp_path / "run"
@@ -276,6 +275,15 @@ def test_gate_replaces_older_weights_only_when_better(excluded_run, class_judge,
     assert not any((out / n).exists() for n in ("thumbnails.png", "directions.png", "evaluation.json"))
     with pytest.raises(InputError, match="--only-if-better needs --judge"):
         release(excluded_run, out, shapes_dir, "shapes", only_if_better=True)
+    # a candidate that trained on every photo cannot be compared with weights measured on held-out ones
+    everything = tmp_path / "no_split"
+    shutil.copytree(excluded_run, everything)
+    cfg = json.loads((everything / "train_config.json").read_text())
+    (everything / "train_config.json").write_text(json.dumps({**cfg, "val_fraction": 0.0}))
+    before = _files(out)
+    with pytest.raises(InputError, match="--val-fraction 0.1"):
+        release(everything, out, shapes_dir, "shapes", **args)
+    assert _files(out) == before and not (everything / G.GATE_FILE).exists()
 
 
 class _FolderOracle(torch.nn.Module):
