@@ -83,7 +83,13 @@ def build_generate(ui, first):
         ui.randomize = gr.Checkbox(False, label="Randomize seed", scale=1)
     with gr.Row():
         ui.count = gr.Slider(1, S.MAX_SAMPLES, value=8, step=1, label="Number of samples")
-        ui.truncation = gr.Slider(0.0, 2.0, value=1.0, step=0.05, label="Truncation (z scale; lower = more typical)")
+        ui.truncation = gr.Slider(
+            0.0,
+            2.0,
+            value=S.DEFAULT_TRUNCATION,
+            step=0.05,
+            label="Truncation (z scale; lower = more typical, 1 = the paper's prior)",
+        )
     ui.near_photos = near_photos_box()
     ui.gen_btn = gr.Button("Generate", variant="primary")
     ui.seed_used = gr.Markdown()
@@ -148,7 +154,7 @@ def build_explore(ui, first):
     with gr.Row():
         ui.ex_cls = dropdown(S.class_choices(m), m.config.class_names[0], label="Class (type a name or number)")
         ui.ex_seed = gr.Number(0, label="Seed (Enter to apply)", precision=0, minimum=0)
-        ui.ex_trunc = gr.Slider(0.0, 2.0, value=1.0, step=0.05, label="Truncation")
+        ui.ex_trunc = gr.Slider(0.0, 2.0, value=S.DEFAULT_TRUNCATION, step=0.05, label="Truncation")
     with gr.Row():
         with gr.Column(scale=2):
             ui.sliders = [

@@ -132,6 +132,15 @@ def test_enhance_and_reconstruct_over_http(served):
     assert Image.open(img).size == (32, 32) and "Cross 3" in info
 
 
+def test_truncation_sliders_start_at_the_measured_default(served):
+    from cvaegan import service as S
+
+    app = served[0]
+    sliders = [b for b in app.demo.blocks.values() if str(getattr(b, "label", "")).startswith("Truncation")]
+    assert len(sliders) == 2  # Generate and Explore
+    assert all(b.value == S.DEFAULT_TRUNCATION == 0.7 for b in sliders)
+
+
 def test_image_results_reach_gradio_as_files_of_our_own(served):
     """The handlers behind the endpoints return paths in the demo's result folder, not PIL images."""
     from cvaegan import service as S
