@@ -278,6 +278,7 @@ def test_gate_replaces_older_weights_only_when_better(excluded_run, class_judge,
     # a candidate that trained on every photo cannot be compared with weights measured on held-out ones
     everything = tmp_path / "no_split"
     shutil.copytree(excluded_run, everything)
+    (everything / G.GATE_FILE).unlink(missing_ok=True)  # left there by the gates above
     cfg = json.loads((everything / "train_config.json").read_text())
     (everything / "train_config.json").write_text(json.dumps({**cfg, "val_fraction": 0.0}))
     before = _files(out)
