@@ -108,7 +108,8 @@ def _train_parser(sub) -> argparse.ArgumentParser:
         help="warm start: all four networks and the "
         "running feature means from a weights folder that carries discriminator.safetensors (fresh "
         "optimisers; the preset's warm-start --pretrain-steps are skipped unless given); its architecture wins "
-        "over the architecture options, except --g-cond cbn, which converts a concat G exactly",
+        "over the architecture options, except --g-cond cbn, which converts a concat G exactly; the photos the "
+        "weights' training held out stay out (--val-fraction defaults to theirs)",
     )
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
     g = p.add_argument_group("architecture (ModelConfig; saved with the weights)")

@@ -3,8 +3,8 @@
 CPU-minutes measure a budget, but the same CPU-minute buys about 3x more training steps on one shared 2-core
 machine than on another (README, Equal-budget recipes). So every training process measures a fixed workload
 before its first step, shaped like the model's own work (a 3x3 convolution, forward and backward, on one
-thread: what one CPU-second buys, the clock's unit), and records it with the run's clock. Rows measured on machines whose reference differs
-are then seen to differ in what a CPU-minute was worth."""
+thread: what one CPU-second buys, the clock's unit), and records it with the run's clock. Rows measured on
+machines whose reference differs are then seen to differ in what a CPU-minute was worth."""
 
 from __future__ import annotations
 
