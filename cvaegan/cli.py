@@ -857,7 +857,7 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
     import torch
 
     from .data import load_images
-    from .evaluate import evaluate, write_report
+    from .evaluate import check_truncation, evaluate, write_report
     from .judge import load_judge
 
     if a.fid_baseline is not None and not a.card:
@@ -866,8 +866,7 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
         raise InputError(f"--fid-baseline must be a positive FID, got {a.fid_baseline}")
     if a.card and a.truncation != 1.0:
         raise InputError("the model card's figures use z ~ N(0, I): drop --truncation, or drop --card")
-    if not 0 <= a.truncation <= 2:
-        raise InputError(f"--truncation must be between 0 and 2 (1 = z ~ N(0, I)), got {a.truncation}")
+    check_truncation(a.truncation)
     if a.threads:
         torch.set_num_threads(a.threads)
     model = _model(a)

@@ -43,6 +43,7 @@ from .errors import InputError
 from .images import to_pil
 from .inference import sample
 from .judge import Judge, load_judge, predict
+from .speed import cpu_name
 
 SAMPLE_SEEDS = 50_000  # samples use seeds SAMPLE_SEEDS, SAMPLE_SEEDS + 1, ... for every class alike
 SHEET_SAMPLES = 8  # samples per row of the sheet
@@ -166,17 +167,9 @@ def judge_share(judge: Judge, x: torch.Tensor, judge_class: int) -> float:
 
 
 def machine() -> dict:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     load = [round(v, 2) for v in os.getloadavg()] if hasattr(os, "getloadavg") else None
     return {
-        "cpu": cpu,
+        "cpu": cpu_name(),
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "platform": platform.platform(),

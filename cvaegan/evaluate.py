@@ -497,6 +497,12 @@ def check_compatible(model: CVAEGAN, judge: Judge, data: LabelledImages) -> None
         )
 
 
+def check_truncation(truncation: float) -> None:
+    """The samples' z scale `evaluate` accepts: the app slider's range."""
+    if not 0 <= truncation <= 2:
+        raise EvaluationError(f"--truncation must be between 0 and 2 (1 = z ~ N(0, I)), got {truncation}")
+
+
 def evaluate(
     model: CVAEGAN,
     judge: Judge,
@@ -519,8 +525,7 @@ def evaluate(
     check_compatible(model, judge, data)
     if samples_per_class < 1:
         raise EvaluationError("--samples-per-class must be at least 1")
-    if not 0 <= truncation <= 2:
-        raise EvaluationError(f"--truncation must be between 0 and 2 (1 = z ~ N(0, I)), got {truncation}")
+    check_truncation(truncation)
     k = model.config.num_classes
     classes = list(range(k)) if classes is None else classes
     _, va = split_indices(data.labels, 0.1)  # drawn on all of the data's classes, as `train` draws it
