@@ -78,17 +78,48 @@ def load_training_state(folder: str | os.PathLike) -> dict:
         "means": load_tensors(folder / RUNNING_MEANS_NAME),
         "source": str(folder),
         "val_fraction": held_out_fraction(folder),
+        "trained_before": training_so_far(folder),
     }
+
+
+def _release_figures(folder: str | os.PathLike) -> dict:
+    """The weights folder's figures.json (written by `release`), {} when absent or unreadable: the loader
+    reports a broken folder on its own, and these figures only inform a warm start."""
+    try:
+        figures = json.loads((Path(folder) / "figures.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return figures if isinstance(figures, dict) else {}
 
 
 def held_out_fraction(folder: str | os.PathLike) -> float:
     """The fraction of each class the weights' training held out (figures.json, written by `release`), 0 if
     unknown. A warm start keeps it, so that the photos the weights are measured on stay unseen."""
+    figures = _release_figures(folder)
     try:
-        figures = json.loads((Path(folder) / "figures.json").read_text(encoding="utf-8"))
         return float(figures.get("val_fraction") or 0.0) if figures.get("split") == "held-out" else 0.0
-    except (OSError, ValueError, TypeError, AttributeError):
+    except (TypeError, ValueError):
         return 0.0
+
+
+def training_so_far(folder: str | os.PathLike) -> dict | None:
+    """All the training the weights in FOLDER had (figures.json, written by `release`): {"steps", "cpu_min",
+    "wall_min", "images"}, counting the weights they were warm-started from too when those were recorded;
+    None when unknown (no figures.json, or one from before the training clock)."""
+    figures = _release_figures(folder)
+    total = figures.get("training_total")
+    if not isinstance(total, dict):
+        clock, steps = figures.get("clock"), figures.get("steps")
+        if not isinstance(clock, dict) or not isinstance(steps, int):
+            return None
+        total = {"steps": steps, **clock}
+    try:
+        return {k: (int if k in ("steps", "images") else float)(total[k]) for k in TRAINING_TOTAL_KEYS}
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+TRAINING_TOTAL_KEYS = ("steps", "cpu_min", "wall_min", "images")
 
 
 def save_directions(model: CVAEGAN, path: str | os.PathLike) -> None:

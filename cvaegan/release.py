@@ -32,12 +32,12 @@ from .data import LabelledImages, load_images, split_indices
 from .directions import check_directions, compute_directions, directions_sheet
 from .errors import CVAEGANError, InputError
 from .gate import MIN_Z
-from .hub import held_out_fraction, load_folder
+from .hub import TRAINING_TOTAL_KEYS, held_out_fraction, load_folder
 from .images import make_grid, psnr, save_jpeg, save_png, to_pil, uint8_to_float
 from .judge import load_attribute_judge
 from .models import CVAEGAN
 from .seeds import z_from_seeds
-from .train import CHECKPOINT, drop_classes, export_checkpoint, grid_classes
+from .train import CHECKPOINT, WARM_START, drop_classes, export_checkpoint, grid_classes
 
 MAX_FOLDER_BYTES = 20 * 2**20  # a weights folder (the app's repo and the Hub carry several)
 MAX_FILE_BYTES = 15 * 2**20  # one file of it
@@ -153,6 +153,29 @@ def training_clock(rows: list[dict]) -> dict | None:
     if last is None:
         return None
     return {"cpu_min": last["clock/cpu_min"], "wall_min": last["clock/wall_min"], "images": int(last["clock/images"])}
+
+
+def training_total(run: Path, steps: int, clock: dict | None) -> dict:
+    """figures.json's record of all the training the released networks had: "training_total" {"steps", "cpu_min",
+    "wall_min", "images"} (this run plus, for a warm start, what its source weights had had) and, for a warm
+    start, "warm_start" {"init_from": the source folder's name, "trained_before": its figures or None}. {} when
+    the run's clock is unknown; a warm start from weights with unknown training records no total."""
+    try:
+        warm = json.loads((run / WARM_START).read_text(encoding="utf-8"))
+    except OSError:
+        warm = None
+    except ValueError as e:
+        raise ReleaseError(f"{run / WARM_START} is not valid JSON ({e}); restore it or delete it") from e
+    out: dict = {}
+    before = None
+    if warm is not None:
+        before = warm.get("trained_before")
+        out["warm_start"] = {"init_from": Path(str(warm.get("init_from", ""))).name, "trained_before": before}
+    if clock is None or (warm is not None and not before):
+        return out
+    this = {"steps": steps, **clock}
+    out["training_total"] = {k: this[k] + (before[k] if before else 0) for k in TRAINING_TOTAL_KEYS}
+    return out
 
 
 def _wall_time(rows: list[dict]) -> float:
@@ -354,6 +377,7 @@ def release(
             f"on. Train with --val-fraction {released_held:g} (`train --init-from` keeps it by default)"
         )
     state_step, rows = checkpoint_rows(run)
+    total = training_total(run, state_step, training_clock(rows))  # read now: a broken file stops before OUT changes
     gate = None
     with tempfile.TemporaryDirectory(prefix="cvaegan-release-") as tmp:
         # the candidate exactly as it would ship (float16 files), exported next to OUT's weights, not over them
@@ -401,6 +425,7 @@ def release(
     figures["val_fraction"] = val_fraction if held_out else 0.1
     figures["excluded_classes"] = [{"folder": f, "name": names[f]} for f in excluded]
     figures["clock"] = training_clock(rows)
+    figures.update(total)
     if gate is not None:
         figures["release_gate"] = gate
     classes = grid_classes(model.config.num_classes, 8)

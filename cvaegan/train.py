@@ -33,6 +33,7 @@ from .seeds import step_generator, z_from_seeds
 from .speed import machine_record
 
 CHECKPOINT = "checkpoint.pt"
+WARM_START = "warm_start.json"  # a warm-started run's source weights and the training they had had (for the card)
 AUTO_CLIP_WARMUP = 50  # --grad-clip-auto: updates per network and phase measured before any clipping
 AUTO_CLIP_DECAY = 0.99  # --grad-clip-auto: EMA decay of the running mean gradient norm (about 100 updates)
 # options a resumed run takes from its caller (the rest are the checkpoint's): they extend or move the run, give it
@@ -652,6 +653,11 @@ def train(
                     )
                     + "\n"
                 )
+                if warm is not None:
+                    (out / WARM_START).write_text(
+                        json.dumps({"init_from": warm["source"], "trained_before": warm["trained_before"]}, indent=1)
+                        + "\n"
+                    )
         except OSError as e:
             raise TrainError(f"cannot write to the run folder {out} ({e}); choose a writable --out") from e
 

@@ -508,6 +508,47 @@ def test_warm_start_keeps_the_released_weights_held_out_photos_out(shapes_dir, t
 
 
 @pytest.mark.slow  # trains a tiny model
+def test_a_warm_start_release_counts_the_training_of_the_weights_it_started_from(shapes_dir, tmp_path):
+    """A model card states CPU-hours, steps and images seen: for a warm-started run, the source weights' training
+    (figures.json) is added to the run's own, recorded in the run folder when the warm start begins, and chained
+    over a second warm start."""
+    from cvaegan.card import total_row
+    from cvaegan.hub import training_so_far
+    from cvaegan.release import ReleaseError, training_total
+
+    data = load_images(shapes_dir, 32, progress=False)
+    one = dict(steps=1, checkpoint_every=1, batch_size=8, sample_every=0, device="cpu")
+    export = train(data, tmp_path / "src", TrainConfig(**one), tiny_config(), progress=False)
+    assert training_so_far(export) is None  # a bare export records no training
+    train(data, tmp_path / "blind", TrainConfig(**one), None, progress=False, init_from=export)
+    unknown = training_total(tmp_path / "blind", 1, {"cpu_min": 1.0, "wall_min": 1.5, "images": 8})
+    assert unknown["warm_start"] == {"init_from": "export", "trained_before": None}
+    assert "training_total" not in unknown and "was not recorded" in total_row(unknown)
+
+    clock = {"cpu_min": 60.0, "wall_min": 61.0, "images": 252224}
+    (export / "figures.json").write_text(json.dumps({"steps": 7882, "clock": clock}))
+    assert training_so_far(export) == {"steps": 7882, **clock}
+    run = tmp_path / "warm"
+    train(data, run, TrainConfig(**one), None, progress=False, init_from=export)
+    recorded = json.loads((run / "warm_start.json").read_text())
+    assert recorded["trained_before"] == {"steps": 7882, **clock}
+    figures = training_total(run, 2600, {"cpu_min": 60.0, "wall_min": 64.0, "images": 83200})
+    assert figures["training_total"] == {"steps": 10482, "cpu_min": 120.0, "wall_min": 125.0, "images": 335424}
+    row = total_row(figures)
+    assert "2.00 CPU-hours (120 CPU-minutes), 10,482 steps, 335,424 images seen" in row and "`export`" in row
+    # a second warm start from those weights counts both stretches
+    (export / "figures.json").write_text(json.dumps({"steps": 2600, "clock": clock, **figures}))
+    assert training_so_far(export)["steps"] == 10482
+    # a run that was not warm-started: the total is its own clock, and the card adds no row
+    own = training_total(tmp_path / "src", 1, clock)
+    assert own == {"training_total": {"steps": 1, **clock}} and total_row(own) == ""
+    assert training_total(tmp_path / "src", 1, None) == {}
+    (run / "warm_start.json").write_text("{broken")
+    with pytest.raises(ReleaseError, match="warm_start.json"):
+        training_total(run, 1, clock)
+
+
+@pytest.mark.slow  # trains a tiny model
 def test_warm_start_refuses_weights_without_discriminator(tiny_model, shapes_dir, tmp_path):
     from cvaegan.hub import WeightsError, save_pretrained
 
