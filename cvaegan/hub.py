@@ -102,6 +102,9 @@ def held_out_fraction(folder: str | os.PathLike) -> float:
         return 0.0
 
 
+TRAINING_TOTAL_KEYS = ("steps", "cpu_min", "wall_min", "images")  # figures.json's training_total
+
+
 def training_so_far(folder: str | os.PathLike) -> dict | None:
     """All the training the weights in FOLDER had (figures.json, written by `release`): {"steps", "cpu_min",
     "wall_min", "images"}, counting the weights they were warm-started from too when those were recorded;
@@ -117,9 +120,6 @@ def training_so_far(folder: str | os.PathLike) -> dict | None:
         return {k: (int if k in ("steps", "images") else float)(total[k]) for k in TRAINING_TOTAL_KEYS}
     except (KeyError, TypeError, ValueError):
         return None
-
-
-TRAINING_TOTAL_KEYS = ("steps", "cpu_min", "wall_min", "images")
 
 
 def save_directions(model: CVAEGAN, path: str | os.PathLike) -> None:

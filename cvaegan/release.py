@@ -166,6 +166,8 @@ def training_total(run: Path, steps: int, clock: dict | None) -> dict:
         warm = None
     except ValueError as e:
         raise ReleaseError(f"{run / WARM_START} is not valid JSON ({e}); restore it or delete it") from e
+    if warm is not None and not isinstance(warm, dict):
+        raise ReleaseError(f"{run / WARM_START} is not what `train --init-from` writes; restore it or delete it")
     out: dict = {}
     before = None
     if warm is not None:
@@ -174,7 +176,7 @@ def training_total(run: Path, steps: int, clock: dict | None) -> dict:
     if clock is None or (warm is not None and not before):
         return out
     this = {"steps": steps, **clock}
-    out["training_total"] = {k: this[k] + (before[k] if before else 0) for k in TRAINING_TOTAL_KEYS}
+    out["training_total"] = {k: round(this[k] + (before[k] if before else 0), 3) for k in TRAINING_TOTAL_KEYS}
     return out
 
 

@@ -543,9 +543,10 @@ def test_a_warm_start_release_counts_the_training_of_the_weights_it_started_from
     own = training_total(tmp_path / "src", 1, clock)
     assert own == {"training_total": {"steps": 1, **clock}} and total_row(own) == ""
     assert training_total(tmp_path / "src", 1, None) == {}
-    (run / "warm_start.json").write_text("{broken")
-    with pytest.raises(ReleaseError, match="warm_start.json"):
-        training_total(run, 1, clock)
+    for broken in ("{broken", "[]"):
+        (run / "warm_start.json").write_text(broken)
+        with pytest.raises(ReleaseError, match="warm_start.json"):
+            training_total(run, 1, clock)
 
 
 @pytest.mark.slow  # trains a tiny model
