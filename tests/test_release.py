@@ -81,6 +81,9 @@ def test_release_folder(trained_export, shapes_dir, tmp_path):
     assert "test CPU" in card and "not** an independent judge" in card and "Tiny test model." in card
     assert f"{figures['c_top1_real_val']:.1%}" in card
     assert json.loads((out / "figures.json").read_text())["steps"] == figures["steps"]
+    # a run that was not warm-started: its own training is all the networks had; the card adds no "in all" row
+    assert figures["training_total"] == {"steps": figures["steps"], **figures["clock"]}
+    assert "warm_start" not in figures and "training in all" not in card
     dirs = Image.open(out / DIRECTIONS_SHEET)  # 2 rows per direction, 5 columns, 2-px padding
     assert dirs.format == "JPEG" and Image.open(out / "samples.png").format == "PNG"
     assert dirs.size[0] == 5 * 32 + 6 * 2 and dirs.size[1] == 2 * len(model.config.directions) * 34 + 2
