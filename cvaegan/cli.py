@@ -368,6 +368,12 @@ def _release_parser(sub) -> argparse.ArgumentParser:
         action="store_true",
         help="leave D and the running feature means out of OUT (smaller; `train --init-from OUT` then cannot go on)",
     )
+    p.add_argument(
+        "--gate-only",
+        action="store_true",
+        help="with --judge: measure the gate only (RUN/gate.json and the table) and never touch OUT; exit 0 if "
+        f"the candidate would be released, {REFUSED_EXIT} if not (for a working stretch with no time left to release)",
+    )
     return p
 
 
@@ -395,11 +401,16 @@ def cmd_release(a: argparse.Namespace) -> int:
             **({} if a.min_z is None else {"min_z": a.min_z}),
             samples_per_class=a.samples_per_class,
             include_discriminator=not a.no_discriminator,
+            gate_only=a.gate_only,
         )
     except GateRefused as e:
         print(table(e.comparison))
         print(f"{e}; {a.out} was left untouched (comparison in {Path(a.run) / 'gate.json'})", file=sys.stderr)
         return REFUSED_EXIT
+    if a.gate_only:
+        print(table(figures["release_gate"]))
+        print(f"the candidate would be released; --gate-only: {a.out} was left untouched")
+        return 0
     skip = ("c_top1_generated_per_class", "directions", "release_gate")
     print(json.dumps({k: v for k, v in figures.items() if k not in skip}, indent=1))
     if "release_gate" in figures:

@@ -343,6 +343,7 @@ def release(
     min_z: float = MIN_Z,
     samples_per_class: int = 10,
     include_discriminator: bool = True,
+    gate_only: bool = False,
 ) -> dict:
     """Export RUN's checkpoint into OUT and add directions, figures, pictures and the model card.
     attribute_judge: a folder from `cvaegan judge --attributes` that re-measures every direction;
@@ -355,7 +356,11 @@ def release(
     judge: a class judge folder (`cvaegan judge`): before OUT is touched, the candidate and the weights in OUT
     are compared (gate.compare; written to RUN/gate.json and returned as figures["release_gate"]); with
     only_if_better, gate.GateRefused is raised and OUT left as it was unless the candidate is better. At the
-    end the folder must pass check_folder_size (ReleaseError otherwise)."""
+    end the folder must pass check_folder_size (ReleaseError otherwise).
+
+    gate_only (needs judge): the gate as a dry run, for a working stretch that ends before a release fits: the
+    comparison is measured and written to RUN/gate.json, and OUT is never touched. Returns {"release_gate":
+    the comparison} when the candidate would be released; raises gate.GateRefused when it would not."""
     from .gate import GATE_FILE, GateRefused, compare, write_comparison
     from .judge import load_judge
 
@@ -364,6 +369,8 @@ def release(
         raise FileNotFoundError(f"{run / CHECKPOINT} not found")
     if only_if_better and judge is None:
         raise InputError("--only-if-better needs --judge JUDGE_FOLDER (a class judge from `cvaegan judge`)")
+    if gate_only and judge is None:
+        raise InputError("--gate-only needs --judge JUDGE_FOLDER (a class judge from `cvaegan judge`)")
     attr_judge = load_attribute_judge(attribute_judge) if attribute_judge is not None else None
     fit_judge = load_attribute_judge(direction_judge) if direction_judge is not None else None
     class_judge = load_judge(judge) if judge is not None else None
@@ -407,8 +414,10 @@ def release(
             )
             gate["candidate"]["run"], gate["candidate"]["step"] = str(run), state_step
             write_comparison(gate, run / GATE_FILE)
-            if only_if_better and not gate["passed"]:
+            if (only_if_better or gate_only) and not gate["passed"]:
                 raise GateRefused(gate)
+            if gate_only:
+                return {"release_gate": gate}
         del candidate
         check_folder_size(tmp, label=f"{out} (its networks)")  # too big already: stop before OUT is touched
         _install(Path(tmp), out)

@@ -290,6 +290,36 @@ def test_gate_replaces_older_weights_only_when_better(excluded_run, class_judge,
     assert _files(out) == before and not (everything / G.GATE_FILE).exists()
 
 
+def test_gate_only_measures_and_never_touches_out(excluded_run, class_judge, shapes_dir, tmp_path, monkeypatch, capsys):
+    out = tmp_path / "weights"
+    export_checkpoint(excluded_run, out)
+    scores = {"candidate": {"judge_top1": 0.5, "fid": 12.0}, "released": {"judge_top1": 0.4, "fid": 10.0}}
+
+    def fake_scores(model, judge, data, val_idx, folders, samples_per_class=10, **kw):
+        s = scores["released" if model.source == str(out) else "candidate"]
+        n = len(folders) * 100
+        hits = "1" * round(s["judge_top1"] * n) + "0" * (n - round(s["judge_top1"] * n))
+        return {**s, "recon_psnr_db": 20.0, "samples": n, "real_images": len(val_idx), "hits": hits}
+
+    monkeypatch.setattr(G, "judge_scores", fake_scores)
+    before = _files(out)
+    with pytest.raises(InputError, match="--gate-only needs --judge"):
+        release(excluded_run, out, shapes_dir, "shapes", gate_only=True)
+    with pytest.raises(G.GateRefused, match="FID 12.00 > 1.1 x 10.00"):
+        release(excluded_run, out, shapes_dir, "shapes", judge=class_judge, gate_only=True)
+    assert _files(out) == before and not json.loads((excluded_run / G.GATE_FILE).read_text())["passed"]
+    scores["candidate"]["fid"] = 10.5  # now it would be released: still nothing written to OUT
+    figures = release(excluded_run, out, shapes_dir, "shapes", judge=class_judge, gate_only=True)
+    assert set(figures) == {"release_gate"} and figures["release_gate"]["passed"]
+    assert _files(out) == before and json.loads((excluded_run / G.GATE_FILE).read_text())["passed"]
+    base = ["release", "--run", str(excluded_run), "--out", str(out), "--data", str(shapes_dir), "--name", "shapes"]
+    assert cli.main([*base, "--judge", str(class_judge), "--gate-only"]) == 0
+    assert "would be released" in capsys.readouterr().out and _files(out) == before
+    scores["candidate"]["judge_top1"] = 0.4  # a tie: refused, exit code 3
+    assert cli.main([*base, "--judge", str(class_judge), "--gate-only"]) == cli.REFUSED_EXIT
+    assert "left untouched" in capsys.readouterr().err and _files(out) == before
+
+
 class _FolderOracle(torch.nn.Module):
     """A judge that reads, from an image's first pixel, the code of the class folder it was drawn for."""
 
