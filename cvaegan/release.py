@@ -367,10 +367,9 @@ def release(
     run, out = Path(run), Path(out)
     if not (run / CHECKPOINT).is_file():
         raise FileNotFoundError(f"{run / CHECKPOINT} not found")
-    if only_if_better and judge is None:
-        raise InputError("--only-if-better needs --judge JUDGE_FOLDER (a class judge from `cvaegan judge`)")
-    if gate_only and judge is None:
-        raise InputError("--gate-only needs --judge JUDGE_FOLDER (a class judge from `cvaegan judge`)")
+    if (only_if_better or gate_only) and judge is None:
+        flag = "--gate-only" if gate_only else "--only-if-better"
+        raise InputError(f"{flag} needs --judge JUDGE_FOLDER (a class judge from `cvaegan judge`)")
     attr_judge = load_attribute_judge(attribute_judge) if attribute_judge is not None else None
     fit_judge = load_attribute_judge(direction_judge) if direction_judge is not None else None
     class_judge = load_judge(judge) if judge is not None else None

@@ -250,12 +250,9 @@ def test_gate_rule():
         G.paired(small, _scores("1", 1.0))
 
 
-def test_gate_replaces_older_weights_only_when_better(excluded_run, class_judge, shapes_dir, tmp_path, monkeypatch):
-    out = tmp_path / "weights"
-    export_checkpoint(excluded_run, out)  # "released" weights, with files an older release left behind
-    for name in ("thumbnails.png", "directions.png", "evaluation.json"):
-        (out / name).write_bytes(b"old")
-    scores = {"candidate": {"judge_top1": 0.5, "fid": 12.0}, "released": {"judge_top1": 0.4, "fid": 10.0}}
+def _fake_judge_scores(scores: dict, out):
+    """A stand-in for gate.judge_scores: the weights in OUT score scores["released"], anything else
+    scores["candidate"] (read at call time, so a test can change them between releases)."""
 
     def fake_scores(model, judge, data, val_idx, folders, samples_per_class=10, **kw):
         s = scores["released" if model.source == str(out) else "candidate"]
@@ -263,7 +260,17 @@ def test_gate_replaces_older_weights_only_when_better(excluded_run, class_judge,
         hits = "1" * round(s["judge_top1"] * n) + "0" * (n - round(s["judge_top1"] * n))
         return {**s, "recon_psnr_db": 20.0, "samples": n, "real_images": len(val_idx), "hits": hits}
 
-    monkeypatch.setattr(G, "judge_scores", fake_scores)
+    return fake_scores
+
+
+def test_gate_replaces_older_weights_only_when_better(excluded_run, class_judge, shapes_dir, tmp_path, monkeypatch):
+    out = tmp_path / "weights"
+    export_checkpoint(excluded_run, out)  # "released" weights, with files an older release left behind
+    for name in ("thumbnails.png", "directions.png", "evaluation.json"):
+        (out / name).write_bytes(b"old")
+    scores = {"candidate": {"judge_top1": 0.5, "fid": 12.0}, "released": {"judge_top1": 0.4, "fid": 10.0}}
+
+    monkeypatch.setattr(G, "judge_scores", _fake_judge_scores(scores, out))
     args = dict(components=2, judge=class_judge, only_if_better=True)
     before = _files(out)
     with pytest.raises(G.GateRefused, match="FID 12.00 > 1.1 x 10.00"):  # better top-1, FID too much worse
@@ -295,13 +302,7 @@ def test_gate_only_measures_and_never_touches_out(excluded_run, class_judge, sha
     export_checkpoint(excluded_run, out)
     scores = {"candidate": {"judge_top1": 0.5, "fid": 12.0}, "released": {"judge_top1": 0.4, "fid": 10.0}}
 
-    def fake_scores(model, judge, data, val_idx, folders, samples_per_class=10, **kw):
-        s = scores["released" if model.source == str(out) else "candidate"]
-        n = len(folders) * 100
-        hits = "1" * round(s["judge_top1"] * n) + "0" * (n - round(s["judge_top1"] * n))
-        return {**s, "recon_psnr_db": 20.0, "samples": n, "real_images": len(val_idx), "hits": hits}
-
-    monkeypatch.setattr(G, "judge_scores", fake_scores)
+    monkeypatch.setattr(G, "judge_scores", _fake_judge_scores(scores, out))
     before = _files(out)
     with pytest.raises(InputError, match="--gate-only needs --judge"):
         release(excluded_run, out, shapes_dir, "shapes", gate_only=True)
