@@ -22,7 +22,7 @@ pytestmark = [
         reason="Chromium is not installed (apt-get install chromium); .ci/run installs it so CI runs this test",
     ),
 ]
-SHOTS = Path(os.environ.get("CVAEGAN_SCREENSHOTS", ROOT / "test-artifacts" / "screenshots"))
+SHOTS = Path(os.environ.get("CVAEGAN_SCREENSHOTS", ROOT / "test-artifacts" / "screenshots")).resolve()  # before chdir
 ARGS = [
     "--headless",
     "--no-sandbox",
