@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from . import inference as I
-from .images import to_pil
+from .images import membrane, to_pil
 from .models import CVAEGAN
 
 CONFIDENT = 0.5  # C's top probability below this: say that C is not sure, and suggest picking a class
@@ -41,29 +41,6 @@ def _crop(a: np.ndarray, left: int, top: int, side: int) -> np.ndarray:
     ys = np.clip(np.arange(top, top + side), 0, h - 1)
     xs = np.clip(np.arange(left, left + side), 0, w - 1)
     return a[ys][:, xs]
-
-
-def membrane(values: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """Smooth interpolation of `values` (C, H, W) known where weight (H, W) > 0 to every pixel
-    (push-pull over an image pyramid: a fast stand-in for the harmonic membrane of Poisson cloning).
-    Exact where weight is 1; zeros when nothing is known."""
-    if not (weight > 0).any():
-        return torch.zeros_like(values)
-    v, w = values * weight, weight[None].clone()
-    pyramid = [(v, w)]
-    while min(v.shape[-2:]) > 1:
-        v = F.avg_pool2d(v[None], 2, ceil_mode=True)[0]
-        w = F.avg_pool2d(w[None], 2, ceil_mode=True)[0]
-        pyramid.append((v, w))
-    v, w = pyramid[-1]
-    est = v / w.clamp(min=1e-8)
-    if not (w > 0).all():  # a coarsest level with gaps: fill them with the mean of the known values
-        est = torch.where(w > 0, est, (v.sum((1, 2), keepdim=True) / w.sum().clamp(min=1e-8)))
-    for v, w in reversed(pyramid[:-1]):
-        up = F.interpolate(est[None], size=v.shape[-2:], mode="bilinear", align_corners=False)[0]
-        a = w.clamp(max=1.0)
-        est = a * (v / w.clamp(min=1e-8)) + (1 - a) * up
-    return est
 
 
 def seamless_paste(photo: np.ndarray, fill: np.ndarray, mask: np.ndarray, ring: int = 3) -> np.ndarray:

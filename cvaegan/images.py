@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import InputError
@@ -134,6 +135,29 @@ def psnr(x: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None
     w = (torch.ones_like(err[:, :1]) if mask is None else mask.to(err.device).float()).expand_as(err)
     mse = (err * w).flatten(1).sum(1) / w.flatten(1).sum(1).clamp(min=1)
     return 10 * torch.log10(1 / mse.clamp(min=1e-10))
+
+
+def membrane(values: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Smooth interpolation of `values` (C, H, W) known where weight (H, W) > 0 to every pixel
+    (push-pull over an image pyramid: a fast stand-in for the harmonic membrane of Poisson cloning).
+    Exact where weight is 1; zeros when nothing is known."""
+    if not (weight > 0).any():
+        return torch.zeros_like(values)
+    v, w = values * weight, weight[None].clone()
+    pyramid = [(v, w)]
+    while min(v.shape[-2:]) > 1:
+        v = F.avg_pool2d(v[None], 2, ceil_mode=True)[0]
+        w = F.avg_pool2d(w[None], 2, ceil_mode=True)[0]
+        pyramid.append((v, w))
+    v, w = pyramid[-1]
+    est = v / w.clamp(min=1e-8)
+    if not (w > 0).all():  # a coarsest level with gaps: fill them with the mean of the known values
+        est = torch.where(w > 0, est, (v.sum((1, 2), keepdim=True) / w.sum().clamp(min=1e-8)))
+    for v, w in reversed(pyramid[:-1]):
+        up = F.interpolate(est[None], size=v.shape[-2:], mode="bilinear", align_corners=False)[0]
+        a = w.clamp(max=1.0)
+        est = a * (v / w.clamp(min=1e-8)) + (1 - a) * up
+    return est
 
 
 def to_uint8(x: torch.Tensor) -> torch.Tensor:

@@ -22,6 +22,7 @@ from .images import (
     ImageError,
     center_crop_box,
     load_tensor,
+    membrane,
     open_image,
     open_mask,
     pil_to_uint8,
@@ -253,6 +254,13 @@ def _fill_known_mean(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
     return torch.where(m, mean.expand_as(x), x)
 
 
+def _fill_smooth(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    """Masked pixels filled by smooth interpolation of the known ones around them (`membrane`): the inpainting
+    loop's first input, which E encodes (the README's Evaluation compares it with a flat mean-colour start)."""
+    filled = [membrane(x[i], (~m[i, 0]).float()) for i in range(x.shape[0])]
+    return torch.where(m, torch.stack(filled), x)
+
+
 def inpaint_tensor(
     model: CVAEGAN,
     x: torch.Tensor,
@@ -266,6 +274,7 @@ def inpaint_tensor(
     """The paper's iterative inpainting at model resolution.
 
     x: (1, 3, R, R) in [-1, 1]; m: (1, 1, R, R) bool, True = missing; cls: class index.
+    x_0 fills the hole smoothly from its border (`_fill_smooth`).
     Repeat `iterations` times: z = E(x_k, c); x_gen = G(z, c); x_{k+1} = known pixels of x, x_gen elsewhere.
     refine_steps > 0 then optimises z so that G(z, c) matches the known pixels. Returns x_gen (1, 3, R, R)
     (the full generated image; composite it with the known pixels yourself, or use `inpaint`).
@@ -275,7 +284,7 @@ def inpaint_tensor(
     c = torch.tensor([cls], device=dev)
     model.encoder.eval()
     model.generator.eval()
-    cur = _fill_known_mean(x, m)
+    cur = _fill_smooth(x, m)
     gen = cur
     with torch.no_grad():
         for k in range(max(1, iterations)):

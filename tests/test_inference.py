@@ -121,6 +121,28 @@ def test_inpaint_keeps_known_pixels_exactly(model):
     assert r["model_image"].size == (32, 32) and r["class"] in range(4)
 
 
+def test_inpainting_starts_from_a_smooth_fill_of_the_border(tiny_model, monkeypatch):
+    """The loop's first input keeps the known pixels and bridges the hole smoothly from its border (a red left
+    side and a blue right side meet in a ramp), instead of one flat mean colour; E is given exactly that."""
+    x = torch.full((1, 3, 32, 32), -1.0)
+    x[:, 0, :, :16] = 1.0  # red left half
+    x[:, 2, :, 16:] = 1.0  # blue right half
+    m = torch.zeros(1, 1, 32, 32, dtype=torch.bool)
+    m[..., 8:24, 8:24] = True
+    start = I._fill_smooth(x, m)
+    assert torch.equal(start[~m.expand_as(x)], x[~m.expand_as(x)])
+    red_across = start[0, 0, 16, 8:24]
+    assert red_across[0] > 0.5 and red_across[-1] < -0.5  # red near the red border, not near the blue one
+    assert (red_across[1:] <= red_across[:-1] + 1e-6).all()  # a monotone ramp between them
+    assert torch.equal(I._fill_smooth(x, torch.ones_like(m)), torch.zeros_like(x))  # nothing known: grey
+    seen = []
+    forward = tiny_model.encoder.forward
+    monkeypatch.setattr(tiny_model.encoder, "forward", lambda inp, c: (seen.append(inp.clone()), forward(inp, c))[1])
+    I.inpaint_tensor(tiny_model, x, m, 1, iterations=2)
+    assert len(seen) == 2 and torch.allclose(seen[0], start)
+    assert not torch.allclose(seen[1], start)  # later rounds see the generated fill
+
+
 def test_inpaint_empty_and_full_masks(model):
     photo = draw_shape(3, 32, np.random.default_rng(1))
     same = I.inpaint(model, photo, np.zeros((32, 32)))
