@@ -237,15 +237,29 @@ def _export_parser(sub) -> argparse.ArgumentParser:
         help="export D and the running feature means (the default; kept for old scripts)",
     )
     p.add_argument("--no-ema", action="store_true", help="export the raw generator even if the run kept an EMA of it")
+    p.add_argument(
+        "--snapshot",
+        type=float,
+        default=None,
+        metavar="MINUTES",
+        help="export the checkpoint the run kept at MINUTES CPU-minutes (`train --snapshot-minutes`: "
+        "RUN/snapshots/minute_MINUTES.pt) instead of its last one, e.g. when it got worse later",
+    )
     return p
 
 
 def cmd_export(a: argparse.Namespace) -> int:
     from .train import export_checkpoint
 
-    print(
-        f"wrote {export_checkpoint(a.run, a.out, fp16=not a.no_fp16, include_discriminator=a.export_discriminator, use_ema=not a.no_ema)}"
+    path = export_checkpoint(
+        a.run,
+        a.out,
+        fp16=not a.no_fp16,
+        include_discriminator=a.export_discriminator,
+        use_ema=not a.no_ema,
+        snapshot=a.snapshot,
     )
+    print(f"wrote {path}")
     return 0
 
 
@@ -374,6 +388,14 @@ def _release_parser(sub) -> argparse.ArgumentParser:
         help="with --judge: measure the gate only (RUN/gate.json and the table) and never touch OUT; exit 0 if "
         f"the candidate would be released, {REFUSED_EXIT} if not (for a working stretch with no time left to release)",
     )
+    p.add_argument(
+        "--snapshot",
+        type=float,
+        default=None,
+        metavar="MINUTES",
+        help="release (or gate) the checkpoint the run kept at MINUTES CPU-minutes (`train --snapshot-minutes`: "
+        "RUN/snapshots/minute_MINUTES.pt) instead of its last one, e.g. when it got worse later; the card says so",
+    )
     return p
 
 
@@ -402,6 +424,7 @@ def cmd_release(a: argparse.Namespace) -> int:
             samples_per_class=a.samples_per_class,
             include_discriminator=not a.no_discriminator,
             gate_only=a.gate_only,
+            snapshot=a.snapshot,
         )
     except GateRefused as e:
         print(table(e.comparison))

@@ -37,7 +37,7 @@ from .images import make_grid, psnr, save_jpeg, save_png, to_pil, uint8_to_float
 from .judge import load_attribute_judge
 from .models import CVAEGAN
 from .seeds import z_from_seeds
-from .train import CHECKPOINT, WARM_START, drop_classes, export_checkpoint, grid_classes
+from .train import WARM_START, drop_classes, export_checkpoint, grid_classes, run_checkpoint
 
 MAX_FOLDER_BYTES = 20 * 2**20  # a weights folder (the app's repo and the Hub carry several)
 MAX_FILE_BYTES = 15 * 2**20  # one file of it
@@ -138,10 +138,10 @@ def measure_inpainting(model: CVAEGAN, val: LabelledImages, iterations=(1, 2, 4,
     return out
 
 
-def checkpoint_rows(run: Path) -> tuple[int, list[dict]]:
-    """The step of RUN's checkpoint and the metrics.jsonl rows up to it (a run that went on after its last
-    checkpoint logged steps that the exported networks never saw)."""
-    step = int(torch.load(run / CHECKPOINT, map_location="cpu", weights_only=True)["step"])
+def checkpoint_rows(run: Path, snapshot: float | None = None) -> tuple[int, list[dict]]:
+    """The step of RUN's checkpoint (or of its snapshot at SNAPSHOT CPU-minutes) and the metrics.jsonl rows up
+    to it (a run that went on after its last checkpoint logged steps that the exported networks never saw)."""
+    step = int(torch.load(run_checkpoint(run, snapshot), map_location="cpu", weights_only=True)["step"])
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
     return step, [r for r in rows if r.get("step", 0) <= step]
 
@@ -344,6 +344,7 @@ def release(
     samples_per_class: int = 10,
     include_discriminator: bool = True,
     gate_only: bool = False,
+    snapshot: float | None = None,
 ) -> dict:
     """Export RUN's checkpoint into OUT and add directions, figures, pictures and the model card.
     attribute_judge: a folder from `cvaegan judge --attributes` that re-measures every direction;
@@ -360,13 +361,16 @@ def release(
 
     gate_only (needs judge): the gate as a dry run, for a working stretch that ends before a release fits: the
     comparison is measured and written to RUN/gate.json, and OUT is never touched. Returns {"release_gate":
-    the comparison} when the candidate would be released; raises gate.GateRefused when it would not."""
+    the comparison} when the candidate would be released; raises gate.GateRefused when it would not.
+
+    snapshot: release (or gate) the checkpoint the run kept at that many CPU-minutes (`train --snapshot-minutes`,
+    RUN/snapshots/minute_<M>.pt) instead of its last one, e.g. when the run got worse after it; the card, the
+    figures and the gate record which one."""
     from .gate import GATE_FILE, GateRefused, compare, write_comparison
     from .judge import load_judge
 
     run, out = Path(run), Path(out)
-    if not (run / CHECKPOINT).is_file():
-        raise FileNotFoundError(f"{run / CHECKPOINT} not found")
+    source = run_checkpoint(run, snapshot)  # TrainError naming the snapshots kept when it is missing
     if (only_if_better or gate_only) and judge is None:
         flag = "--gate-only" if gate_only else "--only-if-better"
         raise InputError(f"{flag} needs --judge JUDGE_FOLDER (a class judge from `cvaegan judge`)")
@@ -384,12 +388,12 @@ def release(
             f"training ({released_held:g} of each class): the gate would score the candidate on photos it trained "
             f"on. Train with --val-fraction {released_held:g} (`train --init-from` keeps it by default)"
         )
-    state_step, rows = checkpoint_rows(run)
+    state_step, rows = checkpoint_rows(run, snapshot)
     total = training_total(run, state_step, training_clock(rows))  # read now: a broken file stops before OUT changes
     gate = None
     with tempfile.TemporaryDirectory(prefix="cvaegan-release-") as tmp:
         # the candidate exactly as it would ship (float16 files), exported next to OUT's weights, not over them
-        export_checkpoint(run, tmp, use_ema=use_ema, include_discriminator=include_discriminator)
+        export_checkpoint(run, tmp, use_ema=use_ema, include_discriminator=include_discriminator, snapshot=snapshot)
         candidate = load_folder(tmp)
         full = load_images(data_path, candidate.config.resolution)
         data, train_idx, val_idx, full_val = run_split(full, val_fraction, excluded)
@@ -412,6 +416,7 @@ def release(
                 min_z,
             )
             gate["candidate"]["run"], gate["candidate"]["step"] = str(run), state_step
+            gate["candidate"]["checkpoint"] = source.relative_to(run).as_posix()
             write_comparison(gate, run / GATE_FILE)
             if (only_if_better or gate_only) and not gate["passed"]:
                 raise GateRefused(gate)
@@ -430,6 +435,7 @@ def release(
     )
     figures.update(dir_figures)
     figures["steps"] = state_step
+    figures["checkpoint"] = source.relative_to(run).as_posix()
     figures["generator"] = "EMA of G" if use_ema and run_cfg.get("ema_decay") else "G (no EMA)"
     figures["split"] = "held-out" if held_out else "training images (the run kept no held-out split)"
     figures["val_fraction"] = val_fraction if held_out else 0.1

@@ -33,6 +33,7 @@ from .seeds import step_generator, z_from_seeds
 from .speed import machine_record
 
 CHECKPOINT = "checkpoint.pt"
+SNAPSHOTS = "snapshots"  # RUN/snapshots/minute_<M>.pt: the checkpoint as it was at M CPU-minutes
 WARM_START = "warm_start.json"  # a warm-started run's source weights and the training they had had (for the card)
 AUTO_CLIP_WARMUP = 50  # --grad-clip-auto: updates per network and phase measured before any clipping
 AUTO_CLIP_DECAY = 0.99  # --grad-clip-auto: EMA decay of the running mean gradient norm (about 100 updates)
@@ -778,8 +779,8 @@ def train(
                     ckpt = trainer.state_dict()
                     atomic_torch_save(ckpt, ckpt_path)
                     for m in crossed:  # a copy per CPU-minute mark, for equal-budget comparisons
-                        (out / "snapshots").mkdir(exist_ok=True)
-                        atomic_torch_save(ckpt, out / "snapshots" / f"minute_{m:g}.pt")
+                        (out / SNAPSHOTS).mkdir(exist_ok=True)
+                        atomic_torch_save(ckpt, out / SNAPSHOTS / snapshot_name(m))
                 marks = [m for m in marks if m not in crossed]
     finally:
         bar.close()
@@ -835,19 +836,48 @@ def model_from_state(state: dict, use_ema: bool = True) -> CVAEGAN:
     return model.eval()
 
 
+def snapshot_name(minute: float) -> str:
+    """File name of the snapshot `train --snapshot-minutes` keeps at MINUTE CPU-minutes."""
+    return f"minute_{minute:g}.pt"
+
+
+def run_checkpoint(run: str | os.PathLike, snapshot: float | None = None) -> Path:
+    """RUN/checkpoint.pt, or with SNAPSHOT the copy of it that `train --snapshot-minutes` kept at that many
+    CPU-minutes (RUN/snapshots/minute_<SNAPSHOT>.pt). Raises TrainError naming the snapshots that exist."""
+    run = Path(run)
+    if snapshot is None:
+        path = run / CHECKPOINT
+        if not path.is_file():
+            raise TrainError(f"{path} not found; is {run} a run folder written by `cvaegan train`?")
+        return path
+    path = run / SNAPSHOTS / snapshot_name(snapshot)
+    if not path.is_file():
+        kept = (
+            sorted(
+                (float(p.stem.removeprefix("minute_")) for p in (run / SNAPSHOTS).glob("minute_*.pt")),
+            )
+            if (run / SNAPSHOTS).is_dir()
+            else []
+        )
+        have = ", ".join(f"{m:g}" for m in kept) if kept else "none (train with --snapshot-minutes to keep some)"
+        raise TrainError(
+            f"{run} kept no snapshot at {snapshot:g} CPU-minutes ({path} not found); its snapshots: {have}"
+        )
+    return path
+
+
 def export_checkpoint(
     run: str | os.PathLike,
     out: str | os.PathLike,
     fp16: bool = True,
     include_discriminator: bool = True,
     use_ema: bool = True,
+    snapshot: float | None = None,
 ) -> Path:
-    """Write a weights folder from RUN/checkpoint.pt (the EMA generator when the run has one and use_ema).
-    include_discriminator also writes D and the running feature means, so `train --init-from` can go on."""
-    path = Path(run) / CHECKPOINT
-    if not path.is_file():
-        raise TrainError(f"{path} not found; is {run} a run folder written by `cvaegan train`?")
-    model, state = model_from_checkpoint(path, use_ema)
+    """Write a weights folder from RUN/checkpoint.pt, or from the run's snapshot at SNAPSHOT CPU-minutes (the
+    EMA generator when the run has one and use_ema). include_discriminator also writes D and the running feature
+    means, so `train --init-from` can go on."""
+    model, state = model_from_checkpoint(run_checkpoint(run, snapshot), use_ema)
     means = None
     if include_discriminator:
         cfg, k = model.config, model.config.num_classes

@@ -18,7 +18,7 @@ from cvaegan.directions import judged_effects
 from cvaegan.errors import InputError
 from cvaegan.judge import JudgeConfig, train_judge
 from cvaegan.release import MAX_FILE_BYTES, ReleaseError, check_folder_size, refresh_directions, release
-from cvaegan.train import export_checkpoint, train
+from cvaegan.train import SNAPSHOTS, TrainError, export_checkpoint, snapshot_name, train
 
 from conftest import tiny_config
 
@@ -224,6 +224,46 @@ def test_release_of_a_run_with_excluded_classes_behind_the_gate(
     assert _files(out) == before  # byte-identical
     gate = json.loads((excluded_run / G.GATE_FILE).read_text())
     assert not gate["passed"] and gate["released"] == {k: gate["candidate"][k] for k in gate["released"]}
+
+
+def test_release_of_a_kept_snapshot(excluded_run, class_judge, shapes_dir, tmp_path, capsys):
+    """`release --snapshot M` ships the checkpoint the run kept at M CPU-minutes, not the run's later last one."""
+    run = tmp_path / "run"
+    shutil.copytree(excluded_run, run)
+    (run / G.GATE_FILE).unlink(missing_ok=True)
+    (run / SNAPSHOTS).mkdir(exist_ok=True)
+    shutil.copy(run / "checkpoint.pt", run / SNAPSHOTS / snapshot_name(1.5))
+    # the run went on after the snapshot: a later step, a different G, and more logged rows
+    state = torch.load(run / "checkpoint.pt", weights_only=True)
+    snap_step = state["step"]
+    state["step"] = snap_step + 4
+    for v in state["nets"]["G"].values():
+        if v.is_floating_point():
+            v.add_(0.25)
+    torch.save(state, run / "checkpoint.pt")
+    with open(run / "metrics.jsonl", "a") as f:
+        f.write(json.dumps({"step": snap_step + 4, "loss/C": 0.1, "time/step_s": 1.0}) + "\n")
+    out = tmp_path / "weights"
+    with pytest.raises(TrainError, match="no snapshot at 2 CPU-minutes.*its snapshots: 1.5"):
+        release(run, out, shapes_dir, "shapes", snapshot=2)
+    assert not out.exists()
+    figures = release(
+        run, out, shapes_dir, "shapes", components=2, judge=class_judge, samples_per_class=2, snapshot=1.5
+    )
+    assert figures["steps"] == snap_step and figures["checkpoint"] == "snapshots/minute_1.5.pt"
+    assert figures["release_gate"]["candidate"]["step"] == snap_step
+    assert figures["release_gate"]["candidate"]["checkpoint"] == "snapshots/minute_1.5.pt"
+    card = (out / "README.md").read_text()
+    assert "the run's snapshot at 1.5 CPU-minutes (`snapshots/minute_1.5.pt`)" in card
+    # what shipped is the snapshot's generator, not the last checkpoint's
+    assert cli.main(["export", "--run", str(run), "--out", str(tmp_path / "snap"), "--snapshot", "1.5"]) == 0
+    snap = CVAEGAN.from_pretrained(str(tmp_path / "snap")).generator.state_dict()
+    last = CVAEGAN.from_pretrained(str(export_checkpoint(run, tmp_path / "last"))).generator.state_dict()
+    shipped = CVAEGAN.from_pretrained(str(out)).generator.state_dict()
+    assert all(torch.equal(shipped[k], snap[k]) for k in snap)
+    assert not all(torch.equal(shipped[k], last[k]) for k in last)
+    assert cli.main(["export", "--run", str(run), "--out", str(tmp_path / "x"), "--snapshot", "7"]) == 1
+    assert "its snapshots: 1.5" in capsys.readouterr().err and not (tmp_path / "x").exists()
 
 
 def _scores(hits: str, fid: float) -> dict:
