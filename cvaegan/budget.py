@@ -46,6 +46,8 @@ RECIPES: dict[str, list[str]] = {
     "v2+cbn": ["--preset", "v2", "--g-cond", "cbn"],
     "v2+caug": ["--preset", "v2", "--c-augment"],  # C stops learning the photos by heart
     "v3+selfsup": ["--preset", "v3", "--d-selfsup"],  # RECIPE.md item 5: FastGAN's self-supervised D
+    # C's loss kept off 0, against the Adam spike the faces release run's C had at step ~23,450
+    "v3+csmooth": ["--preset", "v3", "--c-label-smoothing", "0.1"],
 }
 
 

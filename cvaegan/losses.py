@@ -71,9 +71,10 @@ def discriminator_loss(logit_real: torch.Tensor, logit_recon: torch.Tensor, logi
     )
 
 
-def classifier_loss(logits_real: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """L_C = -log P(c_r | x_r), batch-mean cross-entropy on REAL images only."""
-    return F.cross_entropy(logits_real.float(), labels)
+def classifier_loss(logits_real: torch.Tensor, labels: torch.Tensor, smoothing: float = 0.0) -> torch.Tensor:
+    """L_C = -log P(c_r | x_r), batch-mean cross-entropy on REAL images only (with smoothing > 0: against a
+    target of 1 - smoothing on c_r plus smoothing spread over all classes; not in the paper)."""
+    return F.cross_entropy(logits_real.float(), labels, label_smoothing=smoothing)
 
 
 def nonsaturating_generator_loss(logit_fake: torch.Tensor) -> torch.Tensor:
@@ -227,7 +228,7 @@ class MethodLoss:
         x = self.ctx.augment(b.x_r, b.gen) if self.t.c_augment else b.x_r
         with self.ctx.autocast():
             logits, _ = self.ctx.train_nets["C"](x)
-            loss = classifier_loss(logits, b.c_r)
+            loss = classifier_loss(logits, b.c_r, self.t.c_label_smoothing)
         return loss, {"loss/C": loss.item(), "acc/C": (logits.argmax(1) == b.c_r).float().mean().item()}
 
     def _encode(self, b: Batch, net: nn.Module) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -104,6 +104,7 @@ def test_every_named_recipe_parses_and_sets_what_its_name_says():
         "v2+cbn": lambda t, m: m.g_cond == "cbn",
         "v2+caug": lambda t, m: t.c_augment,
         "v3+selfsup": lambda t, m: m.d_selfsup,
+        "v3+csmooth": lambda t, m: t.c_label_smoothing == 0.1 and m.g_cond == "cbn",
     }
     for name, check in changed.items():
         assert check(*configs(name)), name

@@ -11,7 +11,7 @@ import torch
 from test_train import _batch
 
 from cvaegan import CVAEGAN, cli
-from cvaegan.config import PRESETS, ModelConfig, TrainConfig
+from cvaegan.config import PRESETS, ConfigError, ModelConfig, TrainConfig
 from cvaegan.data import load_images
 from cvaegan.seeds import step_generator
 from cvaegan.train import Trainer, TrainError, stratified_indices, train
@@ -238,6 +238,33 @@ def test_c_augment_trains_c_on_augmented_photos_only_when_asked(c_augment):
     tr.train_step(x, c, step_generator(0, 0), noise)
     assert len(seen) == 1  # C's own phase; elsewhere C is a fixed feature extractor in eval mode
     assert seen[0].shape == x.shape and torch.equal(seen[0], x) != c_augment
+
+
+def test_c_label_smoothing_keeps_c_loss_off_zero():
+    """--c-label-smoothing: a C that is certain and right still has a loss (and a gradient) to learn from."""
+    from cvaegan.losses import classifier_loss
+
+    labels = torch.tensor([0, 2])
+    certain = torch.nn.functional.one_hot(labels, 4).float() * 40.0  # p(c_r) = 1 to float precision
+    assert classifier_loss(certain, labels).item() < 1e-6
+    # the smoothed target puts 0.9 + 0.1/4 on c_r and 0.1/4 on each other class: far from certain, a high loss
+    assert classifier_loss(certain, labels, 0.1).item() == pytest.approx(0.075 * 40.0, rel=1e-4)
+    logits = certain.clone().requires_grad_(True)
+    classifier_loss(logits, labels, 0.1).backward()
+    assert logits.grad.abs().max() > 0.01
+    with pytest.raises(ConfigError, match="c_label_smoothing"):
+        TrainConfig(c_label_smoothing=1.0)
+    # the trainer's C phase uses it: the logged loss/C is the smoothed cross-entropy of C's logits
+    for smoothing in (0.0, 0.3):
+        tr = _trainer(c_label_smoothing=smoothing)
+        x, c, noise = _batch(tr.model)
+        seen = []
+        tr.model.classifier.register_forward_hook(
+            lambda mod, args, out: seen.append(out[0].detach().clone()) if mod.training else None
+        )
+        log = tr.train_step(x, c, step_generator(0, 0), noise)
+        want = torch.nn.functional.cross_entropy(seen[0], c, label_smoothing=smoothing)
+        assert log["loss/C"] == pytest.approx(want.item(), rel=1e-5)
 
 
 def test_class_batchnorm_weights_round_trip_strictly(tmp_path):
