@@ -106,9 +106,7 @@ def inpaint(
     )  # every model pixel touching the hole is refilled
     top3: list[tuple[int, float]] = []
     if cls is None:
-        known = (~m_small).float()
-        mean = (x_small * known).sum((2, 3), keepdim=True) / known.sum((2, 3), keepdim=True).clamp(min=1)
-        top3 = top_classes(model, torch.where(m_small, mean.expand_as(x_small), x_small))
+        top3 = top_classes(model, I.fill_known_mean(x_small, m_small))
         cls = top3[0][0]
     gen = I.inpaint_tensor(model, x_small, m_small, cls, iterations, refine_steps, progress=progress).cpu()
     fill = F.interpolate(gen, size=(side, side), mode="bicubic", align_corners=False).clamp(-1, 1)

@@ -293,7 +293,7 @@ def opencv_inpaint(x: torch.Tensor, m: torch.Tensor, method: str) -> torch.Tenso
 
 def mean_fill(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
     """Masked pixels replaced by the mean colour of the known pixels of the same image."""
-    return I._fill_known_mean(x, m)
+    return I.fill_known_mean(x, m)
 
 
 def user_inpaint(

@@ -248,7 +248,9 @@ def edit(model: CVAEGAN, z: torch.Tensor, amounts: dict[str, float]) -> torch.Te
     return out
 
 
-def _fill_known_mean(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+def fill_known_mean(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    """Masked pixels (m True) set to the mean colour of each image's known pixels: what C sees of a photo with a
+    hole when it guesses the class."""
     known = (~m).float()
     mean = (x * known).sum((2, 3), keepdim=True) / known.sum((2, 3), keepdim=True).clamp(min=1)
     return torch.where(m, mean.expand_as(x), x)
@@ -350,7 +352,7 @@ def inpaint(
         m_small[:] = True
     m = torch.from_numpy(m_small)[None, None]
     if given is None:
-        idx, p = classify(model, _fill_known_mean(x.to(model.device), m.to(model.device)))
+        idx, p = classify(model, fill_known_mean(x.to(model.device), m.to(model.device)))
         cls_idx, prob = int(idx[0]), float(p[0])
     else:
         cls_idx, prob = given, None
