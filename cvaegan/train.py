@@ -852,14 +852,9 @@ def run_checkpoint(run: str | os.PathLike, snapshot: float | None = None) -> Pat
         return path
     path = run / SNAPSHOTS / snapshot_name(snapshot)
     if not path.is_file():
-        kept = (
-            sorted(
-                (float(p.stem.removeprefix("minute_")) for p in (run / SNAPSHOTS).glob("minute_*.pt")),
-            )
-            if (run / SNAPSHOTS).is_dir()
-            else []
-        )
-        have = ", ".join(f"{m:g}" for m in kept) if kept else "none (train with --snapshot-minutes to keep some)"
+        marks = [p.stem.removeprefix("minute_") for p in (run / SNAPSHOTS).glob("minute_*.pt")]
+        kept = sorted(marks, key=lambda m: (0, float(m)) if m.replace(".", "", 1).isdigit() else (1, 0.0))
+        have = ", ".join(kept) if kept else "none (train with --snapshot-minutes to keep some)"
         raise TrainError(
             f"{run} kept no snapshot at {snapshot:g} CPU-minutes ({path} not found); its snapshots: {have}"
         )
