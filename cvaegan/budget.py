@@ -167,13 +167,12 @@ def evaluate_snapshot(snap: Path, data, judge, samples_per_class: int, sheet_pat
 
 def judge_snapshots(run: Path, data, judge, samples_per_class: int) -> dict:
     """Judge every snapshot of `run` not yet judged by this judge; results cached in run/judged.json."""
-    from .train import SNAPSHOTS
+    from .train import kept_snapshots
 
     cache_path = run / "judged.json"
     cache = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
     key_judge = str(judge.config.files.get("judge.safetensors", ""))[:12]
-    for snap in sorted((run / SNAPSHOTS).glob("minute_*.pt"), key=lambda p: float(p.stem.split("_")[1])):
-        minute = snap.stem.split("_")[1]
+    for minute, snap in kept_snapshots(run):
         if cache.get(minute, {}).get("judge") == key_judge:
             continue
         _log(f"{run.name}: judging the {minute}-minute snapshot")

@@ -370,7 +370,8 @@ def release(
     from .judge import load_judge
 
     run, out = Path(run), Path(out)
-    source = run_checkpoint(run, snapshot)  # TrainError naming the snapshots kept when it is missing
+    # the checkpoint file to ship, relative to RUN (TrainError naming the snapshots kept when it is missing)
+    checkpoint = run_checkpoint(run, snapshot).relative_to(run).as_posix()
     if (only_if_better or gate_only) and judge is None:
         flag = "--gate-only" if gate_only else "--only-if-better"
         raise InputError(f"{flag} needs --judge JUDGE_FOLDER (a class judge from `cvaegan judge`)")
@@ -416,7 +417,7 @@ def release(
                 min_z,
             )
             gate["candidate"]["run"], gate["candidate"]["step"] = str(run), state_step
-            gate["candidate"]["checkpoint"] = source.relative_to(run).as_posix()
+            gate["candidate"]["checkpoint"] = checkpoint
             write_comparison(gate, run / GATE_FILE)
             if (only_if_better or gate_only) and not gate["passed"]:
                 raise GateRefused(gate)
@@ -435,7 +436,7 @@ def release(
     )
     figures.update(dir_figures)
     figures["steps"] = state_step
-    figures["checkpoint"] = source.relative_to(run).as_posix()
+    figures["checkpoint"] = checkpoint
     figures["generator"] = "EMA of G" if use_ema and run_cfg.get("ema_decay") else "G (no EMA)"
     figures["split"] = "held-out" if held_out else "training images (the run kept no held-out split)"
     figures["val_fraction"] = val_fraction if held_out else 0.1

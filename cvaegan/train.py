@@ -841,6 +841,13 @@ def snapshot_name(minute: float) -> str:
     return f"minute_{minute:g}.pt"
 
 
+def kept_snapshots(run: str | os.PathLike) -> list[tuple[str, Path]]:
+    """(mark, path) of every snapshot RUN kept (`train --snapshot-minutes`), by CPU-minute mark; a file name that
+    is not a number of minutes sorts last."""
+    found = [(p.stem.removeprefix("minute_"), p) for p in (Path(run) / SNAPSHOTS).glob("minute_*.pt")]
+    return sorted(found, key=lambda mp: (0, float(mp[0])) if mp[0].replace(".", "", 1).isdigit() else (1, 0.0))
+
+
 def run_checkpoint(run: str | os.PathLike, snapshot: float | None = None) -> Path:
     """RUN/checkpoint.pt, or with SNAPSHOT the copy of it that `train --snapshot-minutes` kept at that many
     CPU-minutes (RUN/snapshots/minute_<SNAPSHOT>.pt). Raises TrainError naming the snapshots that exist."""
@@ -852,8 +859,7 @@ def run_checkpoint(run: str | os.PathLike, snapshot: float | None = None) -> Pat
         return path
     path = run / SNAPSHOTS / snapshot_name(snapshot)
     if not path.is_file():
-        marks = [p.stem.removeprefix("minute_") for p in (run / SNAPSHOTS).glob("minute_*.pt")]
-        kept = sorted(marks, key=lambda m: (0, float(m)) if m.replace(".", "", 1).isdigit() else (1, 0.0))
+        kept = [mark for mark, _ in kept_snapshots(run)]
         have = ", ".join(kept) if kept else "none (train with --snapshot-minutes to keep some)"
         raise TrainError(
             f"{run} kept no snapshot at {snapshot:g} CPU-minutes ({path} not found); its snapshots: {have}"
