@@ -269,7 +269,8 @@ class TrainConfig:
     budget_minutes: float | None = option(
         None,
         "stop after this many CPU-minutes of training (process CPU time / "
-        "threads, so other load does not count); None = run --steps",
+        "threads, so other load does not count); the run also stops at --steps, whichever comes first; "
+        "None = run --steps",
     )
     snapshot_minutes: str = option(
         "",

@@ -786,6 +786,12 @@ def train(
         bar.close()
         if metrics is not None:
             metrics.close()
+    if budgeted and not stop and rank == 0:  # --steps, not the budget, ended the run: easy to miss in a long log
+        print(
+            f"note: the run stopped at --steps {tcfg.steps} after {trainer.cpu_minutes():.1f} of its "
+            f"{tcfg.budget_minutes:g} CPU-minutes; to use the rest, --resume with a larger --steps "
+            f"(e.g. --steps {2 * tcfg.steps})"
+        )
 
     # --- export ----------------------------------------------------------------------------------------
     export = out / "export"

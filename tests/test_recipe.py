@@ -504,6 +504,22 @@ def test_cpu_budget_stops_the_run_and_keeps_snapshots(shapes_dir, tmp_path):
 
 
 @pytest.mark.slow  # trains a tiny model
+def test_steps_ending_a_budgeted_run_first_is_said(shapes_dir, tmp_path, capsys):
+    """A budget run that reaches --steps first says so and how to go on (a faces run once stopped silently at
+    the default 20,000 steps, 50 CPU-minutes short of its budget)."""
+    data = load_images(shapes_dir, 32, progress=False)
+    tcfg = TrainConfig(steps=2, batch_size=8, budget_minutes=60, sample_every=0, log_every=1000, device="cpu")
+    train(data, tmp_path / "run", tcfg, tiny_config(), progress=False)
+    out = capsys.readouterr().out
+    assert "stopped at --steps 2 after" in out and "of its 60 CPU-minutes" in out and "--steps 4" in out
+    assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["step"] == 2
+    capsys.readouterr()
+    tcfg = TrainConfig(steps=10**6, batch_size=8, budget_minutes=0.002, sample_every=0, log_every=1000, device="cpu")
+    train(data, tmp_path / "run2", tcfg, tiny_config(), progress=False)
+    assert "stopped at --steps" not in capsys.readouterr().out, "a run the budget ended says nothing"
+
+
+@pytest.mark.slow  # trains a tiny model
 def test_warm_start_continues_from_the_released_networks(shapes_dir, tmp_path):
     """--init-from: the first step's losses are close to the source run's last ones, not to a fresh run's."""
     last, logs, _ = _warm_vs_fresh(shapes_dir, tmp_path, 120, tiny_config())
