@@ -42,7 +42,8 @@ SLIDER_HELP = (
     "are learned, so try both ways. Sliders update on release."
 )
 # Results come at the model's resolution (64 px now): the page scales them up smoothly (the browser's
-# filter), downloads stay at native size. Captions sit under thumbnails instead of over the picture.
+# filter), downloads stay at native size. Captions sit under thumbnails instead of over the picture, and a
+# gallery's label above its grid (a label wrapping to two lines on a phone used to cover the first row).
 CSS = """
 .smooth img, .smooth canvas { image-rendering: auto; }
 .big-image img { width: 100% !important; height: 100% !important; object-fit: contain; }
@@ -53,6 +54,7 @@ CSS = """
 #class-thumbs .caption-label { position: static !important; transform: none !important; max-width: 100% !important;
   background: none !important; color: var(--body-text-color) !important; white-space: normal !important;
   font-size: 11px !important; line-height: 1.2 !important; padding: 2px !important; text-align: center; border: none !important; }
+.auto-height [data-testid="block-label"] { position: static !important; }
 @media (max-width: 640px) { .grid-container { grid-template-columns: repeat(auto-fill, minmax(96px, 1fr)) !important; } }
 """
 LAUNCH = {"css": CSS, "max_file_size": "10mb"}

@@ -231,6 +231,10 @@ def test_every_tab_at_desktop_and_phone_width(served, width):
     page.get_by_role("button", name="Generate", exact=True).click()
     page.get_by_text("Seed used:").wait_for(timeout=60_000)
     page.wait_for_timeout(1000)
+    # At 390 px the samples gallery's two-line label used to float over the first row of samples.
+    label = page.locator('#samples [data-testid="block-label"]').bounding_box()
+    first = page.locator("#samples .thumbnail-item").first.bounding_box()
+    assert label["y"] + label["height"] <= first["y"] + 1, f"the samples label covers the first row at {width} px"
     for name in TABS:
         tab(page, name)
         if name == "Interpolate":
