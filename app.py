@@ -308,6 +308,13 @@ def build_inpaint(ui, first, examples):
             )
         with gr.Row():
             ui.rc_cls = dropdown(S.class_choices(m, auto=True), AUTO, label="Class")
+            ui.rc_refine = gr.Slider(
+                0,
+                S.MAX_REFINE,
+                value=0,
+                step=10,
+                label="Refinement steps (optimise z on the photo: closer likeness, code further from the prior)",
+            )
             ui.rc_btn = gr.Button("Reconstruct")
         ui.rc_info = gr.Markdown()
 
@@ -684,13 +691,15 @@ def wire_events(demo, ui, registry, model_of, examples_of):
     )
 
     @ui_errors
-    def on_reconstruct(choice, img, c):
-        out, text = S.reconstruct(model_of(choice), img, c)
-        return S.as_files(out), f"Class used: **{text}**"
+    def on_reconstruct(choice, img, c, refine=0, progress=gr.Progress()):
+        m = model_of(choice)
+        out, text, db = S.reconstruct(m, img, c, refine, progress=lambda f, d: progress(f, desc=d))
+        px = m.config.resolution
+        return S.as_files(out), f"Class used: **{text}**. Likeness to your photo at {px} px: PSNR {db:.1f} dB"
 
     ui.rc_btn.click(
         on_reconstruct,
-        [ui.model_dd, ui.rc_in, ui.rc_cls],
+        [ui.model_dd, ui.rc_in, ui.rc_cls, ui.rc_refine],
         [ui.rc_out, ui.rc_info],
         api_name="reconstruct",
         concurrency_limit=2,

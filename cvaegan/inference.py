@@ -148,23 +148,75 @@ def encode(model: CVAEGAN, x: torch.Tensor, cls=None) -> tuple[torch.Tensor, int
     return mu[0].float().cpu(), idx, prob
 
 
-@torch.no_grad()
-def reconstruct_batch(model: CVAEGAN, x: torch.Tensor, labels: torch.Tensor, batch_size: int = 64) -> torch.Tensor:
+REFINE_LR = 0.05  # Adam's step size for z refinement (inpainting and reconstruction)
+REFINE_PRIOR = 1e-3  # weight of the mean of z^2 in the refinement loss: keeps z from drifting without bound
+
+
+def refine_codes(
+    model: CVAEGAN,
+    z: torch.Tensor,
+    c: torch.Tensor,
+    x: torch.Tensor,
+    known: torch.Tensor | None = None,
+    steps: int = 50,
+    lr: float = REFINE_LR,
+    progress: Callable[[int], None] | None = None,
+) -> torch.Tensor:
+    """Optimise codes z (B, z_dim) with Adam so that G(z, c) matches the pixels of x (B, 3, R, R) where `known`
+    (B, 1, R, R), 1 = known; None: every pixel). Per image the loss is the squared error summed over channels and
+    averaged over its known pixels, plus REFINE_PRIOR x the mean of z^2; images are optimised independently (G in
+    eval mode, so one image's result does not depend on the rest of the batch). progress(step) after each step.
+    Returns the refined z (detached)."""
+    g = model.generator.eval()
+    x = x.to(z.device)
+    known = torch.ones_like(x[:, :1]) if known is None else known.to(z.device).float()
+    count = known.flatten(1).sum(1).clamp(min=1)
+    z = z.detach().clone().requires_grad_(True)
+    opt = torch.optim.Adam([z], lr=lr)
+    with torch.enable_grad():
+        for step in range(steps):
+            err = ((g(z, c) - x).pow(2) * known).flatten(1).sum(1) / count
+            loss = (err + REFINE_PRIOR * z.pow(2).mean(1)).sum()
+            # the gradient of z only: G's parameters (shared with other requests) are never written to
+            (z.grad,) = torch.autograd.grad(loss, [z])
+            opt.step()
+            if progress:
+                progress(step + 1)
+    return z.detach()
+
+
+def reconstruct_batch(
+    model: CVAEGAN, x: torch.Tensor, labels: torch.Tensor, batch_size: int = 64, refine_steps: int = 0
+) -> torch.Tensor:
     """Images of known classes through E (its mean) and G: x (B, 3, R, R) in [-1, 1], labels (B,) model class
-    indices -> (B, 3, R, R) float on the CPU, clamped to [-1, 1]. The figures' reconstruction PSNR uses this."""
+    indices -> (B, 3, R, R) float on the CPU, clamped to [-1, 1]. The figures' reconstruction PSNR uses this.
+    refine_steps > 0: each E code is then optimised on its photo's pixels (`refine_codes`) before G renders it."""
     model.encoder.eval()
     model.generator.eval()
     out = []
     for i in range(0, len(x), batch_size):
         xb, cb = x[i : i + batch_size].to(model.device), labels[i : i + batch_size].to(model.device)
-        mu, _ = model.encoder(xb, cb)
-        out.append(model.generator(mu, cb).float().clamp(-1, 1).cpu())
+        with torch.no_grad():
+            mu, _ = model.encoder(xb, cb)
+        if refine_steps > 0:
+            mu = refine_codes(model, mu.float(), cb, xb, steps=refine_steps)
+        with torch.no_grad():
+            out.append(model.generator(mu, cb).float().clamp(-1, 1).cpu())
     return torch.cat(out) if out else torch.zeros(0, *x.shape[1:])
 
 
-def reconstruct(model: CVAEGAN, image, cls=None) -> tuple[torch.Tensor, int, float | None]:
-    """Photo -> E -> G at model resolution. Returns (image (3, R, R), class used, C's probability if predicted)."""
-    z, idx, prob = encode(model, as_model_input(model, image), cls)
+def reconstruct(
+    model: CVAEGAN, image, cls=None, refine_steps: int = 0, progress: Progress = None
+) -> tuple[torch.Tensor, int, float | None]:
+    """Photo -> E -> G at model resolution. Returns (image (3, R, R), class used, C's probability if predicted).
+    refine_steps > 0 then optimises the code on the photo's pixels (`refine_codes`): a closer likeness, at the
+    price of a code further from the prior (edits and class changes from it may look less natural)."""
+    x = as_model_input(model, image)
+    z, idx, prob = encode(model, x, cls)
+    if refine_steps > 0:
+        report = (lambda s: progress(s / refine_steps, f"refining {s}/{refine_steps}")) if progress else None
+        c = torch.tensor([idx], device=model.device)
+        z = refine_codes(model, z[None].to(model.device), c, x, steps=refine_steps, progress=report)[0].cpu()
     return generate(model, z[None], torch.tensor([idx]))[0], idx, prob
 
 
@@ -270,7 +322,7 @@ def inpaint_tensor(
     cls: int,
     iterations: int = 4,
     refine_steps: int = 0,
-    refine_lr: float = 0.05,
+    refine_lr: float = REFINE_LR,
     progress: Progress = None,
 ) -> torch.Tensor:
     """The paper's iterative inpainting at model resolution.
@@ -296,17 +348,12 @@ def inpaint_tensor(
             if progress:
                 progress((k + 1) / (max(1, iterations) + refine_steps), f"iteration {k + 1}/{iterations}")
     if refine_steps > 0:
-        z = z.detach().clone().requires_grad_(True)
-        opt = torch.optim.Adam([z], lr=refine_lr)
-        known = (~m).float()
-        for step in range(refine_steps):
-            out = model.generator(z, c)
-            loss = ((out - x).pow(2) * known).sum() / known.sum().clamp(min=1) + 1e-3 * z.pow(2).mean()
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            if progress and step % 10 == 0:
-                progress((iterations + step + 1) / (iterations + refine_steps), f"refining {step + 1}/{refine_steps}")
+
+        def report(step: int) -> None:
+            if progress and (step - 1) % 10 == 0:
+                progress((iterations + step) / (iterations + refine_steps), f"refining {step}/{refine_steps}")
+
+        z = refine_codes(model, z.float(), c, x, (~m).float(), refine_steps, refine_lr, report)
         with torch.no_grad():
             gen = model.generator(z, c).float()
     return gen.detach()

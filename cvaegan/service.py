@@ -23,7 +23,7 @@ from PIL import Image
 from . import blend, enrol as EN, inference as I
 from .card import THUMBNAILS, sheet_file
 from .hub import BUNDLED_DIR, BUNDLED_ORDER, CONFIG_NAME, Resolved, resolve_weights
-from .images import ImageError, open_image, open_mask, save_png, to_pil
+from .images import ImageError, open_image, open_mask, psnr, save_png, to_pil
 from .models import CVAEGAN
 from .seeds import MAX_SEED, check_seed, z_from_seeds
 
@@ -515,11 +515,16 @@ def enhance(model: CVAEGAN, image, cls, steps, progress=None) -> tuple[Image.Ima
     )
 
 
-def reconstruct(model: CVAEGAN, image, cls) -> tuple[Image.Image, str]:
+def reconstruct(model: CVAEGAN, image, cls, refine_steps=0, progress=None) -> tuple[Image.Image, str, float]:
+    """(reconstruction, class text, PSNR in dB against the photo at model resolution) for an uploaded photo;
+    refine_steps (0 to MAX_REFINE) optimise E's code on the photo's pixels first (`inference.refine_codes`)."""
     if image is None:
         raise ImageError("upload a photo first")
-    x, idx, prob = I.reconstruct(model, open_image(image, name="photo"), class_choice(model, cls))
-    return to_pil(x), class_label(model, idx, prob)
+    rs = parse_number(refine_steps, "refinement steps", 0, MAX_REFINE, integer=True)
+    photo = open_image(image, name="photo")
+    x, idx, prob = I.reconstruct(model, photo, class_choice(model, cls), rs, progress=progress)
+    likeness = float(psnr(x[None], I.as_model_input(model, photo).cpu())[0])
+    return to_pil(x), class_label(model, idx, prob), likeness
 
 
 # ------------------------------------------------------------------ add your own class (enrolment)

@@ -46,7 +46,7 @@ def test_app_is_thin_and_every_event_named(served):
         "/interpolate": (10, 2),  # 9 + "near the photos" (defaulted, as for /generate)
         "/inpaint": (5, 2),
         "/enhance": (4, 2),
-        "/reconstruct": (3, 2),
+        "/reconstruct": (4, 2),  # 3 + refinement steps (defaulted: 3-argument calls still work)
     }
     for name, (n_in, n_out) in kept.items():
         assert name in api, name
@@ -55,6 +55,8 @@ def test_app_is_thin_and_every_event_named(served):
     for name, i in (("/generate", 6), ("/interpolate", 9)):
         near = api[name]["parameters"][i]
         assert near["parameter_has_default"] and near["parameter_default"] is False, name
+    refine = api["/reconstruct"]["parameters"][3]
+    assert refine["parameter_has_default"] and refine["parameter_default"] == 0
 
 
 def test_generate_over_http_is_seeded(served):
@@ -129,7 +131,10 @@ def test_enhance_and_reconstruct_over_http(served):
     img, info = client.predict(w, handle_file(str(tmp / "small.png")), "auto (C decides)", 10, api_name="/enhance")
     assert Image.open(img).size == (32, 32) and "PSNR" in info
     img, info = client.predict(w, handle_file(str(tmp / "small.png")), "Cross 3", api_name="/reconstruct")
-    assert Image.open(img).size == (32, 32) and "Cross 3" in info
+    assert Image.open(img).size == (32, 32) and "Cross 3" in info and "PSNR" in info
+    plain = float(info.rsplit("PSNR ", 1)[1].split()[0])
+    _, info = client.predict(w, handle_file(str(tmp / "small.png")), "Cross 3", 30, api_name="/reconstruct")
+    assert float(info.rsplit("PSNR ", 1)[1].split()[0]) > plain
 
 
 def test_truncation_sliders_start_at_the_measured_default(served):

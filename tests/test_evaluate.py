@@ -361,11 +361,14 @@ def test_judge_and_evaluate_commands_end_to_end(trained_export, shapes_dir, tmp_
                 "--card",
                 "--fid-baseline",
                 "30",
+                "--recon-refine-steps",
+                "10",
             ]
         )
         == 0
     )
     printed = capsys.readouterr().out
+    assert "with 10 steps of z refinement" in printed
     assert "| 25% box (faces: rows 10-25, columns 8-23) |" in printed and "target" in printed
     card = (weights / "README.md").read_text()
     assert "ours vs OpenCV Telea" in card and "| 25% box (faces" in card
@@ -384,6 +387,10 @@ def test_judge_and_evaluate_commands_end_to_end(trained_export, shapes_dir, tmp_
     assert r["inception_score_judge"]["generated"]["mean"] >= 1
     assert 0 <= r["intra_class_diversity"]["generated"] <= 1
     assert r["reconstruction"]["psnr_db"] > 10
+    # refining each photo's code on its own pixels can only bring the reconstruction closer
+    refined = r["reconstruction"]["refined"]
+    assert refined["steps"] == 10 and refined["psnr_db"] > r["reconstruction"]["psnr_db"]
+    assert f"after 10 steps of z refinement per photo (the app's Reconstruct slider; codes leave the prior) | {refined['psnr_db']:.2f} dB" in card
     inp = r["inpainting"]
     assert inp["images"] == 3 and inp["iterations"] == 2 and inp["box25_layout"] == "faces"
     assert 0 <= inp["judge_top1_original"] <= 1
@@ -532,6 +539,9 @@ def test_evaluate_weights_that_left_classes_out(tiny_model, monkeypatch):
     assert rep["discriminability"]["judge_top1_generated"] == 1.0  # every sample judged as its own class
     assert rep["val_images"] == 8  # two held-out photos for each class the weights have
     assert rep["reconstruction"]["psnr_db"] > 0
+    assert "refined" not in E.evaluate(
+        tiny_model, judge, data, samples_per_class=3, inpaint_images=0, progress=False, recon_refine_steps=0
+    )["reconstruction"]
 
 
 def test_evaluate_truncation_scales_the_samples_z(tiny_model, monkeypatch):
@@ -604,6 +614,10 @@ def test_targets_section_verdicts_follow_the_figures():
     assert _verdicts(s) == ["met", "**missed**", "met", "**missed** on PSNR, met on the judge"]
     s = targets_section(_report(ours=(13.0, 0.1)), fid_baseline=None)
     assert _verdicts(s)[1:] == ["no baseline given", "**missed**", "**missed** on both"]
+    report = _report()
+    report["reconstruction"]["refined"] = {"steps": 50, "psnr_db": 19.5}
+    s = targets_section(report, fid_baseline=30.0)  # the target counts E -> G; the refined figure is quoted
+    assert "| 16.00 dB (E -> G; 19.50 dB after 50 steps of z refinement) | **missed** |" in s
 
 
 def test_targets_section_quotes_the_release_gate():

@@ -13,7 +13,7 @@ from cvaegan import CVAEGAN, inference as I
 from cvaegan.data import load_images
 from cvaegan.directions import check_directions, compute_directions, encoder_means
 from cvaegan.hub import save_directions
-from cvaegan.images import to_pil
+from cvaegan.images import psnr, to_pil
 from cvaegan.seeds import z_from_seeds
 
 from conftest import draw_shape
@@ -107,6 +107,24 @@ def test_reconstruct_predicts_class(model):
     assert x.shape == (3, 32, 32) and idx == 2 and 0 < prob <= 1
     _, idx2, prob2 = I.reconstruct(model, photo, cls="Circle 0")
     assert idx2 == 0 and prob2 is None
+
+
+def test_refined_reconstruction_is_closer_and_never_touches_g(model):
+    photo = draw_shape(1, 48, np.random.default_rng(6))
+    x = I.as_model_input(model, photo).cpu()
+    plain, idx, _ = I.reconstruct(model, photo, cls="Square 1")
+    seen = []
+    refined, idx2, _ = I.reconstruct(model, photo, cls="Square 1", refine_steps=30, progress=lambda f, d: seen.append(f))
+    db = lambda y: float(psnr(y[None], x)[0])  # noqa: E731
+    assert idx == idx2 == 1 and db(refined) > db(plain) + 0.5
+    assert seen and seen[-1] == 1.0
+    assert all(p.grad is None for p in model.generator.parameters())  # only z was optimised
+    # batched refinement treats each photo on its own: the same result alone or beside another photo
+    xs = torch.cat([x, I.as_model_input(model, draw_shape(2, 40, np.random.default_rng(7))).cpu()])
+    both = I.reconstruct_batch(model, xs, torch.tensor([1, 2]), refine_steps=30)
+    alone = I.reconstruct_batch(model, xs[:1], torch.tensor([1]), refine_steps=30)
+    assert torch.allclose(both[0], alone[0], atol=1e-4)
+    assert torch.allclose(alone[0], refined.clamp(-1, 1), atol=1e-4)
 
 
 def test_inpaint_keeps_known_pixels_exactly(model):
@@ -216,6 +234,13 @@ def test_inference_cli_commands(trained_export, shapes_dir, tmp_path, capsys):
         == 0
     )
     assert main(["reconstruct", "--weights", w, "--image", str(photo), "--out", str(tmp_path / "r.png")]) == 0
+    rec = ["reconstruct", "--weights", w, "--image", str(photo), "--out", str(tmp_path / "r2.png")]
+    capsys.readouterr()
+    assert main(rec) == 0
+    assert main([*rec, "--refine-steps", "20"]) == 0
+    plain_db, refined_db = (float(line.rsplit(" ", 2)[1]) for line in capsys.readouterr().out.splitlines()[-2:])
+    assert refined_db > plain_db
+    assert main([*rec, "--refine-steps", "-1"]) != 0
     assert (
         main(["inpaint", "--weights", w, "--image", str(photo), "--mask", str(mask), "--out", str(tmp_path / "f.png")])
         == 0

@@ -93,8 +93,13 @@ def test_enhance_and_reconstruct(model):
     small = draw_shape(1, 12, np.random.default_rng(2))
     img, text = S.enhance(model, small, "auto", 20)
     assert img.size == (32, 32) and "PSNR" in text
-    rec, text = S.reconstruct(model, draw_shape(1, 64, np.random.default_rng(3)), "Square 1")
-    assert rec.size == (32, 32) and text == "Square 1"
+    photo = draw_shape(1, 64, np.random.default_rng(3))
+    rec, text, db = S.reconstruct(model, photo, "Square 1")
+    assert rec.size == (32, 32) and text == "Square 1" and db > 10
+    _, _, refined_db = S.reconstruct(model, photo, "Square 1", 30)
+    assert refined_db > db
+    with pytest.raises(ValueError, match="refinement steps"):
+        S.reconstruct(model, photo, "Square 1", S.MAX_REFINE + 1)
     with pytest.raises(ImageError):
         S.reconstruct(model, None, "auto")
     with pytest.raises(ValueError, match="unknown class"):
@@ -198,7 +203,7 @@ def test_explore_pair_original_beside_edit_and_from_a_photo(model):
     assert not np.array_equal(np.asarray(moved), np.asarray(orig))
     photo = draw_shape(2, 48, np.random.default_rng(5))
     a, b, note = S.explore_pair(model, "Triangle 2", 0, 1.0, photo, {})
-    rec, _ = S.reconstruct(model, photo, "Triangle 2")  # the photo's E code, unedited = its reconstruction
+    rec, _, _ = S.reconstruct(model, photo, "Triangle 2")  # the photo's E code, unedited = its reconstruction
     assert np.array_equal(np.asarray(a), np.asarray(rec)) and "E's code" in note
 
 
