@@ -390,7 +390,10 @@ def test_judge_and_evaluate_commands_end_to_end(trained_export, shapes_dir, tmp_
     # refining each photo's code on its own pixels can only bring the reconstruction closer
     refined = r["reconstruction"]["refined"]
     assert refined["steps"] == 10 and refined["psnr_db"] > r["reconstruction"]["psnr_db"]
-    assert f"after 10 steps of z refinement per photo (the app's Reconstruct slider; codes leave the prior) | {refined['psnr_db']:.2f} dB" in card
+    assert (
+        f"after 10 steps of z refinement per photo (the app's Reconstruct slider; codes leave the prior) | {refined['psnr_db']:.2f} dB"
+        in card
+    )
     inp = r["inpainting"]
     assert inp["images"] == 3 and inp["iterations"] == 2 and inp["box25_layout"] == "faces"
     assert 0 <= inp["judge_top1_original"] <= 1
@@ -539,9 +542,12 @@ def test_evaluate_weights_that_left_classes_out(tiny_model, monkeypatch):
     assert rep["discriminability"]["judge_top1_generated"] == 1.0  # every sample judged as its own class
     assert rep["val_images"] == 8  # two held-out photos for each class the weights have
     assert rep["reconstruction"]["psnr_db"] > 0
-    assert "refined" not in E.evaluate(
-        tiny_model, judge, data, samples_per_class=3, inpaint_images=0, progress=False, recon_refine_steps=0
-    )["reconstruction"]
+    assert (
+        "refined"
+        not in E.evaluate(
+            tiny_model, judge, data, samples_per_class=3, inpaint_images=0, progress=False, recon_refine_steps=0
+        )["reconstruction"]
+    )
 
 
 def test_evaluate_truncation_scales_the_samples_z(tiny_model, monkeypatch):

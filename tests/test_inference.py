@@ -114,7 +114,9 @@ def test_refined_reconstruction_is_closer_and_never_touches_g(model):
     x = I.as_model_input(model, photo).cpu()
     plain, idx, _ = I.reconstruct(model, photo, cls="Square 1")
     seen = []
-    refined, idx2, _ = I.reconstruct(model, photo, cls="Square 1", refine_steps=30, progress=lambda f, d: seen.append(f))
+    refined, idx2, _ = I.reconstruct(
+        model, photo, cls="Square 1", refine_steps=30, progress=lambda f, d: seen.append(f)
+    )
     db = lambda y: float(psnr(y[None], x)[0])  # noqa: E731
     assert idx == idx2 == 1 and db(refined) > db(plain) + 0.5
     assert seen and seen[-1] == 1.0
