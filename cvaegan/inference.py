@@ -163,7 +163,7 @@ def refine_codes(
     progress: Callable[[int], None] | None = None,
 ) -> torch.Tensor:
     """Optimise codes z (B, z_dim) with Adam so that G(z, c) matches the pixels of x (B, 3, R, R) where `known`
-    (B, 1, R, R), 1 = known; None: every pixel). Per image the loss is the squared error summed over channels and
+    (B, 1, R, R) is 1 (None: every pixel). Per image the loss is the squared error summed over channels and
     averaged over its known pixels, plus REFINE_PRIOR x the mean of z^2; images are optimised independently (G in
     eval mode, so one image's result does not depend on the rest of the batch). progress(step) after each step.
     Returns the refined z (detached)."""
