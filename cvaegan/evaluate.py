@@ -547,7 +547,9 @@ def evaluate(
     t0 = time.perf_counter()
     n_fake = len(classes) * samples_per_class
     kinds = MASK_KINDS + LEGACY_KINDS
-    steps = n_fake + len(kinds) * min(inpaint_images, len(val.labels)) + 4
+    steps = (
+        n_fake + len(kinds) * min(inpaint_images, len(val.labels)) + 4 + (len(val.labels) if recon_refine_steps else 0)
+    )
     bar = tqdm(total=steps, desc="evaluate", disable=not progress, dynamic_ncols=True)
 
     # generated samples: class c, seeds FIRST_SEED + i
@@ -575,7 +577,7 @@ def evaluate(
     rec_p, rec_s = psnr_ssim(I.reconstruct_batch(model, x_val, val_model_labels), x_val)
     reconstruction = {"psnr_db": round(rec_p.mean().item(), 3), "ssim": round(rec_s.mean().item(), 4)}
     if recon_refine_steps:
-        ref = I.reconstruct_batch(model, x_val, val_model_labels, refine_steps=recon_refine_steps)
+        ref = I.reconstruct_batch(model, x_val, val_model_labels, refine_steps=recon_refine_steps, progress=bar.update)
         ref_p, ref_s = psnr_ssim(ref, x_val)
         reconstruction["refined"] = {
             "steps": recon_refine_steps,

@@ -186,11 +186,17 @@ def refine_codes(
 
 
 def reconstruct_batch(
-    model: CVAEGAN, x: torch.Tensor, labels: torch.Tensor, batch_size: int = 64, refine_steps: int = 0
+    model: CVAEGAN,
+    x: torch.Tensor,
+    labels: torch.Tensor,
+    batch_size: int = 64,
+    refine_steps: int = 0,
+    progress: Callable[[int], None] | None = None,
 ) -> torch.Tensor:
     """Images of known classes through E (its mean) and G: x (B, 3, R, R) in [-1, 1], labels (B,) model class
     indices -> (B, 3, R, R) float on the CPU, clamped to [-1, 1]. The figures' reconstruction PSNR uses this.
-    refine_steps > 0: each E code is then optimised on its photo's pixels (`refine_codes`) before G renders it."""
+    refine_steps > 0: each E code is then optimised on its photo's pixels (`refine_codes`) before G renders it.
+    progress(n) after each batch of n photos."""
     model.encoder.eval()
     model.generator.eval()
     out = []
@@ -202,6 +208,8 @@ def reconstruct_batch(
             mu = refine_codes(model, mu.float(), cb, xb, steps=refine_steps)
         with torch.no_grad():
             out.append(model.generator(mu, cb).float().clamp(-1, 1).cpu())
+        if progress:
+            progress(len(xb))
     return torch.cat(out) if out else torch.zeros(0, *x.shape[1:])
 
 

@@ -123,7 +123,9 @@ def test_refined_reconstruction_is_closer_and_never_touches_g(model):
     assert all(p.grad is None for p in model.generator.parameters())  # only z was optimised
     # batched refinement treats each photo on its own: the same result alone or beside another photo
     xs = torch.cat([x, I.as_model_input(model, draw_shape(2, 40, np.random.default_rng(7))).cpu()])
-    both = I.reconstruct_batch(model, xs, torch.tensor([1, 2]), refine_steps=30)
+    done = []
+    both = I.reconstruct_batch(model, xs, torch.tensor([1, 2]), refine_steps=30, progress=done.append)
+    assert done == [2]  # one progress call per batch, with its size
     alone = I.reconstruct_batch(model, xs[:1], torch.tensor([1]), refine_steps=30)
     assert torch.allclose(both[0], alone[0], atol=1e-4)
     assert torch.allclose(alone[0], refined.clamp(-1, 1), atol=1e-4)
