@@ -650,9 +650,10 @@ def cmd_reconstruct(a: argparse.Namespace) -> int:
     if a.refine_steps < 0:
         raise InputError(f"--refine-steps must be 0 or more, got {a.refine_steps}")
     model = _model(a)
-    x, idx, prob = reconstruct(model, a.image, a.cls, a.refine_steps)
+    x_in = as_model_input(model, a.image)  # decoded once: reconstructed and compared
+    x, idx, prob = reconstruct(model, x_in, a.cls, a.refine_steps)
     save_png(to_pil(x), a.out)
-    db = float(psnr(x[None], as_model_input(model, a.image).cpu())[0])
+    db = float(psnr(x[None], x_in.cpu())[0])
     print(f"wrote {a.out}; {_class_note(model, idx, prob)}; PSNR against the photo at model resolution {db:.2f} dB")
     return 0
 

@@ -521,9 +521,9 @@ def reconstruct(model: CVAEGAN, image, cls, refine_steps=0, progress=None) -> tu
     if image is None:
         raise ImageError("upload a photo first")
     rs = parse_number(refine_steps, "refinement steps", 0, MAX_REFINE, integer=True)
-    photo = open_image(image, name="photo")
-    x, idx, prob = I.reconstruct(model, photo, class_choice(model, cls), rs, progress=progress)
-    likeness = float(psnr(x[None], I.as_model_input(model, photo).cpu())[0])
+    x_in = I.as_model_input(model, open_image(image, name="photo"))  # decoded once: reconstructed and compared
+    x, idx, prob = I.reconstruct(model, x_in, class_choice(model, cls), rs, progress=progress)
+    likeness = float(psnr(x[None], x_in.cpu())[0])
     return to_pil(x), class_label(model, idx, prob), likeness
 
 
