@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from . import inference as I
-from .images import membrane, to_pil
+from .images import harmonic_fill, to_pil
 from .models import CVAEGAN
 
 CONFIDENT = 0.5  # C's top probability below this: say that C is not sure, and suggest picking a class
@@ -43,17 +43,16 @@ def _crop(a: np.ndarray, left: int, top: int, side: int) -> np.ndarray:
     return a[ys][:, xs]
 
 
-def seamless_paste(photo: np.ndarray, fill: np.ndarray, mask: np.ndarray, ring: int = 3) -> np.ndarray:
-    """Paste fill (H, W, 3) float into photo (H, W, 3) uint8 where mask (H, W) is True, shifted by a smooth
-    correction so that it meets the known pixels around the hole without a seam: inside the hole the result
-    is fill + membrane(photo - fill, known ring of `ring` px). Pixels outside the mask are returned exactly."""
+def seamless_paste(photo: np.ndarray, fill: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Paste fill (H, W, 3) float into photo (H, W, 3) uint8 where mask (H, W) is True, so that it meets the known
+    pixels around the hole without a seam (Poisson blending, Perez et al. 2003): inside the hole the result is
+    fill + the harmonic interpolation (`harmonic_fill`) of photo - fill from the pixels around the hole, that is
+    the photo's own smooth fill of the hole plus the fill's detail. Pixels outside the mask are returned exactly."""
     assert photo.shape[:2] == mask.shape == fill.shape[:2], (photo.shape, mask.shape, fill.shape)
     src = torch.from_numpy(photo.astype(np.float32)).permute(2, 0, 1)
     gen = torch.from_numpy(np.asarray(fill, np.float32)).permute(2, 0, 1)
     m = torch.from_numpy(mask)
-    grown = F.max_pool2d(m[None, None].float(), 2 * ring + 1, stride=1, padding=ring)[0, 0] > 0
-    known_ring = (grown & ~m).float()
-    corrected = gen + membrane(src - gen, known_ring)
+    corrected = gen + harmonic_fill(torch.where(m, 0.0, src - gen), m)
     out = torch.where(m[None], corrected.round().clamp(0, 255), src)
     return out.permute(1, 2, 0).numpy().astype(np.uint8)
 
@@ -111,8 +110,7 @@ def inpaint(
     gen = I.inpaint_tensor(model, x_small, m_small, cls, iterations, refine_steps, progress=progress).cpu()
     fill = F.interpolate(gen, size=(side, side), mode="bicubic", align_corners=False).clamp(-1, 1)
     fill = ((fill[0].permute(1, 2, 0) + 1) * 127.5).numpy()
-    ring = max(2, round(side / r))
-    out_win = seamless_paste(win, fill, wmask, ring)
+    out_win = seamless_paste(win, fill, wmask)
     out = src.copy()
     ys, xs = np.nonzero(mask)  # every masked pixel lies in the window
     out[ys, xs] = out_win[ys - top, xs - left]

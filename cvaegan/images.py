@@ -160,6 +160,53 @@ def membrane(values: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return est
 
 
+_CROSS = torch.tensor([[0.0, 1.0, 0.0], [1.0, 0.0, 1.0], [0.0, 1.0, 0.0]])
+
+
+def _laplacian(f: torch.Tensor) -> torch.Tensor:
+    """The grid graph's Laplacian of f (C, H, W): 4 f minus the 4 neighbours, edges replicated (Neumann)."""
+    c = f.shape[0]
+    nb = F.conv2d(F.pad(f[None], (1, 1, 1, 1), mode="replicate"), _CROSS.to(f).expand(c, 1, 3, 3), groups=c)[0]
+    return 4 * f - nb
+
+
+def harmonic_fill(
+    values: torch.Tensor, hole: torch.Tensor, tol: float = 1e-3, max_iter: int | None = None
+) -> torch.Tensor:
+    """`values` (C, H, W) with the pixels where hole (H, W) is True replaced by the harmonic interpolation of
+    the others: the solution of Laplace's equation inside the hole with the known pixels around it as the
+    boundary (the membrane of Poisson image editing, Perez et al. 2003), 4-neighbour, Neumann at the image's
+    edges. Solved by conjugate gradients on the hole's bounding box, started from the push-pull `membrane`,
+    until the residual falls below `tol` of its start (or `max_iter`, default 4 x the box's long side)."""
+    hole = hole.to(torch.bool)
+    if not hole.any() or hole.all():  # nothing to fill, or nothing to fill from
+        return membrane(values, (~hole).float()) if hole.all() else values.clone()
+    ys, xs = torch.nonzero(hole, as_tuple=True)
+    h, w = hole.shape
+    y0, y1 = max(int(ys.min()) - 1, 0), min(int(ys.max()) + 2, h)
+    x0, x1 = max(int(xs.min()) - 1, 0), min(int(xs.max()) + 2, w)
+    v = values[:, y0:y1, x0:x1].float()
+    m = hole[y0:y1, x0:x1].to(v)[None]
+    u = membrane(v, 1 - m[0])
+    r = -_laplacian(u) * m
+    p = r.clone()
+    rs = (r * r).sum((1, 2), keepdim=True)
+    stop = rs * tol**2
+    for _ in range(max_iter if max_iter is not None else 4 * max(y1 - y0, x1 - x0)):
+        if bool((rs <= stop).all()):
+            break
+        ap = _laplacian(p) * m
+        alpha = rs / (p * ap).sum((1, 2), keepdim=True).clamp(min=1e-20)
+        u = u + alpha * p
+        r = r - alpha * ap
+        rs_new = (r * r).sum((1, 2), keepdim=True)
+        p = r + (rs_new / rs.clamp(min=1e-20)) * p
+        rs = rs_new
+    out = values.clone()
+    out[:, y0:y1, x0:x1] = torch.where(m > 0, u.to(values.dtype), values[:, y0:y1, x0:x1])
+    return out
+
+
 def to_uint8(x: torch.Tensor) -> torch.Tensor:
     """(…, 3, H, W) float in [-1, 1] -> uint8 (rounded, clamped)."""
     return ((x.detach().float().clamp(-1, 1) + 1.0) * 127.5).round().to(torch.uint8).cpu()

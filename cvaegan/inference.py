@@ -21,8 +21,8 @@ from .errors import InputError
 from .images import (
     ImageError,
     center_crop_box,
+    harmonic_fill,
     load_tensor,
-    membrane,
     open_image,
     open_mask,
     pil_to_uint8,
@@ -317,9 +317,9 @@ def fill_known_mean(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
 
 
 def _fill_smooth(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
-    """Masked pixels filled by smooth interpolation of the known ones around them (`membrane`): the inpainting
-    loop's first input, which E encodes (the README's Evaluation compares it with a flat mean-colour start)."""
-    filled = [membrane(x[i], (~m[i, 0]).float()) for i in range(x.shape[0])]
+    """Masked pixels filled by the harmonic interpolation of the known ones around them (`harmonic_fill`): the
+    inpainting loop's first input, which E encodes (the README's Evaluation compares it with other starts)."""
+    filled = [harmonic_fill(x[i], m[i, 0]) for i in range(x.shape[0])]
     return torch.where(m, torch.stack(filled), x)
 
 

@@ -145,7 +145,8 @@ def test_inpaint_keeps_known_pixels_exactly(model):
 
 def test_inpainting_starts_from_a_smooth_fill_of_the_border(tiny_model, monkeypatch):
     """The loop's first input keeps the known pixels and bridges the hole smoothly from its border (a red left
-    side and a blue right side meet in a ramp), instead of one flat mean colour; E is given exactly that."""
+    side and a blue right side meet in a ramp; a linear ramp is restored), instead of one flat mean colour;
+    E is given exactly that."""
     x = torch.full((1, 3, 32, 32), -1.0)
     x[:, 0, :, :16] = 1.0  # red left half
     x[:, 2, :, 16:] = 1.0  # blue right half
@@ -157,6 +158,8 @@ def test_inpainting_starts_from_a_smooth_fill_of_the_border(tiny_model, monkeypa
     assert red_across[0] > 0.5 and red_across[-1] < -0.5  # red near the red border, not near the blue one
     assert (red_across[1:] <= red_across[:-1] + 1e-6).all()  # a monotone ramp between them
     assert torch.equal(I._fill_smooth(x, torch.ones_like(m)), torch.zeros_like(x))  # nothing known: grey
+    ramp = torch.linspace(-1, 1, 32).expand(1, 3, 32, 32)  # a smooth photo: the start restores it (harmonic)
+    assert (I._fill_smooth(ramp, m) - ramp).abs().max() < 1e-2
     seen = []
     forward = tiny_model.encoder.forward
     monkeypatch.setattr(tiny_model.encoder, "forward", lambda inp, c: (seen.append(inp.clone()), forward(inp, c))[1])

@@ -222,7 +222,8 @@ def test_seamless_paste_keeps_known_pixels_and_hides_the_seam():
     jump = max(abs(out[30, 30] - out[30, 29]).max(), abs(out[30, 59] - out[30, 60]).max())
     hard = min(photo[30, 29].max(), photo[30, 60].max()) - 10  # what pasting the fill as it is would leave
     assert jump < 20 and hard > 80, (jump, hard)
-    assert abs(out[mask] - ramp[mask]).mean() < 15  # a constant fill plus the smooth correction = the ramp
+    # a constant fill plus the harmonic correction = the ramp (Poisson blending; push-pull was 6.8 grey levels off)
+    assert abs(out[mask] - ramp[mask]).mean() < 1
     # a fill that already matches the photo is kept (the correction is zero)
     same = blend.seamless_paste(photo, ramp, mask)
     assert abs(same.astype(np.float32) - ramp).max() <= 1
