@@ -160,6 +160,8 @@ def membrane(values: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     return est
 
 
+COARSE_SIDE = 256  # harmonic_fill: boxes up to this side are solved to tolerance (at most 4 x side CG steps)
+FINE_STEPS = 16  # larger boxes start from the half-resolution solution and take at most this many steps
 _CROSS = torch.tensor([[0.0, 1.0, 0.0], [1.0, 0.0, 1.0], [0.0, 1.0, 0.0]])
 
 
@@ -176,23 +178,27 @@ def harmonic_fill(
     """`values` (C, H, W) with the pixels where hole (H, W) is True replaced by the harmonic interpolation of
     the others: the solution of Laplace's equation inside the hole with the known pixels around it as the
     boundary (the membrane of Poisson image editing, Perez et al. 2003), 4-neighbour, Neumann at the image's
-    edges. Solved by conjugate gradients on the hole's bounding box, started from the push-pull `membrane`,
-    until the residual falls below `tol` of its start (or `max_iter`, default 4 x the box's long side)."""
+    edges. Solved by conjugate gradients on the hole's bounding box until the residual falls below `tol` of its
+    start (at most `max_iter` steps, default 4 x the box's long side up to 64 px, then 256). The start is the
+    solution at half the resolution, upsampled (a cascade down to 64 px, where the push-pull `membrane` starts
+    it), so large holes cost a few hundred cheap steps, not thousands of full-size ones."""
     hole = hole.to(torch.bool)
     if not hole.any() or hole.all():  # nothing to fill, or nothing to fill from
         return membrane(values, (~hole).float()) if hole.all() else values.clone()
     ys, xs = torch.nonzero(hole, as_tuple=True)
     h, w = hole.shape
-    y0, y1 = max(int(ys.min()) - 1, 0), min(int(ys.max()) + 2, h)
-    x0, x1 = max(int(xs.min()) - 1, 0), min(int(xs.max()) + 2, w)
+    # the box keeps 2 known pixels around the hole, so half the resolution still has fully known blocks
+    y0, y1 = max(int(ys.min()) - 2, 0), min(int(ys.max()) + 3, h)
+    x0, x1 = max(int(xs.min()) - 2, 0), min(int(xs.max()) + 3, w)
     v = values[:, y0:y1, x0:x1].float()
     m = hole[y0:y1, x0:x1].to(v)[None]
-    u = membrane(v, 1 - m[0])
+    side = max(y1 - y0, x1 - x0)
+    u = torch.where(m > 0, _coarse_start(v, m[0] > 0) if side > 64 else membrane(v, 1 - m[0]), v)
     r = -_laplacian(u) * m
     p = r.clone()
     rs = (r * r).sum((1, 2), keepdim=True)
     stop = rs * tol**2
-    for _ in range(max_iter if max_iter is not None else 4 * max(y1 - y0, x1 - x0)):
+    for _ in range(max_iter if max_iter is not None else (4 * side if side <= COARSE_SIDE else FINE_STEPS)):
         if bool((rs <= stop).all()):
             break
         ap = _laplacian(p) * m
@@ -205,6 +211,19 @@ def harmonic_fill(
     out = values.clone()
     out[:, y0:y1, x0:x1] = torch.where(m > 0, u.to(values.dtype), values[:, y0:y1, x0:x1])
     return out
+
+
+def _coarse_start(v: torch.Tensor, hole: torch.Tensor) -> torch.Tensor:
+    """harmonic_fill of v (C, H, W) at half the resolution (a 2x2 block is known when all its pixels are),
+    upsampled bilinearly to (H, W): the fine solve's starting point. Push-pull when no block is fully known."""
+    known = (~hole).float()[None]
+    block_known = F.avg_pool2d(known, 2, ceil_mode=True)
+    coarse_hole = block_known[0] < 1
+    if coarse_hole.all():
+        return membrane(v, known[0])
+    coarse = F.avg_pool2d((v * known)[None], 2, ceil_mode=True)[0] / block_known.clamp(min=1e-8)
+    coarse = harmonic_fill(coarse, coarse_hole)
+    return F.interpolate(coarse[None], size=v.shape[-2:], mode="bilinear", align_corners=False)[0]
 
 
 def to_uint8(x: torch.Tensor) -> torch.Tensor:

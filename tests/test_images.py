@@ -105,3 +105,19 @@ def test_harmonic_fill_solves_laplaces_equation_in_the_hole():
     assert (out - _jacobi(x, hole, 5000)).abs().max() < 1e-3
     assert torch.equal(harmonic_fill(x, torch.zeros_like(hole)), x)  # nothing to fill
     assert torch.equal(harmonic_fill(x, torch.ones_like(hole)), torch.zeros_like(x))  # nothing known: zeros
+
+
+def test_harmonic_fill_of_a_large_hole_starts_from_half_the_resolution():
+    """Holes wider than COARSE_SIDE take only FINE_STEPS steps at full size, from the upsampled solution at half
+    the resolution: that must already be the harmonic fill (a push-pull start would be far off after so few)."""
+    from cvaegan import images
+
+    g = torch.Generator().manual_seed(3)
+    x = F.interpolate(torch.rand(1, 3, 12, 12, generator=g), size=(330, 330), mode="bicubic")[0]
+    hole = torch.zeros(330, 330, dtype=torch.bool)
+    hole[10:320, 20:310] = True
+    assert 310 > images.COARSE_SIDE
+    tight = harmonic_fill(x, hole, tol=1e-7, max_iter=3000)
+    assert (harmonic_fill(x, hole) - tight)[:, hole].abs().mean() < 2e-3
+    pushpull = images.membrane(x, (~hole).float())
+    assert (pushpull - tight)[:, hole].abs().mean() > 2e-2
