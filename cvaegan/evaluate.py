@@ -361,7 +361,7 @@ def inpainting_scores(
     true_cls = [model_cls[int(y)] for y in y_all]
     judge_y = judge_indices(judge, val.class_folders)[y_all] if judge is not None else None
     report: dict = {
-        "pipeline": "blend.inpaint (the app's and the CLI's: model window, seamless paste)",
+        "pipeline": "blend.inpaint (the app's and the CLI's: model window, harmonic start, Poisson-blended paste)",
         "images": n,
         "skipped_photos_of_classes_the_model_lacks": int((~known).sum()),
         "iterations": iterations,
