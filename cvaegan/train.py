@@ -610,13 +610,17 @@ def train(
             )
     if mcfg is None:
         mcfg = ModelConfig.for_resolution(64, data.num_classes)
+    if warm is not None and list(mcfg.class_folders) != list(data.class_folders):
+        lacking = [f for f in data.class_folders if f not in mcfg.class_folders]
+        hint = "warm-start from weights trained on the same classes"
+        if lacking and set(mcfg.class_folders) <= set(data.class_folders):  # classes left out of their training
+            hint = (
+                f"the weights lack {len(lacking)} of the data's class folders (left out of their training, as the "
+                f"bundled faces and birds leave some out for enrolment): add --exclude-classes {','.join(lacking)}"
+            )
+        raise TrainError(f"--init-from {init_from}: its classes are not the data's class folders; {hint}")
     if mcfg.num_classes != data.num_classes:
         raise TrainError(f"the model has {mcfg.num_classes} classes but the data has {data.num_classes}")
-    if warm is not None and list(mcfg.class_folders) != list(data.class_folders):
-        raise TrainError(
-            f"--init-from {init_from}: its classes are not the data's class folders; warm-start "
-            "from weights trained on the same classes"
-        )
     mcfg.class_names, mcfg.class_folders = list(data.class_names), list(data.class_folders)
     if data.images.shape[-1] != mcfg.resolution:
         raise TrainError(f"images are {data.images.shape[-1]} px but the model is {mcfg.resolution} px")

@@ -649,6 +649,15 @@ def test_excluded_classes_are_never_trained_on_and_the_split_stays_put(shapes_di
             tiny_config(),
             progress=False,
         )
+    # a warm start from these weights on the full data says which classes to leave out, and works with them left out
+    one = dict(steps=1, batch_size=8, val_fraction=0.25, sample_every=0, checkpoint_every=1, device="cpu")
+    with pytest.raises(TrainError, match=f"add --exclude-classes {excluded}$"):
+        train(data, tmp_path / "warm_all", TrainConfig(**one), None, progress=False, init_from=export)
+    assert not (tmp_path / "warm_all" / "checkpoint.pt").exists()
+    warm = train(
+        data, tmp_path / "warm", TrainConfig(exclude_classes=excluded, **one), None, progress=False, init_from=export
+    )
+    assert json.loads((warm / "config.json").read_text())["class_folders"] == cfg["class_folders"]
 
 
 @pytest.mark.slow  # trains a tiny model
