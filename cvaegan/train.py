@@ -11,8 +11,11 @@ import dataclasses
 import json
 import math
 import os
+import signal
+import sys
+import threading
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import torch
@@ -708,7 +711,7 @@ def train(
     metrics = open(out / "metrics.jsonl", "a" if resume else "w", encoding="utf-8") if rank == 0 else None
     t_last, steps_since = time.perf_counter(), 0
     stop = False
-    try:
+    with _stop_on_signal(world == 1) as asked, _closing(bar, metrics):
         while trainer.step < tcfg.steps and not stop:
             step = trainer.step
             cpu0, wall0 = time.process_time(), time.perf_counter()
@@ -738,7 +741,7 @@ def train(
             steps_since += 1
             s = trainer.step
             minutes = trainer.cpu_minutes()
-            stop = tcfg.budget_minutes is not None and minutes >= tcfg.budget_minutes
+            stop = (tcfg.budget_minutes is not None and minutes >= tcfg.budget_minutes) or asked["signal"] is not None
             if world > 1 and tcfg.budget_minutes is not None:  # every process stops at the same step
                 flag = torch.tensor([float(stop)], device=device)
                 dist.all_reduce(flag, op=dist.ReduceOp.MAX)
@@ -786,11 +789,14 @@ def train(
                         (out / SNAPSHOTS).mkdir(exist_ok=True)
                         atomic_torch_save(ckpt, out / SNAPSHOTS / snapshot_name(m))
                 marks = [m for m in marks if m not in crossed]
-    finally:
-        bar.close()
-        if metrics is not None:
-            metrics.close()
-    if budgeted and not stop and rank == 0:  # --steps, not the budget, ended the run: easy to miss in a long log
+    if asked["signal"] is not None:
+        print(
+            f"stopped by {signal.Signals(asked['signal']).name} at step {trainer.step} "
+            f"({trainer.cpu_minutes():.1f} CPU-minutes); checkpoint saved in {ckpt_path}: continue with "
+            "the same command and --resume",
+            flush=True,
+        )
+    elif budgeted and not stop and rank == 0:  # --steps, not the budget, ended the run: easy to miss in a long log
         print(
             f"note: the run stopped at --steps {tcfg.steps} after {trainer.cpu_minutes():.1f} of its "
             f"{tcfg.budget_minutes:g} CPU-minutes; to use the rest, --resume with a larger --steps "
@@ -812,6 +818,49 @@ def train(
     if world > 1:
         dist.barrier()
     return export
+
+
+@contextmanager
+def _closing(bar, metrics):
+    """Close the progress bar and the metrics log however the loop ends."""
+    try:
+        yield
+    finally:
+        bar.close()
+        if metrics is not None:
+            metrics.close()
+
+
+@contextmanager
+def _stop_on_signal(enabled: bool):
+    """While training: SIGTERM or SIGINT (Ctrl-C) asks the loop to finish its step, save a checkpoint and export,
+    so `--resume` loses nothing; a second signal stops at once. Yields a dict whose "signal" is set when asked.
+    Only in the main thread of a single-process run (handlers cannot be set elsewhere, and the processes of a
+    distributed run must stop at the same step)."""
+    asked: dict = {"signal": None}
+    if not enabled or threading.current_thread() is not threading.main_thread():
+        yield asked
+        return
+
+    def handler(signum, frame):
+        if asked["signal"] is not None:  # asked twice: stop now, as without this handler
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        asked["signal"] = signum
+        print(
+            f"\n{signal.Signals(signum).name}: finishing this step, then saving a checkpoint "
+            "(send it again to stop at once)",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    before = {sig: signal.signal(sig, handler) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        yield asked
+    finally:
+        for sig, h in before.items():
+            signal.signal(sig, h)
 
 
 def _truncate_metrics(path: Path, step: int) -> None:

@@ -466,6 +466,38 @@ def test_sigkill_at_random_moments_then_resume_matches_uninterrupted(shapes_dir,
     assert steps == list(range(1, STEPS + 1))  # no step logged twice or missing after resumes
 
 
+@pytest.mark.slow
+def test_sigterm_finishes_the_step_saves_a_checkpoint_and_resume_goes_on(shapes_dir, tmp_path):
+    """SIGTERM (or Ctrl-C) mid-run: `cvaegan train` finishes its step, checkpoints it although the next periodic
+    checkpoint is far away, exports and exits 0, so nothing is lost; `--resume` continues from that step."""
+    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE", "PYTHONPATH": str(ROOT)}
+    run = tmp_path / "run"
+
+    def cmd(steps: int, resume: bool) -> list[str]:
+        c = _train_cmd(shapes_dir, run, resume)
+        c[c.index("--steps") + 1] = str(steps)
+        c[c.index("--checkpoint-every") + 1] = "1000"
+        return c
+
+    proc = subprocess.Popen(cmd(500, False), env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    t_end = time.monotonic() + 120
+    while proc.poll() is None and time.monotonic() < t_end and _last_logged(run) < 3:
+        time.sleep(0.01)
+    assert proc.poll() is None, proc.communicate()[1][-2000:]
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err[-2000:]
+    assert b"finishing this step" in err and b"stopped by SIGTERM at step" in out
+    step = int(torch.load(run / CHECKPOINT, map_location="cpu", weights_only=True)["step"])
+    assert 3 <= step < 500 and _last_logged(run) == step  # every logged step is in the checkpoint
+    assert (run / "export" / "config.json").is_file()
+    done = subprocess.run(cmd(step + 2, True), env=env, cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert int(torch.load(run / CHECKPOINT, map_location="cpu", weights_only=True)["step"]) == step + 2
+    steps = [json.loads(x)["step"] for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, step + 3))
+
+
 def _short_run(shapes_dir, out, steps):
     data = load_images(shapes_dir, 32, progress=False)
     cfg = TrainConfig(steps=steps, batch_size=8, sample_every=0, checkpoint_every=2)
