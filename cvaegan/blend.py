@@ -81,7 +81,7 @@ def inpaint(
     photo: PIL RGB or (H, W, 3) uint8; mask: (H, W) bool, True = missing (not empty).
     The model inpaints the square window of the photo around the hole at its resolution (the paper's
     encode-generate-paste loop); the fill is upsampled (bicubic) and pasted seamlessly (`seamless_paste`).
-    cls: class index, or None to let C decide on the window (holes filled with the mean colour).
+    cls: class index, or None to let C decide on the window (holes filled smoothly, `inference.fill_smooth`).
     Returns {"image": PIL at the photo's size, "class": index, "top": C's [(index, p)] top-3 or [] when
     the class was given, "box": (left, top, side) of the window, "model_image": PIL of the window at the
     model's resolution with the fill pasted in}.
@@ -105,7 +105,7 @@ def inpaint(
     )  # every model pixel touching the hole is refilled
     top3: list[tuple[int, float]] = []
     if cls is None:
-        top3 = top_classes(model, I.fill_known_mean(x_small, m_small))
+        top3 = top_classes(model, I.fill_smooth(x_small, m_small))
         cls = top3[0][0]
     gen = I.inpaint_tensor(model, x_small, m_small, cls, iterations, refine_steps, progress=progress).cpu()
     fill = F.interpolate(gen, size=(side, side), mode="bicubic", align_corners=False).clamp(-1, 1)

@@ -309,16 +309,17 @@ def edit(model: CVAEGAN, z: torch.Tensor, amounts: dict[str, float]) -> torch.Te
 
 
 def fill_known_mean(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
-    """Masked pixels (m True) set to the mean colour of each image's known pixels: what C sees of a photo with a
-    hole when it guesses the class."""
+    """Masked pixels (m True) set to the mean colour of each image's known pixels (`cvaegan evaluate`'s floor:
+    the mean-colour fill)."""
     known = (~m).float()
     mean = (x * known).sum((2, 3), keepdim=True) / known.sum((2, 3), keepdim=True).clamp(min=1)
     return torch.where(m, mean.expand_as(x), x)
 
 
-def _fill_smooth(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+def fill_smooth(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
     """Masked pixels filled by the harmonic interpolation of the known ones around them (`harmonic_fill`): the
-    inpainting loop's first input, which E encodes (the README's Evaluation compares it with other starts)."""
+    inpainting loop's first input, which E encodes, and what C sees when it guesses the class of a photo with a
+    hole (the README's Evaluation compares both with a flat mean-colour fill)."""
     filled = [harmonic_fill(x[i], m[i, 0]) for i in range(x.shape[0])]
     return torch.where(m, torch.stack(filled), x)
 
@@ -336,7 +337,7 @@ def inpaint_tensor(
     """The paper's iterative inpainting at model resolution.
 
     x: (1, 3, R, R) in [-1, 1]; m: (1, 1, R, R) bool, True = missing; cls: class index.
-    x_0 fills the hole smoothly from its border (`_fill_smooth`).
+    x_0 fills the hole smoothly from its border (`fill_smooth`).
     Repeat `iterations` times: z = E(x_k, c); x_gen = G(z, c); x_{k+1} = known pixels of x, x_gen elsewhere.
     refine_steps > 0 then optimises z so that G(z, c) matches the known pixels. Returns x_gen (1, 3, R, R)
     (the full generated image; composite it with the known pixels yourself, or use `inpaint`).
@@ -346,7 +347,7 @@ def inpaint_tensor(
     c = torch.tensor([cls], device=dev)
     model.encoder.eval()
     model.generator.eval()
-    cur = _fill_smooth(x, m)
+    cur = fill_smooth(x, m)
     gen = cur
     with torch.no_grad():
         for k in range(max(1, iterations)):
@@ -407,7 +408,7 @@ def inpaint(
         m_small[:] = True
     m = torch.from_numpy(m_small)[None, None]
     if given is None:
-        idx, p = classify(model, fill_known_mean(x.to(model.device), m.to(model.device)))
+        idx, p = classify(model, fill_smooth(x.to(model.device), m.to(model.device)))
         cls_idx, prob = int(idx[0]), float(p[0])
     else:
         cls_idx, prob = given, None

@@ -152,14 +152,14 @@ def test_inpainting_starts_from_a_smooth_fill_of_the_border(tiny_model, monkeypa
     x[:, 2, :, 16:] = 1.0  # blue right half
     m = torch.zeros(1, 1, 32, 32, dtype=torch.bool)
     m[..., 8:24, 8:24] = True
-    start = I._fill_smooth(x, m)
+    start = I.fill_smooth(x, m)
     assert torch.equal(start[~m.expand_as(x)], x[~m.expand_as(x)])
     red_across = start[0, 0, 16, 8:24]
     assert red_across[0] > 0.5 and red_across[-1] < -0.5  # red near the red border, not near the blue one
     assert (red_across[1:] <= red_across[:-1] + 1e-6).all()  # a monotone ramp between them
-    assert torch.equal(I._fill_smooth(x, torch.ones_like(m)), torch.zeros_like(x))  # nothing known: grey
+    assert torch.equal(I.fill_smooth(x, torch.ones_like(m)), torch.zeros_like(x))  # nothing known: grey
     ramp = torch.linspace(-1, 1, 32).expand(1, 3, 32, 32)  # a smooth photo: the start restores it (harmonic)
-    assert (I._fill_smooth(ramp, m) - ramp).abs().max() < 1e-2
+    assert (I.fill_smooth(ramp, m) - ramp).abs().max() < 1e-2
     seen = []
     forward = tiny_model.encoder.forward
     monkeypatch.setattr(tiny_model.encoder, "forward", lambda inp, c: (seen.append(inp.clone()), forward(inp, c))[1])

@@ -6,9 +6,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+import torch.nn.functional as F
 from PIL import Image
 
-from cvaegan import CVAEGAN, service as S
+from cvaegan import CVAEGAN, inference as I, service as S
 from cvaegan.images import ImageError
 
 from conftest import draw_shape
@@ -229,7 +231,7 @@ def test_seamless_paste_keeps_known_pixels_and_hides_the_seam():
     assert abs(same.astype(np.float32) - ramp).max() <= 1
 
 
-def test_inpaint_at_the_photos_own_resolution(model):
+def test_inpaint_at_the_photos_own_resolution(model, monkeypatch):
     from cvaegan import blend
 
     photo = np.asarray(draw_shape(1, 96, np.random.default_rng(7)).resize((150, 96)))
@@ -241,6 +243,16 @@ def test_inpaint_at_the_photos_own_resolution(model):
     out = np.asarray(r["image"])
     assert out.shape == photo.shape and np.array_equal(out[~mask], photo[~mask]) and (out[mask] != photo[mask]).any()
     assert len(r["top"]) == 3 and r["class"] == r["top"][0][0] and r["top"][0][1] >= r["top"][1][1]
+    seen = []  # C guesses from the window with its hole filled smoothly (the harmonic fill), not a flat colour
+    monkeypatch.setattr(blend, "top_classes", lambda m, x, k=3: seen.append(x) or [(1, 0.9), (0, 0.05), (2, 0.05)])
+    blend.inpaint(model, photo, mask, None, 1, 0)
+    win = torch.from_numpy(photo[:, left : left + side].astype(np.float32) / 127.5 - 1).permute(2, 0, 1)[None]
+    x_small = F.interpolate(
+        win, size=(model.config.resolution,) * 2, mode="bicubic", align_corners=False, antialias=True
+    ).clamp(-1, 1)
+    hole = torch.from_numpy(mask[:, left : left + side].astype(np.float32))[None, None]
+    m_small = F.adaptive_max_pool2d(hole, (model.config.resolution,) * 2) > 0
+    assert len(seen) == 1 and torch.allclose(seen[0], I.fill_smooth(x_small, m_small), atol=1e-5)
     wide = np.zeros(photo.shape[:2], bool)
     wide[40:50, 5:145] = True  # wider than the short side: a larger, padded window
     assert blend.window_box(wide)[2] == 140
