@@ -178,10 +178,11 @@ def harmonic_fill(
     """`values` (C, H, W) with the pixels where hole (H, W) is True replaced by the harmonic interpolation of
     the others: the solution of Laplace's equation inside the hole with the known pixels around it as the
     boundary (the membrane of Poisson image editing, Perez et al. 2003), 4-neighbour, Neumann at the image's
-    edges. Solved by conjugate gradients on the hole's bounding box until the residual falls below `tol` of its
-    start (at most `max_iter` steps, default 4 x the box's long side up to 64 px, then 256). The start is the
-    solution at half the resolution, upsampled (a cascade down to 64 px, where the push-pull `membrane` starts
-    it), so large holes cost a few hundred cheap steps, not thousands of full-size ones."""
+    edges. Solved by conjugate gradients on the hole's bounding box (with 2 known pixels around it) until the
+    residual falls below `tol` of its start, in at most `max_iter` steps: by default 4 x the box's long side for
+    boxes up to COARSE_SIDE, FINE_STEPS for larger ones. Boxes over 64 px start from the solution at half the
+    resolution, upsampled (a cascade; at 64 px and below the push-pull `membrane` starts it), so a large hole
+    costs a few full-size steps, not thousands."""
     hole = hole.to(torch.bool)
     if not hole.any() or hole.all():  # nothing to fill, or nothing to fill from
         return membrane(values, (~hole).float()) if hole.all() else values.clone()
