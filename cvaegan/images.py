@@ -184,8 +184,10 @@ def harmonic_fill(
     resolution, upsampled (a cascade; at 64 px and below the push-pull `membrane` starts it), so a large hole
     costs a few full-size steps, not thousands."""
     hole = hole.to(torch.bool)
-    if not hole.any() or hole.all():  # nothing to fill, or nothing to fill from
-        return membrane(values, (~hole).float()) if hole.all() else values.clone()
+    if not hole.any():  # nothing to fill
+        return values.clone()
+    if hole.all():  # nothing to fill from
+        return torch.zeros_like(values)
     ys, xs = torch.nonzero(hole, as_tuple=True)
     h, w = hole.shape
     # the box keeps 2 known pixels around the hole, so half the resolution still has fully known blocks
