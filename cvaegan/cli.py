@@ -971,7 +971,8 @@ def _refined_note(report: dict) -> str:
 
 
 def add_lambdas_option(p: argparse.ArgumentParser) -> None:
-    """--lambdas of `cvaegan enrol` and `python -m cvaegan.experiments enrolment` (checked by enrol.check_lambdas)."""
+    """--lambdas and --layer-lr of `cvaegan enrol` and `python -m cvaegan.experiments enrolment` (the loss weights
+    are checked by enrol.check_lambdas)."""
     from .enrol import DEFAULT_LAMBDAS
 
     p.add_argument(
@@ -981,6 +982,15 @@ def add_lambdas_option(p: argparse.ArgumentParser) -> None:
         "heavier l4, which pushes samples of the new class towards C's features of the photos; 3,1,0.001,0.001 is "
         "the paper's)",
     )
+    from .enrol import LAYER_LR
+
+    p.add_argument(
+        "--layer-lr",
+        type=float,
+        default=LAYER_LR,
+        help=f"step size of the new class's own terms in each of G's class-conditional BatchNorms (default "
+        f"{LAYER_LR:g}; 0 learns only the label embeddings, as before; weights without class BatchNorm ignore it)",
+    )
 
 
 def _enrol_parser(sub) -> argparse.ArgumentParser:
@@ -988,8 +998,9 @@ def _enrol_parser(sub) -> argparse.ArgumentParser:
         "enrol",
         help="add a new class (a person, a species) from a few photos",
         description=(
-            "Learn a new class from 3-10 photos without changing the weights: only its label embeddings for G and E "
-            "and its row of C's output layer are learned (from the nearest existing class). Writes them to a small "
+            "Learn a new class from 3-10 photos without changing the weights: only its label embeddings for G and E, "
+            "its terms in G's class-conditional BatchNorms and its row of C's output layer are learned (from the "
+            "nearest existing class). Writes them to a small "
             "class file --out; load it with cvaegan.hub.load_pretrained(WEIGHTS, extra_classes=[FILE]). Photos are "
             "centre-cropped and resized like the training data: frame them the same way (faces: aligned like "
             "CelebA's img_align_celeba, eyes level, face centred)."
@@ -1029,6 +1040,8 @@ def cmd_enrol(a: argparse.Namespace) -> int:
     from .images import save_png
 
     check_lambdas(a.lambdas)  # before the weights load: a typo fails at once
+    if not a.layer_lr >= 0:
+        raise InputError(f"--layer-lr must be 0 or positive, got {a.layer_lr}")
     if a.threads:
         torch.set_num_threads(a.threads)
     images = a.images[0] if len(a.images) == 1 and Path(a.images[0]).is_dir() else a.images
@@ -1044,6 +1057,7 @@ def cmd_enrol(a: argparse.Namespace) -> int:
             steps=a.steps,
             seed=a.seed,
             lambdas=a.lambdas,
+            layer_lr=a.layer_lr,
             progress=lambda f, msg: (bar.update(1), bar.set_postfix_str(msg.split(": ", 1)[-1])),
         )
     save_classes(cls, a.out)

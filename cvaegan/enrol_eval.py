@@ -38,7 +38,17 @@ from tqdm.auto import tqdm
 
 from . import __version__
 from .data import IMAGE_EXTENSIONS, _list_directory
-from .enrol import DEFAULT_LAMBDAS, MAX_PHOTOS, MIN_PHOTOS, add_classes, check_lambdas, enrol, load_photos, save_classes
+from .enrol import (
+    DEFAULT_LAMBDAS,
+    LAYER_LR,
+    MAX_PHOTOS,
+    MIN_PHOTOS,
+    add_classes,
+    check_lambdas,
+    enrol,
+    load_photos,
+    save_classes,
+)
 from .errors import InputError
 from .images import to_pil
 from .inference import sample
@@ -166,6 +176,13 @@ def judge_share(judge: Judge, x: torch.Tensor, judge_class: int) -> float:
     return round((logits.argmax(1) == judge_class).float().mean().item(), 4)
 
 
+def spread(x: torch.Tensor) -> float:
+    """Variety of a class's samples: the per-pixel standard deviation over the samples (pixels in [-1, 1]),
+    averaged over pixels and channels. One image repeated gives 0; a class drawn the same way over and over
+    (a per-class term that collapsed the samples onto its photos) shows as a fall against the trained classes."""
+    return round(float(x.float().std(0).mean()), 4)
+
+
 def machine() -> dict:
     load = [round(v, 2) for v in os.getloadavg()] if hasattr(os, "getloadavg") else None
     return {
@@ -203,6 +220,7 @@ def measure_class(
     seed: int,
     steps: int,
     lambdas: tuple[float, float, float, float] = DEFAULT_LAMBDAS,
+    layer_lr: float = LAYER_LR,
 ) -> tuple[dict, Image.Image]:
     """Enrol one held-out class and judge it against its baseline -> (result, its block of the sheet)."""
     cfg = model.config
@@ -212,7 +230,7 @@ def measure_class(
     name = folder if not folder.lstrip("-").isdigit() else f"held-out {folder}"
     threads = torch.get_num_threads()
     wall0, cpu0 = time.perf_counter(), time.process_time()
-    cls = enrol(model, raw, name, steps=steps, seed=seed, lambdas=lambdas)
+    cls = enrol(model, raw, name, steps=steps, seed=seed, lambdas=lambdas, layer_lr=layer_lr)
     wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
     base = cfg.class_index(cls.info["init_from"])  # the class enrolment started from: C's nearest to the photos
     base_folder = cfg.class_folders[base]
@@ -233,6 +251,7 @@ def measure_class(
             "steps": steps,
             "seed": seed,
             "lambdas": list(lambdas),
+            "layer_lr": layer_lr,
             "discriminator": info["discriminator"],
             "recon_psnr_db_before": info["recon_psnr_db_before"],
             "recon_psnr_db_after": info["recon_psnr_db_after"],
@@ -246,6 +265,8 @@ def measure_class(
         "judge_top1_reconstructions": judge_share(judge, recon, jidx[folder]),
         "baseline_judge_says_held_out": judge_share(judge, before, jidx[folder]),
         "baseline_judge_top1_own": judge_share(judge, before, jidx[base_folder]) if base_folder in jidx else None,
+        "spread_enrolled": spread(enrolled),
+        "spread_nearest_trained": spread(before),
         "warnings": cls.warnings,
     }
     block = sheet_block(
@@ -348,6 +369,7 @@ def run_enrolment(
     threads: int | None = None,
     progress: bool = True,
     lambdas: tuple[float, float, float, float] = DEFAULT_LAMBDAS,
+    layer_lr: float = LAYER_LR,
 ) -> dict:
     """The enrolment experiment (see the module doc); returns what enrolment.json holds. Re-running the same
     call resumes: classes whose result is cached under the same settings are not enrolled again."""
@@ -358,6 +380,8 @@ def run_enrolment(
     if samples < 1 or trained_classes < 1 or steps < 1:
         raise EnrolmentExperimentError("--samples, --trained-classes and --steps must be at least 1")
     lambdas = check_lambdas(lambdas)
+    if not layer_lr >= 0:
+        raise EnrolmentExperimentError(f"--layer-lr must be 0 or positive, got {layer_lr}")
     if threads:
         torch.set_num_threads(threads)
     if classes is None:
@@ -390,7 +414,7 @@ def run_enrolment(
         "steps": steps,
     }
     # lambdas always recorded: results cached before (no lambdas, no photo-prior figure) are enrolled again
-    settings = {**common, "lambdas": list(lambdas)}
+    settings = {**common, "lambdas": list(lambdas), "layer_lr": layer_lr}
 
     results: dict[str, dict] = {}
     blocks: list[Image.Image] = []
@@ -402,7 +426,9 @@ def run_enrolment(
         if cached and cached.get("settings") == settings and Path(stem + ".png").is_file():
             results[folder] = cached
         else:
-            result, block = measure_class(model, judge_model, source, folder, photos, seeds, seed, steps, lambdas)
+            result, block = measure_class(
+                model, judge_model, source, folder, photos, seeds, seed, steps, lambdas, layer_lr
+            )
             save_classes(result.pop("_class"), stem + ".safetensors")
             block.save(stem + ".png")
             result["settings"] = settings
@@ -459,6 +485,8 @@ def summarise(
             "judge_top1_reconstructions": _mean([r["judge_top1_reconstructions"] for r in results.values()]),
             "baseline_judge_says_held_out": _mean([r["baseline_judge_says_held_out"] for r in results.values()]),
             "baseline_judge_top1_own": _mean([r["baseline_judge_top1_own"] for r in results.values()]),
+            "spread_enrolled": _mean([r.get("spread_enrolled") for r in results.values()]),
+            "spread_nearest_trained": _mean([r.get("spread_nearest_trained") for r in results.values()]),
             "judge_top1_trained": trained,
             "enrol_wall_s": _mean(walls),
             "enrol_wall_s_max": max(walls),
@@ -495,8 +523,9 @@ def _verdict(met: bool | None) -> str:
 
 
 def _lambdas_note(settings: dict) -> str:
-    lam = settings.get("lambdas")
-    return "" if lam is None else ", loss weights l1-l4 " + ", ".join(f"{x:g}" for x in lam)  # (older results: none)
+    lam, layer_lr = settings.get("lambdas"), settings.get("layer_lr")  # (older results: none)
+    note = "" if lam is None else ", loss weights l1-l4 " + ", ".join(f"{x:g}" for x in lam)
+    return note + ("" if layer_lr is None else f", layer step size {layer_lr:g}")
 
 
 def markdown(r: dict) -> str:
@@ -545,11 +574,21 @@ def markdown(r: dict) -> str:
         f"{threads} torch thread(s) on {mach['cpu_count']} cores ({mach['cpu']}; load average at the end "
         f"{mach['load_average_1_5_15_min']}). Target <= {TARGET_SECONDS:g} s for {TARGET_PHOTOS} photos on 2 cores: "
         f"{_verdict(ts['met'])}.",
+        *_spread_line(m),
         "- Sheet, per class: E->G reconstructions of the enrolment photos through the enrolled class, samples of "
         f"the nearest trained class before enrolment, samples of the enrolled class, and the same seeds with the "
         f"photo prior (first {SHEET_SAMPLES} seeds).",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _spread_line(m: dict) -> list[str]:
+    if m.get("spread_enrolled") is None:
+        return []  # results cached before the figure existed
+    return [
+        f"- Variety (per-pixel standard deviation over a class's samples, mean over classes): enrolled "
+        f"{m['spread_enrolled']:.3f}, the nearest trained classes {m['spread_nearest_trained']:.3f}."
+    ]
 
 
 def write_readme(out: str | os.PathLike, readme: str | os.PathLike, sheet_name: str) -> Path:

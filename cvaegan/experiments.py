@@ -488,6 +488,7 @@ def main(argv: list[str] | None = None) -> int:
                 a.steps,
                 a.threads,
                 lambdas=a.lambdas,
+                layer_lr=a.layer_lr,
             )
             if a.write_readme:
                 readme = Path(__file__).resolve().parent.parent / "README.md"

@@ -64,9 +64,13 @@ class ClassBatchNorm(nn.Module):
             nn.init.zeros_(layer.weight)
             nn.init.zeros_(layer.bias)
 
-    def forward(self, h: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
-        gain = (1.0 + self.gain(e)).to(h.dtype)[:, :, None, None]
-        return self.bn(h) * gain + self.bias(e).to(h.dtype)[:, :, None, None]
+    def forward(self, h: torch.Tensor, e: torch.Tensor, offset: torch.Tensor | None = None) -> torch.Tensor:
+        """offset: optional (B, 2 * ch) added to the gain (first half) and the bias (second half): the per-class
+        terms of enrolled classes (Generator.class_offsets)."""
+        gain, bias = 1.0 + self.gain(e), self.bias(e)
+        if offset is not None:
+            gain, bias = gain + offset[:, : gain.shape[1]], bias + offset[:, gain.shape[1] :]
+        return self.bn(h) * gain.to(h.dtype)[:, :, None, None] + bias.to(h.dtype)[:, :, None, None]
 
 
 def _norm_layer(kind: str, ch: int) -> nn.Module:
@@ -197,6 +201,10 @@ class Generator(nn.Module):
 
     The class embedding joins z at the input; with cfg.g_cond == "cbn" it also sets the gain and bias
     of every BatchNorm (ClassBatchNorm), so the class reaches every layer, not only the first.
+
+    class_offsets (cbn only): None, or a (num_classes, offset_size()) table of per-class terms added to every
+    ClassBatchNorm's gain and bias, in module order; zero rows for trained classes. Enrolment learns a row for a
+    class it adds (cvaegan.enrol); it is not part of the state dict, so released weights never carry it.
     """
 
     def __init__(self, cfg: ModelConfig):
@@ -225,12 +233,26 @@ class Generator(nn.Module):
             blocks.append(nn.Sequential(*layers))
         self.blocks = nn.Sequential(*blocks)
         self.to_rgb = nn.Conv2d(channels(cfg, cfg.resolution), 3, 3, 1, 1)
+        self.register_buffer("class_offsets", None, persistent=False)
+
+    def offset_sizes(self) -> list[int]:
+        """Length of each ClassBatchNorm's slice of a class_offsets row (2 x its channels), in module order."""
+        return [2 * m.bn.num_features for m in self.modules() if isinstance(m, ClassBatchNorm)]
+
+    def offset_size(self) -> int:
+        """Length of a class_offsets row; 0 when G has no class-conditional BatchNorm."""
+        return sum(self.offset_sizes())
 
     def forward(self, z: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         e = self.embed(c).to(z.dtype)
+        offsets = iter(())
+        if self.class_offsets is not None:
+            table = self.class_offsets
+            rows = labels_to_onehot(c, table.shape[0], table.dtype) @ table  # soft labels mix the rows
+            offsets = iter(torch.split(rows, self.offset_sizes(), dim=1))
 
         def run(layer: nn.Module, h: torch.Tensor) -> torch.Tensor:  # a ClassBatchNorm also takes the class
-            return layer(h, e) if isinstance(layer, ClassBatchNorm) else layer(h)
+            return layer(h, e, next(offsets, None)) if isinstance(layer, ClassBatchNorm) else layer(h)
 
         h = F.relu(run(self.bn0, self.fc(torch.cat([z, e], dim=1)).view(z.shape[0], -1, 4, 4)))
         for block in self.blocks:

@@ -303,6 +303,97 @@ def test_in_memory_model_can_enrol_but_not_save(tmp_path, photos, g_cond):
         save_classes(cls, tmp_path / "thing.safetensors")
 
 
+@pytest.fixture(scope="module")
+def cbn_weights(tmp_path_factory):
+    """A tiny untrained model with class-conditional BatchNorm in G, whose class maps are not zero (as after
+    training), saved as a weights folder."""
+    torch.manual_seed(0)
+    model = CVAEGAN(tiny_config(class_names=["Circle 0", "Square 1", "Triangle 2", "Cross 3"], g_cond="cbn")).eval()
+    with torch.no_grad():
+        for name, p in model.generator.named_parameters():
+            if ".gain." in name or ".bias." in name:
+                p.normal_(0, 0.05)
+    out = tmp_path_factory.mktemp("cbn") / "w"
+    model.save_pretrained(out, fp16=False)
+    return out
+
+
+def test_enrolled_class_gets_its_own_terms_in_gs_class_batchnorms(cbn_weights, photos, tmp_path):
+    model = CVAEGAN.from_pretrained(cbn_weights)
+    size = model.generator.offset_size()
+    assert size == sum(model.generator.offset_sizes()) > 0
+    cls = enrol(model, photos, "Green Cross", steps=STEPS)
+    assert cls.generator_offsets.shape == (size,) and cls.generator_offsets.abs().sum() > 0
+    assert cls.info["layer_lr"] == pytest.approx(0.03)
+    plain = enrol(model, photos, "Green Cross", steps=STEPS, layer_lr=0)  # the embedding rows only
+    assert plain.generator_offsets is None and plain.info["layer_lr"] == 0
+    with pytest.raises(EnrolError, match="layer_lr"):
+        enrol(model, photos, "Green Cross", steps=1, layer_lr=-1)
+
+    seeds = [0, 1, 2]
+    old = sample(model, ["Square 1", "Cross 3"], seeds[:2])
+    assert model.generator.class_offsets is None  # released weights carry no table
+    (k,) = add_classes(model, cls)
+    g = model.generator
+    assert g.class_offsets.shape == (5, size) and not g.class_offsets[:4].any()
+    assert torch.equal(g.class_offsets[4], cls.generator_offsets)
+    assert "class_offsets" not in g.state_dict()  # never saved with the weights
+    assert torch.equal(sample(model, ["Square 1", "Cross 3"], seeds[:2]), old)  # trained classes as before
+    with_terms = sample(model, "Green Cross", seeds)
+    table = g.class_offsets
+    g.class_offsets = None
+    without = sample(model, "Green Cross", seeds)
+    g.class_offsets = table
+    assert not torch.allclose(with_terms, without)  # the terms reach G's output
+    # a soft label mixes the terms like the embeddings: the end frame of a morph is the enrolled class's sample
+    frames = interpolate(model, endpoint(model, "Circle 0", 1), endpoint(model, "Green Cross", 2), frames=3)
+    assert torch.equal(frames[-1], with_terms[2])
+
+    # the class file carries them (format 2); loading reproduces the samples; a class enrolled on top keeps them
+    path = save_classes(cls, tmp_path / "gc.safetensors")
+    with safe_open(str(path), framework="pt") as fh:
+        assert fh.metadata()["format_version"] == "2" and fh.get_tensor("generator_offsets").shape == (1, size)
+    loaded = load_pretrained(cbn_weights, extra_classes=[path])
+    assert torch.equal(sample(loaded, "Green Cross", seeds), with_terms)
+    second = enrol(loaded, photo_folder(tmp_path / "p2", 3, shape=0, colour=2), "Blue Circle", steps=2)
+    add_classes(loaded, second)
+    assert loaded.generator.class_offsets.shape == (6, size)
+    assert torch.equal(sample(loaded, "Green Cross", seeds), with_terms)
+    # a file without them (layer_lr 0, or written before format 2) loads beside one with them: zero terms
+    path0 = save_classes(dataclasses.replace(plain, name="Plain", folder="enrolled_plain"), tmp_path / "p.safetensors")
+    both = load_pretrained(cbn_weights, extra_classes=[path, path0])
+    assert not both.generator.class_offsets[5].any() and torch.equal(sample(both, "Green Cross", seeds), with_terms)
+    # both in one file: the one without gets a zero row
+    (a, b) = load_classes(save_classes([cls, dataclasses.replace(plain, name="P")], tmp_path / "two.safetensors"))
+    assert torch.equal(a.generator_offsets, cls.generator_offsets) and not b.generator_offsets.any()
+
+
+@pytest.mark.parametrize(
+    "case,match",
+    [
+        ("length", "per-layer generator terms"),
+        ("nan", "NaN"),
+        ("value", "sha256"),
+        ("concat_weights", "per-layer generator terms"),
+    ],
+)
+def test_generator_terms_in_a_class_file_are_checked(cbn_weights, weights, photos, tmp_path, case, match):
+    cls = enrol(CVAEGAN.from_pretrained(cbn_weights), photos, "Green Cross", steps=2)
+    path = save_classes(cls, tmp_path / "c.safetensors")
+    target = cbn_weights
+    if case == "length":  # a consistent file (digest rewritten) made for a G with other channel counts
+        short = dataclasses.replace(cls, generator_offsets=cls.generator_offsets[:-2])
+        path = save_classes(short, tmp_path / "c.safetensors")
+    elif case == "nan":
+        _rewrite(path, lambda t: t["generator_offsets"].fill_(float("nan")))
+    elif case == "value":
+        _rewrite(path, lambda t: t["generator_offsets"].add_(1e-3))
+    else:  # terms for class BatchNorms offered to weights whose G has none (checked before the file hashes)
+        target = weights
+    with pytest.raises(EnrolError, match=match):
+        load_classes(path, CVAEGAN.from_pretrained(target))
+
+
 @pytest.mark.parametrize(
     "name,match",
     [
@@ -440,6 +531,9 @@ def test_cli_enrol_end_to_end(weights, photos, tmp_path, capsys):
         == 1
     )
     assert "already exists" in capsys.readouterr().err
+    args = ["enrol", "--weights", str(weights), "--images", str(photos), "--name", "S5", "--out", str(out)]
+    assert main([*args, "--layer-lr", "-1"]) == 1
+    assert "--layer-lr must be 0 or positive" in capsys.readouterr().err
 
 
 def test_loss_weights_are_checked_recorded_and_used(weights, photos, enrolled, tmp_path, capsys):

@@ -142,6 +142,11 @@ def test_experiment_writes_its_outputs(quick, done):
     sheet = Image.open(out / "enrolment_sheet.png")
     assert sheet.width >= EE.LABEL_W + 8 * 64 and sheet.height >= 4 * 64  # photos, before, enrolled, photo prior
     assert "with the photo prior" in md
+    # variety of the samples: the per-pixel spread over seeds, enrolled and the nearest trained class
+    assert 0 < c["spread_enrolled"] < 2 and 0 < c["spread_nearest_trained"] < 2
+    assert m["spread_enrolled"] == c["spread_enrolled"] and f"enrolled {c['spread_enrolled']:.3f}" in md
+    assert EE.spread(torch.zeros(1, 3, 4, 4).expand(5, -1, -1, -1)) == 0  # one image repeated: no variety
+    assert e["layer_lr"] == r["settings"]["layer_lr"] == EE.LAYER_LR and f"layer step size {EE.LAYER_LR:g}" in md
 
 
 def test_rerun_resumes_without_enrolling_again(quick, done, monkeypatch):
@@ -164,6 +169,8 @@ def test_rerun_resumes_without_enrolling_again(quick, done, monkeypatch):
     assert "loss weights l1-l4 3, 1, 0.001, 0.001" in (other / "enrolment.md").read_text()
     assert (other / "reference.json").read_text() == ref
     assert first["settings"]["lambdas"] == list(EE.DEFAULT_LAMBDAS)  # recorded, default or not
+    r = run(quick, other, seed=1, lambdas=PAPER_LAMBDAS, layer_lr=0)  # nor one with another layer step size
+    assert calls == [HELD_OUT] * 3 and r["classes"][HELD_OUT]["enrol"]["layer_lr"] == 0
 
 
 def test_readme_block_goes_between_markers(done, tmp_path):
@@ -216,6 +223,7 @@ def test_photos_are_read_from_a_tar_as_from_a_folder(quick, tmp_path):
         (dict(classes=["c0_t0"]), r"model already has class\(es\) \['c0_t0'\]"),
         (dict(photos=13), "fewer than --photos 13 photos"),
         (dict(photos=2), "--photos must be between 3 and 50"),
+        (dict(layer_lr=-0.1), "--layer-lr must be 0 or positive"),
     ],
 )
 def test_bad_inputs(quick, tmp_path, kw, match):
