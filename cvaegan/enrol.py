@@ -42,9 +42,10 @@ TENSORS = ("generator_embed", "encoder_embed", "classifier_weight", "classifier_
 PRIOR_TENSORS = ("z_mean", "z_std")  # the photo prior; optional (class files written before it lack them)
 OFFSET_TENSOR = "generator_offsets"  # per-layer terms of G's class BatchNorms; optional (version 1 files lack it)
 # Adam's step size for those terms. With 0 only the embedding rows are learned (as before 2026-12-04). On the faces
-# release v5 weights, pick 0 of the enrolment experiment (8 held-out people, 800 samples): judge top-1 10.9% (0),
-# 16.0% (0.01), 19.6% (0.03) against 36.2% for trained people; the samples' spread over seeds 0.364 / 0.349 / 0.349
-# (trained people 0.386): variety kept (README, "Add a new person or species").
+# release v5 weights, enrolment experiment, 3 picks of 5 photos of 8 held-out people: judge top-1 10.2% (0) and
+# 18.3% (0.03) against 31.9% for trained people (0.32x -> 0.57x; 0.01 gave 16.0% against 10.9% on pick 0); the
+# samples' spread over seeds 0.336-0.349 against 0.364 with 0 and 0.383-0.386 for the nearest trained people. Birds
+# release v4: 26.0% -> 34.8% against 57.5% (README, "Add a new person or species", also for what it costs by eye).
 LAYER_LR = 0.03
 # l1 KL, l2 L_G, l3 L_GD, l4 L_GC. The paper's training weights are 3, 1, 1e-3, 1e-3 (PAPER.md); enrolment uses a
 # heavier identity term l4 = 10: on the faces release weights, over 3 picks of 5 photos of 8 held-out identities,

@@ -380,6 +380,12 @@ class CVAEGAN(PretrainedMixin, nn.Module):
         """Write config.json + encoder/generator/classifier[/discriminator].safetensors (+ directions, + the
         `extra` files: file name -> tensors, saved as given). fp16 stores the networks' float tensors as
         float16 (loading casts back to float32)."""
+        if self.generator.class_offsets is not None and self.generator.class_offsets.any():
+            raise WeightsError(
+                "cannot save these weights: they hold classes enrolled with their own terms in G's class BatchNorms, "
+                "which a weights folder cannot carry; save those classes with cvaegan.enrol.save_classes and load "
+                "them beside the weights (load_pretrained(..., extra_classes=[...]))"
+            )
         names = ["encoder", "generator", "classifier"] + (["discriminator"] if include_discriminator else [])
         tensors, metadata = {}, {}
         for name in names:

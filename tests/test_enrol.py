@@ -45,6 +45,7 @@ from cvaegan.inference import (
     swap,
 )
 from cvaegan.seeds import z_from_seeds
+from cvaegan.serialization import WeightsError
 
 from conftest import COLOURS, SHAPES, draw_shape, tiny_config
 
@@ -338,6 +339,9 @@ def test_enrolled_class_gets_its_own_terms_in_gs_class_batchnorms(cbn_weights, p
     assert g.class_offsets.shape == (5, size) and not g.class_offsets[:4].any()
     assert torch.equal(g.class_offsets[4], cls.generator_offsets)
     assert "class_offsets" not in g.state_dict()  # never saved with the weights
+    with pytest.raises(WeightsError, match="save those classes with cvaegan.enrol.save_classes"):
+        model.save_pretrained(tmp_path / "grown")  # saving would silently drop the terms
+    assert not (tmp_path / "grown").exists()
     assert torch.equal(sample(model, ["Square 1", "Cross 3"], seeds[:2]), old)  # trained classes as before
     with_terms = sample(model, "Green Cross", seeds)
     table = g.class_offsets
