@@ -104,10 +104,11 @@ def inpaint(
         F.adaptive_max_pool2d(hole, (r, r)) > 0 if side >= r else F.interpolate(hole, size=(r, r), mode="nearest") > 0
     )  # every model pixel touching the hole is refilled
     top3: list[tuple[int, float]] = []
+    start = I.fill_smooth(x_small, m_small)  # the loop's first input, and what C sees for the "auto" guess
     if cls is None:
-        top3 = top_classes(model, I.fill_smooth(x_small, m_small))
+        top3 = top_classes(model, start)
         cls = top3[0][0]
-    gen = I.inpaint_tensor(model, x_small, m_small, cls, iterations, refine_steps, progress=progress).cpu()
+    gen = I.inpaint_tensor(model, x_small, m_small, cls, iterations, refine_steps, progress=progress, start=start).cpu()
     fill = F.interpolate(gen, size=(side, side), mode="bicubic", align_corners=False).clamp(-1, 1)
     fill = ((fill[0].permute(1, 2, 0) + 1) * 127.5).numpy()
     out_win = seamless_paste(win, fill, wmask)

@@ -333,11 +333,12 @@ def inpaint_tensor(
     refine_steps: int = 0,
     refine_lr: float = REFINE_LR,
     progress: Progress = None,
+    start: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The paper's iterative inpainting at model resolution.
 
     x: (1, 3, R, R) in [-1, 1]; m: (1, 1, R, R) bool, True = missing; cls: class index.
-    x_0 fills the hole smoothly from its border (`fill_smooth`).
+    x_0 fills the hole smoothly from its border (`fill_smooth`; pass it as `start` when already computed).
     Repeat `iterations` times: z = E(x_k, c); x_gen = G(z, c); x_{k+1} = known pixels of x, x_gen elsewhere.
     refine_steps > 0 then optimises z so that G(z, c) matches the known pixels. Returns x_gen (1, 3, R, R)
     (the full generated image; composite it with the known pixels yourself, or use `inpaint`).
@@ -347,7 +348,7 @@ def inpaint_tensor(
     c = torch.tensor([cls], device=dev)
     model.encoder.eval()
     model.generator.eval()
-    cur = fill_smooth(x, m)
+    cur = fill_smooth(x, m) if start is None else torch.where(m, start.to(dev), x)
     gen = cur
     with torch.no_grad():
         for k in range(max(1, iterations)):

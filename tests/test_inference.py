@@ -166,6 +166,15 @@ def test_inpainting_starts_from_a_smooth_fill_of_the_border(tiny_model, monkeypa
     I.inpaint_tensor(tiny_model, x, m, 1, iterations=2)
     assert len(seen) == 2 and torch.allclose(seen[0], start)
     assert not torch.allclose(seen[1], start)  # later rounds see the generated fill
+    # a start computed by the caller (blend.inpaint computes it once for C's guess too) gives the same result,
+    # and its known pixels are taken from x whatever the start holds there
+    gen = I.inpaint_tensor(tiny_model, x, m, 1, iterations=2)
+    calls = []
+    monkeypatch.setattr(I, "fill_smooth", lambda *a: calls.append(1) or start)
+    assert torch.equal(I.inpaint_tensor(tiny_model, x, m, 1, iterations=2, start=start.clone()), gen) and not calls
+    seen.clear()
+    I.inpaint_tensor(tiny_model, x, m, 1, iterations=1, start=torch.where(m, start, torch.zeros_like(x)))
+    assert torch.allclose(seen[0], start)
 
 
 def test_inpaint_empty_and_full_masks(model):
