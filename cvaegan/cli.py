@@ -1035,13 +1035,12 @@ def cmd_enrol(a: argparse.Namespace) -> int:
     import torch
     from tqdm.auto import tqdm
 
-    from .enrol import add_classes, before_after, check_lambdas, enrol, load_photos, save_classes
+    from .enrol import add_classes, before_after, check_lambdas, check_layer_lr, enrol, load_photos, save_classes
     from .hub import load_pretrained
     from .images import save_png
 
     check_lambdas(a.lambdas)  # before the weights load: a typo fails at once
-    if not a.layer_lr >= 0:
-        raise InputError(f"--layer-lr must be 0 or positive, got {a.layer_lr}")
+    check_layer_lr(a.layer_lr, "--layer-lr")
     if a.threads:
         torch.set_num_threads(a.threads)
     images = a.images[0] if len(a.images) == 1 and Path(a.images[0]).is_dir() else a.images

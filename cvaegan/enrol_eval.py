@@ -45,11 +45,13 @@ from .enrol import (
     MIN_PHOTOS,
     add_classes,
     check_lambdas,
+    check_layer_lr,
     enrol,
     load_photos,
     save_classes,
 )
 from .errors import InputError
+from .evaluate import intra_class_diversity
 from .images import to_pil
 from .inference import sample
 from .judge import Judge, load_judge, predict
@@ -60,6 +62,7 @@ SHEET_SAMPLES = 8  # samples per row of the sheet
 TARGET_RATIO = 0.5  # enrolled classes' mean judge top-1 >= this x the trained classes'
 TARGET_SECONDS = 60.0  # enrolment of TARGET_PHOTOS photos, wall seconds on 2 CPU cores
 TARGET_PHOTOS = 5
+DIVERSITY_SAMPLES = 32  # samples per class in the diversity figure (496 pairs; 100 samples would be 4,950)
 BATCH = 32  # generation batch (eval mode: samples do not depend on their batch-mates)
 
 
@@ -176,11 +179,13 @@ def judge_share(judge: Judge, x: torch.Tensor, judge_class: int) -> float:
     return round((logits.argmax(1) == judge_class).float().mean().item(), 4)
 
 
-def spread(x: torch.Tensor) -> float:
-    """Variety of a class's samples: the per-pixel standard deviation over the samples (pixels in [-1, 1]),
-    averaged over pixels and channels. One image repeated gives 0; a class drawn the same way over and over
-    (a per-class term that collapsed the samples onto its photos) shows as a fall against the trained classes."""
-    return round(float(x.float().std(0).mean()), 4)
+def diversity(x: torch.Tensor) -> float:
+    """Variety of one class's samples: 1 - mean pairwise MS-SSIM over its first DIVERSITY_SAMPLES samples, the
+    project's intra-class diversity (as in the model cards and the budget runs). One image repeated gives 0; a
+    class drawn the same way over and over (a per-class term that collapsed the samples onto its photos) shows
+    as a fall against the trained classes."""
+    x = x[:DIVERSITY_SAMPLES]
+    return round(intra_class_diversity(x, torch.zeros(len(x), dtype=torch.int64)), 4)
 
 
 def machine() -> dict:
@@ -265,8 +270,8 @@ def measure_class(
         "judge_top1_reconstructions": judge_share(judge, recon, jidx[folder]),
         "baseline_judge_says_held_out": judge_share(judge, before, jidx[folder]),
         "baseline_judge_top1_own": judge_share(judge, before, jidx[base_folder]) if base_folder in jidx else None,
-        "spread_enrolled": spread(enrolled),
-        "spread_nearest_trained": spread(before),
+        "diversity_enrolled": diversity(enrolled),
+        "diversity_nearest_trained": diversity(before),
         "warnings": cls.warnings,
     }
     block = sheet_block(
@@ -380,8 +385,7 @@ def run_enrolment(
     if samples < 1 or trained_classes < 1 or steps < 1:
         raise EnrolmentExperimentError("--samples, --trained-classes and --steps must be at least 1")
     lambdas = check_lambdas(lambdas)
-    if not layer_lr >= 0:
-        raise EnrolmentExperimentError(f"--layer-lr must be 0 or positive, got {layer_lr}")
+    layer_lr = check_layer_lr(layer_lr, "--layer-lr", EnrolmentExperimentError)
     if threads:
         torch.set_num_threads(threads)
     if classes is None:
@@ -414,7 +418,8 @@ def run_enrolment(
         "steps": steps,
     }
     # lambdas always recorded: results cached before (no lambdas, no photo-prior figure) are enrolled again
-    settings = {**common, "lambdas": list(lambdas), "layer_lr": layer_lr}
+    # "variety" names the diversity figure: results cached with the older per-pixel spread are measured again
+    settings = {**common, "lambdas": list(lambdas), "layer_lr": layer_lr, "variety": "1 - MS-SSIM"}
 
     results: dict[str, dict] = {}
     blocks: list[Image.Image] = []
@@ -485,8 +490,8 @@ def summarise(
             "judge_top1_reconstructions": _mean([r["judge_top1_reconstructions"] for r in results.values()]),
             "baseline_judge_says_held_out": _mean([r["baseline_judge_says_held_out"] for r in results.values()]),
             "baseline_judge_top1_own": _mean([r["baseline_judge_top1_own"] for r in results.values()]),
-            "spread_enrolled": _mean([r.get("spread_enrolled") for r in results.values()]),
-            "spread_nearest_trained": _mean([r.get("spread_nearest_trained") for r in results.values()]),
+            "diversity_enrolled": _mean([r.get("diversity_enrolled") for r in results.values()]),
+            "diversity_nearest_trained": _mean([r.get("diversity_nearest_trained") for r in results.values()]),
             "judge_top1_trained": trained,
             "enrol_wall_s": _mean(walls),
             "enrol_wall_s_max": max(walls),
@@ -574,7 +579,7 @@ def markdown(r: dict) -> str:
         f"{threads} torch thread(s) on {mach['cpu_count']} cores ({mach['cpu']}; load average at the end "
         f"{mach['load_average_1_5_15_min']}). Target <= {TARGET_SECONDS:g} s for {TARGET_PHOTOS} photos on 2 cores: "
         f"{_verdict(ts['met'])}.",
-        *_spread_line(m),
+        *_diversity_line(m),
         "- Sheet, per class: E->G reconstructions of the enrolment photos through the enrolled class, samples of "
         f"the nearest trained class before enrolment, samples of the enrolled class, and the same seeds with the "
         f"photo prior (first {SHEET_SAMPLES} seeds).",
@@ -582,12 +587,13 @@ def markdown(r: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _spread_line(m: dict) -> list[str]:
-    if m.get("spread_enrolled") is None:
+def _diversity_line(m: dict) -> list[str]:
+    if m.get("diversity_enrolled") is None:
         return []  # results cached before the figure existed
     return [
-        f"- Variety (per-pixel standard deviation over a class's samples, mean over classes): enrolled "
-        f"{m['spread_enrolled']:.3f}, the nearest trained classes {m['spread_nearest_trained']:.3f}."
+        f"- Variety (intra-class diversity, 1 - mean pairwise MS-SSIM over a class's first {DIVERSITY_SAMPLES} "
+        f"samples, mean over classes; higher is more varied): enrolled {m['diversity_enrolled']:.3f}, the nearest "
+        f"trained classes {m['diversity_nearest_trained']:.3f}."
     ]
 
 

@@ -328,8 +328,9 @@ def test_enrolled_class_gets_its_own_terms_in_gs_class_batchnorms(cbn_weights, p
     assert cls.info["layer_lr"] == pytest.approx(0.03)
     plain = enrol(model, photos, "Green Cross", steps=STEPS, layer_lr=0)  # the embedding rows only
     assert plain.generator_offsets is None and plain.info["layer_lr"] == 0
-    with pytest.raises(EnrolError, match="layer_lr"):
-        enrol(model, photos, "Green Cross", steps=1, layer_lr=-1)
+    for bad in (-1, float("nan"), float("inf")):
+        with pytest.raises(EnrolError, match="layer_lr must be 0 or positive"):
+            enrol(model, photos, "Green Cross", steps=1, layer_lr=bad)
 
     seeds = [0, 1, 2]
     old = sample(model, ["Square 1", "Cross 3"], seeds[:2])
@@ -538,6 +539,8 @@ def test_cli_enrol_end_to_end(weights, photos, tmp_path, capsys):
     args = ["enrol", "--weights", str(weights), "--images", str(photos), "--name", "S5", "--out", str(out)]
     assert main([*args, "--layer-lr", "-1"]) == 1
     assert "--layer-lr must be 0 or positive" in capsys.readouterr().err
+    assert main([*args, "--layer-lr", "inf"]) == 1  # not finite: refused before the weights load, like -1
+    assert "--layer-lr must be 0 or positive, got inf" in capsys.readouterr().err
 
 
 def test_loss_weights_are_checked_recorded_and_used(weights, photos, enrolled, tmp_path, capsys):

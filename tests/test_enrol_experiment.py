@@ -16,6 +16,7 @@ from cvaegan import enrol_eval as EE
 from cvaegan.config import TrainConfig
 from cvaegan.data import load_images
 from cvaegan.enrol import PAPER_LAMBDAS, load_classes
+from cvaegan.evaluate import intra_class_diversity
 from cvaegan.experiments import main
 from cvaegan.judge import Judge, JudgeConfig, save_judge, train_judge
 from cvaegan.models import CVAEGAN
@@ -142,10 +143,17 @@ def test_experiment_writes_its_outputs(quick, done):
     sheet = Image.open(out / "enrolment_sheet.png")
     assert sheet.width >= EE.LABEL_W + 8 * 64 and sheet.height >= 4 * 64  # photos, before, enrolled, photo prior
     assert "with the photo prior" in md
-    # variety of the samples: the per-pixel spread over seeds, enrolled and the nearest trained class
-    assert 0 < c["spread_enrolled"] < 2 and 0 < c["spread_nearest_trained"] < 2
-    assert m["spread_enrolled"] == c["spread_enrolled"] and f"enrolled {c['spread_enrolled']:.3f}" in md
-    assert EE.spread(torch.zeros(1, 3, 4, 4).expand(5, -1, -1, -1)) == 0  # one image repeated: no variety
+    # variety of the samples: the project's intra-class diversity, enrolled and the nearest trained class
+    assert 0 < c["diversity_enrolled"] <= 1 and 0 < c["diversity_nearest_trained"] <= 1
+    assert m["diversity_enrolled"] == c["diversity_enrolled"] and f"enrolled {c['diversity_enrolled']:.3f}" in md
+    assert r["settings"]["variety"] == "1 - MS-SSIM"
+    one = torch.rand(1, 3, 64, 64) * 2 - 1
+    assert EE.diversity(one.expand(5, -1, -1, -1)) == 0  # one image repeated: no variety
+    noise = torch.rand(6, 3, 64, 64) * 2 - 1
+    assert EE.diversity(noise) == round(intra_class_diversity(noise, torch.zeros(6, dtype=torch.int64)), 4) > 0.5
+    # only the first DIVERSITY_SAMPLES count: copies of the first image after them change nothing
+    many = torch.cat([noise[:1].expand(EE.DIVERSITY_SAMPLES, -1, -1, -1), noise[1:]])
+    assert EE.diversity(many) == 0
     assert e["layer_lr"] == r["settings"]["layer_lr"] == EE.LAYER_LR and f"layer step size {EE.LAYER_LR:g}" in md
 
 
@@ -224,6 +232,7 @@ def test_photos_are_read_from_a_tar_as_from_a_folder(quick, tmp_path):
         (dict(photos=13), "fewer than --photos 13 photos"),
         (dict(photos=2), "--photos must be between 3 and 50"),
         (dict(layer_lr=-0.1), "--layer-lr must be 0 or positive"),
+        (dict(layer_lr=float("nan")), "--layer-lr must be 0 or positive, got nan"),
     ],
 )
 def test_bad_inputs(quick, tmp_path, kw, match):
