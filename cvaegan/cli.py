@@ -600,7 +600,8 @@ def _refit_parser(sub) -> argparse.ArgumentParser:
             "training photos the weights recorded, with flips, shifts, zoom, label smoothing and random holes "
             "filled smoothly, then replace classifier.safetensors, C's running feature means, figures.json's C "
             "figures and the card's 'Classifier refit' section in place. Makes the inpainting's \"auto\" class "
-            "guess right more often (README, Evaluation). Not in the paper."
+            "guess right more often (README, Evaluation). Not in the paper. It breaks enrolment of new classes "
+            "(which relies on the trained C's features): do not refit weights you will enrol into."
         ),
     )
     p.add_argument("--weights", required=True, help="local weights folder (changed in place; copy it first to keep it)")
@@ -619,7 +620,7 @@ def _refit_parser(sub) -> argparse.ArgumentParser:
 def cmd_refit(a: argparse.Namespace) -> int:
     import torch
 
-    from .refit import refit_folder
+    from .refit import ENROLMENT_WARNING, refit_folder
 
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -636,6 +637,7 @@ def cmd_refit(a: argparse.Namespace) -> int:
         )
     else:
         print("  no held-out photos recorded for these weights: C was not measured")
+    print(f"warning: {ENROLMENT_WARNING}", file=sys.stderr)
     return 0
 
 

@@ -61,8 +61,9 @@ def test_refit_replaces_c_only_and_records_it(released, shapes_dir, tmp_path, ca
     assert (out / "running_means.safetensors").is_file() and (out / "discriminator.safetensors").is_file()
     args = ["refit-classifier", "--weights", str(out), "--data", str(shapes_dir), "--epochs", "2", "--threads", "1"]
     assert cli.main(args) == 0
-    printed = capsys.readouterr().out
-    assert "refitted C" in printed and "held-out photos: whole" in printed
+    printed = capsys.readouterr()
+    assert "refitted C" in printed.out and "held-out photos: whole" in printed.out
+    assert "warning: enrolment" in printed.err and "do not refit weights you will enrol" in printed.err
     after = _bytes(out)
     changed = {n for n in before if before[n] != after[n]}
     assert changed == {
@@ -94,7 +95,7 @@ def test_refit_replaces_c_only_and_records_it(released, shapes_dir, tmp_path, ca
     assert figures["c_top1_real_val"] == rec["c_top1_after"]["whole"]
     assert len(figures["c_top1_generated_per_class"]) == model.config.num_classes == 3
     card = (out / "README.md").read_text()
-    assert card.count("## Classifier refit") == 1 and "(refitted C)" in card
+    assert card.count("## Classifier refit") == 1 and "(refitted C)" in card and R.ENROLMENT_WARNING in card
     assert f"| C's top-1 on held-out real images | {figures['c_top1_real_val']:.1%} (refitted C) |" in card
     # a second refit keeps the first one's record and still one section in the card
     assert cli.main([*args[:-2], "--epochs", "1"]) == 0
