@@ -9,39 +9,20 @@ import torch
 from safetensors.torch import load_file
 
 from cvaegan import CVAEGAN, cli, refit as R
-from cvaegan.config import TrainConfig
 from cvaegan.data import load_images
 from cvaegan.hub import load_training_state
 from cvaegan.inference import generate
 from cvaegan.release import release
 from cvaegan.seeds import z_from_seeds
-from cvaegan.train import train
 
-from conftest import make_shapes_folder, tiny_config
-
-EXCLUDED = "002.triangle"
+from conftest import make_shapes_folder
 
 
 @pytest.fixture(scope="module")
-def released(tmp_path_factory, shapes_dir):
-    """A tiny run (one class left out, a held-out split, D and the running means exported), released."""
-    root = tmp_path_factory.mktemp("refit")
-    data = load_images(shapes_dir, 32, progress=False)
-    tcfg = TrainConfig(
-        steps=6,
-        batch_size=8,
-        log_every=2,
-        sample_every=6,
-        checkpoint_every=6,
-        val_fraction=0.1,
-        exclude_classes=EXCLUDED,
-        ema_decay=None,
-        export_discriminator=True,
-        device="cpu",
-    )
-    train(data, root / "run", tcfg, tiny_config(), progress=False)
-    out = root / "weights"
-    release(root / "run", out, shapes_dir, "shapes", hardware="test CPU", components=2, samples_per_class=2)
+def released(tmp_path_factory, excluded_run, shapes_dir):
+    """The tiny run with one class left out, a held-out split, D and the running means, released."""
+    out = tmp_path_factory.mktemp("refit") / "weights"
+    release(excluded_run, out, shapes_dir, "shapes", hardware="test CPU", components=2, samples_per_class=2)
     return out
 
 

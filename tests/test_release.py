@@ -12,15 +12,14 @@ from PIL import Image
 
 from cvaegan import CVAEGAN, cli, gate as G, service as S
 from cvaegan.card import DIRECTIONS_SHEET, THUMBNAILS, directions_table, sheet_file
-from cvaegan.config import TrainConfig
 from cvaegan.data import load_images, split_indices
 from cvaegan.directions import judged_effects
 from cvaegan.errors import InputError
 from cvaegan.judge import JudgeConfig, train_judge
 from cvaegan.release import MAX_FILE_BYTES, ReleaseError, check_folder_size, refresh_directions, release
-from cvaegan.train import SNAPSHOTS, TrainError, export_checkpoint, snapshot_name, train
+from cvaegan.train import SNAPSHOTS, TrainError, export_checkpoint, snapshot_name
 
-from conftest import tiny_config
+from conftest import EXCLUDED, tiny_config
 
 
 def test_release_folder(trained_export, shapes_dir, tmp_path):
@@ -126,28 +125,6 @@ def test_release_counts_the_steps_of_the_checkpoint_not_of_the_log(trained_expor
 
 
 # ---- runs trained with classes left out, the release gate -------------------------------------------
-
-EXCLUDED = "002.triangle"  # a class in the middle: the model's later classes sit one index below the data's
-
-
-@pytest.fixture(scope="module")
-def excluded_run(tmp_path_factory, shapes_dir):
-    """A tiny run trained for a few steps with one class left out (--exclude-classes) and a held-out split."""
-    data = load_images(shapes_dir, 32, progress=False)
-    run = tmp_path_factory.mktemp("excluded") / "run"
-    tcfg = TrainConfig(
-        steps=6,
-        batch_size=8,
-        log_every=2,
-        sample_every=6,
-        checkpoint_every=6,
-        val_fraction=0.1,
-        exclude_classes=EXCLUDED,
-        ema_decay=None,  # an EMA's BatchNorm re-estimation would double the cost of this fixture
-        device="cpu",
-    )
-    train(data, run, tcfg, tiny_config(), progress=False)
-    return run
 
 
 @pytest.fixture(scope="module")
