@@ -612,9 +612,14 @@ def _refit_parser(sub) -> argparse.ArgumentParser:
         "--hole-share", type=float, default=HOLE_P, help=f"share of photos given a random hole (default {HOLE_P:g})"
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the shuffling, augmentation and holes (default 0)")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to run (default auto)")
+    _add_threads_device(p, "run")
     return p
+
+
+def _add_threads_device(p: argparse.ArgumentParser, verb: str) -> None:
+    """--threads and --device of a command that trains or runs a network (`verb`: what it does on the device)."""
+    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help=f"where to {verb} (default auto)")
 
 
 def cmd_refit(a: argparse.Namespace) -> int:
@@ -846,8 +851,7 @@ def _judge_parser(sub) -> argparse.ArgumentParser:
         "columns of metadata.csv (reports R^2 per attribute); `release --attribute-judge` uses it to "
         "re-measure the named latent directions",
     )
-    p.add_argument("--threads", type=int, default=None, help="CPU threads for torch")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="where to train (default auto)")
+    _add_threads_device(p, "train")
     return p
 
 
