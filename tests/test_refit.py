@@ -35,6 +35,7 @@ def _samples(folder):
     return generate(model, z_from_seeds(list(range(6)), model.config.z_dim), torch.tensor([0, 1, 2] * 2))
 
 
+@pytest.mark.slow  # releases a weights folder first
 def test_refit_replaces_c_only_and_records_it(released, shapes_dir, tmp_path, capsys):
     out = tmp_path / "weights"
     shutil.copytree(released, out)
@@ -111,6 +112,7 @@ def test_random_holes_are_smooth_squares(tmp_path):
         assert inside.abs().max() <= 1  # harmonic fill stays within the known pixels' range
 
 
+@pytest.mark.slow  # releases a weights folder first
 def test_refit_refuses_bad_input_and_writes_nothing(released, shapes_dir, tmp_path, capsys):
     out = tmp_path / "weights"
     shutil.copytree(released, out)
