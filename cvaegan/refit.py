@@ -341,7 +341,7 @@ def refit_folder(
     card = folder / "README.md"
     if card.is_file():
         text = card.read_text(encoding="utf-8")
-        if figures.get("c_top1_real_val") is not None:
+        if val is not None and figures.get("c_top1_real_val") is not None:  # re-measured above
             text = _card_c_rows(text, figures)
         card.write_text(
             put_marked_block(text, "refit", card_section(record), after="<!-- judge:end -->"), encoding="utf-8"

@@ -113,6 +113,23 @@ def test_random_holes_are_smooth_squares(tmp_path):
 
 
 @pytest.mark.slow  # releases a weights folder first
+def test_refit_without_held_out_photos_leaves_cs_old_figures_alone(released, shapes_dir, tmp_path):
+    """Weights whose training held out no photos: C trains on all of them, is not measured, and the card keeps its
+    old C rows (they describe the old C) while its refit section says so."""
+    out = tmp_path / "weights"
+    shutil.copytree(released, out)
+    fig = json.loads((out / "figures.json").read_text())
+    (out / "figures.json").write_text(json.dumps({**fig, "split": "training images (no held-out split)"}))
+    rows = [line for line in (out / "README.md").read_text().splitlines() if line.startswith("| C's top-1")]
+    rec = R.refit_folder(out, shapes_dir, epochs=1, progress=False)
+    assert not rec["held_out"] and rec["c_top1_after"] is None and rec["train_images"] == 3 * 16
+    card = (out / "README.md").read_text()
+    assert all(row in card for row in rows) and "(refitted C)" not in card
+    assert "No held-out photos recorded" in card
+    assert json.loads((out / "figures.json").read_text())["c_top1_real_val"] == fig["c_top1_real_val"]
+
+
+@pytest.mark.slow  # releases a weights folder first
 def test_refit_refuses_bad_input_and_writes_nothing(released, shapes_dir, tmp_path, capsys):
     out = tmp_path / "weights"
     shutil.copytree(released, out)
