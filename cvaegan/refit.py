@@ -94,11 +94,8 @@ def random_holes(x: torch.Tensor, share: float, gen: torch.Generator) -> torch.T
 
 @torch.no_grad()
 def classifier_top1(model: CVAEGAN, x: torch.Tensor, labels: torch.Tensor, batch: int = 256) -> float:
-    """C's top-1 on images x (float, [-1, 1]) against labels (model class indices)."""
-    model.classifier.eval()
-    pred = torch.cat(
-        [model.classifier(x[i : i + batch].to(model.device))[0].argmax(1).cpu() for i in range(0, len(x), batch)]
-    )
+    """C's top-1 on images x (float, [-1, 1]) against labels (model class indices), `inference.classify` in chunks."""
+    pred = torch.cat([I.classify(model, x[i : i + batch])[0] for i in range(0, len(x), batch)])
     return round((pred == labels).float().mean().item(), 4)
 
 
