@@ -310,3 +310,26 @@ def test_channels_last_trains_the_same_values_and_exports(shapes_dir, tmp_path):
     assert main(["export", "--run", str(tmp_path / "channels_last"), "--out", str(tmp_path / "w")]) == 0
     model = load_pretrained(str(tmp_path / "w"))
     assert model.config.num_classes == tiny_config().num_classes
+
+
+def test_lr_schedule_warm_up_then_constant_or_cosine():
+    """--warmup-steps ramps the step size linearly from lr/N to lr over N steps; --lr-schedule cosine then falls to
+    10% of lr at the last step; neither: constant."""
+    f = train_mod.lr_factor
+    assert [f(TrainConfig(steps=100), s) for s in (0, 50, 99)] == [1.0, 1.0, 1.0]
+    warm = TrainConfig(steps=100, warmup_steps=4)
+    assert [f(warm, s) for s in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+    cos = TrainConfig(steps=100, lr_schedule="cosine")
+    assert f(cos, 0) == pytest.approx(1.0) and f(cos, 50) == pytest.approx(0.55) and f(cos, 100) == pytest.approx(0.1)
+    assert f(cos, 500) == pytest.approx(0.1)  # a run resumed past its steps stays at the floor
+    both = TrainConfig(steps=100, warmup_steps=10, lr_schedule="cosine")
+    assert f(both, 0) == pytest.approx(0.1 * f(cos, 0)) and f(both, 60) == pytest.approx(f(cos, 60))
+
+
+def test_train_step_sets_every_optimisers_step_size_from_the_schedule():
+    tr = _trainer(lr=1e-3, warmup_steps=4, d_lr_mult=2.0)
+    x, c, noise = _batch(tr.model)
+    for step, factor in enumerate((0.25, 0.5)):
+        tr.train_step(x, c, step_generator(0, step), noise)
+        lrs = {name: opt.param_groups[0]["lr"] for name, opt in tr.opt.items()}
+        assert lrs == pytest.approx({"E": 1e-3 * factor, "G": 1e-3 * factor, "C": 1e-3 * factor, "D": 2e-3 * factor})
