@@ -368,6 +368,47 @@ class TrainConfig:
         return cls(**{**PRESETS[preset], **overrides, "preset": preset})
 
 
+# TrainConfig fields that do not shape what a step computes: length, logging, where and how the run is kept, which
+# photos it sees, the start-only schedule. The others are the recipe a weights folder records (figures.json
+# "training", written by `release`) and a warm start compares itself with.
+NOT_RECIPE = frozenset(
+    {
+        "preset",
+        "steps",
+        "budget_minutes",
+        "snapshot_minutes",
+        "log_every",
+        "sample_every",
+        "checkpoint_every",
+        "sample_classes",
+        "sample_seeds",
+        "device",
+        "memory_format",
+        "export_fp16",
+        "export_discriminator",
+        "val_fraction",
+        "exclude_classes",
+        "seed",
+        "pretrain_steps",
+        "warmup_steps",
+        "lr_schedule",
+    }
+)
+
+
+def recipe_options(train_config: dict) -> dict:
+    """The recipe part of a train_config.json dict (TrainConfig fields outside NOT_RECIPE), with every option
+    a run of an older version lacks at the value it trained with (ADDED_WITH_PRESETS)."""
+    full = TrainConfig.from_dict(train_config).to_dict()
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in full.items() if k not in NOT_RECIPE}
+
+
+def recipe_changes(before: dict, now: dict) -> list[str]:
+    """'field a -> b' for every recipe option whose value differs between two recipe_options() dicts (options
+    one of them lacks are skipped: a record from another version)."""
+    return [f"{k} {before[k]} -> {now[k]}" for k in sorted(set(before) & set(now)) if before[k] != now[k]]
+
+
 # Options added since the first release, at the values under which runs trained before them behaved.
 ADDED_WITH_PRESETS: dict[str, Any] = {
     "preset": "v1",

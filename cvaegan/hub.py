@@ -58,7 +58,8 @@ def save_pretrained(
 
 def load_training_state(folder: str | os.PathLike) -> dict:
     """What `train --init-from FOLDER` starts from: {"config": model config dict, "nets": {C, D, G, E: tensors},
-    "means": running-mean tensors}. The files are hash-checked; the trainer loads them strictly."""
+    "means": running-mean tensors, "source", "val_fraction", "trained_before", "training": the recorded recipe or
+    None}. The files are hash-checked; the trainer loads them strictly."""
     folder = Path(folder)
     cfg = read_config(folder)
     verify_files(folder, cfg.files)
@@ -79,6 +80,7 @@ def load_training_state(folder: str | os.PathLike) -> dict:
         "source": str(folder),
         "val_fraction": held_out_fraction(folder),
         "trained_before": training_so_far(folder),
+        "training": recorded_recipe(folder),
     }
 
 
@@ -100,6 +102,13 @@ def held_out_fraction(folder: str | os.PathLike) -> float:
         return float(figures.get("val_fraction") or 0.0) if figures.get("split") == "held-out" else 0.0
     except (TypeError, ValueError):
         return 0.0
+
+
+def recorded_recipe(folder: str | os.PathLike) -> dict | None:
+    """The recipe the weights in FOLDER were trained with (figures.json "training", config.recipe_options of the
+    run, written by `release`); None for weights released before it was recorded."""
+    training = _release_figures(folder).get("training")
+    return training if isinstance(training, dict) else None
 
 
 TRAINING_TOTAL_KEYS = ("steps", "cpu_min", "wall_min", "images")  # figures.json's training_total

@@ -28,6 +28,7 @@ from .card import (
     same_judge,
     thumbnail_sheet,
 )
+from .config import recipe_options
 from .data import LabelledImages, load_images, split_indices
 from .directions import check_directions, compute_directions, directions_sheet
 from .errors import CVAEGANError, InputError
@@ -442,6 +443,7 @@ def release(
     figures["val_fraction"] = val_fraction if held_out else 0.1
     figures["excluded_classes"] = [{"folder": f, "name": names[f]} for f in excluded]
     figures["clock"] = training_clock(rows)
+    figures["training"] = recipe_options(run_cfg)  # what a warm start from these weights compares itself with
     figures.update(total)
     if gate is not None:
         figures["release_gate"] = gate

@@ -550,6 +550,45 @@ def test_warm_start_keeps_the_released_weights_held_out_photos_out(shapes_dir, t
     assert held_out_fraction(export) == 0.0
 
 
+def test_recipe_options_keep_what_shapes_a_step_and_fill_in_older_runs():
+    """A weights folder's recipe record (figures.json "training"): the options that shape the losses and updates,
+    none of the run's length, logging or start-only schedule; a train_config.json from before an option existed
+    counts it at the value that run trained with."""
+    from cvaegan.config import recipe_changes, recipe_options
+
+    v3 = TrainConfig.from_preset("v3", steps=500, budget_minutes=60.0, warmup_steps=1000, seed=3)
+    rec = recipe_options(v3.to_dict())
+    assert rec["c_label_smoothing"] == 0.0 and rec["stratify"] == 8 and rec["betas"] == [0.5, 0.999]
+    assert not {"steps", "budget_minutes", "warmup_steps", "seed", "preset", "exclude_classes"} & set(rec)
+    assert json.loads(json.dumps(rec)) == rec  # stored as JSON and compared after the round trip
+    old = {k: v for k, v in v3.to_dict().items() if k not in ("c_label_smoothing", "lecam_weight")}
+    assert recipe_options(old) == rec
+    smoothed = recipe_options(dataclasses.replace(v3, c_label_smoothing=0.1, steps=9).to_dict())
+    assert recipe_changes(rec, smoothed) == ["c_label_smoothing 0.0 -> 0.1"]
+    assert recipe_changes({**rec, "not_an_option_yet": 1}, rec) == [] and recipe_changes(rec, rec) == []
+
+
+@pytest.mark.slow  # trains a tiny model
+def test_warm_start_says_whether_it_keeps_the_weights_recipe(shapes_dir, tmp_path, capsys):
+    """`train --init-from` says when its recipe differs from the one the weights record, naming the options:
+    changing C's loss at a warm start costs most of a working stretch (README, the birds warm starts)."""
+    from cvaegan.config import recipe_options
+
+    data = load_images(shapes_dir, 32, progress=False)
+    one = dict(steps=1, checkpoint_every=1, batch_size=8, sample_every=0, device="cpu")
+    export = train(data, tmp_path / "src", TrainConfig(**one), tiny_config(), progress=False)
+    capsys.readouterr()
+    train(data, tmp_path / "blind", TrainConfig(**one), None, progress=False, init_from=export)
+    assert "do not record the recipe" in capsys.readouterr().out
+    (export / "figures.json").write_text(json.dumps({"training": recipe_options(TrainConfig(**one).to_dict())}))
+    train(data, tmp_path / "same", TrainConfig(warmup_steps=5, **one), None, progress=False, init_from=export)
+    assert "the same recipe as the weights' training" in capsys.readouterr().out
+    changed = TrainConfig(c_label_smoothing=0.1, **one)
+    train(data, tmp_path / "smoothed", changed, None, progress=False, init_from=export)
+    said = capsys.readouterr().out
+    assert "recipe differs" in said and "(c_label_smoothing 0.0 -> 0.1)" in said
+
+
 @pytest.mark.slow  # trains a tiny model
 def test_a_warm_start_release_counts_the_training_of_the_weights_it_started_from(shapes_dir, tmp_path):
     """A model card states CPU-hours, steps and images seen: for a warm-started run, the source weights' training

@@ -12,9 +12,11 @@ from PIL import Image
 
 from cvaegan import CVAEGAN, cli, gate as G, service as S
 from cvaegan.card import DIRECTIONS_SHEET, THUMBNAILS, directions_table, sheet_file
+from cvaegan.config import recipe_options
 from cvaegan.data import load_images, split_indices
 from cvaegan.directions import judged_effects
 from cvaegan.errors import InputError
+from cvaegan.hub import recorded_recipe
 from cvaegan.judge import JudgeConfig, train_judge
 from cvaegan.release import MAX_FILE_BYTES, ReleaseError, check_folder_size, refresh_directions, release
 from cvaegan.train import SNAPSHOTS, TrainError, export_checkpoint, snapshot_name
@@ -83,6 +85,9 @@ def test_release_folder(trained_export, shapes_dir, tmp_path):
     # a run that was not warm-started: its own training is all the networks had; the card adds no "in all" row
     assert figures["training_total"] == {"steps": figures["steps"], **figures["clock"]}
     assert "warm_start" not in figures and "training in all" not in card
+    # the recipe the weights were trained with, for a later warm start to compare itself with
+    run_cfg = json.loads((trained_export.parent / "train_config.json").read_text())
+    assert figures["training"] == recipe_options(run_cfg) and recorded_recipe(out) == figures["training"]
     dirs = Image.open(out / DIRECTIONS_SHEET)  # 2 rows per direction, 5 columns, 2-px padding
     assert dirs.format == "JPEG" and Image.open(out / "samples.png").format == "PNG"
     assert dirs.size[0] == 5 * 32 + 6 * 2 and dirs.size[1] == 2 * len(model.config.directions) * 34 + 2
