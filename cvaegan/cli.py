@@ -109,7 +109,8 @@ def _train_parser(sub) -> argparse.ArgumentParser:
         "running feature means from a weights folder that carries discriminator.safetensors (fresh "
         "optimisers; the preset's warm-start --pretrain-steps are skipped unless given); its architecture wins "
         "over the architecture options, except --g-cond cbn, which converts a concat G exactly; the photos the "
-        "weights' training held out stay out (--val-fraction defaults to theirs)",
+        "weights' training held out stay out (--val-fraction defaults to theirs); it says which recipe options "
+        "differ from the ones the weights record (changing the losses at a warm start loses ground first)",
     )
     p.add_argument("--threads", type=int, default=None, help="CPU threads for torch (default: torch's choice)")
     g = p.add_argument_group("architecture (ModelConfig; saved with the weights)")
