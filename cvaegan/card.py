@@ -239,9 +239,12 @@ def loss_curves(
             continue
         xs, ys = [p[0] for p in pts], [p[1] for p in pts]
         lo, hi = min(ys), max(ys)
-        hi = hi if hi > lo else lo + 1
-        d.text((ox + 2, oy + 20), f"{hi:.3g}", fill="black")
-        d.text((ox + 2, oy + h - 35), f"{lo:.3g}", fill="black")
+        if hi > lo:
+            d.text((ox + 2, oy + 20), f"{hi:.3g}", fill="black")
+            d.text((ox + 2, oy + h - 35), f"{lo:.3g}", fill="black")
+        else:  # a constant series (C's accuracy 1.0 throughout): a line across the middle, labelled with its value
+            d.text((ox + 45, oy + h // 2 - 14), f"{lo:.3g} throughout", fill="black")
+            lo, hi = lo - 1, lo + 1
         d.text((ox + w - 60, oy + h - 20), f"{xs[-1]} st", fill="black")
         sx = (w - 52) / max(1, xs[-1] - xs[0])
         sy = (h - 47) / (hi - lo)

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from cvaegan import CVAEGAN, cli, gate as G, service as S
-from cvaegan.card import DIRECTIONS_SHEET, THUMBNAILS, directions_table, sheet_file
+from cvaegan.card import DIRECTIONS_SHEET, THUMBNAILS, directions_table, loss_curves, sheet_file
 from cvaegan.config import recipe_options
 from cvaegan.data import load_images, split_indices
 from cvaegan.directions import judged_effects
@@ -113,6 +113,17 @@ def test_judged_effects_known_answer():
         {"attr_smile": row}, {"resolution": 64, "training": {"epochs": 3, "val_r2": {"attr_smile": 0.5}}}
     )
     assert "| attr_smile | +-2 | 100% / 100% / 50% | n/a | 1.00 (+4.00 SD) | yaw -2.00 |" in table
+
+
+def test_loss_curves_draw_a_constant_series_across_the_middle(tmp_path):
+    rows = [{"step": s, "acc/C": 1.0, "loss/C": 2.0 - s / 100} for s in range(0, 101, 10)]
+    loss_curves(rows, tmp_path / "curves.png", keys=("loss/C", "acc/C"))
+    img = np.asarray(Image.open(tmp_path / "curves.png").convert("RGB")).astype(int)
+    red = (img[..., 0] > 150) & (img[..., 1] < 100) & (img[..., 2] < 100)  # the curves' colour
+    ys_const = np.nonzero(red[:, 300 + 45 : 300 + 285].any(axis=1))[0]  # the second panel's plot area
+    assert len(ys_const) and abs(ys_const.mean() - 160 / 2) < 8 and np.ptp(ys_const) <= 1  # flat, mid-height
+    ys_fall = np.nonzero(red[:, 45:285].any(axis=1))[0]  # the falling series spans the first panel's height
+    assert ys_fall.min() < 30 and ys_fall.max() > 125
 
 
 def test_release_counts_the_steps_of_the_checkpoint_not_of_the_log(trained_export, tmp_path):
