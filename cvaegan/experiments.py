@@ -2,7 +2,7 @@
 
     python -m cvaegan.experiments table1       --data DATA --out DIR   # the paper's Table 1 ablation
     python -m cvaegan.experiments diffaugment  --data DATA --out DIR   # D's input augmentation on / off
-    python -m cvaegan.experiments augmentation --data DATA --out DIR   # judge on real vs real + generated
+    python -m cvaegan.experiments augmentation --data DATA --out DIR   # judge on real vs real + generated [--equal-steps]
 
 Every step is skipped when its result already exists in DIR, so a killed experiment is resumed by
 running the same command again (training runs resume from their checkpoints). Training runs are
@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import subprocess
 import sys
@@ -278,6 +279,12 @@ def diffaugment(a: argparse.Namespace) -> dict:
     return result
 
 
+def equal_step_epochs(epochs: int, train_images: int, extra_images: int) -> int:
+    """Epochs over the real photos alone that take as many optimisation steps as `epochs` over the real plus
+    `extra_images` generated ones (the same batch size), rounded up."""
+    return math.ceil(epochs * (train_images + extra_images) / train_images)
+
+
 def augmentation(a: argparse.Namespace) -> dict:
     """The paper's data-augmentation application: a judge trained on real images vs one trained on
     real + generated images (`cvaegan augment` of --weights), both scored on the held-out real split."""
@@ -325,10 +332,14 @@ def augmentation(a: argparse.Namespace) -> dict:
             str(a.judge_epochs),
         ] + (["--threads", str(a.threads)] if a.threads else [])
         subprocess.run(cmd, check=True)
-    top = {
-        name: json.loads((out / name / "config.json").read_text())["training"]
-        for name in ("judge_real", "judge_real_plus_generated")
-    }
+    names = ["judge_real", "judge_real_plus_generated"]
+    if a.equal_steps:
+        # the control: real photos only, for as many optimisation steps as the judge that also saw the generated ones
+        t = json.loads((both / "config.json").read_text())["training"]
+        epochs = equal_step_epochs(a.judge_epochs, t["train_images"], t["extra_images"])
+        names.append("judge_real_equal_steps")
+        ensure_judge(a.data, out / names[-1], res, epochs, a.threads)
+    top = {name: json.loads((out / name / "config.json").read_text())["training"] for name in names}
     result = {
         "data": a.data,
         "weights": a.weights,
@@ -339,6 +350,9 @@ def augmentation(a: argparse.Namespace) -> dict:
         "epochs": a.judge_epochs,
         "paper": "LFW verification 91.87% -> 92.98% with generated faces added (Bao et al. 2017, Sec. 5)",
     }
+    if a.equal_steps:
+        result["top1_real_only_equal_steps"] = top["judge_real_equal_steps"]["val_top1"]
+        result["equal_steps_epochs"] = top["judge_real_equal_steps"]["epochs"]
     (out / "augmentation.json").write_text(json.dumps(result, indent=2) + "\n")
     _log(json.dumps(result, indent=1))
     return result
@@ -442,6 +456,12 @@ def main(argv: list[str] | None = None) -> int:
         if name == "augmentation":
             p.add_argument("--weights", required=True, help="weights folder whose samples are added")
             p.add_argument("--per-class", type=int, default=20, help="generated images per class (default 20)")
+            p.add_argument(
+                "--equal-steps",
+                action="store_true",
+                help="also train a judge on the real photos only for as many steps as the real + generated one "
+                "(its epochs scaled by the share of generated images): the control for the extra steps",
+            )
         if name == "table1":
             p.add_argument("--write-readme", action="store_true", help="put the table into README.md")
     _budget_parser(sub)

@@ -675,3 +675,27 @@ def test_attach_judge_refuses_a_broken_figures_file_before_writing(tmp_path, bro
     with pytest.raises(InputError, match="figures.json is not a JSON object.*nothing was written"):
         attach_judge(tmp_path, _report(), {}, fid_baseline=30.0)
     assert (tmp_path / "README.md").read_text() == "# card\n" and not (tmp_path / "evaluation.json").exists()
+
+
+def test_equal_step_epochs():
+    from cvaegan.experiments import equal_step_epochs
+
+    assert equal_step_epochs(40, 5677, 5120) == 77  # the faces experiment: 40 x 10,797 / 5,677 = 76.1, rounded up
+    assert equal_step_epochs(3, 100, 0) == 3 and equal_step_epochs(2, 10, 5) == 3
+
+
+def test_augmentation_experiment_with_its_equal_step_control(trained_export, shapes_dir, tmp_path):
+    from cvaegan.experiments import equal_step_epochs, main
+
+    out = tmp_path / "aug"
+    args = ["augmentation", "--data", str(shapes_dir), "--weights", str(trained_export), "--out", str(out)]
+    args += ["--resolution", "32", "--judge-epochs", "2", "--per-class", "8", "--threads", "1", "--equal-steps"]
+    assert main(args) == 0
+    res = json.loads((out / "augmentation.json").read_text())
+    control = json.loads((out / "judge_real_equal_steps" / "config.json").read_text())["training"]
+    both = json.loads((out / "judge_real_plus_generated" / "config.json").read_text())["training"]
+    assert both["extra_images"] == 32 and control["extra_images"] == 0
+    # 2 epochs over the real + 32 generated photos: the control sees the real photos alone for proportionally more
+    assert control["epochs"] == res["equal_steps_epochs"] == equal_step_epochs(2, both["train_images"], 32) > 2
+    assert res["top1_real_only_equal_steps"] == control["val_top1"] and 0 <= control["val_top1"] <= 1
+    assert set(res) >= {"top1_real_only", "top1_real_plus_generated"}
