@@ -279,10 +279,10 @@ def diffaugment(a: argparse.Namespace) -> dict:
     return result
 
 
-def equal_step_epochs(epochs: int, train_images: int, extra_images: int) -> int:
+def equal_step_epochs(epochs: int, real_images: int, extra_images: int) -> int:
     """Epochs over the real photos alone that take as many optimisation steps as `epochs` over the real plus
     `extra_images` generated ones (the same batch size), rounded up."""
-    return math.ceil(epochs * (train_images + extra_images) / train_images)
+    return math.ceil(epochs * (real_images + extra_images) / real_images)
 
 
 def augmentation(a: argparse.Namespace) -> dict:
@@ -335,8 +335,8 @@ def augmentation(a: argparse.Namespace) -> dict:
     names = ["judge_real", "judge_real_plus_generated"]
     if a.equal_steps:
         # the control: real photos only, for as many optimisation steps as the judge that also saw the generated ones
-        t = json.loads((both / "config.json").read_text())["training"]
-        epochs = equal_step_epochs(a.judge_epochs, t["train_images"], t["extra_images"])
+        t = json.loads((both / "config.json").read_text())["training"]  # its train_images count both kinds
+        epochs = equal_step_epochs(a.judge_epochs, t["train_images"] - t["extra_images"], t["extra_images"])
         names.append("judge_real_equal_steps")
         ensure_judge(a.data, out / names[-1], res, epochs, a.threads)
     top = {name: json.loads((out / name / "config.json").read_text())["training"] for name in names}
