@@ -332,14 +332,17 @@ def augmentation(a: argparse.Namespace) -> dict:
             str(a.judge_epochs),
         ] + (["--threads", str(a.threads)] if a.threads else [])
         subprocess.run(cmd, check=True)
-    names = ["judge_real", "judge_real_plus_generated"]
+
+    def trained(name: str) -> dict:
+        return json.loads((out / name / "config.json").read_text())["training"]
+
+    top = {name: trained(name) for name in ("judge_real", "judge_real_plus_generated")}
     if a.equal_steps:
         # the control: real photos only, for as many optimisation steps as the judge that also saw the generated ones
-        t = json.loads((both / "config.json").read_text())["training"]  # its train_images count both kinds
+        t = top["judge_real_plus_generated"]  # its train_images count both kinds
         epochs = equal_step_epochs(a.judge_epochs, t["train_images"] - t["extra_images"], t["extra_images"])
-        names.append("judge_real_equal_steps")
-        ensure_judge(a.data, out / names[-1], res, epochs, a.threads)
-    top = {name: json.loads((out / name / "config.json").read_text())["training"] for name in names}
+        ensure_judge(a.data, out / "judge_real_equal_steps", res, epochs, a.threads)
+        top["judge_real_equal_steps"] = trained("judge_real_equal_steps")
     result = {
         "data": a.data,
         "weights": a.weights,
