@@ -1051,6 +1051,8 @@ def add_lambdas_option(p: argparse.ArgumentParser) -> None:
 
 
 def _enrol_parser(sub) -> argparse.ArgumentParser:
+    from .enrol import DEFAULT_STEPS
+
     p = sub.add_parser(
         "enrol",
         help="add a new class (a person, a species) from a few photos",
@@ -1078,7 +1080,7 @@ def _enrol_parser(sub) -> argparse.ArgumentParser:
         help="class file to write, e.g. ada.safetensors (keep it out of a "
         "weights folder you push: `push` uploads every .safetensors)",
     )
-    p.add_argument("--steps", type=int, default=200, help="optimisation steps (default 200)")
+    p.add_argument("--steps", type=int, default=DEFAULT_STEPS, help=f"optimisation steps (default {DEFAULT_STEPS})")
     p.add_argument("--seed", type=int, default=0, help="seed of the noise and the mirroring (default 0)")
     add_lambdas_option(p)
     p.add_argument(

@@ -40,6 +40,7 @@ from . import __version__
 from .data import IMAGE_EXTENSIONS, _list_directory
 from .enrol import (
     DEFAULT_LAMBDAS,
+    DEFAULT_STEPS,
     LAYER_LR,
     MAX_PHOTOS,
     MIN_PHOTOS,
@@ -370,7 +371,7 @@ def run_enrolment(
     samples: int = 50,
     trained_classes: int = 8,
     seed: int = 0,
-    steps: int = 200,
+    steps: int = DEFAULT_STEPS,
     threads: int | None = None,
     progress: bool = True,
     lambdas: tuple[float, float, float, float] = DEFAULT_LAMBDAS,

@@ -399,6 +399,8 @@ def _budget_parser(sub) -> None:
 
 
 def _enrolment_parser(sub) -> None:
+    from .enrol import DEFAULT_STEPS
+
     p = sub.add_parser(
         "enrolment",
         help="enrol classes left out of training and judge them against the trained classes",
@@ -420,7 +422,12 @@ def _enrolment_parser(sub) -> None:
     p.add_argument("--photos", type=int, default=5, help="photos enrolled per class, a seeded pick (default 5)")
     p.add_argument("--samples", type=int, default=50, help="samples judged per class (default 50)")
     p.add_argument("--trained-classes", type=int, default=8, help="trained classes for reference (default 8)")
-    p.add_argument("--steps", type=int, default=200, help="enrolment steps (default 200, as `cvaegan enrol`)")
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=DEFAULT_STEPS,
+        help=f"enrolment steps (default {DEFAULT_STEPS}, as `cvaegan enrol`)",
+    )
     p.add_argument("--seed", type=int, default=0, help="seeds the picks and enrolment (default 0)")
     add_lambdas_option(p)
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")

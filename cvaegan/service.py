@@ -528,7 +528,7 @@ def reconstruct(model: CVAEGAN, image, cls, refine_steps=0, progress=None) -> tu
 
 
 # ------------------------------------------------------------------ add your own class (enrolment)
-ENROL_STEPS = 200  # learning steps per enrolment in the app (tests lower it)
+ENROL_STEPS = EN.DEFAULT_STEPS  # learning steps per enrolment in the app (tests lower it)
 _enrol_lock = threading.Lock()  # one enrolment grows a model at a time
 
 

@@ -681,3 +681,24 @@ def test_enrolled_held_out_class_is_learned(combos_model, tmp_path):
         real = torch.stack([load_tensor(tinted_photo(colour, tint, rng), 32) for _ in range(16)])
         stolen = (classify(model, real)[0] == new).float().mean().item()
         assert stolen <= 0.25, f"the new class takes {stolen:.0%} of real {name} photos"
+
+
+def test_every_entry_point_enrols_with_the_same_default_steps():
+    """The API, the command line, the experiment and the app share one default step count (README: 400 since the
+    faces weights of release v8 left a class learned in 200 steps behind)."""
+    import argparse
+    import inspect
+
+    from cvaegan import cli, enrol_eval, experiments, service
+    from cvaegan.enrol import DEFAULT_STEPS, enrol
+
+    assert DEFAULT_STEPS == 400
+    assert inspect.signature(enrol).parameters["steps"].default == DEFAULT_STEPS
+    assert inspect.signature(enrol_eval.run_enrolment).parameters["steps"].default == DEFAULT_STEPS
+    assert service.ENROL_STEPS == DEFAULT_STEPS
+    args = cli._parser().parse_args(["enrol", "--images", "a.jpg", "--name", "Ada", "--out", "ada.safetensors"])
+    assert args.steps == DEFAULT_STEPS
+    ap = argparse.ArgumentParser()
+    experiments._enrolment_parser(ap.add_subparsers(dest="experiment"))
+    args = ap.parse_args(["enrolment", "--weights", "w", "--data", "d", "--judge", "j", "--out", "o"])
+    assert args.steps == DEFAULT_STEPS
