@@ -332,9 +332,10 @@ def augmentation(a: argparse.Namespace) -> dict:
             str(a.judge_epochs),
         ] + (["--threads", str(a.threads)] if a.threads else [])
         subprocess.run(cmd, check=True)
+    from .judge import Judge  # its config reader names a missing or broken config.json
 
     def trained(name: str) -> dict:
-        return json.loads((out / name / "config.json").read_text())["training"]
+        return Judge.read_config(out / name).training
 
     top = {name: trained(name) for name in ("judge_real", "judge_real_plus_generated")}
     if a.equal_steps:
