@@ -40,11 +40,15 @@ def _log(msg: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
 
-def ensure_judge(data: str, out: Path, resolution: int, epochs: int, threads: int | None) -> Path:
+def ensure_judge(
+    data: str, out: Path, resolution: int, epochs: int, threads: int | None, extra: Path | None = None
+) -> Path:
+    """Train `cvaegan judge` into `out` unless a judge is already there; `extra` adds a folder of generated
+    images to its training set (`judge --extra`)."""
     if (out / "config.json").is_file():
         _log(f"judge: reusing {out}")
         return out
-    _log(f"judge: training on {data} ({epochs} epochs)")
+    _log(f"judge: training on {data}{f' + {extra}' if extra else ''} ({epochs} epochs)")
     cmd = [
         sys.executable,
         "-m",
@@ -58,7 +62,9 @@ def ensure_judge(data: str, out: Path, resolution: int, epochs: int, threads: in
         str(resolution),
         "--epochs",
         str(epochs),
-    ] + (["--threads", str(threads)] if threads else [])
+    ]
+    cmd += ["--extra", str(extra)] if extra else []
+    cmd += ["--threads", str(threads)] if threads else []
     subprocess.run(cmd, check=True)
     return out
 
@@ -313,25 +319,7 @@ def augmentation(a: argparse.Namespace) -> dict:
             ],
             check=True,
         )
-    both = out / "judge_real_plus_generated"
-    if not (both / "config.json").is_file():
-        cmd = [
-            sys.executable,
-            "-m",
-            "cvaegan",
-            "judge",
-            "--data",
-            a.data,
-            "--extra",
-            str(gen_dir),
-            "--out",
-            str(both),
-            "--resolution",
-            str(res),
-            "--epochs",
-            str(a.judge_epochs),
-        ] + (["--threads", str(a.threads)] if a.threads else [])
-        subprocess.run(cmd, check=True)
+    ensure_judge(a.data, out / "judge_real_plus_generated", res, a.judge_epochs, a.threads, extra=gen_dir)
     from .judge import Judge  # its config reader names a missing or broken config.json
 
     def trained(name: str) -> dict:
