@@ -266,6 +266,12 @@ class TrainConfig:
         "constant", "learning-rate schedule (cosine decays to 10% over --steps)", choices=("constant", "cosine")
     )
     warmup_steps: int = option(0, "linear learning-rate warm-up steps; 0 = off")
+    cooldown_steps: int = option(
+        0,
+        "a cool-down: the step size falls linearly towards 0 over the last N of --steps (after any other "
+        "schedule); a resumed run may add one, so a run trained at a constant step size can end with a decay "
+        "(the warmup-stable-decay schedule); 0 = off",
+    )
     budget_minutes: float | None = option(
         None,
         "stop after this many CPU-minutes of training (process CPU time / "
@@ -316,6 +322,11 @@ class TrainConfig:
             raise ConfigError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
         if self.lr_schedule not in ("constant", "cosine"):
             raise ConfigError(f"lr_schedule must be 'constant' or 'cosine', got {self.lr_schedule!r}")
+        if not 0 <= self.cooldown_steps <= self.steps:
+            raise ConfigError(
+                f"cooldown_steps must be between 0 and --steps ({self.steps}), got {self.cooldown_steps}: "
+                "it counts the last steps of the run, e.g. --steps 26000 --cooldown-steps 4000"
+            )
         if self.device not in ("auto", "cpu", "cuda"):
             raise ConfigError(f"device must be auto, cpu or cuda, got {self.device!r}")
         if self.stratify < 0 or (self.stratify and self.batch_size % self.stratify):
@@ -392,6 +403,7 @@ NOT_RECIPE = frozenset(
         "pretrain_steps",
         "warmup_steps",
         "lr_schedule",
+        "cooldown_steps",
     }
 )
 

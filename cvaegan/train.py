@@ -41,7 +41,8 @@ WARM_START = "warm_start.json"  # a warm-started run's source weights and the tr
 AUTO_CLIP_WARMUP = 50  # --grad-clip-auto: updates per network and phase measured before any clipping
 AUTO_CLIP_DECAY = 0.99  # --grad-clip-auto: EMA decay of the running mean gradient norm (about 100 updates)
 # options a resumed run takes from its caller (the rest are the checkpoint's): they extend or move the run, give it
-# more snapshot marks, guard it with a gradient clip, or change what it writes, but not the method. The CLI
+# more snapshot marks, guard it with a gradient clip, end it with a cool-down of the step size, or change what it
+# writes, but not the method. The CLI
 # passes the checkpoint's values for the ones the user did not give (cli.resume_config).
 RESUME_OPTIONS = (
     "steps",
@@ -50,6 +51,7 @@ RESUME_OPTIONS = (
     "snapshot_minutes",
     "grad_clip",
     "grad_clip_auto",
+    "cooldown_steps",
     "log_every",
     "sample_every",
     "checkpoint_every",
@@ -146,12 +148,15 @@ def effective_stratify(stratify: int, batch: int, classes: int) -> int:
 
 
 def lr_factor(tcfg: TrainConfig, step: int) -> float:
-    """Multiplier of the base learning rate at `step` (warm-up, then constant or cosine to 10%)."""
+    """Multiplier of the base learning rate at `step` (0-based): warm-up, then constant or cosine to 10%, then
+    the cool-down's linear fall over the last --cooldown-steps (1/N at the last step)."""
     f = 1.0
     if tcfg.warmup_steps and step < tcfg.warmup_steps:
         f = (step + 1) / tcfg.warmup_steps
     if tcfg.lr_schedule == "cosine":
         f *= 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(step, tcfg.steps) / tcfg.steps))
+    if tcfg.cooldown_steps:
+        f *= min(1.0, max(tcfg.steps - step, 1) / tcfg.cooldown_steps)
     return f
 
 

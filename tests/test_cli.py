@@ -116,6 +116,11 @@ def test_train_resume_and_export_via_cli(shapes_dir, tmp_path):
     cfg = json.loads((run / "train_config.json").read_text())
     assert cfg["grad_clip_auto"] == 4.0 and cfg["steps"] == 6
     assert "clip/G" in json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+    # a run trained at a constant step size may end with a cool-down when resumed: the last steps' size falls
+    run_cli("train", *common, "--steps", "9", "--resume", "--cooldown-steps", "3", "--log-every", "1")
+    assert json.loads((run / "train_config.json").read_text())["cooldown_steps"] == 3
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["lr"] for r in rows if r["step"] >= 6] == pytest.approx([2e-4, 2e-4, 2e-4 * 2 / 3, 2e-4 / 3])
     run_cli("export", "--run", str(run), "--out", str(tmp_path / "w"))
     for name in ("config.json", "encoder.safetensors", "generator.safetensors", "classifier.safetensors"):
         assert (tmp_path / "w" / name).is_file()

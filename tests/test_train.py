@@ -326,6 +326,19 @@ def test_lr_schedule_warm_up_then_constant_or_cosine():
     assert f(both, 0) == pytest.approx(0.1 * f(cos, 0)) and f(both, 60) == pytest.approx(f(cos, 60))
 
 
+def test_cooldown_falls_linearly_over_the_last_steps_after_the_other_schedules():
+    f = train_mod.lr_factor
+    cool = TrainConfig(steps=100, cooldown_steps=4)
+    assert [f(cool, s) for s in (0, 95, 96, 97, 98, 99)] == [1.0, 1.0, 1.0, 0.75, 0.5, 0.25]
+    assert f(cool, 150) == 0.25  # a run resumed past its steps stays at the last step's size, never 0
+    both = TrainConfig(steps=100, cooldown_steps=50, lr_schedule="cosine")
+    assert f(both, 75) == pytest.approx(0.5 * f(TrainConfig(steps=100, lr_schedule="cosine"), 75))
+    with pytest.raises(ConfigError, match="cooldown_steps"):
+        TrainConfig(steps=100, cooldown_steps=101)
+    with pytest.raises(ConfigError, match="cooldown_steps"):
+        TrainConfig(steps=100, cooldown_steps=-1)
+
+
 def test_train_step_sets_every_optimisers_step_size_from_the_schedule():
     tr = _trainer(lr=1e-3, warmup_steps=4, d_lr_mult=2.0)
     x, c, noise = _batch(tr.model)
