@@ -270,7 +270,8 @@ class TrainConfig:
         0,
         "a cool-down: the step size falls linearly towards 0 over the last N of --steps (after any other "
         "schedule); a resumed run may add one, so a run trained at a constant step size can end with a decay "
-        "(the warmup-stable-decay schedule); 0 = off",
+        "(the warmup-stable-decay schedule); a larger --steps on a later resume moves the cool-down to the new "
+        "end, so the step size is full again at once (--cooldown-steps 0 drops it); 0 = off",
     )
     budget_minutes: float | None = option(
         None,

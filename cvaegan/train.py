@@ -42,8 +42,8 @@ AUTO_CLIP_WARMUP = 50  # --grad-clip-auto: updates per network and phase measure
 AUTO_CLIP_DECAY = 0.99  # --grad-clip-auto: EMA decay of the running mean gradient norm (about 100 updates)
 # options a resumed run takes from its caller (the rest are the checkpoint's): they extend or move the run, give it
 # more snapshot marks, guard it with a gradient clip, end it with a cool-down of the step size, or change what it
-# writes, but not the method. The CLI
-# passes the checkpoint's values for the ones the user did not give (cli.resume_config).
+# writes, but not the method. The CLI passes the checkpoint's values for the ones the user did not give
+# (cli.resume_config).
 RESUME_OPTIONS = (
     "steps",
     "device",
