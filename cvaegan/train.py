@@ -827,6 +827,12 @@ def train(
             f"note: the run stopped at --steps {tcfg.steps} after {trainer.cpu_minutes():.1f} of its "
             f"{tcfg.budget_minutes:g} CPU-minutes; to use the rest, --resume with a larger --steps "
             f"(e.g. --steps {2 * tcfg.steps})"
+            + (
+                f"; its cool-down of {tcfg.cooldown_steps} steps then moves to the new end, so the step size is full "
+                "again at once (add --cooldown-steps 0 to go on without one)"
+                if tcfg.cooldown_steps
+                else ""
+            )
         )
 
     # --- export ----------------------------------------------------------------------------------------

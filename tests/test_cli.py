@@ -117,7 +117,20 @@ def test_train_resume_and_export_via_cli(shapes_dir, tmp_path):
     assert cfg["grad_clip_auto"] == 4.0 and cfg["steps"] == 6
     assert "clip/G" in json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
     # a run trained at a constant step size may end with a cool-down when resumed: the last steps' size falls
-    run_cli("train", *common, "--steps", "9", "--resume", "--cooldown-steps", "3", "--log-every", "1")
+    out = run_cli(
+        "train",
+        *common,
+        "--steps",
+        "9",
+        "--resume",
+        "--cooldown-steps",
+        "3",
+        "--log-every",
+        "1",
+        "--budget-minutes",
+        "600",
+    )
+    assert "its cool-down of 3 steps then moves to the new end" in out.stdout  # the note on going on
     assert json.loads((run / "train_config.json").read_text())["cooldown_steps"] == 3
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["lr"] for r in rows if r["step"] >= 6] == pytest.approx([2e-4, 2e-4, 2e-4 * 2 / 3, 2e-4 / 3])
