@@ -245,7 +245,7 @@ def build_interpolate(ui, first):
 def build_inpaint(ui, first, examples):
     m = first.model
     gr.Markdown(
-        "Paint over the part to replace (any colour), pick the class or let C guess, then run. "
+        "Paint over the part to replace (any colour), pick the class or leave it on auto to have it guessed, then run. "
         "The result keeps your photo's size; only painted pixels change."
     )
     with gr.Row():

@@ -59,9 +59,9 @@ def seamless_paste(photo: np.ndarray, fill: np.ndarray, mask: np.ndarray) -> np.
 
 @torch.no_grad()
 def top_classes(model: CVAEGAN, x: torch.Tensor, k: int = 3) -> list[tuple[int, float]]:
-    """C's k most likely classes for one image x (1, 3, R, R) in [-1, 1] -> [(index, probability), ...]."""
-    model.classifier.eval()
-    probs = model.classifier(x.to(model.device))[0].float().softmax(1)[0].cpu()
+    """The k most likely classes for one image x (1, 3, R, R) in [-1, 1] with its hole filled smoothly, by the
+    weights' class guesser or else C (`inference.guess_probabilities`) -> [(index, probability), ...]."""
+    probs = I.guess_probabilities(model, x)[0]
     p, i = probs.topk(min(k, len(probs)))
     return [(int(a), float(b)) for a, b in zip(i, p)]
 
@@ -81,8 +81,9 @@ def inpaint(
     photo: PIL RGB or (H, W, 3) uint8; mask: (H, W) bool, True = missing (not empty).
     The model inpaints the square window of the photo around the hole at its resolution (the paper's
     encode-generate-paste loop); the fill is upsampled (bicubic) and pasted seamlessly (`seamless_paste`).
-    cls: class index, or None to let C decide on the window (holes filled smoothly, `inference.fill_smooth`).
-    Returns {"image": PIL at the photo's size, "class": index, "top": C's [(index, p)] top-3 or [] when
+    cls: class index, or None to let the class guess decide on the window (holes filled smoothly,
+    `inference.fill_smooth`; the weights' guesser, or C: `top_classes`).
+    Returns {"image": PIL at the photo's size, "class": index, "top": the guess's [(index, p)] top-3 or [] when
     the class was given, "box": (left, top, side) of the window, "model_image": PIL of the window at the
     model's resolution with the fill pasted in}.
     """
@@ -104,7 +105,7 @@ def inpaint(
         F.adaptive_max_pool2d(hole, (r, r)) > 0 if side >= r else F.interpolate(hole, size=(r, r), mode="nearest") > 0
     )  # every model pixel touching the hole is refilled
     top3: list[tuple[int, float]] = []
-    start = I.fill_smooth(x_small, m_small)  # the loop's first input, and what C sees for the "auto" guess
+    start = I.fill_smooth(x_small, m_small)  # the loop's first input, and what the "auto" guess sees
     if cls is None:
         top3 = top_classes(model, start)
         cls = top3[0][0]

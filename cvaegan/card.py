@@ -390,12 +390,14 @@ OLD_JUDGE_LINE = "An independent judge's figures will be added by the evaluation
 
 def judge_section(report: dict, judge_cfg: dict) -> str:
     """Markdown for a model card: the figures of `cvaegan evaluate` (an independent judge)."""
+    from .evaluate import guess_label
+
     d, t = report["discriminability"], judge_cfg.get("training", {})
     inp = report["inpainting"]
     rows = "\n".join(
         f"| inpainting, {kind.replace('_', ' ')} ({inp[kind]['hole_fraction']:.0%} of the pixels), PSNR / SSIM inside the hole "
         f"| ours {inp[kind]['cvaegan']['psnr_db']:.2f} dB / {inp[kind]['cvaegan']['ssim']:.3f} (true class), "
-        f"{inp[kind]['cvaegan_predicted_class']['psnr_db']:.2f} dB (C's guess); Telea {inp[kind]['telea']['psnr_db']:.2f} dB / "
+        f"{inp[kind]['cvaegan_predicted_class']['psnr_db']:.2f} dB ({guess_label(inp)}); Telea {inp[kind]['telea']['psnr_db']:.2f} dB / "
         f"{inp[kind]['telea']['ssim']:.3f}; Navier-Stokes {inp[kind]['navier_stokes']['psnr_db']:.2f} dB; mean colour "
         f"{inp[kind]['mean_fill']['psnr_db']:.2f} dB |"
         for kind in ("centre_box", "brush")

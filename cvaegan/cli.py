@@ -647,6 +647,63 @@ def cmd_refit(a: argparse.Namespace) -> int:
     return 0
 
 
+def _guesser_parser(sub) -> argparse.ArgumentParser:
+    from .guesser import EPOCHS, SEED, WIDTHS
+
+    p = sub.add_parser(
+        "fit-guesser",
+        help='train a small class guesser for inpainting\'s "auto" mode and add it to a weights folder',
+        description=(
+            "Train a small classifier (the judge's residual network, narrower) on the training photos the weights "
+            "recorded, with flips, shifts, zoom, erasing and random holes filled smoothly, and add it to the folder "
+            "as guesser.safetensors (config.json, figures.json and the card's 'Class guesser' section updated in "
+            "place). Inpainting without a chosen class then asks it instead of C, which learns the training photos "
+            "by heart and rarely names the class of a photo with a hole. E, G, C and D stay as they are, so "
+            "samples and enrolment do not change (README, Evaluation). Not in the paper."
+        ),
+    )
+    p.add_argument("--weights", required=True, help="local weights folder (changed in place; copy it first to keep it)")
+    p.add_argument("--data", required=True, help="the data the weights were trained on (folder or .tar)")
+    p.add_argument("--epochs", type=int, default=EPOCHS, help=f"passes over the training photos (default {EPOCHS})")
+    p.add_argument(
+        "--widths",
+        default=",".join(map(str, WIDTHS)),
+        help=f"channels of its stages, comma-separated (default {','.join(map(str, WIDTHS))}); narrower is smaller",
+    )
+    p.add_argument("--seed", type=int, default=SEED, help=f"seed of its weights, shuffling and holes (default {SEED})")
+    _add_threads_device(p, "train")
+    return p
+
+
+def cmd_guesser(a: argparse.Namespace) -> int:
+    import torch
+
+    from .guesser import GuesserError, fit_guesser
+
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    try:
+        widths = [int(w) for w in a.widths.split(",") if w.strip()]
+    except ValueError as e:
+        raise GuesserError(
+            f"--widths must be whole numbers separated by commas, e.g. 24,48,96,192 (got {a.widths!r})"
+        ) from e
+    r = fit_guesser(a.weights, a.data, a.epochs, widths, a.seed, _device(a.device))
+    print(
+        f"added a class guesser to {a.weights}: {r['epochs']} epochs, {r['images_seen']:,} images, "
+        f"{r['bytes'] / 2**20:.1f} MiB, {r['wall_s'] / 60:.1f} wall minutes with {r['threads']} thread(s)"
+    )
+    c, g = r["c_top1"], r["guesser_top1"]
+    if c and g:
+        print(
+            f"  top-1 on {r['held_out_images']} held-out photos, guesser / C: whole {g['whole']:.1%} / {c['whole']:.1%}, "
+            f"25% box filled smoothly {g['box25']:.1%} / {c['box25']:.1%}"
+        )
+    else:
+        print("  no held-out photos recorded for these weights: the guesser was not measured")
+    return 0
+
+
 def cmd_directions(a: argparse.Namespace) -> int:
     from .release import refresh_directions
 
@@ -1145,6 +1202,7 @@ COMMANDS = {
     "interpolate": (_interpolate_parser, cmd_interpolate),
     "directions": (_directions_parser, cmd_directions),
     "refit-classifier": (_refit_parser, cmd_refit),
+    "fit-guesser": (_guesser_parser, cmd_guesser),
     "reconstruct": (_reconstruct_parser, cmd_reconstruct),
     "inpaint": (_inpaint_parser, cmd_inpaint),
     "superres": (_superres_parser, cmd_superres),

@@ -73,6 +73,12 @@ class ModelConfig:
     )
     directions: list[str] = option(help="names of saved latent directions (may be empty)", factory=list, cli=False)
     direction_units: list[str] = option(help="unit of each direction's amount", factory=list, cli=False)
+    guesser: dict[str, Any] = option(
+        help="the class guesser of inpainting's 'auto' mode (guesser.safetensors, `cvaegan fit-guesser`): its widths, "
+        "stem stride and training record; empty when the folder has none (C guesses)",
+        factory=dict,
+        cli=False,
+    )
     format_version: int = option(FORMAT_VERSION, "weights layout version; newer than this code -> error", cli=False)
     package_version: str = option("", "cvaegan version that wrote the file (informational)", cli=False)
     files: dict[str, str] = option(help="file name -> sha256, filled on save", factory=dict, cli=False)

@@ -340,7 +340,7 @@ def inpainting_scores(
 
     Ours runs `blend.inpaint`, the app's and the CLI's pipeline (seamless paste included), at the app's
     default iteration count unless `iterations` is given, once with the photo's true class and once with
-    C's guess (the app's 'auto'). For every mask kind: PSNR / SSIM inside the hole and, with a judge, the
+    the guess of the class (the app's 'auto': the weights' class guesser, or C). For every mask kind: PSNR / SSIM inside the hole and, with a judge, the
     judge's top-1 on the inpainted photos of every method (classes matched by folder name); the judge's
     top-1 on the untouched photos is the ceiling, on the mean-colour fill the floor. `layout`: where the 25%
     box goes ('faces' or 'centre'; default from the data's class folders, see `box_layout`)."""
@@ -366,6 +366,7 @@ def inpainting_scores(
         "skipped_photos_of_classes_the_model_lacks": int((~known).sum()),
         "iterations": iterations,
         "box25_layout": layout,
+        "guess_by": I.guess_source(model),  # who names the class in 'auto' mode
     }
     if judge is not None:
         report["judge_top1_original"] = round(_judge_top1(judge, x_all, judge_y), 4)
@@ -427,12 +428,17 @@ def _beats(ours: dict, telea: dict) -> list[str]:
     return short
 
 
-def inpainting_verdict(entry: dict, target: bool = True) -> str:
-    """Ours (true class, and C's guess) against Telea on PSNR inside the hole and the judge's top-1:
-    'target met' / 'target missed (figures)'; for masks without a target (the strokes), 'ours >= Telea' /
-    'Telea ahead (figures)'."""
+def guess_label(inp: dict) -> str:
+    """ "C's guess" or "the class guesser's guess": who named the class of an `inpainting_scores` report's 'auto' runs."""
+    return f"{inp.get('guess_by', 'C')}'s guess"
+
+
+def inpainting_verdict(entry: dict, target: bool = True, guess: str = "C's guess") -> str:
+    """Ours (true class, and the guessed class: `guess` names whose guess) against Telea on PSNR inside the hole
+    and the judge's top-1: 'target met' / 'target missed (figures)'; for masks without a target (the strokes),
+    'ours >= Telea' / 'Telea ahead (figures)'."""
     parts = []
-    for key, label in (("cvaegan", "true class"), ("cvaegan_predicted_class", "C's guess")):
+    for key, label in (("cvaegan", "true class"), ("cvaegan_predicted_class", guess)):
         short = "; ".join(_beats(entry[key], entry["telea"]))
         if target:
             parts.append(f"{label}: target " + (f"missed ({short})" if short else "met"))
@@ -446,10 +452,11 @@ def inpainting_table(inp: dict) -> str:
     The target (ours >= Telea on PSNR inside the hole and on the judge's top-1) is set for the 25% box; the
     strokes are reported beside it, with Telea's lead stated where it has one."""
     judged = "judge_top1_original" in inp
-    head = "| mask | hole | PSNR in the hole: ours, true class / ours, C's guess / Telea |"
+    guess = guess_label(inp)
+    head = f"| mask | hole | PSNR in the hole: ours, true class / ours, {guess} / Telea |"
     if judged:
         head += (
-            " judge top-1: ours, true class / ours, C's guess / Telea |"
+            f" judge top-1: ours, true class / ours, {guess} / Telea |"
             " judge top-1: photo (ceiling) / mean fill (floor) |"
         )
     lines = [head + " verdict |", "|---" * head.count("|") + "|"]
@@ -472,7 +479,7 @@ def inpainting_table(inp: dict) -> str:
                 f"{e['telea']['judge_top1']:.1%} | {inp['judge_top1_original']:.1%} / "
                 f"{e['mean_fill']['judge_top1']:.1%} |"
             )
-        lines.append(row + f" {inpainting_verdict(e, target=kind == 'box25')} |")
+        lines.append(row + f" {inpainting_verdict(e, target=kind == 'box25', guess=guess)} |")
     return "\n".join(lines) + "\n"
 
 

@@ -216,6 +216,14 @@ def harmonic_fill(
     return out
 
 
+def fill_smooth(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    """x (B, 3, R, R) with the pixels where m (B, 1, R, R) is True filled by the harmonic interpolation of the
+    known ones around them (`harmonic_fill`): the inpainting loop's first input, which E encodes, and what the
+    class guess sees for a photo with a hole (the README's Evaluation compares both with a mean-colour fill)."""
+    filled = [harmonic_fill(x[i], m[i, 0]) for i in range(x.shape[0])]
+    return torch.where(m, torch.stack(filled), x)
+
+
 def _coarse_start(v: torch.Tensor, hole: torch.Tensor) -> torch.Tensor:
     """harmonic_fill of v (C, H, W) at half the resolution (a 2x2 block is known when all its pixels are),
     upsampled bilinearly to (H, W): the fine solve's starting point. Push-pull when no block is fully known."""

@@ -21,7 +21,7 @@ from .errors import InputError
 from .images import (
     ImageError,
     center_crop_box,
-    harmonic_fill,
+    fill_smooth,
     load_tensor,
     open_image,
     open_mask,
@@ -133,6 +133,32 @@ def classify(model: CVAEGAN, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
     probs = model.classifier(x.to(model.device))[0].float().softmax(1)
     p, i = probs.max(1)
     return i.cpu(), p.cpu()
+
+
+def guess_source(model: CVAEGAN) -> str:
+    """Who names the class of a photo to inpaint in "auto" mode: "the class guesser" or "C" (guess_probabilities)."""
+    return "the class guesser" if model.guesser is not None else "C"
+
+
+@torch.no_grad()
+def guess_probabilities(model: CVAEGAN, x: torch.Tensor) -> torch.Tensor:
+    """Class probabilities (B, K) for (B, 3, R, R) images in [-1, 1] whose hole is filled smoothly: the inpainting's
+    "auto" guess. From the weights' class guesser (`cvaegan fit-guesser`, trained on photos with holes) when they
+    have one, otherwise from C. The guesser knows the trained classes only: a photo that C takes for a class
+    enrolled later (`cvaegan.enrol`) keeps C's guess."""
+    model.classifier.eval()
+    c = model.classifier(x.to(model.device))[0].float().softmax(1).cpu()
+    if model.guesser is None:
+        return c
+    model.guesser.eval()
+    g = model.guesser(x.to(model.device))[0].float().softmax(1).cpu()
+    k = g.shape[1]
+    if c.shape[1] == k:
+        return g
+    out = torch.cat([g, torch.zeros(len(g), c.shape[1] - k)], 1)
+    enrolled = c.argmax(1) >= k
+    out[enrolled] = c[enrolled]
+    return out
 
 
 @torch.no_grad()
@@ -316,14 +342,6 @@ def fill_known_mean(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
     return torch.where(m, mean.expand_as(x), x)
 
 
-def fill_smooth(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
-    """Masked pixels filled by the harmonic interpolation of the known ones around them (`harmonic_fill`): the
-    inpainting loop's first input, which E encodes, and what C sees when it guesses the class of a photo with a
-    hole (the README's Evaluation compares both with a flat mean-colour fill)."""
-    filled = [harmonic_fill(x[i], m[i, 0]) for i in range(x.shape[0])]
-    return torch.where(m, torch.stack(filled), x)
-
-
 def inpaint_tensor(
     model: CVAEGAN,
     x: torch.Tensor,
@@ -409,7 +427,7 @@ def inpaint(
         m_small[:] = True
     m = torch.from_numpy(m_small)[None, None]
     if given is None:
-        idx, p = classify(model, fill_smooth(x.to(model.device), m.to(model.device)))
+        p, idx = guess_probabilities(model, fill_smooth(x.to(model.device), m.to(model.device))).max(1)
         cls_idx, prob = int(idx[0]), float(p[0])
     else:
         cls_idx, prob = given, None

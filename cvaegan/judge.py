@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from .data import SPLIT_SEED, LabelledImages, split_indices
 from .errors import InputError
-from .images import uint8_to_float
+from .images import fill_smooth, uint8_to_float
 from .serialization import PretrainedMixin, WeightsError, unwrap_state
 
 JUDGE_KIND = "cvaegan-judge"
@@ -190,7 +190,35 @@ def strong_augment_batch(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return torch.where(box.unsqueeze(1), noise, x)
 
 
-AUGMENTATIONS = {"standard": augment_batch, "strong": strong_augment_batch}
+HOLE_SIDES = (1 / 4, 5 / 8)  # random_holes: the hole's side as a share of the image side, drawn uniformly
+HOLE_SHARE = 0.5  # holes_augment_batch: share of the images given a hole
+
+
+def random_holes(x: torch.Tensor, share: float, gen: torch.Generator) -> torch.Tensor:
+    """x (B, 3, R, R) with a random square hole, filled harmonically (`images.fill_smooth`, as the inpainting's
+    class guess sees a photo with a hole), in about `share` of the images (a Bernoulli draw per image from `gen`)."""
+    r = x.shape[-1]
+    lo, hi = max(1, round(HOLE_SIDES[0] * r)), max(1, round(HOLE_SIDES[1] * r))
+    picked = torch.nonzero(torch.rand(len(x), generator=gen) < share).flatten().tolist()
+    if not picked:
+        return x
+    m = torch.zeros(len(picked), 1, r, r, dtype=torch.bool)
+    for row in range(len(picked)):
+        side = int(torch.randint(lo, hi + 1, (1,), generator=gen))
+        top, left = (int(torch.randint(0, r - side + 1, (1,), generator=gen)) for _ in range(2))
+        m[row, :, top : top + side, left : left + side] = True
+    out = x.clone()
+    out[picked] = fill_smooth(x[picked], m)
+    return out
+
+
+def holes_augment_batch(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    """strong_augment_batch, then a random square hole filled smoothly in half of the images: for a class guesser
+    that names the class of a photo with a hole (`cvaegan fit-guesser`), not for a judge."""
+    return random_holes(strong_augment_batch(x, gen), HOLE_SHARE, gen)
+
+
+AUGMENTATIONS = {"standard": augment_batch, "strong": strong_augment_batch, "holes": holes_augment_batch}
 
 
 @torch.no_grad()
@@ -243,6 +271,7 @@ def train_judge(
     attributes: bool = False,
     stem_stride: int = 2,
     augment: str = "standard",
+    classes: list[str] | None = None,
 ) -> JudgeConfig:
     """Train a judge on the 90% training split of `data` (plus `extra` images, e.g. generated ones for
     the augmentation experiment), report top-1 on the 10% held-out split, save to `out`.
@@ -251,6 +280,8 @@ def train_judge(
 
     The split is split_indices(labels, 0.1, seed=SPLIT_SEED): the same images `cvaegan train
     --val-fraction 0.1` holds out, so the judge and the generator never see the held-out images.
+    classes: class folders to keep, in the order of the judge's outputs (e.g. a model's, which may leave some of
+    the data's out); the split is still drawn over all of the data, so the held-out photos stay the same.
     """
     if attributes:
         if not data.attributes:
@@ -270,6 +301,8 @@ def train_judge(
     device = torch.device(device)
     res = int(data.images.shape[-1])
     tr, va = split_indices(data.labels, 0.1, seed=SPLIT_SEED)
+    if classes is not None:
+        data, tr, va = keep_classes(data, classes, tr, va)
     x_tr, y_tr = data.images[tr], data.labels[tr]
     if extra is not None:
         if extra.class_folders != data.class_folders:
@@ -360,6 +393,29 @@ def train_judge(
         cfg.training["val_top1"] = round(top1(judge, data.images[va], data.labels[va]), 4)
     save_judge(judge, out)
     return judge.config
+
+
+def keep_classes(data: LabelledImages, classes: list[str], *splits: torch.Tensor) -> tuple:
+    """(`data` reduced to the class folders `classes`, relabelled 0..len-1 in that order, then each index tensor
+    in `splits` (positions in `data`) mapped to positions in the reduced data, the other classes' photos dropped).
+    JudgeError naming them when the data lacks some of `classes`."""
+    where = {f: i for i, f in enumerate(classes)}
+    missing = [f for f in classes if f not in set(data.class_folders)]
+    if missing:
+        raise JudgeError(
+            f"the data has no photos of {len(missing)} of the {len(classes)} classes asked for "
+            f"({', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''})"
+        )
+    mapped = torch.tensor([where.get(f, -1) for f in data.class_folders], dtype=torch.int64)
+    keep = torch.nonzero(mapped[data.labels] >= 0).flatten()
+    position = torch.full((len(data.labels),), -1, dtype=torch.int64)
+    position[keep] = torch.arange(len(keep))
+    sub = data.subset(keep)
+    sub.labels = mapped[sub.labels]
+    sub.class_folders = list(classes)
+    names = dict(zip(data.class_folders, data.class_names))
+    sub.class_names = [names[f] for f in classes]
+    return (sub, *(position[idx][position[idx] >= 0] for idx in splits))
 
 
 def save_judge(judge: Judge, out: str | os.PathLike) -> Path:

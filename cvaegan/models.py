@@ -13,9 +13,10 @@ from torch import nn
 
 from . import __version__
 from .config import ModelConfig
-from .serialization import PretrainedMixin, WeightsError, load_tensors, save_tensors, unwrap_state
+from .serialization import PretrainedMixin, WeightsError, load_state_strict, load_tensors, save_tensors, unwrap_state
 
 DIRECTIONS_NAME = "directions.safetensors"
+GUESSER_NAME = "guesser.safetensors"  # the optional class guesser of inpainting (cvaegan.guesser)
 
 
 def channels(cfg: ModelConfig, res: int) -> int:
@@ -333,6 +334,24 @@ class Classifier(nn.Module):
 NETWORKS = ("encoder", "generator", "classifier", "discriminator")
 
 
+def build_guesser(cfg: ModelConfig) -> nn.Module:
+    """The class guesser that cfg.guesser describes (a judge-type network with one output per class of the model),
+    untrained; eval mode."""
+    from .judge import Judge, JudgeConfig
+
+    g = cfg.guesser
+    try:
+        jcfg = JudgeConfig(
+            resolution=cfg.resolution,
+            num_classes=cfg.num_classes,
+            widths=[int(w) for w in g["widths"]],
+            stem_stride=int(g.get("stem_stride", 2)),
+        )
+    except (KeyError, TypeError, ValueError) as e:
+        raise WeightsError(f"config.json's guesser entry is broken ({e!r}); run `cvaegan fit-guesser` again") from e
+    return Judge(jcfg).eval()
+
+
 class CVAEGAN(PretrainedMixin, nn.Module):
     """Container of E, G, C and (for training) D, plus the config they were built from.
 
@@ -356,6 +375,9 @@ class CVAEGAN(PretrainedMixin, nn.Module):
         # class index -> (mean, std) of z: the photo prior of a class enrolled from photos (cvaegan.enrol); the
         # trained classes have none and always sample z ~ N(0, I). Not saved with the weights.
         self.class_priors: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        # a small classifier trained on photos with holes (`cvaegan fit-guesser`): when present, it rather than C
+        # names the class of a photo to inpaint in "auto" mode (inference.guess_probabilities); None: C does.
+        self.guesser: nn.Module | None = None
 
     @property
     def device(self) -> torch.device:
@@ -400,6 +422,11 @@ class CVAEGAN(PretrainedMixin, nn.Module):
         for fname, t in (extra or {}).items():
             tensors[fname] = t
             metadata[fname] = {"format": "pt", "cvaegan": __version__}
+        if self.guesser is not None:
+            tensors[GUESSER_NAME] = {
+                k: v.half() if fp16 and v.is_floating_point() else v for k, v in unwrap_state(self.guesser).items()
+            }
+            metadata[GUESSER_NAME] = {"format": "pt", "network": "guesser", "cvaegan": __version__}
         if self.directions is not None:
             tensors[DIRECTIONS_NAME] = self._direction_tensors()
         return self.write_folder(path, tensors, metadata, package_version=__version__)
@@ -420,6 +447,14 @@ class CVAEGAN(PretrainedMixin, nn.Module):
         }
 
     def load_extras(self, folder: Path) -> None:
+        if self.config.guesser:
+            self.guesser = build_guesser(self.config)
+            if GUESSER_NAME not in self.config.files:
+                raise WeightsError(
+                    f"{folder}: config.json describes a class guesser but lists no {GUESSER_NAME}; re-download the "
+                    "weights, or run `cvaegan fit-guesser` on them again"
+                )
+            load_state_strict(self.guesser, load_tensors(folder / GUESSER_NAME), str(folder / GUESSER_NAME))
         if not self.config.directions:
             return
         path = folder / DIRECTIONS_NAME

@@ -40,7 +40,7 @@ from .data import LabelledImages, load_images, split_indices
 from .errors import InputError
 from .evaluate import box_layout, make_mask
 from .images import uint8_to_float
-from .judge import strong_augment_batch
+from .judge import HOLE_SIDES, JudgeError, keep_classes, random_holes, strong_augment_batch
 from .models import CVAEGAN
 from .serialization import save_tensors
 
@@ -55,7 +55,6 @@ LR = 1e-4  # Adam, betas (0.5, 0.999) as in training
 HOLE_P = 0.5  # share of each batch given a random hole
 SMOOTHING = 0.1
 BATCH = 64
-HOLE_SIDES = (1 / 4, 5 / 8)  # hole side as a share of the image side, drawn uniformly
 CLASSIFIER_FILE = "classifier.safetensors"
 
 
@@ -72,24 +71,6 @@ def check_settings(epochs: int, lr: float, hole_p: float, smoothing: float = SMO
         )
     if not 0 <= smoothing < 1:
         raise RefitError(f"label smoothing must be in [0, 1), got {smoothing}")
-
-
-def random_holes(x: torch.Tensor, share: float, gen: torch.Generator) -> torch.Tensor:
-    """x (B, 3, R, R) with a random square hole, filled harmonically (`inference.fill_smooth`), in about
-    `share` of the images (a Bernoulli draw per image from `gen`)."""
-    r = x.shape[-1]
-    lo, hi = max(1, round(HOLE_SIDES[0] * r)), max(1, round(HOLE_SIDES[1] * r))
-    picked = torch.nonzero(torch.rand(len(x), generator=gen) < share).flatten().tolist()
-    if not picked:
-        return x
-    m = torch.zeros(len(picked), 1, r, r, dtype=torch.bool)
-    for row in range(len(picked)):
-        side = int(torch.randint(lo, hi + 1, (1,), generator=gen))
-        top, left = (int(torch.randint(0, r - side + 1, (1,), generator=gen)) for _ in range(2))
-        m[row, :, top : top + side, left : left + side] = True
-    out = x.clone()
-    out[picked] = I.fill_smooth(x[picked], m)
-    return out
 
 
 @torch.no_grad()
@@ -185,33 +166,24 @@ def refit_classifier(
     }
 
 
-def _split(folder: Path, model: CVAEGAN, data: LabelledImages) -> tuple[LabelledImages, LabelledImages | None, bool]:
+def weights_split(
+    folder: Path, model: CVAEGAN, data: LabelledImages
+) -> tuple[LabelledImages, LabelledImages | None, bool]:
     """The weights' training photos and held-out photos (figures.json's split, as release and evaluate draw
     it), relabelled to the model's class indices; the data's folders the model lacks (left out) are dropped."""
-    figures = _read_figures(folder)
+    figures = read_figures(folder)
     held_out = figures.get("split") == "held-out"
-    where = {f: i for i, f in enumerate(model.config.class_folders)}
-    missing = [f for f in model.config.class_folders if f not in set(data.class_folders)]
-    if missing:
-        raise RefitError(
-            f"the data has no photos of {len(missing)} of the model's classes ({', '.join(missing[:5])}"
-            f"{', ...' if len(missing) > 5 else ''}); C would forget them. Pass the data the weights were trained on"
-        )
     train_idx, val_idx = split_indices(data.labels, float(figures.get("val_fraction") or 0.1))
     if not held_out:  # no held-out photos recorded: C trains on all, and is measured on none
-        train_idx, val_idx = torch.arange(len(data.labels)), None
-    mapped = torch.tensor([where.get(f, -1) for f in data.class_folders])
-
-    def part(idx):
-        idx = idx[mapped[data.labels[idx]] >= 0]
-        sub = data.subset(idx)
-        sub.labels = mapped[sub.labels]
-        return sub
-
-    return part(train_idx), (part(val_idx) if val_idx is not None else None), held_out
+        train_idx, val_idx = torch.arange(len(data.labels)), val_idx[:0]
+    try:
+        kept, train_idx, val_idx = keep_classes(data, model.config.class_folders, train_idx, val_idx)
+    except JudgeError as e:
+        raise RefitError(f"{e}: C would forget them. Pass the data the weights were trained on") from e
+    return kept.subset(train_idx), (kept.subset(val_idx) if held_out else None), held_out
 
 
-def _read_figures(folder: Path) -> dict:
+def read_figures(folder: Path) -> dict:
     path = folder / "figures.json"
     if not path.is_file():
         return {}
@@ -319,10 +291,10 @@ def refit_folder(
     data = load_images(data_path, model.config.resolution, progress=progress)
     if not len(data.labels):
         raise RefitError(f"{data_path} holds no readable images")
-    train, val, held_out = _split(folder, model, data)
+    train, val, held_out = weights_split(folder, model, data)
     record = refit_classifier(model, train, val, epochs, lr, hole_p, seed=seed, progress=progress)
     record["held_out"] = held_out
-    figures = _read_figures(folder)
+    figures = read_figures(folder)
     save_classifier(model, folder)
     record["running_means_refreshed"] = refresh_c_means(model, train, folder)
     if figures:

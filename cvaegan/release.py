@@ -33,10 +33,11 @@ from .data import LabelledImages, load_images, split_indices
 from .directions import check_directions, compute_directions, directions_sheet
 from .errors import CVAEGANError, InputError
 from .gate import MIN_Z
+from .guesser import read_guesser, reattach
 from .hub import TRAINING_TOTAL_KEYS, held_out_fraction, load_folder
 from .images import make_grid, psnr, save_jpeg, save_png, to_pil, uint8_to_float
 from .judge import load_attribute_judge
-from .models import CVAEGAN
+from .models import CVAEGAN, GUESSER_NAME
 from .seeds import z_from_seeds
 from .train import WARM_START, drop_classes, export_checkpoint, grid_classes, run_checkpoint
 
@@ -307,7 +308,10 @@ def _install(export: Path, out: Path) -> None:
     names = sorted((p.name for p in export.iterdir() if p.is_file()), key=lambda n: n == "config.json")
     for name in names:
         shutil.copyfile(export / name, out / name)
-    stale = [*STALE_FILES, *(n for n in ("discriminator.safetensors", "running_means.safetensors") if n not in names)]
+    stale = [
+        *STALE_FILES,
+        *(n for n in ("discriminator.safetensors", "running_means.safetensors", GUESSER_NAME) if n not in names),
+    ]
     for name in stale:
         (out / name).unlink(missing_ok=True)
 
@@ -424,6 +428,8 @@ def release(
                 raise GateRefused(gate)
             if gate_only:
                 return {"release_gate": gate}
+        # a class guesser for the same classes learned the photos, not the networks: it stays (re-measured below)
+        kept_guesser = read_guesser(out, candidate.config.class_folders)
         del candidate
         check_folder_size(tmp, label=f"{out} (its networks)")  # too big already: stop before OUT is touched
         _install(Path(tmp), out)
@@ -455,6 +461,8 @@ def release(
     hw = hardware or f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
     (out / "README.md").write_text(model_card(name, model, run_cfg, figures, _wall_time(rows), hw, notes) + table_md)
     (out / "figures.json").write_text(json.dumps(figures, indent=1) + "\n")
+    if kept_guesser is not None:
+        figures["guesser"] = reattach(model, out, kept_guesser, data.subset(val_idx) if held_out else None)
     if examples is not None:
         write_examples(model, name, examples)
     check_folder_size(out)

@@ -317,18 +317,20 @@ def class_choice(model: CVAEGAN, cls) -> int | None:
     return model.config.class_index(cls)
 
 
-def class_label(model: CVAEGAN, idx: int, prob: float | None) -> str:
+def class_label(model: CVAEGAN, idx: int, prob: float | None, source: str = "C") -> str:
+    """The class's name, with whose guess it was (source: "C" or `inference.guess_source`) and its probability."""
     name = model.config.class_names[idx]
-    return f"{name} (C's guess, p = {prob:.2f})" if prob is not None else name
+    return f"{name} ({source}'s guess, p = {prob:.2f})" if prob is not None else name
 
 
-def top_text(model: CVAEGAN, top: list[tuple[int, float]]) -> str:
-    """C's top guesses as one line, saying when none is confident."""
+def top_text(model: CVAEGAN, top: list[tuple[int, float]], source: str = "C") -> str:
+    """The top guesses of `source` ("C" or `inference.guess_source`) as one line, saying when none is confident."""
     names = class_display_names(model)
-    text = "C's guesses: " + ", ".join(f"{names[i]} (p = {p:.2f})" for i, p in top)
+    who = source[:1].upper() + source[1:]
+    text = f"{who}'s guesses: " + ", ".join(f"{names[i]} (p = {p:.2f})" for i, p in top)
     if top and top[0][1] < blend.CONFIDENT:
         text += (
-            f". C is not confident (no class reaches p = {blend.CONFIDENT:.1f}): the photo may show none "
+            f". {who} is not confident (no class reaches p = {blend.CONFIDENT:.1f}): the photo may show none "
             "of this model's classes; pick the class yourself if you know it"
         )
     return text
@@ -462,17 +464,21 @@ def inpaint(
     model: CVAEGAN, editor_value, cls, iterations, refine_steps, progress=None
 ) -> tuple[Image.Image, Image.Image, str]:
     """(before with the hole shown, after, class text) for a painted canvas, inpainted at the photo's own
-    resolution with a seamless blend (cvaegan.blend). Class text: "name" or "name (C's guess, p = 0.42)"."""
+    resolution with a seamless blend (cvaegan.blend). Class text: "name" or "name (C's guess, p = 0.42)" (the class
+    guesser's, when the weights have one)."""
     before, r = _inpaint(model, editor_value, cls, iterations, refine_steps, progress)
-    return before, r["image"], class_label(model, r["class"], r["top"][0][1] if r["top"] else None)
+    prob = r["top"][0][1] if r["top"] else None
+    return before, r["image"], class_label(model, r["class"], prob, I.guess_source(model))
 
 
 def inpaint_full(
     model: CVAEGAN, editor_value, cls, iterations, refine_steps, progress=None
 ) -> tuple[Image.Image, Image.Image, str]:
-    """As inpaint, with the class's display name and, for 'auto', C's top-3 (and whether C is confident)."""
+    """As inpaint, with the class's display name and, for 'auto', the guess's top-3 (and whether it is confident)."""
     before, r = _inpaint(model, editor_value, cls, iterations, refine_steps, progress)
-    text = display_name(model, r["class"]) + (f". {top_text(model, r['top'])}" if r["top"] else "")
+    text = display_name(model, r["class"]) + (
+        f". {top_text(model, r['top'], I.guess_source(model))}" if r["top"] else ""
+    )
     return before, r["image"], text
 
 

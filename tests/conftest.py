@@ -185,3 +185,13 @@ def excluded_run(tmp_path_factory, shapes_dir):
     )
     train(data, run, tcfg, tiny_config(), progress=False)
     return run
+
+
+@pytest.fixture(scope="module")
+def released(tmp_path_factory, excluded_run, shapes_dir):
+    """The tiny run with one class left out, a held-out split, D and the running means, released."""
+    from cvaegan.release import release
+
+    out = tmp_path_factory.mktemp("released") / "weights"
+    release(excluded_run, out, shapes_dir, "shapes", hardware="test CPU", components=2, samples_per_class=2)
+    return out

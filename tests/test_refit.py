@@ -12,18 +12,9 @@ from cvaegan import CVAEGAN, cli, refit as R
 from cvaegan.data import load_images
 from cvaegan.hub import load_training_state
 from cvaegan.inference import generate
-from cvaegan.release import release
 from cvaegan.seeds import z_from_seeds
 
 from conftest import make_shapes_folder
-
-
-@pytest.fixture(scope="module")
-def released(tmp_path_factory, excluded_run, shapes_dir):
-    """The tiny run with one class left out, a held-out split, D and the running means, released."""
-    out = tmp_path_factory.mktemp("refit") / "weights"
-    release(excluded_run, out, shapes_dir, "shapes", hardware="test CPU", components=2, samples_per_class=2)
-    return out
 
 
 def _bytes(folder):

@@ -1,0 +1,238 @@
+"""A class guesser for the inpainting's "auto" mode, trained beside a released weights folder.
+
+When no class is given, inpainting names it from the photo with its hole filled smoothly. C, trained with E, G and
+D as the paper says, learns the training photos by heart: on flowers release v6 it names 42.8% of held-out photos
+and 24.8% of them with the card's 25% centre box missing, so the "auto" fill paints another species into the hole
+more often than not. Refitting C itself breaks enrolment (`cvaegan.refit`). `fit_guesser` trains a separate small
+classifier instead: the judge's residual network (`cvaegan.judge`), narrower, on the weights' training photos with
+the judge's strong augmentation plus a random square hole filled smoothly in half of them (`judge.holes_augment_batch`),
+and ships it in the weights folder as guesser.safetensors (float16) described by config.json's `guesser` entry.
+Inpainting asks it instead of C (`inference.guess_probabilities`); everything else that asks C (enrolment,
+reconstruction, the C figures) is unchanged, and so are E, G, D and every sample. Not in the paper.
+
+It has the judge's architecture but its own seed and widths and never sees a held-out photo; the judge that scores
+the inpainted photos was trained without holes. Both learn from the same photos, so their mistakes may agree more
+than C's and the judge's do: the card's PSNR figures do not depend on the judge at all.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import tempfile
+import time
+from datetime import date
+from pathlib import Path
+
+import torch
+
+from . import inference as I
+from .card import put_marked_block
+from .data import load_images
+from .errors import InputError
+from .evaluate import box_layout, make_mask
+from .images import uint8_to_float
+from .judge import HOLE_SHARE, HOLE_SIDES, load_judge, train_judge
+from .models import CVAEGAN, GUESSER_NAME, build_guesser
+from .refit import read_figures, weights_split
+from .serialization import WeightsError, load_state_strict, load_tensors, save_tensors, verify_files
+
+EPOCHS = 60
+WIDTHS = (24, 48, 96, 192)  # the judge's (32, 64, 128, 256) narrowed: about 1.4 MB in float16
+SEED = 11
+SPLIT_FRACTION = 0.1  # the judge's held-out share (train_judge), which the weights' must equal
+
+
+class GuesserError(InputError):
+    """A guesser cannot be fitted or stored as asked; the message says why and what to do."""
+
+
+def check_settings(epochs: int, widths) -> list[int]:
+    """The widths as a list of ints; GuesserError unless epochs >= 1 and there are 1-6 positive widths."""
+    try:
+        w = [int(v) for v in widths]
+    except (TypeError, ValueError) as e:
+        raise GuesserError(f"--widths must be whole numbers such as 24,48,96,192 ({e})") from e
+    if epochs < 1 or not 1 <= len(w) <= 6 or min(w) < 1:
+        raise GuesserError(
+            f"need --epochs >= 1 and 1 to 6 positive --widths (e.g. --epochs 60 --widths 24,48,96,192); got "
+            f"{epochs} and {','.join(map(str, w))}"
+        )
+    return w
+
+
+@torch.no_grad()
+def guess_top1(model: CVAEGAN, x: torch.Tensor, labels: torch.Tensor, layout: str) -> dict:
+    """Top-1 of the "auto" guess (`inference.guess_probabilities`: the model's guesser, or C) on held-out photos x
+    (float, [-1, 1]), whole and with the card's 25% box filled smoothly, as the inpainting sees them."""
+    r = model.config.resolution
+    box = make_mask("box25", r, 0, layout).expand(len(x), 1, r, r)
+    out = {}
+    for name, images in (("whole", x), ("box25", I.fill_smooth(x, box))):
+        pred = torch.cat([I.guess_probabilities(model, images[i : i + 256]).argmax(1) for i in range(0, len(x), 256)])
+        out[name] = round((pred == labels).float().mean().item(), 4)
+    return out
+
+
+def card_section(record: dict) -> str:
+    c, g = record.get("c_top1"), record.get("guesser_top1")
+    measured = (
+        f"On the {record['held_out_images']} held-out photos the guess names the class of the whole photo "
+        f"{g['whole']:.1%} of the time (C: {c['whole']:.1%}) and with the 25% box filled smoothly, as the "
+        f'inpainting\'s "auto" mode sees it, {g["box25"]:.1%} (C: {c["box25"]:.1%}).'
+        if c and g
+        else "No held-out photos recorded for these weights: the guesser was not measured."
+    )
+    return (
+        f"## Class guesser\n\nInpainting without a chosen class asks a separate class guesser, not C "
+        f"({record['date']}, `cvaegan fit-guesser`): the judge's residual network with widths "
+        f"{', '.join(map(str, record['widths']))} ({record['bytes'] / 2**20:.1f} MiB in float16), trained from scratch for "
+        f"{record['epochs']} epochs on {record['train_images']:,} training photos with flips, shifts, zoom, random "
+        f"erasing and a random square hole filled smoothly in half of them; {record['wall_s'] / 60:.1f} wall minutes "
+        f"with {record['threads']} thread(s). {measured} E, G, C and D are unchanged, so samples, enrolment and every "
+        "other figure are the same.\n"
+    )
+
+
+def fit_guesser(
+    folder: str | os.PathLike,
+    data_path: str | os.PathLike,
+    epochs: int = EPOCHS,
+    widths=WIDTHS,
+    seed: int = SEED,
+    device: str = "cpu",
+    progress: bool = True,
+) -> dict:
+    """Train a class guesser for the weights folder FOLDER on DATA (the data it was trained on) and add it in place:
+    guesser.safetensors, config.json's `guesser` entry and digest, figures.json's "guesser" record and the card's
+    "Class guesser" section (a guesser there already is replaced). Nothing is written until it has trained and
+    the folder is known to stay within the release size limits. Returns the record."""
+    from .hub import load_folder
+    from .release import MAX_FILE_BYTES, MAX_FOLDER_BYTES, check_folder_size
+
+    widths = check_settings(epochs, widths)  # before anything loads: a typo fails at once
+    folder = Path(folder)
+    model = load_folder(folder, device)
+    figures = read_figures(folder)
+    fraction = float(figures.get("val_fraction") or SPLIT_FRACTION)
+    if figures.get("split") == "held-out" and not math.isclose(fraction, SPLIT_FRACTION):
+        raise GuesserError(
+            f"{folder} holds out {fraction:g} of the photos; the guesser holds out {SPLIT_FRACTION:g} and would train on "
+            "photos the weights were measured on. Fit it on weights trained with --val-fraction 0.1"
+        )
+    data = load_images(data_path, model.config.resolution, progress=progress)
+    if not len(data.labels):
+        raise GuesserError(f"{data_path} holds no readable images")
+    _, val, _ = weights_split(folder, model, data)  # checks that the data has every class of the model
+    threads = torch.get_num_threads()
+    cpu0 = time.process_time()
+    with tempfile.TemporaryDirectory() as tmp:
+        jcfg = train_judge(
+            data,
+            tmp,
+            epochs=epochs,
+            widths=widths,
+            seed=seed,
+            augment="holes",
+            classes=list(model.config.class_folders),
+            progress=progress,
+            device=device,
+        )
+        guesser = load_judge(tmp, device)
+    state = {k: (v.half() if v.is_floating_point() else v).cpu().contiguous() for k, v in guesser.state_dict().items()}
+    size = sum(t.numel() * t.element_size() for t in state.values())
+    current = check_folder_size(folder) - (
+        (folder / GUESSER_NAME).stat().st_size if (folder / GUESSER_NAME).is_file() else 0
+    )
+    if current + size > MAX_FOLDER_BYTES or size > MAX_FILE_BYTES:
+        raise GuesserError(
+            f"{folder} holds {current / 2**20:.1f} MiB; a guesser of {size / 2**20:.1f} MiB would take it over the "
+            f"{MAX_FOLDER_BYTES / 2**20:.0f} MiB a weights folder may hold. Try narrower --widths (now "
+            f"{','.join(map(str, widths))}); the folder was left as it was"
+        )
+    record = {
+        "date": date.today().isoformat(),
+        "epochs": epochs,
+        "widths": widths,
+        "stem_stride": jcfg.stem_stride,
+        "seed": seed,
+        "augmentation": "the judge's strong augmentation plus a random square hole filled smoothly",
+        "hole_share": HOLE_SHARE,
+        "hole_sides": list(HOLE_SIDES),
+        "train_images": jcfg.training["train_images"],
+        "images_seen": jcfg.training["train_images"] * epochs,
+        "wall_s": jcfg.training["wall_s"],
+        "cpu_s": round(time.process_time() - cpu0, 1),
+        "threads": threads,
+        "bytes": size,
+        "held_out_images": len(val.labels) if val is not None else 0,
+        "c_top1": None,
+        "guesser_top1": None,
+    }
+    if val is not None and len(val.labels):
+        x, layout = uint8_to_float(val.images), box_layout(model.config.class_folders)
+        record["c_top1"] = guess_top1(model, x, val.labels, layout)  # model.guesser is still None: C guesses
+        model.guesser = guesser
+        record["guesser_top1"] = guess_top1(model, x, val.labels, layout)
+    _store(model, folder, state, record)
+    return record
+
+
+def _store(model: CVAEGAN, folder: Path, state: dict, record: dict) -> None:
+    from . import __version__
+
+    files = dict(model.read_config(folder).files)
+    meta = {"format": "pt", "network": "guesser", "cvaegan": __version__}
+    files[GUESSER_NAME] = save_tensors(state, folder / GUESSER_NAME, meta)
+    entry = {k: record[k] for k in ("widths", "stem_stride", "epochs", "seed", "date", "train_images")}
+    entry["held_out_top1"] = record["guesser_top1"]
+    model.write_config(folder, files, guesser=entry)
+    figures = read_figures(folder)
+    if figures:
+        figures["guesser"] = record
+        (folder / "figures.json").write_text(json.dumps(figures, indent=1) + "\n")
+    card = folder / "README.md"
+    if card.is_file():
+        text = card.read_text(encoding="utf-8")
+        card.write_text(
+            put_marked_block(text, "guesser", card_section(record), after="<!-- judge:end -->"), encoding="utf-8"
+        )
+
+
+def read_guesser(folder: str | os.PathLike, class_folders: list[str]) -> dict | None:
+    """The class guesser of the weights folder FOLDER, when it has one (intact, with its figures.json record) for
+    exactly `class_folders`: {"state", "record"}, for `reattach` after a release replaced the folder's networks
+    (the guesser learned the photos, not the networks, so it stays valid for the same classes). Otherwise None."""
+    folder = Path(folder)
+    try:
+        cfg = CVAEGAN.read_config(folder)
+        if not cfg.guesser or cfg.class_folders != list(class_folders) or GUESSER_NAME not in cfg.files:
+            return None
+        verify_files(folder, {GUESSER_NAME: cfg.files[GUESSER_NAME]}, "")
+        record = read_figures(folder).get("guesser")
+        return {"state": load_tensors(folder / GUESSER_NAME), "record": record} if record else None
+    except (WeightsError, InputError, OSError):
+        return None
+
+
+def reattach(model: CVAEGAN, folder: str | os.PathLike, kept: dict, val=None) -> dict:
+    """Put a guesser `read_guesser` kept back into the freshly released weights folder FOLDER (whose `model` is
+    loaded): its file, config entry, figures.json record and card section, with C's figures and its own
+    re-measured on `val` (the release's held-out photos, labelled with the model's class indices) when given."""
+    folder = Path(folder)
+    record = {**kept["record"], "carried_over": date.today().isoformat()}
+    shape = {"widths": record["widths"], "stem_stride": record["stem_stride"]}
+    guesser = build_guesser(dataclasses.replace(model.config, guesser=shape))
+    load_state_strict(guesser, kept["state"], f"{folder / GUESSER_NAME} (kept from the weights released before)")
+    if val is not None and len(val.labels):
+        x, layout = uint8_to_float(val.images), box_layout(model.config.class_folders)
+        model.guesser = None
+        record["c_top1"] = guess_top1(model, x, val.labels, layout)
+        model.guesser = guesser
+        record["guesser_top1"] = guess_top1(model, x, val.labels, layout)
+        record["held_out_images"] = len(val.labels)
+    model.guesser = guesser
+    _store(model, folder, kept["state"], record)
+    return record
