@@ -74,3 +74,20 @@ def test_cli_sample_on_bundled_weights(name, tmp_path):
     )
     assert out.returncode == 0, out.stderr
     assert (tmp_path / "x.png").stat().st_size > 0
+
+
+def test_bundled_flowers_guesser_names_the_models_own_samples():
+    """The flowers weights carry a class guesser (`cvaegan fit-guesser`): it loads strictly with them and names the
+    species of the model's own samples far above chance (51% of 2 samples per species when it was added, chance
+    1%), so a broken or shuffled guesser file fails here."""
+    from cvaegan.inference import generate, guess_probabilities, guess_source
+    from cvaegan.seeds import z_from_seeds
+
+    model = CVAEGAN.from_pretrained(str(ROOT / "weights" / "flowers"))
+    assert model.guesser is not None and guess_source(model) == "the class guesser"
+    k = model.config.num_classes
+    classes = torch.arange(k).repeat(2)
+    x = generate(model, z_from_seeds(list(range(2 * k)), model.config.z_dim), classes)
+    probs = guess_probabilities(model, x)
+    assert probs.shape == (2 * k, k)
+    assert (probs.argmax(1) == classes).float().mean() > 0.25
