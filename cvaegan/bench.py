@@ -17,6 +17,7 @@ import torch
 
 from .config import ModelConfig, TrainConfig
 from .models import CVAEGAN
+from .service import AUTO
 
 
 def _timeit(fn, repeats: int, warmup: int = 2) -> list[float]:
@@ -205,7 +206,7 @@ def app_round_trip(requests: int = 30) -> dict:
             "id": None,
         }
         gen = _timeit(lambda: client.predict(choice, cls, 1, False, 1, 1.0, api_name="/generate"), requests)
-        inp = _timeit(lambda: client.predict(choice, editor, "auto (C decides)", 4, 0, api_name="/inpaint"), requests)
+        inp = _timeit(lambda: client.predict(choice, editor, AUTO, 4, 0, api_name="/inpaint"), requests)
     finally:
         app.demo.close()
 
@@ -288,7 +289,7 @@ def load_test(clients: int = 16, requests_per_client: int = 8, weights: str | No
                             "composite": None,
                             "id": None,
                         }
-                        c.predict(choice, editor, "auto (C decides)", 4, 0, api_name="/inpaint")
+                        c.predict(choice, editor, AUTO, 4, 0, api_name="/inpaint")
                     err = None
                 except Exception as e:  # counted and reported, never raised
                     err = f"{type(e).__name__}: {e}"[:200]

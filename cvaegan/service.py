@@ -40,7 +40,7 @@ MAX_REFINE = 200  # z-refinement steps per request
 MAX_SR_STEPS = 300
 EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "examples"  # next to the package, never the cwd
 EDIT_PX = 256  # a generated sample is sent to the inpainting canvas at least this large
-AUTO = "auto (C decides)"
+AUTO = "auto (guessed from the photo)"  # by C, or for inpainting by the class guesser when the weights have one
 
 
 DIRECTION_LABELS = {  # friendlier slider names for the attribute columns of the faces pack

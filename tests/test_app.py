@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from cvaegan.service import AUTO
+
 from appserver import launch_app
 from conftest import draw_shape
 
@@ -96,7 +98,7 @@ def test_interpolate_with_upload(served):
     photo = tmp / "photo.png"
     draw_shape(2, 48, np.random.default_rng(0)).save(photo)
     frames, gif = client.predict(
-        w, "Circle 0", 1, None, "auto (C decides)", 0, handle_file(str(photo)), "both", 4, api_name="/interpolate"
+        w, "Circle 0", 1, None, AUTO, 0, handle_file(str(photo)), "both", 4, api_name="/interpolate"
     )
     assert len(frames) == 4 and Image.open(gif).format == "GIF"
 
@@ -116,7 +118,7 @@ def test_inpaint_with_image_editor_payload(served):
         "composite": None,
         "id": None,
     }
-    (before, after), text = client.predict(w, value, "auto (C decides)", 2, 0, api_name="/inpaint")
+    (before, after), text = client.predict(w, value, AUTO, 2, 0, api_name="/inpaint")
     out = np.asarray(Image.open(after).convert("RGB"))
     mask = layer[:, :, 3] > 0
     assert np.array_equal(out[~mask], photo[~mask]) and (out[mask] != photo[mask]).any()
@@ -128,7 +130,7 @@ def test_enhance_and_reconstruct_over_http(served):
 
     _, client, w, tmp = served
     draw_shape(3, 12, np.random.default_rng(2)).save(tmp / "small.png")
-    img, info = client.predict(w, handle_file(str(tmp / "small.png")), "auto (C decides)", 10, api_name="/enhance")
+    img, info = client.predict(w, handle_file(str(tmp / "small.png")), AUTO, 10, api_name="/enhance")
     assert Image.open(img).size == (32, 32) and "PSNR" in info
     img, info = client.predict(w, handle_file(str(tmp / "small.png")), "Cross 3", api_name="/reconstruct")
     assert Image.open(img).size == (32, 32) and "Cross 3" in info and "PSNR" in info

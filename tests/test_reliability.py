@@ -201,7 +201,7 @@ def test_corpus_through_the_http_api(trained_export, corpus_dir):
         failures = []
         for name, (path, expect) in corpus_dir[1].items():
             try:
-                client.predict(w, handle_file(str(path)), "auto (C decides)", api_name="/reconstruct")
+                client.predict(w, handle_file(str(path)), S.AUTO, api_name="/reconstruct")
                 if expect == "error":
                     failures.append(f"{name}: accepted")
             except Exception as e:  # gradio_client re-raises the app's gr.Error text

@@ -79,7 +79,7 @@ def test_editor_value_to_mask_and_inpaint(model):
     value = {"background": photo, "layers": [layer], "composite": None}
     img, mask = S.editor_to_image_and_mask(value)
     assert mask.sum() == 150 and img.size == (40, 40)
-    before, after, text = S.inpaint(model, value, "auto (C decides)", 2, 0)
+    before, after, text = S.inpaint(model, value, S.AUTO, 2, 0)
     out = np.asarray(after)
     assert np.array_equal(out[~mask], photo[~mask]) and (out[mask] != photo[mask]).any()
     assert "C's guess" in text
