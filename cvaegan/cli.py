@@ -605,9 +605,7 @@ def _refit_parser(sub) -> argparse.ArgumentParser:
             "(which relies on the trained C's features): do not refit weights you will enrol into."
         ),
     )
-    p.add_argument("--weights", required=True, help="local weights folder (changed in place; copy it first to keep it)")
-    p.add_argument("--data", required=True, help="the data the weights were trained on (folder or .tar)")
-    p.add_argument("--epochs", type=int, default=EPOCHS, help=f"passes over the training photos (default {EPOCHS})")
+    _add_fit_on_weights(p, EPOCHS)
     p.add_argument("--lr", type=float, default=LR, help=f"Adam step size (default {LR:g})")
     p.add_argument(
         "--hole-share", type=float, default=HOLE_P, help=f"share of photos given a random hole (default {HOLE_P:g})"
@@ -615,6 +613,13 @@ def _refit_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the shuffling, augmentation and holes (default 0)")
     _add_threads_device(p, "run")
     return p
+
+
+def _add_fit_on_weights(p: argparse.ArgumentParser, epochs: int) -> None:
+    """--weights, --data and --epochs of a command that trains a network of a weights folder on its own photos."""
+    p.add_argument("--weights", required=True, help="local weights folder (changed in place; copy it first to keep it)")
+    p.add_argument("--data", required=True, help="the data the weights were trained on (folder or .tar)")
+    p.add_argument("--epochs", type=int, default=epochs, help=f"passes over the training photos (default {epochs})")
 
 
 def _add_threads_device(p: argparse.ArgumentParser, verb: str) -> None:
@@ -662,9 +667,7 @@ def _guesser_parser(sub) -> argparse.ArgumentParser:
             "samples and enrolment do not change (README, Evaluation). Not in the paper."
         ),
     )
-    p.add_argument("--weights", required=True, help="local weights folder (changed in place; copy it first to keep it)")
-    p.add_argument("--data", required=True, help="the data the weights were trained on (folder or .tar)")
-    p.add_argument("--epochs", type=int, default=EPOCHS, help=f"passes over the training photos (default {EPOCHS})")
+    _add_fit_on_weights(p, EPOCHS)
     p.add_argument(
         "--widths",
         default=",".join(map(str, WIDTHS)),
