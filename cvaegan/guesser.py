@@ -187,6 +187,7 @@ def _store(model: CVAEGAN, folder: Path, state: dict, record: dict) -> None:
     meta = {"format": "pt", "network": "guesser", "cvaegan": __version__}
     files[GUESSER_NAME] = save_tensors(state, folder / GUESSER_NAME, meta)
     entry = {k: record[k] for k in ("widths", "stem_stride", "epochs", "seed", "date", "train_images")}
+    entry["num_classes"] = int(state["fc.weight"].shape[0])  # the classes it was fitted on (later ones: C guesses)
     entry["held_out_top1"] = record["guesser_top1"]
     model.write_config(folder, files, guesser=entry)
     figures = read_figures(folder)
@@ -223,7 +224,7 @@ def reattach(model: CVAEGAN, folder: str | os.PathLike, kept: dict, val=None) ->
     re-measured on `val` (the release's held-out photos, labelled with the model's class indices) when given."""
     folder = Path(folder)
     record = {**kept["record"], "carried_over": date.today().isoformat()}
-    shape = {"widths": record["widths"], "stem_stride": record["stem_stride"]}
+    shape = {"widths": record["widths"], "stem_stride": record["stem_stride"], "num_classes": model.config.num_classes}
     guesser = build_guesser(dataclasses.replace(model.config, guesser=shape))
     load_state_strict(guesser, kept["state"], f"{folder / GUESSER_NAME} (kept from the weights released before)")
     if val is not None and len(val.labels):

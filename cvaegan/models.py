@@ -343,7 +343,7 @@ def build_guesser(cfg: ModelConfig) -> nn.Module:
     try:
         jcfg = JudgeConfig(
             resolution=cfg.resolution,
-            num_classes=cfg.num_classes,
+            num_classes=int(g.get("num_classes", cfg.num_classes)),
             widths=[int(w) for w in g["widths"]],
             stem_stride=int(g.get("stem_stride", 2)),
         )
@@ -429,7 +429,9 @@ class CVAEGAN(PretrainedMixin, nn.Module):
             metadata[GUESSER_NAME] = {"format": "pt", "network": "guesser", "cvaegan": __version__}
         if self.directions is not None:
             tensors[DIRECTIONS_NAME] = self._direction_tensors()
-        return self.write_folder(path, tensors, metadata, package_version=__version__)
+        # the guesser entry describes a guesser file: none without the network (e.g. a run warm-started from weights)
+        guesser = self.config.guesser if self.guesser is not None else {}
+        return self.write_folder(path, tensors, metadata, package_version=__version__, guesser=guesser)
 
     def save_directions(self, path: str | os.PathLike) -> None:
         """Add (or replace) the latent directions of an existing weights folder; network files stay as they are."""

@@ -603,7 +603,9 @@ def train(
         from .hub import load_training_state
 
         warm = load_training_state(init_from)
-        mcfg = ModelConfig.from_dict({**warm["config"], "directions": [], "direction_units": [], "files": {}})
+        mcfg = ModelConfig.from_dict(
+            {**warm["config"], "directions": [], "direction_units": [], "guesser": {}, "files": {}}
+        )
         if init_g_cond == "cbn" and mcfg.g_cond == "concat":  # an exact conversion: G computes what it did
             from .models import generator_state_to_cbn
 

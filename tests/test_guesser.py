@@ -167,3 +167,23 @@ def test_a_class_enrolled_after_the_guesser_is_still_guessed_by_c(tiny_model):
         tiny_model.classifier.out.bias.copy_(torch.tensor([50.0, -50.0, -50.0, -50.0]))
     p = guess_probabilities(tiny_model, x)
     assert p.argmax(1).tolist() == [1, 1] and torch.allclose(p.sum(1), torch.ones(2))  # the guesser's, not C's 0
+
+
+def test_weights_saved_without_the_guesser_network_do_not_promise_one(tiny_model, tmp_path):
+    """A model whose config still describes a guesser it does not hold (a run warm-started from weights that had
+    one) saves weights without the entry, so they load; with the network, both are saved and load strictly."""
+    import dataclasses
+
+    from cvaegan.models import build_guesser
+
+    tiny_model.config = dataclasses.replace(tiny_model.config, guesser={"widths": [4, 8], "stem_stride": 2})
+    tiny_model.save_pretrained(tmp_path / "a")
+    loaded = CVAEGAN.from_pretrained(str(tmp_path / "a"))
+    assert loaded.guesser is None and loaded.config.guesser == {}
+    tiny_model.config = dataclasses.replace(tiny_model.config, guesser={"widths": [4, 8], "stem_stride": 2})
+    tiny_model.guesser = build_guesser(tiny_model.config)
+    tiny_model.save_pretrained(tmp_path / "b")
+    loaded = CVAEGAN.from_pretrained(str(tmp_path / "b"))
+    assert loaded.guesser is not None and loaded.config.guesser["widths"] == [4, 8]
+    for k, v in tiny_model.guesser.state_dict().items():
+        assert torch.allclose(loaded.guesser.state_dict()[k], v.half().float())
