@@ -60,6 +60,12 @@ def check_settings(epochs: int, widths) -> list[int]:
             f"need --epochs >= 1 and 1 to 6 positive --widths (e.g. --epochs 60 --widths 24,48,96,192); got "
             f"{epochs} and {','.join(map(str, w))}"
         )
+    odd = [v for v in w if v % min(8, v)]  # GroupNorm: 8 groups, or one per channel below 8 channels
+    if odd:
+        raise GuesserError(
+            f"--widths of 8 or more must be multiples of 8 (the network normalises 8 groups of channels); "
+            f"{', '.join(map(str, odd))} is not: try e.g. 16,32,80,160"
+        )
     return w
 
 

@@ -107,6 +107,7 @@ def test_fit_guesser_refuses_bad_input_and_writes_nothing(released, shapes_dir, 
         ("--epochs", "0", "need --epochs >= 1"),
         ("--widths", "4,x", "--widths must be whole numbers"),
         ("--widths", "4,0", "1 to 6 positive --widths"),
+        ("--widths", "20,40", "multiples of 8"),
     ):
         assert cli.main([*base, flag, value]) == 1
         assert says in capsys.readouterr().err
