@@ -131,7 +131,8 @@ def fit_guesser(
     data = load_images(data_path, model.config.resolution, progress=progress)
     if not len(data.labels):
         raise GuesserError(f"{data_path} holds no readable images")
-    _, val, _ = weights_split(folder, model, data)  # checks that the data has every class of the model
+    # the held-out photos to measure on; checks that the data has every class of the model
+    _, val, _ = weights_split(folder, model, data, "the guesser would not know them")
     threads = torch.get_num_threads()
     cpu0 = time.process_time()
     with tempfile.TemporaryDirectory() as tmp:

@@ -167,7 +167,7 @@ def refit_classifier(
 
 
 def weights_split(
-    folder: Path, model: CVAEGAN, data: LabelledImages
+    folder: Path, model: CVAEGAN, data: LabelledImages, missing_means: str = "C would forget them"
 ) -> tuple[LabelledImages, LabelledImages | None, bool]:
     """The weights' training photos and held-out photos (figures.json's split, as release and evaluate draw
     it), relabelled to the model's class indices; the data's folders the model lacks (left out) are dropped."""
@@ -179,7 +179,7 @@ def weights_split(
     try:
         kept, train_idx, val_idx = keep_classes(data, model.config.class_folders, train_idx, val_idx)
     except JudgeError as e:
-        raise RefitError(f"{e}: C would forget them. Pass the data the weights were trained on") from e
+        raise RefitError(f"{e}: {missing_means}. Pass the data the weights were trained on") from e
     return kept.subset(train_idx), (kept.subset(val_idx) if held_out else None), held_out
 
 
