@@ -37,7 +37,7 @@ from .images import uint8_to_float
 from .judge import HOLE_SHARE, HOLE_SIDES, load_judge, train_judge
 from .models import CVAEGAN, GUESSER_NAME, build_guesser
 from .refit import read_figures, weights_split
-from .serialization import WeightsError, load_state_strict, load_tensors, save_tensors, verify_files
+from .serialization import WeightsError, float16_state, load_state_strict, load_tensors, save_tensors, verify_files
 
 EPOCHS = 60
 WIDTHS = (24, 48, 96, 192)  # the judge's (32, 64, 128, 256) narrowed: about 1.4 MB in float16
@@ -148,7 +148,7 @@ def fit_guesser(
             device=device,
         )
         guesser = load_judge(tmp, device)
-    state = {k: (v.half() if v.is_floating_point() else v).cpu().contiguous() for k, v in guesser.state_dict().items()}
+    state = float16_state(guesser)
     size = sum(t.numel() * t.element_size() for t in state.values())
     current = check_folder_size(folder) - (
         (folder / GUESSER_NAME).stat().st_size if (folder / GUESSER_NAME).is_file() else 0
@@ -178,13 +178,22 @@ def fit_guesser(
         "c_top1": None,
         "guesser_top1": None,
     }
-    if val is not None and len(val.labels):
-        x, layout = uint8_to_float(val.images), box_layout(model.config.class_folders)
-        record["c_top1"] = guess_top1(model, x, val.labels, layout)  # model.guesser is still None: C guesses
-        model.guesser = guesser
-        record["guesser_top1"] = guess_top1(model, x, val.labels, layout)
+    _measure(model, guesser, val, record)
     _store(model, folder, state, record)
     return record
+
+
+def _measure(model: CVAEGAN, guesser, val, record: dict) -> None:
+    """Give `model` the `guesser`; with held-out photos `val` (the model's class indices), first record C's and then
+    the guesser's top-1 on them (`guess_top1`) and their number in `record`."""
+    model.guesser = None
+    if val is not None and len(val.labels):
+        x, layout = uint8_to_float(val.images), box_layout(model.config.class_folders)
+        record["c_top1"] = guess_top1(model, x, val.labels, layout)
+        model.guesser = guesser
+        record["guesser_top1"] = guess_top1(model, x, val.labels, layout)
+        record["held_out_images"] = len(val.labels)
+    model.guesser = guesser
 
 
 def _store(model: CVAEGAN, folder: Path, state: dict, record: dict) -> None:
@@ -234,13 +243,6 @@ def reattach(model: CVAEGAN, folder: str | os.PathLike, kept: dict, val=None) ->
     shape = {"widths": record["widths"], "stem_stride": record["stem_stride"], "num_classes": model.config.num_classes}
     guesser = build_guesser(dataclasses.replace(model.config, guesser=shape))
     load_state_strict(guesser, kept["state"], f"{folder / GUESSER_NAME} (kept from the weights released before)")
-    if val is not None and len(val.labels):
-        x, layout = uint8_to_float(val.images), box_layout(model.config.class_folders)
-        model.guesser = None
-        record["c_top1"] = guess_top1(model, x, val.labels, layout)
-        model.guesser = guesser
-        record["guesser_top1"] = guess_top1(model, x, val.labels, layout)
-        record["held_out_images"] = len(val.labels)
-    model.guesser = guesser
+    _measure(model, guesser, val, record)
     _store(model, folder, kept["state"], record)
     return record

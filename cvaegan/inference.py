@@ -16,6 +16,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from torch import nn
 
 from .errors import InputError
 from .images import (
@@ -146,15 +147,18 @@ def guess_probabilities(model: CVAEGAN, x: torch.Tensor) -> torch.Tensor:
     "auto" guess. From the weights' class guesser (`cvaegan fit-guesser`, trained on photos with holes) when they
     have one, otherwise from C. The guesser knows the trained classes only: a photo that C takes for a class
     enrolled later (`cvaegan.enrol`) keeps C's guess."""
-    model.classifier.eval()
-    c = model.classifier(x.to(model.device))[0].float().softmax(1).cpu()
+
+    def probs(net: nn.Module) -> torch.Tensor:
+        net.eval()
+        return net(x.to(model.device))[0].float().softmax(1).cpu()
+
     if model.guesser is None:
-        return c
-    model.guesser.eval()
-    g = model.guesser(x.to(model.device))[0].float().softmax(1).cpu()
+        return probs(model.classifier)
+    g = probs(model.guesser)
     k = g.shape[1]
-    if c.shape[1] == k:
+    if model.classifier.out.out_features == k:  # no class enrolled after the guesser: C need not run
         return g
+    c = probs(model.classifier)
     out = torch.cat([g, torch.zeros(len(g), c.shape[1] - k)], 1)
     enrolled = c.argmax(1) >= k
     out[enrolled] = c[enrolled]

@@ -13,7 +13,15 @@ from torch import nn
 
 from . import __version__
 from .config import ModelConfig
-from .serialization import PretrainedMixin, WeightsError, load_state_strict, load_tensors, save_tensors, unwrap_state
+from .serialization import (
+    PretrainedMixin,
+    WeightsError,
+    float16_state,
+    load_state_strict,
+    load_tensors,
+    save_tensors,
+    unwrap_state,
+)
 
 DIRECTIONS_NAME = "directions.safetensors"
 GUESSER_NAME = "guesser.safetensors"  # the optional class guesser of inpainting (cvaegan.guesser)
@@ -409,24 +417,17 @@ class CVAEGAN(PretrainedMixin, nn.Module):
                 "them beside the weights (load_pretrained(..., extra_classes=[...]))"
             )
         names = ["encoder", "generator", "classifier"] + (["discriminator"] if include_discriminator else [])
+        names += ["guesser"] if self.guesser is not None else []
         tensors, metadata = {}, {}
         for name in names:
             net = getattr(self, name)
             if net is None:
                 raise WeightsError(f"cannot save {name}: this model has none (load it with with_discriminator=True)")
-            state = unwrap_state(net)
-            if fp16:
-                state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
-            tensors[f"{name}.safetensors"] = state
+            tensors[f"{name}.safetensors"] = float16_state(net) if fp16 else unwrap_state(net)
             metadata[f"{name}.safetensors"] = {"format": "pt", "network": name, "cvaegan": __version__}
         for fname, t in (extra or {}).items():
             tensors[fname] = t
             metadata[fname] = {"format": "pt", "cvaegan": __version__}
-        if self.guesser is not None:
-            tensors[GUESSER_NAME] = {
-                k: v.half() if fp16 and v.is_floating_point() else v for k, v in unwrap_state(self.guesser).items()
-            }
-            metadata[GUESSER_NAME] = {"format": "pt", "network": "guesser", "cvaegan": __version__}
         if self.directions is not None:
             tensors[DIRECTIONS_NAME] = self._direction_tensors()
         # the guesser entry describes a guesser file: none without the network (e.g. a run warm-started from weights)

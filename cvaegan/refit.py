@@ -42,7 +42,7 @@ from .evaluate import box_layout, make_mask
 from .images import uint8_to_float
 from .judge import HOLE_SIDES, JudgeError, keep_classes, random_holes, strong_augment_batch
 from .models import CVAEGAN
-from .serialization import save_tensors
+from .serialization import float16_state, save_tensors
 
 ENROLMENT_WARNING = (
     "enrolment (`cvaegan enrol`, the app's 'Add a new person or species') relies on the trained C's features: with a "
@@ -201,10 +201,7 @@ def save_classifier(model: CVAEGAN, folder: str | os.PathLike) -> None:
 
     folder = Path(folder)
     files = dict(model.read_config(folder).files)
-    state = {
-        k: (v.half() if v.is_floating_point() else v).cpu().contiguous()
-        for k, v in model.classifier.state_dict().items()
-    }
+    state = float16_state(model.classifier)
     meta = {"format": "pt", "network": "classifier", "cvaegan": __version__}
     files[CLASSIFIER_FILE] = save_tensors(state, folder / CLASSIFIER_FILE, meta)
     model.write_config(folder, files)

@@ -83,6 +83,11 @@ def unwrap_state(module: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
 
 
+def float16_state(module: nn.Module) -> dict[str, torch.Tensor]:
+    """unwrap_state with every floating-point tensor in float16, as weights folders store their networks."""
+    return {k: v.half() if v.is_floating_point() else v for k, v in unwrap_state(module).items()}
+
+
 def verify_files(folder: Path, files: dict[str, str], fix: str = "re-download or re-export the weights") -> None:
     """Check every file listed in config.json (name -> sha256; "" = not recorded) against its hash;
     `fix` says what to do when one is missing or differs."""
