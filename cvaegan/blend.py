@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from . import inference as I
-from .images import harmonic_fill, to_pil
+from .images import border_distance, harmonic_fill, to_pil
 from .models import CVAEGAN
 
 CONFIDENT = 0.5  # C's top probability below this: say that C is not sure, and suggest picking a class
@@ -43,16 +43,23 @@ def _crop(a: np.ndarray, left: int, top: int, side: int) -> np.ndarray:
     return a[ys][:, xs]
 
 
-def seamless_paste(photo: np.ndarray, fill: np.ndarray, mask: np.ndarray) -> np.ndarray:
+def seamless_paste(photo: np.ndarray, fill: np.ndarray, mask: np.ndarray, feather: float = 0.0) -> np.ndarray:
     """Paste fill (H, W, 3) float into photo (H, W, 3) uint8 where mask (H, W) is True, so that it meets the known
     pixels around the hole without a seam (Poisson blending, Perez et al. 2003): inside the hole the result is
     fill + the harmonic interpolation (`harmonic_fill`) of photo - fill from the pixels around the hole, that is
-    the photo's own smooth fill of the hole plus the fill's detail. Pixels outside the mask are returned exactly."""
+    the photo's own smooth fill of the hole plus the fill's detail (fill minus its own smooth fill).
+    feather > 0 (pixels): the detail fades in from the hole's rim, scaled by min(1, (d - 1) / feather) at d steps
+    from the nearest known pixel (`border_distance`), so the rim keeps the photo's smooth fill and holes narrower
+    than the feather get little of the model's detail. Pixels outside the mask are returned exactly."""
     assert photo.shape[:2] == mask.shape == fill.shape[:2], (photo.shape, mask.shape, fill.shape)
     src = torch.from_numpy(photo.astype(np.float32)).permute(2, 0, 1)
     gen = torch.from_numpy(np.asarray(fill, np.float32)).permute(2, 0, 1)
     m = torch.from_numpy(mask)
     corrected = gen + harmonic_fill(torch.where(m, 0.0, src - gen), m)
+    if feather > 0:
+        detail = gen - harmonic_fill(gen, m)
+        keep = ((border_distance(m) - 1) / feather).clamp(0, 1)
+        corrected = corrected - (1 - keep) * detail
     out = torch.where(m[None], corrected.round().clamp(0, 255), src)
     return out.permute(1, 2, 0).numpy().astype(np.uint8)
 
@@ -74,6 +81,7 @@ def inpaint(
     iterations: int = DEFAULT_ITERATIONS,
     refine_steps: int = 0,
     progress=None,
+    feather: float | None = None,
 ) -> dict:
     """Fill the masked pixels of a photo of any size at its own resolution: the one inpainting pipeline
     that the app, the CLI (`inference.inpaint`) and `cvaegan evaluate` all run.
@@ -82,7 +90,8 @@ def inpaint(
     The model inpaints the square window of the photo around the hole at its resolution (the paper's
     encode-generate-paste loop); the fill is upsampled (bicubic) and pasted seamlessly (`seamless_paste`).
     cls: class index, or None to let the class guess decide on the window (holes filled smoothly,
-    `inference.fill_smooth`; the weights' guesser, or C: `top_classes`).
+    `inference.fill_smooth`; the weights' guesser, or C: `top_classes`). feather: the detail feather in model pixels
+    (`seamless_paste`; None: the weights' `inpaint_feather`, set by `cvaegan fit-feather`, else 0).
     Returns {"image": PIL at the photo's size, "class": index, "top": the guess's [(index, p)] top-3 or [] when
     the class was given, "box": (left, top, side) of the window, "model_image": PIL of the window at the
     model's resolution with the fill pasted in}.
@@ -91,6 +100,9 @@ def inpaint(
     assert src.ndim == 3 and src.shape[2] == 3 and mask.shape == src.shape[:2], (src.shape, mask.shape)
     if not mask.any():
         raise ValueError("the mask is empty: paint over the part of the photo to fill in")
+    feather = model.config.inpaint_feather if feather is None else float(feather)
+    if not feather >= 0:
+        raise ValueError(f"feather must be 0 or more model pixels, got {feather}")
     r = model.config.resolution
     left, top, side = window_box(mask)
     h, w = mask.shape
@@ -112,7 +124,7 @@ def inpaint(
     gen = I.inpaint_tensor(model, x_small, m_small, cls, iterations, refine_steps, progress=progress, start=start).cpu()
     fill = F.interpolate(gen, size=(side, side), mode="bicubic", align_corners=False).clamp(-1, 1)
     fill = ((fill[0].permute(1, 2, 0) + 1) * 127.5).numpy()
-    out_win = seamless_paste(win, fill, wmask)
+    out_win = seamless_paste(win, fill, wmask, feather * side / r)  # model pixels -> the window's
     out = src.copy()
     ys, xs = np.nonzero(mask)  # every masked pixel lies in the window
     out[ys, xs] = out_win[ys - top, xs - left]

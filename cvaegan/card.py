@@ -407,7 +407,13 @@ def judge_section(report: dict, judge_cfg: dict) -> str:
         from .evaluate import inpainting_table
 
         rows += (
-            f"\n\nInpainting as the app does it ({inp['iterations']} iterations, {inp['images']} held-out photos), "
+            f"\n\nInpainting as the app does it ({inp['iterations']} iterations, {inp['images']} held-out photos"
+            + (
+                f", the model's detail feathered over {inp['feather_px']:g} model pixels"
+                if inp.get("feather_px")
+                else ""
+            )
+            + "), "
             "ours vs OpenCV Telea; the judge's top-1 on the inpainted photos says whether the class survives:\n\n"
             + inpainting_table(inp)
         )

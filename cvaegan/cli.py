@@ -707,6 +707,63 @@ def cmd_guesser(a: argparse.Namespace) -> int:
     return 0
 
 
+def _feather_parser(sub) -> argparse.ArgumentParser:
+    from .feather import CANDIDATES, TOLERANCE
+
+    p = sub.add_parser(
+        "fit-feather",
+        help="measure how far from a hole's rim inpainting should trust the model's detail, for a weights folder",
+        description=(
+            "Inpaint held-out photos (25%% box, thin strokes, free-form brush; the true class) with the model's "
+            "detail fading in over each candidate number of model pixels from the hole's rim, score PSNR in the hole "
+            "and the judge's top-1 on the results, and keep the best mean PSNR whose mean judge top-1 stays within "
+            "the tolerance of the paste without feather. Writes config.json's inpaint_feather (used by the app, "
+            "`inpaint` and `evaluate`), figures.json and the card's 'Inpainting feather' section in place. The "
+            "held-out photos are the ones after the card's, so the card stays a fair test. Not in the paper."
+        ),
+    )
+    p.add_argument("--weights", required=True, help="local weights folder (changed in place; copy it first to keep it)")
+    p.add_argument("--data", required=True, help="the data the weights were trained on (folder or .tar)")
+    p.add_argument("--judge", required=True, help="class judge folder (`cvaegan judge`) trained on the same data")
+    p.add_argument(
+        "--candidates",
+        default=",".join(f"{c:g}" for c in CANDIDATES),
+        help=f"feathers to try, in model pixels (default {','.join(f'{c:g}' for c in CANDIDATES)}; 0 is always tried)",
+    )
+    p.add_argument(
+        "--photos", type=int, default=None, help="at most this many held-out photos (default: all after the card's)"
+    )
+    p.add_argument(
+        "--tolerance",
+        type=float,
+        default=TOLERANCE,
+        help=f"mean judge top-1 a feather may lose against none (default {TOLERANCE})",
+    )
+    _add_threads_device(p, "run the networks")
+    return p
+
+
+def cmd_feather(a: argparse.Namespace) -> int:
+    import torch
+
+    from .feather import FeatherError, fit_feather
+
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    try:
+        candidates = [float(c) for c in a.candidates.split(",") if c.strip()]
+    except ValueError as e:
+        raise FeatherError(
+            f"--candidates must be numbers separated by commas, e.g. 0,2,4,8 (got {a.candidates!r})"
+        ) from e
+    r = fit_feather(a.weights, a.data, a.judge, candidates, a.photos, a.tolerance, device=_device(a.device))
+    print(f"measured on {r['held_out_photos']} held-out photos (PSNR in the hole / judge top-1, mean of the 3 masks):")
+    for f, res in r["results"].items():
+        print(f"  feather {f:>4} px: {res['mean_psnr_db']:.2f} dB / {res['mean_judge_top1']:.1%}")
+    print(f"wrote inpaint_feather = {r['chosen_px']:g} into {a.weights} ({r['wall_s'] / 60:.1f} wall minutes)")
+    return 0
+
+
 def cmd_directions(a: argparse.Namespace) -> int:
     from .release import refresh_directions
 
@@ -794,6 +851,13 @@ def _inpaint_parser(sub) -> argparse.ArgumentParser:
         "--refine-steps", type=int, default=0, help="extra steps optimising z on the known pixels (default 0)"
     )
     p.add_argument("--no-blend", action="store_true", help="do not colour-match the fill to its border")
+    p.add_argument(
+        "--feather",
+        type=float,
+        default=None,
+        help="model pixels over which the generated detail fades in from the hole's rim (default: the weights' own, "
+        "set by `cvaegan fit-feather`; 0 pastes it everywhere). Not with --no-blend",
+    )
     p.add_argument("--out", required=True, help="output image at the input's size")
     return p
 
@@ -801,8 +865,12 @@ def _inpaint_parser(sub) -> argparse.ArgumentParser:
 def cmd_inpaint(a: argparse.Namespace) -> int:
     from .inference import inpaint
 
+    if a.feather is not None and a.no_blend:
+        raise InputError("--feather shapes the seamless paste, which --no-blend skips: drop one of them")
+    if a.feather is not None and not 0 <= a.feather <= 64:
+        raise InputError(f"--feather must be 0 to 64 model pixels, got {a.feather}")
     model = _model(a)
-    r = inpaint(model, a.image, a.mask, a.cls, a.iterations, a.refine_steps, blend=not a.no_blend)
+    r = inpaint(model, a.image, a.mask, a.cls, a.iterations, a.refine_steps, blend=not a.no_blend, feather=a.feather)
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     r["image"].save(a.out)
     note = (
@@ -985,6 +1053,13 @@ def _evaluate_parser(sub) -> argparse.ArgumentParser:
         help="encode-generate-paste rounds for ours (default: the app's default, 4)",
     )
     p.add_argument(
+        "--inpaint-feather",
+        type=float,
+        default=None,
+        help="model pixels over which the generated detail fades in from the hole's rim (default: the weights' own, "
+        "set by `cvaegan fit-feather`; 0 pastes it everywhere)",
+    )
+    p.add_argument(
         "--box",
         choices=("faces", "centre"),
         default=None,
@@ -1058,6 +1133,7 @@ def cmd_evaluate(a: argparse.Namespace) -> int:
         inpaint_iterations=a.inpaint_iterations,
         box=a.box,
         truncation=a.truncation,
+        inpaint_feather=a.inpaint_feather,
         **({} if a.recon_refine_steps is None else {"recon_refine_steps": a.recon_refine_steps}),
     )
     write_report(report, a.out)
@@ -1206,6 +1282,7 @@ COMMANDS = {
     "directions": (_directions_parser, cmd_directions),
     "refit-classifier": (_refit_parser, cmd_refit),
     "fit-guesser": (_guesser_parser, cmd_guesser),
+    "fit-feather": (_feather_parser, cmd_feather),
     "reconstruct": (_reconstruct_parser, cmd_reconstruct),
     "inpaint": (_inpaint_parser, cmd_inpaint),
     "superres": (_superres_parser, cmd_superres),

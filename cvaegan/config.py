@@ -79,6 +79,12 @@ class ModelConfig:
         factory=dict,
         cli=False,
     )
+    inpaint_feather: float = option(
+        0.0,
+        "inpainting's detail feather in model pixels (`cvaegan fit-feather`): the generated detail fades in over this "
+        "many pixels from the hole's rim; 0 pastes it everywhere",
+        cli=False,
+    )
     format_version: int = option(FORMAT_VERSION, "weights layout version; newer than this code -> error", cli=False)
     package_version: str = option("", "cvaegan version that wrote the file (informational)", cli=False)
     files: dict[str, str] = option(help="file name -> sha256, filled on save", factory=dict, cli=False)
@@ -95,6 +101,8 @@ class ModelConfig:
         for name, values in (("class_names", self.class_names), ("class_folders", self.class_folders)):
             if len(values) != self.num_classes:
                 raise ConfigError(f"{name} has {len(values)} entries but num_classes is {self.num_classes}")
+        if not isinstance(self.inpaint_feather, (int, float)) or not 0 <= self.inpaint_feather <= 64:
+            raise ConfigError(f"inpaint_feather must be a number from 0 to 64 (pixels), got {self.inpaint_feather!r}")
         if self.z_dim < 1 or self.base_channels < 1 or self.max_channels < self.base_channels:
             raise ConfigError("z_dim and base_channels must be positive and max_channels >= base_channels")
         for name in ("d_norm", "c_norm"):

@@ -193,6 +193,7 @@ FACE_FOLDER_PREFIXES = ("celeba_", "lfw_")  # class ids of the faces pack (Celeb
 BOX25_TOP = {"faces": 5 / 16, "centre": 1 / 4}  # the box's top edge, as a fraction of the side
 MASK_KINDS = ("box25", "brush_thin", "brush")
 LEGACY_KINDS = ("centre_box",)  # still measured: the model card's table reads it
+INPAINT_PICK_SEED = 99  # the held-out photos' order for the inpainting figures (`inpaint_photo_order`)
 INPAINT_METHODS = ("cvaegan", "cvaegan_predicted_class", "telea", "navier_stokes", "mean_fill")
 
 
@@ -298,13 +299,25 @@ def mean_fill(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
 
 
 def user_inpaint(
-    model: CVAEGAN, photo: torch.Tensor, m: torch.Tensor, cls: int | None, iterations: int
+    model: CVAEGAN,
+    photo: torch.Tensor,
+    m: torch.Tensor,
+    cls: int | None,
+    iterations: int,
+    feather: float | None = None,
 ) -> tuple[torch.Tensor, int]:
-    """What a user of the app (or of `cvaegan inpaint`) gets for one photo: `blend.inpaint` (C picks the class
-    when cls is None, as the app's 'auto'), seamless paste included. photo: (3, H, W) uint8; m: (1, 1, H, W)
-    bool. Returns (the result as (1, 3, H, W) float in [-1, 1], the class used)."""
-    r = blend.inpaint(model, photo.permute(1, 2, 0).numpy(), m[0, 0].numpy(), cls, iterations)
+    """What a user of the app (or of `cvaegan inpaint`) gets for one photo: `blend.inpaint` (the class guess picks
+    the class when cls is None, as the app's 'auto'), seamless paste included, with the weights' detail feather
+    unless `feather` is given. photo: (3, H, W) uint8; m: (1, 1, H, W) bool. Returns (the result as (1, 3, H, W)
+    float in [-1, 1], the class used)."""
+    r = blend.inpaint(model, photo.permute(1, 2, 0).numpy(), m[0, 0].numpy(), cls, iterations, feather=feather)
     return uint8_to_float(pil_to_uint8(r["image"]))[None], int(r["class"])
+
+
+def inpaint_photo_order(count: int) -> torch.Tensor:
+    """The order in which the inpainting figures take held-out photos: the card measures the first 64 (or
+    `--inpaint-images`), `cvaegan fit-feather` the ones after them, so the card's photos stay unseen by it."""
+    return torch.randperm(count, generator=torch.Generator().manual_seed(INPAINT_PICK_SEED))
 
 
 def judge_indices(judge: Judge, class_folders: list[str]) -> torch.Tensor:
@@ -335,6 +348,7 @@ def inpainting_scores(
     judge: Judge | None = None,
     layout: str | None = None,
     kinds: tuple[str, ...] = MASK_KINDS + LEGACY_KINDS,
+    feather: float | None = None,
 ) -> dict:
     """Inpainting as a user gets it, against OpenCV's Telea and Navier-Stokes and a mean-colour fill.
 
@@ -343,7 +357,8 @@ def inpainting_scores(
     the guess of the class (the app's 'auto': the weights' class guesser, or C). For every mask kind: PSNR / SSIM inside the hole and, with a judge, the
     judge's top-1 on the inpainted photos of every method (classes matched by folder name); the judge's
     top-1 on the untouched photos is the ceiling, on the mean-colour fill the floor. `layout`: where the 25%
-    box goes ('faces' or 'centre'; default from the data's class folders, see `box_layout`)."""
+    box goes ('faces' or 'centre'; default from the data's class folders, see `box_layout`). `feather`: the detail
+    feather in model pixels (`blend.seamless_paste`; default: the weights' own, as users get it)."""
     r = model.config.resolution
     iterations = blend.DEFAULT_ITERATIONS if iterations is None else iterations
     layout = box_layout(val.class_folders) if layout is None else layout
@@ -354,7 +369,7 @@ def inpainting_scores(
     if not known.all():  # photos of classes the model does not have: no true class to give it
         val = val.subset(torch.nonzero(known).flatten())
     n = min(count, len(val.labels))
-    pick = torch.randperm(len(val.labels), generator=torch.Generator().manual_seed(99))[:n]
+    pick = inpaint_photo_order(len(val.labels))[:n]
     photos = val.images[pick]
     x_all = uint8_to_float(photos)
     y_all = val.labels[pick]
@@ -367,6 +382,7 @@ def inpainting_scores(
         "iterations": iterations,
         "box25_layout": layout,
         "guess_by": I.guess_source(model),  # who names the class in 'auto' mode
+        "feather_px": model.config.inpaint_feather if feather is None else feather,
     }
     if judge is not None:
         report["judge_top1_original"] = round(_judge_top1(judge, x_all, judge_y), 4)
@@ -384,8 +400,8 @@ def inpainting_scores(
             x = x_all[i : i + 1]
             m = make_mask(kind, r, i, layout)
             holes.append(m.float().mean().item())
-            ours, _ = user_inpaint(model, photos[i], m, true_cls[i], iterations)
-            auto, guess = user_inpaint(model, photos[i], m, None, iterations)
+            ours, _ = user_inpaint(model, photos[i], m, true_cls[i], iterations, feather)
+            auto, guess = user_inpaint(model, photos[i], m, None, iterations, feather)
             guessed.append(guess == true_cls[i])
             result = {
                 "cvaegan": ours,
@@ -524,6 +540,7 @@ def evaluate(
     box: str | None = None,
     truncation: float = 1.0,
     recon_refine_steps: int = RECON_REFINE_STEPS,
+    inpaint_feather: float | None = None,
 ) -> dict:
     """All figures of the evaluation issue for one generator; `data` at the model's resolution.
     Inpainting (see `inpainting_scores`): the app's default iterations unless `inpaint_iterations` is given;
@@ -531,13 +548,16 @@ def evaluate(
     the samples' z (the app's slider; 1 = the paper's N(0, I), as every published figure uses), trading
     variety for typical, more recognisable samples. `recon_refine_steps` > 0 also reports the reconstruction
     after that many steps of z refinement on each photo (`inference.refine_codes`, the app's Reconstruct slider);
-    the reconstruction target counts E -> G alone."""
+    the reconstruction target counts E -> G alone. `inpaint_feather`: the inpainting's detail feather in model
+    pixels (default: the weights' own, `cvaegan fit-feather`)."""
     require_libraries()
     check_compatible(model, judge, data)
     if samples_per_class < 1:
         raise EvaluationError("--samples-per-class must be at least 1")
     if recon_refine_steps < 0:
         raise EvaluationError("--recon-refine-steps must be 0 or more")
+    if inpaint_feather is not None and not 0 <= inpaint_feather <= 64:
+        raise EvaluationError(f"--inpaint-feather must be 0 to 64 model pixels, got {inpaint_feather}")
     check_truncation(truncation)
     k = model.config.num_classes
     classes = list(range(k)) if classes is None else classes
@@ -593,7 +613,7 @@ def evaluate(
         }
     bar.update(1)
     inpaint = (
-        inpainting_scores(model, val, inpaint_images, inpaint_iterations, bar, judge, box, kinds)
+        inpainting_scores(model, val, inpaint_images, inpaint_iterations, bar, judge, box, kinds, inpaint_feather)
         if inpaint_images > 0
         else {}
     )

@@ -216,6 +216,25 @@ def harmonic_fill(
     return out
 
 
+def border_distance(hole: torch.Tensor) -> torch.Tensor:
+    """(H, W) float: for each pixel where hole (H, W) is True, how many 8-neighbour steps it lies from the nearest
+    known pixel (1 on the hole's rim); 0 outside the hole. A hole with nothing known around it gets H + W."""
+    hole = hole.to(torch.bool)
+    dist = torch.zeros(hole.shape)
+    if not hole.any():
+        return dist
+    if hole.all():
+        return torch.full(hole.shape, float(sum(hole.shape)))
+    reached = (~hole).float()[None, None]
+    step = 0
+    while not bool(reached.all()):
+        step += 1
+        grown = F.max_pool2d(reached, 3, 1, 1)
+        dist[(grown[0, 0] > 0) & (reached[0, 0] == 0)] = float(step)
+        reached = grown
+    return dist
+
+
 def fill_smooth(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
     """x (B, 3, R, R) with the pixels where m (B, 1, R, R) is True filled by the harmonic interpolation of the
     known ones around them (`harmonic_fill`): the inpainting loop's first input, which E encodes, and what the

@@ -400,6 +400,7 @@ def inpaint(
     refine_steps: int = 0,
     blend: bool = True,
     progress: Progress = None,
+    feather: float | None = None,
 ) -> dict:
     """Fill the masked pixels of a photo of any size.
 
@@ -408,7 +409,8 @@ def inpaint(
     the hole at its resolution and the fill is upsampled and pasted in without a seam. blend=False: the
     whole photo is resized to the model's square resolution (not cropped, so every masked pixel is
     covered), inpainted, and the generated pixels are resized back and pasted as they are. Known pixels
-    are returned unchanged either way. Returns {"image": PIL at input size, "model_image": PIL at model
+    are returned unchanged either way. feather (blend only): model pixels over which the generated detail fades
+    in from the hole's rim (`blend.seamless_paste`; default: the weights' `inpaint_feather`). Returns {"image": PIL at input size, "model_image": PIL at model
     resolution, "class": index, "probability": C's probability or None}.
     """
     img = open_image(image, name="image")
@@ -422,7 +424,7 @@ def inpaint(
     if blend:
         from . import blend as B  # blend builds on this module
 
-        out = B.inpaint(model, img, miss, given, iterations, refine_steps, progress=progress)
+        out = B.inpaint(model, img, miss, given, iterations, refine_steps, progress=progress, feather=feather)
         prob = out["top"][0][1] if out["top"] else None
         return {"image": out["image"], "model_image": out["model_image"], "class": out["class"], "probability": prob}
     x = uint8_to_float(pil_to_uint8(img.resize((r, r), Image.BICUBIC)))[None]

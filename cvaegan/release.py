@@ -32,12 +32,14 @@ from .config import recipe_options
 from .data import LabelledImages, load_images, split_indices
 from .directions import check_directions, compute_directions, directions_sheet
 from .errors import CVAEGANError, InputError
+from .feather import carry_over, fit_feather
 from .gate import MIN_Z
 from .guesser import read_guesser, reattach
 from .hub import TRAINING_TOTAL_KEYS, held_out_fraction, load_folder
 from .images import make_grid, psnr, save_jpeg, save_png, to_pil, uint8_to_float
 from .judge import load_attribute_judge
 from .models import CVAEGAN, GUESSER_NAME
+from .refit import read_figures
 from .seeds import z_from_seeds
 from .train import WARM_START, drop_classes, export_checkpoint, grid_classes, run_checkpoint
 
@@ -430,6 +432,8 @@ def release(
                 return {"release_gate": gate}
         # a class guesser for the same classes learned the photos, not the networks: it stays (re-measured below)
         kept_guesser = read_guesser(out, candidate.config.class_folders)
+        # a detail feather depends on G: measured again below when the judge is at hand, else carried over
+        kept_feather = read_figures(out).get("inpaint_feather") if (out / "figures.json").is_file() else None
         del candidate
         check_folder_size(tmp, label=f"{out} (its networks)")  # too big already: stop before OUT is touched
         _install(Path(tmp), out)
@@ -463,6 +467,18 @@ def release(
     (out / "figures.json").write_text(json.dumps(figures, indent=1) + "\n")
     if kept_guesser is not None:
         figures["guesser"] = reattach(model, out, kept_guesser, data.subset(val_idx) if held_out else None)
+    if kept_feather:
+        if judge is not None and held_out:
+            figures["inpaint_feather"] = fit_feather(
+                out,
+                data_path,
+                judge,
+                kept_feather["candidates_px"],
+                tolerance=kept_feather["tolerance"],
+                progress=False,
+            )
+        else:
+            figures["inpaint_feather"] = carry_over(model, out, kept_feather)
     if examples is not None:
         write_examples(model, name, examples)
     check_folder_size(out)

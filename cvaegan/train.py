@@ -110,6 +110,15 @@ def stratified_indices(by_class: list[torch.Tensor], batch: int, classes: int, s
     return torch.cat(out)
 
 
+def warm_start_config(config: dict) -> ModelConfig:
+    """The model config of a run warm-started from weights with config.json `config`: the same networks, without
+    what was measured on or fitted to the released networks (directions, the class guesser, the inpainting's
+    detail feather, the file digests); the release of the new run measures them again."""
+    return ModelConfig.from_dict(
+        {**config, "directions": [], "direction_units": [], "guesser": {}, "inpaint_feather": 0.0, "files": {}}
+    )
+
+
 def drop_classes(
     data: LabelledImages, folders: list[str], train_idx: torch.Tensor, val_idx: torch.Tensor
 ) -> tuple[LabelledImages, torch.Tensor, torch.Tensor]:
@@ -603,9 +612,7 @@ def train(
         from .hub import load_training_state
 
         warm = load_training_state(init_from)
-        mcfg = ModelConfig.from_dict(
-            {**warm["config"], "directions": [], "direction_units": [], "guesser": {}, "files": {}}
-        )
+        mcfg = warm_start_config(warm["config"])
         if init_g_cond == "cbn" and mcfg.g_cond == "concat":  # an exact conversion: G computes what it did
             from .models import generator_state_to_cbn
 

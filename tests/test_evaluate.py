@@ -239,6 +239,11 @@ def test_inpainting_judges_every_method_by_folder(tiny_model):
     # without a judge: the pixel figures only
     plain = E.inpainting_scores(tiny_model, val, 2, 1, kinds=("brush_thin",))
     assert "judge_top1_original" not in plain and "judge_top1" not in plain["brush_thin"]["telea"]
+    # the weights' detail feather unless one is given, and the report says which (the card repeats it)
+    assert plain["feather_px"] == 0.0
+    feathered = E.inpainting_scores(tiny_model, val, 2, 1, kinds=("brush_thin",), feather=3.0)
+    assert feathered["feather_px"] == 3.0 and feathered["brush_thin"]["telea"] == plain["brush_thin"]["telea"]
+    assert feathered["brush_thin"]["cvaegan"] != plain["brush_thin"]["cvaegan"]
     # photos of a class the model does not have (left out of training) are skipped and counted
     more = _val_set(n=5, folders=["Circle 0", "Square 1", "Triangle 2", "Cross 3", "Left out 4"])
     rep = E.inpainting_scores(tiny_model, more, 10, 1, kinds=("box25",))
