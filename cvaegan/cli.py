@@ -674,17 +674,39 @@ def _guesser_parser(sub) -> argparse.ArgumentParser:
         help=f"channels of its stages, comma-separated (default {','.join(map(str, WIDTHS))}); narrower is smaller",
     )
     p.add_argument("--seed", type=int, default=SEED, help=f"seed of its weights, shuffling and holes (default {SEED})")
+    p.add_argument(
+        "--mix-only",
+        action="store_true",
+        help="do not train: measure again the share of the 'auto' guess the folder's guesser gets against C (the "
+        "guess is p_guesser^w * p_C^(1 - w), w chosen on held-out photos after the card's)",
+    )
     _add_threads_device(p, "train")
     return p
+
+
+def _print_mix(r: dict) -> None:
+    mix = r.get("mix")
+    if not mix:
+        print("  too few held-out photos beyond the card's to weigh the guesser against C: it guesses alone")
+        return
+    views = ", ".join(mix["views"])
+    print(f"  the guess p_guesser^w * p_C^(1 - w), top-1 on {mix['photos']} held-out photos ({views}; mean):")
+    for w, row in mix["top1"].items():
+        print(f"    w = {w:>4}: {row['mean']:.1%}" + ("  <- kept" if float(w) == r["weight"] else ""))
 
 
 def cmd_guesser(a: argparse.Namespace) -> int:
     import torch
 
-    from .guesser import GuesserError, fit_guesser
+    from .guesser import GuesserError, fit_guesser, measure_mix
 
     if a.threads:
         torch.set_num_threads(a.threads)
+    if a.mix_only:
+        r = measure_mix(a.weights, a.data, _device(a.device))
+        print(f"measured the class guesser's share of the 'auto' guess in {a.weights}: w = {r['weight']:g}")
+        _print_mix(r)
+        return 0
     try:
         widths = [int(w) for w in a.widths.split(",") if w.strip()]
     except ValueError as e:
@@ -702,6 +724,7 @@ def cmd_guesser(a: argparse.Namespace) -> int:
             f"  top-1 on {r['held_out_images']} held-out photos, guesser / C: whole {g['whole']:.1%} / {c['whole']:.1%}, "
             f"25% box filled smoothly {g['box25']:.1%} / {c['box25']:.1%}"
         )
+        _print_mix(r)
     else:
         print("  no held-out photos recorded for these weights: the guesser was not measured")
     return 0

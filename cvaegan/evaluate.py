@@ -193,6 +193,7 @@ FACE_FOLDER_PREFIXES = ("celeba_", "lfw_")  # class ids of the faces pack (Celeb
 BOX25_TOP = {"faces": 5 / 16, "centre": 1 / 4}  # the box's top edge, as a fraction of the side
 MASK_KINDS = ("box25", "brush_thin", "brush")
 LEGACY_KINDS = ("centre_box",)  # still measured: the model card's table reads it
+CARD_INPAINT_PHOTOS = 64  # the model card's inpainting figures use this many held-out photos (`--inpaint-images`)
 INPAINT_PICK_SEED = 99  # the held-out photos' order for the inpainting figures (`inpaint_photo_order`)
 INPAINT_METHODS = ("cvaegan", "cvaegan_predicted_class", "telea", "navier_stokes", "mean_fill")
 
@@ -533,7 +534,7 @@ def evaluate(
     data: LabelledImages,
     samples_per_class: int = 8,
     classes: list[int] | None = None,
-    inpaint_images: int = 64,
+    inpaint_images: int = CARD_INPAINT_PHOTOS,
     progress: bool = True,
     *,
     inpaint_iterations: int | None = None,

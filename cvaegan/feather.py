@@ -30,6 +30,7 @@ from .card import put_marked_block
 from .data import load_images
 from .errors import InputError
 from .evaluate import (
+    CARD_INPAINT_PHOTOS,
     MASK_KINDS,
     _judge_top1,
     box_layout,
@@ -46,7 +47,7 @@ from .refit import read_figures, weights_split
 CANDIDATES = (0.0, 2.0, 4.0, 8.0)  # model pixels; 0 (the paste without feather) is always measured
 TOLERANCE = 0.015  # the mean judge top-1 a feather may lose against 0 (about the noise of a few hundred photos)
 MIN_PHOTOS = 16  # fewer held-out photos than this beyond the card's: refused
-CARD_PHOTOS = 64  # `cvaegan evaluate --card` measures the first 64 photos of `inpaint_photo_order`: skipped here
+CARD_PHOTOS = CARD_INPAINT_PHOTOS  # `evaluate --card` measures the first ones of `inpaint_photo_order`: skipped here
 MAX_FEATHER = 64.0
 
 

@@ -32,7 +32,13 @@ from . import inference as I
 from .card import put_marked_block
 from .data import load_images
 from .errors import InputError
-from .evaluate import box_layout, make_mask
+from .evaluate import (
+    CARD_INPAINT_PHOTOS as CARD_PHOTOS,
+    box_layout,
+    inpaint_photo_order,
+    make_mask,
+)
+from .gate import MIN_Z, paired
 from .images import uint8_to_float
 from .judge import HOLE_SHARE, HOLE_SIDES, load_judge, train_judge
 from .models import CVAEGAN, GUESSER_NAME, build_guesser
@@ -69,35 +75,76 @@ def check_settings(epochs: int, widths) -> list[int]:
     return w
 
 
+MIX = (0.0, 0.25, 0.5, 0.75, 1.0)  # the guesser's share w of the "auto" guess p_guesser^w * p_C^(1 - w)
+MIX_VIEWS = ("whole", "box25", "brush", "brush_thin")  # photos whole, and with the card's holes filled smoothly
+MIN_MIX_PHOTOS = 16  # fewer held-out photos beyond the card's: the guesser guesses alone (w = 1), unmeasured
+
+
 @torch.no_grad()
-def guess_top1(model: CVAEGAN, x: torch.Tensor, labels: torch.Tensor, layout: str) -> dict:
-    """Top-1 of the "auto" guess (`inference.guess_probabilities`: the model's guesser, or C) on held-out photos x
-    (float, [-1, 1]), whole and with the card's 25% box filled smoothly, as the inpainting sees them."""
-    r = model.config.resolution
-    box = make_mask("box25", r, 0, layout).expand(len(x), 1, r, r)
-    out = {}
-    for name, images in (("whole", x), ("box25", I.fill_smooth(x, box))):
-        pred = torch.cat([I.guess_probabilities(model, images[i : i + 256]).argmax(1) for i in range(0, len(x), 256)])
-        out[name] = round((pred == labels).float().mean().item(), 4)
-    return out
+def _log_probs(net, x: torch.Tensor) -> torch.Tensor:
+    net.eval()
+    dev = next(net.parameters()).device
+    return torch.cat([net(x[i : i + 256].to(dev))[0].float().log_softmax(1).cpu() for i in range(0, len(x), 256)])
+
+
+def mix_table(
+    model: CVAEGAN, guesser, x: torch.Tensor, labels: torch.Tensor, weights=MIX, views=MIX_VIEWS, hits=None
+) -> dict[str, dict[str, float]]:
+    """Top-1 of the guess p_guesser^w * p_C^(1 - w) (`inference.guess_probabilities`) for each w in `weights` on
+    held-out photos x (float, [-1, 1]; labels: the model's class indices), whole and with each of the card's hole
+    kinds filled smoothly, as the inpainting sees them: {f"{w:g}": {view: top-1, ..., "mean": over the views}}.
+    w = 0 is C alone (no guesser needed), w = 1 the guesser alone. `hits` (a dict) receives, per w, a string of
+    "1"/"0" for every (view, photo): right or wrong, for paired tests (`gate.paired`)."""
+    r, layout = model.config.resolution, box_layout(model.config.class_folders)
+    table: dict[str, dict[str, float]] = {f"{w:g}": {} for w in weights}
+    for view in views:
+        if view == "whole":
+            images = x
+        else:
+            m = torch.cat([make_mask(view, r, i, layout) for i in range(len(x))])
+            images = torch.cat([I.fill_smooth(x[i : i + 256], m[i : i + 256]) for i in range(0, len(x), 256)])
+        c = _log_probs(model.classifier, images)
+        g = _log_probs(guesser, images) if any(w > 0 for w in weights) else None
+        k = c.shape[1] if g is None else g.shape[1]
+        for w in weights:
+            mixed = c[:, :k] if w == 0 else w * g + (1 - w) * c[:, :k]
+            right = mixed.argmax(1) == labels
+            table[f"{w:g}"][view] = round(right.float().mean().item(), 4)
+            if hits is not None:
+                hits[f"{w:g}"] = hits.get(f"{w:g}", "") + "".join("1" if h else "0" for h in right.tolist())
+    for row in table.values():
+        row["mean"] = round(sum(row[v] for v in views) / len(views), 4)
+    return table
 
 
 def card_section(record: dict) -> str:
     c, g = record.get("c_top1"), record.get("guesser_top1")
     measured = (
-        f"On the {record['held_out_images']} held-out photos the guess names the class of the whole photo "
+        f"On the {record['held_out_images']} held-out photos the guesser alone names the class of the whole photo "
         f"{g['whole']:.1%} of the time (C: {c['whole']:.1%}) and with the 25% box filled smoothly, as the "
         f'inpainting\'s "auto" mode sees it, {g["box25"]:.1%} (C: {c["box25"]:.1%}).'
         if c and g
         else "No held-out photos recorded for these weights: the guesser was not measured."
     )
+    mix, w = record.get("mix"), record.get("weight", 1.0)
+    if mix:
+        t = mix["top1"]
+        mixed = (
+            f" The \"auto\" guess multiplies the guesser's probabilities raised to the power w by C's raised to 1 - w: "
+            f"w = {w:g}, of {', '.join(t)} the one right most often among the guesser alone and the shares that beat it "
+            f"by McNemar's test (z >= {MIN_Z}) on {mix['photos']} other held-out photos (not the card's inpainting "
+            "photos), whole and with the 25% box, brush and thin strokes filled smoothly (mean top-1: C "
+            f"alone {t['0']['mean']:.1%}, the guesser alone {t['1']['mean']:.1%}, w = {w:g} {t[f'{w:g}']['mean']:.1%})."
+        )
+    else:
+        mixed = ' The "auto" guess is the guesser\'s alone (its share against C was not measured).'
     return (
-        f"## Class guesser\n\nInpainting without a chosen class asks a separate class guesser, not C "
+        f"## Class guesser\n\nInpainting without a chosen class asks a separate class guesser "
         f"({record['date']}, `cvaegan fit-guesser`): the judge's residual network with widths "
         f"{', '.join(map(str, record['widths']))} ({record['bytes'] / 2**20:.1f} MiB in float16), trained from scratch for "
         f"{record['epochs']} epochs on {record['train_images']:,} training photos with flips, shifts, zoom, random "
         f"erasing and a random square hole filled smoothly in half of them; {record['wall_s'] / 60:.1f} wall minutes "
-        f"with {record['threads']} thread(s). {measured} E, G, C and D are unchanged, so samples, enrolment and every "
+        f"with {record['threads']} thread(s). {measured}{mixed} E, G, C and D are unchanged, so samples, enrolment and every "
         "other figure are the same.\n"
     )
 
@@ -183,28 +230,78 @@ def fit_guesser(
     return record
 
 
+def measure_mix(
+    folder: str | os.PathLike, data_path: str | os.PathLike, device: str = "cpu", progress: bool = True
+) -> dict:
+    """Measure again, without training, the share of the "auto" guess that the weights folder FOLDER's guesser gets
+    against C (`_measure`), e.g. for a guesser fitted before that share was measured: config.json's entry,
+    figures.json's record and the card's section are rewritten; guesser.safetensors stays as it is."""
+    from .hub import load_folder
+
+    folder = Path(folder)
+    model = load_folder(folder, device)
+    record = read_figures(folder).get("guesser")
+    if model.guesser is None or not record:
+        raise GuesserError(
+            f"{folder} has no class guesser with a figures.json record: fit one (`cvaegan fit-guesser` without "
+            "--mix-only)"
+        )
+    data = load_images(data_path, model.config.resolution, progress=progress)
+    if not len(data.labels):
+        raise GuesserError(f"{data_path} holds no readable images")
+    _, val, _ = weights_split(folder, model, data, "the guesser would not know them")
+    if val is None:
+        raise GuesserError(f"{folder} records no held-out photos to measure the guess on (figures.json 'split')")
+    record = {**record, "mix_measured": date.today().isoformat()}
+    _measure(model, model.guesser, val, record)
+    _store(model, folder, None, record)
+    return record
+
+
 def _measure(model: CVAEGAN, guesser, val, record: dict) -> None:
-    """Give `model` the `guesser`; with held-out photos `val` (the model's class indices), first record C's and then
-    the guesser's top-1 on them (`guess_top1`) and their number in `record`."""
-    model.guesser = None
-    if val is not None and len(val.labels):
-        x, layout = uint8_to_float(val.images), box_layout(model.config.class_folders)
-        record["c_top1"] = guess_top1(model, x, val.labels, layout)
-        model.guesser = guesser
-        record["guesser_top1"] = guess_top1(model, x, val.labels, layout)
-        record["held_out_images"] = len(val.labels)
+    """Give `model` the `guesser`; with held-out photos `val` (the model's class indices) record C's and the
+    guesser's top-1 on all of them (whole and with the 25% box) and choose the guesser's share w of the "auto"
+    guess, on the held-out photos after the card's (`evaluate.inpaint_photo_order`, so the card's inpainting figures
+    stay a fair test): the best mean top-1 of `mix_table` among w = 1 (the guesser alone) and the shares that beat it
+    by McNemar's test over every (view, photo) (z >= gate.MIN_Z): C joins the guess only when it clearly helps.
+    Without enough of those photos w stays 1."""
     model.guesser = guesser
+    record["weight"], record["mix"] = 1.0, None
+    if val is None or not len(val.labels):
+        return
+    x = uint8_to_float(val.images)
+    both = mix_table(model, guesser, x, val.labels, (0.0, 1.0), ("whole", "box25"))
+    record["c_top1"], record["guesser_top1"] = ({v: both[w][v] for v in ("whole", "box25")} for w in ("0", "1"))
+    record["held_out_images"] = len(val.labels)
+    order = inpaint_photo_order(len(val.labels))[CARD_PHOTOS:]
+    if len(order) < MIN_MIX_PHOTOS:
+        return
+    hits: dict[str, str] = {}
+    table = mix_table(model, guesser, x[order], val.labels[order], hits=hits)
+    z = {w: paired({"hits": hits[w]}, {"hits": hits["1"]})["z"] for w in table if w != "1"}
+    eligible = ["1"] + [w for w in z if z[w] >= MIN_Z]  # C joins the guess only when it clearly helps
+    record["weight"] = float(max(eligible, key=lambda w: (table[w]["mean"], float(w))))
+    record["mix"] = {
+        "photos": len(order),
+        "views": list(MIX_VIEWS),
+        "top1": table,
+        "z_against_the_guesser_alone": z,
+        "date": date.today().isoformat(),
+    }
 
 
-def _store(model: CVAEGAN, folder: Path, state: dict, record: dict) -> None:
+def _store(model: CVAEGAN, folder: Path, state: dict | None, record: dict) -> None:
+    """Write the guesser (state None: the file there stays), its config entry, figures.json record and card section."""
     from . import __version__
 
     files = dict(model.read_config(folder).files)
-    meta = {"format": "pt", "network": "guesser", "cvaegan": __version__}
-    files[GUESSER_NAME] = save_tensors(state, folder / GUESSER_NAME, meta)
+    if state is not None:
+        meta = {"format": "pt", "network": "guesser", "cvaegan": __version__}
+        files[GUESSER_NAME] = save_tensors(state, folder / GUESSER_NAME, meta)
     entry = {k: record[k] for k in ("widths", "stem_stride", "epochs", "seed", "date", "train_images")}
-    entry["num_classes"] = int(state["fc.weight"].shape[0])  # the classes it was fitted on (later ones: C guesses)
+    entry["num_classes"] = model.guesser.fc.out_features  # the classes it was fitted on (later ones: C guesses)
     entry["held_out_top1"] = record["guesser_top1"]
+    entry["weight"] = record.get("weight", 1.0)
     model.write_config(folder, files, guesser=entry)
     figures = read_figures(folder)
     if figures:

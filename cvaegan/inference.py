@@ -144,24 +144,26 @@ def guess_source(model: CVAEGAN) -> str:
 @torch.no_grad()
 def guess_probabilities(model: CVAEGAN, x: torch.Tensor) -> torch.Tensor:
     """Class probabilities (B, K) for (B, 3, R, R) images in [-1, 1] whose hole is filled smoothly: the inpainting's
-    "auto" guess. From the weights' class guesser (`cvaegan fit-guesser`, trained on photos with holes) when they
-    have one, otherwise from C. The guesser knows the trained classes only: a photo that C takes for a class
-    enrolled later (`cvaegan.enrol`) keeps C's guess."""
+    "auto" guess. From C, or, when the weights have a class guesser (`cvaegan fit-guesser`, trained on photos with
+    holes), from the guesser and C together: the normalised product p_guesser^w * p_C^(1 - w), w the entry's
+    measured `weight` (1: the guesser alone, as weights fitted before it was measured). The guesser knows the
+    trained classes only: a photo that C takes for a class enrolled later (`cvaegan.enrol`) keeps C's guess."""
 
-    def probs(net: nn.Module) -> torch.Tensor:
+    def log_probs(net: nn.Module) -> torch.Tensor:
         net.eval()
-        return net(x.to(model.device))[0].float().softmax(1).cpu()
+        return net(x.to(model.device))[0].float().log_softmax(1).cpu()
 
     if model.guesser is None:
-        return probs(model.classifier)
-    g = probs(model.guesser)
+        return log_probs(model.classifier).exp()
+    w = float(model.config.guesser.get("weight", 1.0))
+    g = log_probs(model.guesser)
     k = g.shape[1]
-    if model.classifier.out.out_features == k:  # no class enrolled after the guesser: C need not run
-        return g
-    c = probs(model.classifier)
-    out = torch.cat([g, torch.zeros(len(g), c.shape[1] - k)], 1)
+    if w == 1 and model.classifier.out.out_features == k:  # the guesser alone, no class enrolled after it
+        return g.exp()
+    c = log_probs(model.classifier)
+    out = torch.cat([(w * g + (1 - w) * c[:, :k]).softmax(1), torch.zeros(len(g), c.shape[1] - k)], 1)
     enrolled = c.argmax(1) >= k
-    out[enrolled] = c[enrolled]
+    out[enrolled] = c[enrolled].exp()
     return out
 
 

@@ -355,6 +355,8 @@ def build_guesser(cfg: ModelConfig) -> nn.Module:
             widths=[int(w) for w in g["widths"]],
             stem_stride=int(g.get("stem_stride", 2)),
         )
+        if not 0 <= float(g.get("weight", 1.0)) <= 1:
+            raise ValueError(f"weight {g['weight']!r} is not between 0 and 1")
     except (KeyError, TypeError, ValueError) as e:
         raise WeightsError(f"config.json's guesser entry is broken ({e!r}); run `cvaegan fit-guesser` again") from e
     return Judge(jcfg).eval()

@@ -189,3 +189,67 @@ def test_weights_saved_without_the_guesser_network_do_not_promise_one(tiny_model
     assert loaded.guesser is not None and loaded.config.guesser["widths"] == [4, 8]
     for k, v in tiny_model.guesser.state_dict().items():
         assert torch.allclose(loaded.guesser.state_dict()[k], v.half().float())
+
+
+def test_the_auto_guess_weighs_the_guesser_against_c(tiny_model):
+    """With the entry's weight w the guess is p_guesser^w * p_C^(1 - w), normalised; w = 1 is the guesser alone."""
+    import dataclasses
+
+    from cvaegan.inference import guess_probabilities
+    from cvaegan.judge import Judge, JudgeConfig
+    from cvaegan.models import build_guesser
+
+    tiny_model.guesser = Judge(JudgeConfig(resolution=32, num_classes=4, widths=[4, 8])).eval()
+    x = torch.rand(3, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        tiny_model.guesser.fc.bias.copy_(torch.tensor([4.0, 3.0, -2.0, 0.0]))
+        tiny_model.classifier.out.bias.copy_(torch.tensor([-3.0, 3.5, 0.0, 1.0]))
+        pg = tiny_model.guesser(x)[0].softmax(1)
+        pc = tiny_model.classifier(x)[0].softmax(1)
+    for w in (1.0, 0.5, 0.25, 0.0):
+        tiny_model.config = dataclasses.replace(tiny_model.config, guesser={"widths": [4, 8], "weight": w})
+        expected = pg**w * pc ** (1 - w)
+        assert torch.allclose(guess_probabilities(tiny_model, x), expected / expected.sum(1, keepdim=True), atol=1e-5)
+    assert guess_probabilities(tiny_model, x).argmax(1).tolist() != pg.argmax(1).tolist()  # C's guess at w = 0
+    bad = dataclasses.replace(tiny_model.config, guesser={"widths": [4, 8], "weight": 1.5})
+    with pytest.raises(WeightsError, match="guesser entry is broken"):
+        build_guesser(bad)
+
+
+@pytest.mark.slow  # releases a weights folder first
+def test_the_guessers_share_is_measured_after_the_cards_photos(released, shapes_dir, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "weights"
+    shutil.copytree(released, out)
+    args = ["fit-guesser", "--weights", str(out), "--data", str(shapes_dir), "--epochs", "1", "--widths", "4,8"]
+    assert cli.main([*args, "--threads", "1"]) == 0
+    assert "too few held-out photos beyond the card's" in capsys.readouterr().out  # 6 held-out photos, all the card's
+    rec = json.loads((out / "figures.json").read_text())["guesser"]
+    assert (
+        rec["weight"] == 1.0 and rec["mix"] is None and CVAEGAN.from_pretrained(str(out)).config.guesser["weight"] == 1
+    )
+    before = _bytes(out)
+    monkeypatch.setattr(GS, "CARD_PHOTOS", 2)  # the tiny data's 6 held-out photos: 2 for "the card", 4 to weigh on
+    monkeypatch.setattr(GS, "MIN_MIX_PHOTOS", 4)
+    assert cli.main(["fit-guesser", "--weights", str(out), "--data", str(shapes_dir), "--mix-only"]) == 0
+    printed = capsys.readouterr().out
+    assert "top-1 on 4 held-out photos" in printed and "<- kept" in printed
+    after = _bytes(out)
+    assert {n for n in before if before[n] != after[n]} <= {"config.json", "figures.json", "README.md"}
+    assert after["guesser.safetensors"] == before["guesser.safetensors"]
+    rec = json.loads((out / "figures.json").read_text())["guesser"]
+    table = rec["mix"]["top1"]
+    assert set(table) == {"0", "0.25", "0.5", "0.75", "1"} and rec["mix"]["photos"] == 4 and rec["mix_measured"]
+    z = rec["mix"]["z_against_the_guesser_alone"]
+    eligible = ["1"] + [w for w in z if z[w] >= 1.64]
+    assert set(z) == set(table) - {"1"} and rec["weight"] == max(
+        float(w) for w in eligible if table[w]["mean"] == max(table[v]["mean"] for v in eligible)
+    )
+    assert CVAEGAN.from_pretrained(str(out)).config.guesser["weight"] == rec["weight"]
+    assert (
+        f"w = {rec['weight']:g}, of 0, 0.25, 0.5, 0.75, 1 the one right most often" in (out / "README.md").read_text()
+    )
+    # without a guesser there is nothing to weigh
+    shutil.rmtree(out)
+    shutil.copytree(released, out)
+    assert cli.main(["fit-guesser", "--weights", str(out), "--data", str(shapes_dir), "--mix-only"]) == 1
+    assert "has no class guesser" in capsys.readouterr().err
