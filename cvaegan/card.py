@@ -531,6 +531,21 @@ def put_marked_block(text: str, tag: str, body: str, after: str | None = None) -
     return text.rstrip("\n") + "\n\n" + block + "\n"
 
 
+def put_record(folder: str | os.PathLike, key: str, record: dict, tag: str, section: str) -> None:
+    """Store a measurement of a weights folder: `record` under figures.json's `key` (when the folder has a
+    figures.json) and `section` as the card's marked block `tag`, after the judge's figures (when it has a card)."""
+    folder = Path(folder)
+    path = folder / "figures.json"
+    if path.is_file():
+        figures = json.loads(path.read_text(encoding="utf-8"))
+        figures[key] = record
+        path.write_text(json.dumps(figures, indent=1) + "\n")
+    card = folder / "README.md"
+    if card.is_file():
+        text = card.read_text(encoding="utf-8")
+        card.write_text(put_marked_block(text, tag, section, after=JUDGE_END), encoding="utf-8")
+
+
 def attach_judge(folder: str | os.PathLike, report: dict, judge_cfg: dict, fid_baseline: float | None = None) -> Path:
     """Write evaluation.json into a weights folder, and the judge's section and the release targets (with the
     release gate's figures from figures.json, when there are some) into its model card."""

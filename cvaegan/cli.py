@@ -615,10 +615,23 @@ def _refit_parser(sub) -> argparse.ArgumentParser:
     return p
 
 
-def _add_fit_on_weights(p: argparse.ArgumentParser, epochs: int) -> None:
-    """--weights, --data and --epochs of a command that trains a network of a weights folder on its own photos."""
+def _comma_list(text: str, convert, must_be: str, example: str, error: type[Exception]) -> list:
+    """The values of a comma-separated option; `error` saying what they `must_be` (with an example) otherwise."""
+    try:
+        return [convert(v) for v in text.split(",") if v.strip()]
+    except ValueError as e:
+        raise error(f"{must_be} separated by commas, e.g. {example} (got {text!r})") from e
+
+
+def _add_weights_in_place(p: argparse.ArgumentParser) -> None:
+    """--weights and --data of a command that measures or trains something for a weights folder, in place."""
     p.add_argument("--weights", required=True, help="local weights folder (changed in place; copy it first to keep it)")
     p.add_argument("--data", required=True, help="the data the weights were trained on (folder or .tar)")
+
+
+def _add_fit_on_weights(p: argparse.ArgumentParser, epochs: int) -> None:
+    """--weights, --data and --epochs of a command that trains a network of a weights folder on its own photos."""
+    _add_weights_in_place(p)
     p.add_argument("--epochs", type=int, default=epochs, help=f"passes over the training photos (default {epochs})")
 
 
@@ -707,12 +720,7 @@ def cmd_guesser(a: argparse.Namespace) -> int:
         print(f"measured the class guesser's share of the 'auto' guess in {a.weights}: w = {r['weight']:g}")
         _print_mix(r)
         return 0
-    try:
-        widths = [int(w) for w in a.widths.split(",") if w.strip()]
-    except ValueError as e:
-        raise GuesserError(
-            f"--widths must be whole numbers separated by commas, e.g. 24,48,96,192 (got {a.widths!r})"
-        ) from e
+    widths = _comma_list(a.widths, int, "--widths must be whole numbers", "24,48,96,192", GuesserError)
     r = fit_guesser(a.weights, a.data, a.epochs, widths, a.seed, _device(a.device))
     print(
         f"added a class guesser to {a.weights}: {r['epochs']} epochs, {r['images_seen']:,} images, "
@@ -745,8 +753,7 @@ def _feather_parser(sub) -> argparse.ArgumentParser:
             "held-out photos are the ones after the card's, so the card stays a fair test. Not in the paper."
         ),
     )
-    p.add_argument("--weights", required=True, help="local weights folder (changed in place; copy it first to keep it)")
-    p.add_argument("--data", required=True, help="the data the weights were trained on (folder or .tar)")
+    _add_weights_in_place(p)
     p.add_argument("--judge", required=True, help="class judge folder (`cvaegan judge`) trained on the same data")
     p.add_argument(
         "--candidates",
@@ -773,12 +780,7 @@ def cmd_feather(a: argparse.Namespace) -> int:
 
     if a.threads:
         torch.set_num_threads(a.threads)
-    try:
-        candidates = [float(c) for c in a.candidates.split(",") if c.strip()]
-    except ValueError as e:
-        raise FeatherError(
-            f"--candidates must be numbers separated by commas, e.g. 0,2,4,8 (got {a.candidates!r})"
-        ) from e
+    candidates = _comma_list(a.candidates, float, "--candidates must be numbers", "0,2,4,8", FeatherError)
     r = fit_feather(a.weights, a.data, a.judge, candidates, a.photos, a.tolerance, device=_device(a.device))
     print(f"measured on {r['held_out_photos']} held-out photos (PSNR in the hole / judge top-1, mean of the 3 masks):")
     for f, res in r["results"].items():

@@ -16,7 +16,6 @@ the paper.
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from datetime import date
@@ -26,7 +25,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .card import put_marked_block
+from .card import put_record
 from .data import load_images
 from .errors import InputError
 from .evaluate import (
@@ -42,7 +41,7 @@ from .evaluate import (
 )
 from .images import uint8_to_float
 from .judge import load_judge
-from .refit import read_figures, weights_split
+from .refit import weights_split
 
 CANDIDATES = (0.0, 2.0, 4.0, 8.0)  # model pixels; 0 (the paste without feather) is always measured
 TOLERANCE = 0.015  # the mean judge top-1 a feather may lose against 0 (about the noise of a few hundred photos)
@@ -175,16 +174,7 @@ def fit_feather(
 def store(model, folder: Path, record: dict) -> None:
     """Write the record's feather into config.json (files unchanged), figures.json and the card."""
     model.write_config(folder, dict(model.read_config(folder).files), inpaint_feather=float(record["chosen_px"]))
-    figures = read_figures(folder)
-    if figures:
-        figures["inpaint_feather"] = record
-        (folder / "figures.json").write_text(json.dumps(figures, indent=1) + "\n")
-    card = folder / "README.md"
-    if card.is_file():
-        text = card.read_text(encoding="utf-8")
-        card.write_text(
-            put_marked_block(text, "feather", card_section(record), after="<!-- judge:end -->"), encoding="utf-8"
-        )
+    put_record(folder, "inpaint_feather", record, "feather", card_section(record))
 
 
 def card_section(record: dict) -> str:

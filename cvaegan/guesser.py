@@ -18,7 +18,6 @@ than C's and the judge's do: the card's PSNR figures do not depend on the judge 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import tempfile
@@ -29,7 +28,7 @@ from pathlib import Path
 import torch
 
 from . import inference as I
-from .card import put_marked_block
+from .card import put_record
 from .data import load_images
 from .errors import InputError
 from .evaluate import (
@@ -149,6 +148,19 @@ def card_section(record: dict) -> str:
     )
 
 
+def _model_and_photos(folder: Path, data_path, device: str, progress: bool):
+    """(the weights folder's model, DATA at its resolution, its held-out photos or None): `weights_split`, which
+    checks that the data has every class of the model."""
+    from .hub import load_folder
+
+    model = load_folder(folder, device)
+    data = load_images(data_path, model.config.resolution, progress=progress)
+    if not len(data.labels):
+        raise GuesserError(f"{data_path} holds no readable images")
+    _, val, _ = weights_split(folder, model, data, "the guesser would not know them")
+    return model, data, val
+
+
 def fit_guesser(
     folder: str | os.PathLike,
     data_path: str | os.PathLike,
@@ -162,12 +174,10 @@ def fit_guesser(
     guesser.safetensors, config.json's `guesser` entry and digest, figures.json's "guesser" record and the card's
     "Class guesser" section (a guesser there already is replaced). Nothing is written until it has trained and
     the folder is known to stay within the release size limits. Returns the record."""
-    from .hub import load_folder
     from .release import MAX_FILE_BYTES, MAX_FOLDER_BYTES, check_folder_size
 
     widths = check_settings(epochs, widths)  # before anything loads: a typo fails at once
     folder = Path(folder)
-    model = load_folder(folder, device)
     figures = read_figures(folder)
     fraction = float(figures.get("val_fraction") or SPLIT_FRACTION)
     if figures.get("split") == "held-out" and not math.isclose(fraction, SPLIT_FRACTION):
@@ -175,11 +185,7 @@ def fit_guesser(
             f"{folder} holds out {fraction:g} of the photos; the guesser holds out {SPLIT_FRACTION:g} and would train on "
             "photos the weights were measured on. Fit it on weights trained with --val-fraction 0.1"
         )
-    data = load_images(data_path, model.config.resolution, progress=progress)
-    if not len(data.labels):
-        raise GuesserError(f"{data_path} holds no readable images")
-    # the held-out photos to measure on; checks that the data has every class of the model
-    _, val, _ = weights_split(folder, model, data, "the guesser would not know them")
+    model, data, val = _model_and_photos(folder, data_path, device, progress)
     threads = torch.get_num_threads()
     cpu0 = time.process_time()
     with tempfile.TemporaryDirectory() as tmp:
@@ -236,20 +242,15 @@ def measure_mix(
     """Measure again, without training, the share of the "auto" guess that the weights folder FOLDER's guesser gets
     against C (`_measure`), e.g. for a guesser fitted before that share was measured: config.json's entry,
     figures.json's record and the card's section are rewritten; guesser.safetensors stays as it is."""
-    from .hub import load_folder
 
     folder = Path(folder)
-    model = load_folder(folder, device)
     record = read_figures(folder).get("guesser")
+    model, _, val = _model_and_photos(folder, data_path, device, progress)
     if model.guesser is None or not record:
         raise GuesserError(
             f"{folder} has no class guesser with a figures.json record: fit one (`cvaegan fit-guesser` without "
             "--mix-only)"
         )
-    data = load_images(data_path, model.config.resolution, progress=progress)
-    if not len(data.labels):
-        raise GuesserError(f"{data_path} holds no readable images")
-    _, val, _ = weights_split(folder, model, data, "the guesser would not know them")
     if val is None:
         raise GuesserError(f"{folder} records no held-out photos to measure the guess on (figures.json 'split')")
     record = {**record, "mix_measured": date.today().isoformat()}
@@ -303,16 +304,7 @@ def _store(model: CVAEGAN, folder: Path, state: dict | None, record: dict) -> No
     entry["held_out_top1"] = record["guesser_top1"]
     entry["weight"] = record.get("weight", 1.0)
     model.write_config(folder, files, guesser=entry)
-    figures = read_figures(folder)
-    if figures:
-        figures["guesser"] = record
-        (folder / "figures.json").write_text(json.dumps(figures, indent=1) + "\n")
-    card = folder / "README.md"
-    if card.is_file():
-        text = card.read_text(encoding="utf-8")
-        card.write_text(
-            put_marked_block(text, "guesser", card_section(record), after="<!-- judge:end -->"), encoding="utf-8"
-        )
+    put_record(folder, "guesser", record, "guesser", card_section(record))
 
 
 def read_guesser(folder: str | os.PathLike, class_folders: list[str]) -> dict | None:

@@ -195,3 +195,16 @@ def released(tmp_path_factory, excluded_run, shapes_dir):
     out = tmp_path_factory.mktemp("released") / "weights"
     release(excluded_run, out, shapes_dir, "shapes", hardware="test CPU", components=2, samples_per_class=2)
     return out
+
+
+@pytest.fixture(scope="session")
+def class_judge(tmp_path_factory, shapes_dir):
+    """A tiny class judge of all 4 classes: one more than the excluded run's model has."""
+    from cvaegan.data import load_images
+    from cvaegan.judge import train_judge
+
+    out = tmp_path_factory.mktemp("judge") / "judge"
+    train_judge(
+        load_images(shapes_dir, 32, progress=False), out, epochs=1, batch_size=16, widths=[8, 16], progress=False
+    )
+    return out

@@ -13,9 +13,7 @@ from PIL import Image
 
 from cvaegan import CVAEGAN, blend, cli, feather as FE, release as REL
 from cvaegan.config import ConfigError, ModelConfig
-from cvaegan.data import load_images
 from cvaegan.images import border_distance, harmonic_fill
-from cvaegan.judge import train_judge
 
 
 def _bytes(folder):
@@ -106,25 +104,16 @@ def test_the_rule_takes_the_best_psnr_that_keeps_the_judge():
             FE.check_candidates(bad)
 
 
-@pytest.fixture(scope="module")
-def shapes_judge32(shapes_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("judge") / "judge"
-    train_judge(
-        load_images(shapes_dir, 32, progress=False), out, epochs=2, batch_size=16, widths=[8, 16], progress=False
-    )
-    return out
-
-
 @pytest.mark.slow  # releases a weights folder first
 def test_fit_feather_writes_only_its_setting_and_a_release_keeps_it(
-    released, excluded_run, shapes_dir, shapes_judge32, tmp_path, capsys, monkeypatch
+    released, excluded_run, shapes_dir, class_judge, tmp_path, capsys, monkeypatch
 ):
     out = tmp_path / "weights"
     shutil.copytree(released, out)
     before = _bytes(out)
     monkeypatch.setattr(FE, "CARD_PHOTOS", 2)  # the tiny data holds 6 held-out photos, not the card's 64 and more
     monkeypatch.setattr(FE, "MIN_PHOTOS", 4)
-    args = ["fit-feather", "--weights", str(out), "--data", str(shapes_dir), "--judge", str(shapes_judge32)]
+    args = ["fit-feather", "--weights", str(out), "--data", str(shapes_dir), "--judge", str(class_judge)]
     assert cli.main([*args, "--candidates", "0,3", "--threads", "1"]) == 0
     printed = capsys.readouterr().out
     assert "measured on 4 held-out photos" in printed and "feather    3 px" in printed
@@ -158,7 +147,7 @@ def test_fit_feather_writes_only_its_setting_and_a_release_keeps_it(
         hardware="test CPU",
         components=2,
         samples_per_class=2,
-        judge=shapes_judge32,
+        judge=class_judge,
     )
     rec = json.loads((out / "figures.json").read_text())["inpaint_feather"]
     assert "carried_over" not in rec and set(rec["results"]) == {"0", "3"}
@@ -171,11 +160,11 @@ def test_fit_feather_writes_only_its_setting_and_a_release_keeps_it(
 
 
 @pytest.mark.slow  # releases a weights folder first
-def test_fit_feather_refuses_bad_input_and_writes_nothing(released, shapes_dir, shapes_judge32, tmp_path, capsys):
+def test_fit_feather_refuses_bad_input_and_writes_nothing(released, shapes_dir, class_judge, tmp_path, capsys):
     out = tmp_path / "weights"
     shutil.copytree(released, out)
     before = _bytes(out)
-    base = ["fit-feather", "--weights", str(out), "--data", str(shapes_dir), "--judge", str(shapes_judge32)]
+    base = ["fit-feather", "--weights", str(out), "--data", str(shapes_dir), "--judge", str(class_judge)]
     for extra, says in (
         (["--candidates", "2,x"], "--candidates must be numbers"),
         (["--candidates", "0"], "at least one value above 0"),

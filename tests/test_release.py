@@ -143,16 +143,6 @@ def test_release_counts_the_steps_of_the_checkpoint_not_of_the_log(trained_expor
 # ---- runs trained with classes left out, the release gate -------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def class_judge(tmp_path_factory, shapes_dir):
-    """A tiny class judge of all 4 classes: one more than the excluded run's model has."""
-    out = tmp_path_factory.mktemp("judge") / "judge"
-    train_judge(
-        load_images(shapes_dir, 32, progress=False), out, epochs=1, batch_size=16, widths=[8, 16], progress=False
-    )
-    return out
-
-
 def _files(folder):
     return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
 
