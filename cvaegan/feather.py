@@ -33,6 +33,7 @@ from .evaluate import (
     MASK_KINDS,
     _judge_top1,
     box_layout,
+    check_compatible,
     inpaint_photo_order,
     judge_indices,
     make_mask,
@@ -141,6 +142,7 @@ def fit_feather(
     data = load_images(data_path, model.config.resolution, progress=progress)
     if not len(data.labels):
         raise FeatherError(f"{data_path} holds no readable images")
+    check_compatible(model, judge, data)  # a class judge of this data (an attribute judge cannot score classes)
     _, val, _ = weights_split(folder, model, data, "the feather could not be measured on them")
     if val is None:
         raise FeatherError(

@@ -412,8 +412,8 @@ def inpaint(
     whole photo is resized to the model's square resolution (not cropped, so every masked pixel is
     covered), inpainted, and the generated pixels are resized back and pasted as they are. Known pixels
     are returned unchanged either way. feather (blend only): model pixels over which the generated detail fades
-    in from the hole's rim (`blend.seamless_paste`; default: the weights' `inpaint_feather`). Returns {"image": PIL at input size, "model_image": PIL at model
-    resolution, "class": index, "probability": C's probability or None}.
+    in from the hole's rim (`blend.seamless_paste`; default: the weights' `inpaint_feather`). Returns {"image": PIL
+    at input size, "model_image": PIL at model resolution, "class": index, "probability": C's probability or None}.
     """
     img = open_image(image, name="image")
     w, h = img.size

@@ -32,7 +32,7 @@ from .config import recipe_options
 from .data import LabelledImages, load_images, split_indices
 from .directions import check_directions, compute_directions, directions_sheet
 from .errors import CVAEGANError, InputError
-from .feather import carry_over, fit_feather
+from .feather import FeatherError, carry_over, fit_feather
 from .gate import MIN_Z
 from .guesser import read_guesser, reattach
 from .hub import TRAINING_TOTAL_KEYS, held_out_fraction, load_folder
@@ -468,7 +468,9 @@ def release(
     if kept_guesser is not None:
         figures["guesser"] = reattach(model, out, kept_guesser, data.subset(val_idx) if held_out else None)
     if kept_feather:
-        if judge is not None and held_out:
+        try:
+            if judge is None or not held_out:
+                raise FeatherError("no judge or no held-out photos to measure it again")
             figures["inpaint_feather"] = fit_feather(
                 out,
                 data_path,
@@ -477,7 +479,7 @@ def release(
                 tolerance=kept_feather["tolerance"],
                 progress=False,
             )
-        else:
+        except FeatherError:  # e.g. too few held-out photos beyond the card's: keep the one measured before
             figures["inpaint_feather"] = carry_over(model, out, kept_feather)
     if examples is not None:
         write_examples(model, name, examples)
