@@ -242,15 +242,14 @@ def measure_mix(
     """Measure again, without training, the share of the "auto" guess that the weights folder FOLDER's guesser gets
     against C (`_measure`), e.g. for a guesser fitted before that share was measured: config.json's entry,
     figures.json's record and the card's section are rewritten; guesser.safetensors stays as it is."""
-
     folder = Path(folder)
     record = read_figures(folder).get("guesser")
-    model, _, val = _model_and_photos(folder, data_path, device, progress)
-    if model.guesser is None or not record:
+    if not record or not CVAEGAN.read_config(folder).guesser:  # before the data loads
         raise GuesserError(
             f"{folder} has no class guesser with a figures.json record: fit one (`cvaegan fit-guesser` without "
             "--mix-only)"
         )
+    model, _, val = _model_and_photos(folder, data_path, device, progress)
     if val is None:
         raise GuesserError(f"{folder} records no held-out photos to measure the guess on (figures.json 'split')")
     record = {**record, "mix_measured": date.today().isoformat()}
