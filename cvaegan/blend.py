@@ -82,6 +82,7 @@ def inpaint(
     refine_steps: int = 0,
     progress=None,
     feather: float | None = None,
+    feathers=None,
 ) -> dict:
     """Fill the masked pixels of a photo of any size at its own resolution: the one inpainting pipeline
     that the app, the CLI (`inference.inpaint`) and `cvaegan evaluate` all run.
@@ -94,15 +95,19 @@ def inpaint(
     (`seamless_paste`; None: the weights' `inpaint_feather`, set by `cvaegan fit-feather`, else 0).
     Returns {"image": PIL at the photo's size, "class": index, "top": the guess's [(index, p)] top-3 or [] when
     the class was given, "box": (left, top, side) of the window, "model_image": PIL of the window at the
-    model's resolution with the fill pasted in}.
+    model's resolution with the fill pasted in}; with `feathers` (model pixels) also "feathered": {feather: PIL
+    at the photo's size}, the same fill pasted with each of them (one model pass for all, as `cvaegan fit-feather`
+    compares them).
     """
     src = np.asarray(photo.convert("RGB") if isinstance(photo, Image.Image) else photo, dtype=np.uint8)
     assert src.ndim == 3 and src.shape[2] == 3 and mask.shape == src.shape[:2], (src.shape, mask.shape)
     if not mask.any():
         raise ValueError("the mask is empty: paint over the part of the photo to fill in")
     feather = model.config.inpaint_feather if feather is None else float(feather)
-    if not feather >= 0:
-        raise ValueError(f"feather must be 0 or more model pixels, got {feather}")
+    others = [float(f) for f in (feathers or ())]
+    for f in (feather, *others):
+        if not f >= 0:
+            raise ValueError(f"feather must be 0 or more model pixels, got {f}")
     r = model.config.resolution
     left, top, side = window_box(mask)
     h, w = mask.shape
@@ -124,14 +129,21 @@ def inpaint(
     gen = I.inpaint_tensor(model, x_small, m_small, cls, iterations, refine_steps, progress=progress, start=start).cpu()
     fill = F.interpolate(gen, size=(side, side), mode="bicubic", align_corners=False).clamp(-1, 1)
     fill = ((fill[0].permute(1, 2, 0) + 1) * 127.5).numpy()
-    out_win = seamless_paste(win, fill, wmask, feather * side / r)  # model pixels -> the window's
-    out = src.copy()
     ys, xs = np.nonzero(mask)  # every masked pixel lies in the window
-    out[ys, xs] = out_win[ys - top, xs - left]
-    return {
-        "image": Image.fromarray(out, "RGB"),
+
+    def paste(f: float) -> Image.Image:
+        out_win = seamless_paste(win, fill, wmask, f * side / r)  # model pixels -> the window's
+        out = src.copy()
+        out[ys, xs] = out_win[ys - top, xs - left]
+        return Image.fromarray(out, "RGB")
+
+    result = {
+        "image": paste(feather),
         "class": int(cls),
         "top": top3,
         "box": (left, top, side),
         "model_image": to_pil(torch.where(m_small, gen, x_small)[0]),
     }
+    if feathers is not None:
+        result["feathered"] = {f: result["image"] if f == feather else paste(f) for f in others}
+    return result

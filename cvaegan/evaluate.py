@@ -315,6 +315,14 @@ def user_inpaint(
     return uint8_to_float(pil_to_uint8(r["image"]))[None], int(r["class"])
 
 
+def user_inpaint_feathers(
+    model: CVAEGAN, photo: torch.Tensor, m: torch.Tensor, cls: int, iterations: int, feathers: list[float]
+) -> dict[float, torch.Tensor]:
+    """`user_inpaint` with each of `feathers` (model pixels), from one model pass: {feather: (1, 3, H, W) float}."""
+    r = blend.inpaint(model, photo.permute(1, 2, 0).numpy(), m[0, 0].numpy(), cls, iterations, feathers=feathers)
+    return {f: uint8_to_float(pil_to_uint8(img))[None] for f, img in r["feathered"].items()}
+
+
 def inpaint_photo_order(count: int) -> torch.Tensor:
     """The order in which the inpainting figures take held-out photos: the card measures the first 64 (or
     `--inpaint-images`), `cvaegan fit-feather` the ones after them, so the card's photos stay unseen by it."""

@@ -26,7 +26,6 @@ import torch
 from tqdm.auto import tqdm
 
 from .card import put_record
-from .data import load_images
 from .errors import InputError
 from .evaluate import (
     CARD_INPAINT_PHOTOS,
@@ -38,11 +37,11 @@ from .evaluate import (
     judge_indices,
     make_mask,
     psnr_ssim,
-    user_inpaint,
+    user_inpaint_feathers,
 )
 from .images import uint8_to_float
 from .judge import load_judge
-from .refit import weights_split
+from .refit import load_with_photos
 
 CANDIDATES = (0.0, 2.0, 4.0, 8.0)  # model pixels; 0 (the paste without feather) is always measured
 TOLERANCE = 0.015  # the mean judge top-1 a feather may lose against 0 (about the noise of a few hundred photos)
@@ -92,8 +91,8 @@ def measure(model, val, judge, candidates: list[float], photos: int | None, iter
         x = uint8_to_float(val.images[i : i + 1])
         for kind in MASK_KINDS:
             m = make_mask(kind, r, CARD_PHOTOS + j, layout)  # other strokes than the card's
-            for f in candidates:
-                out, _ = user_inpaint(model, val.images[i], m, int(val.labels[i]), iterations, f)
+            outs = user_inpaint_feathers(model, val.images[i], m, int(val.labels[i]), iterations, candidates)
+            for f, out in outs.items():
                 scores[f][kind][0].append(psnr_ssim(out, x, m)[0].item())
                 scores[f][kind][1].append(out)
             bar.update(1)
@@ -129,7 +128,6 @@ def fit_feather(
     figures.json's "inpaint_feather" record and the card's "Inpainting feather" section. Nothing is written when
     anything fails. Returns the record."""
     from .blend import DEFAULT_ITERATIONS
-    from .hub import load_folder
 
     candidates = check_candidates(candidates)
     if not 0 <= tolerance <= 1:
@@ -137,13 +135,11 @@ def fit_feather(
     if photos is not None and photos < MIN_PHOTOS:
         raise FeatherError(f"--photos must be at least {MIN_PHOTOS}, got {photos}")
     folder = Path(folder)
-    model = load_folder(folder, device)
-    judge = load_judge(judge_path, device)
-    data = load_images(data_path, model.config.resolution, progress=progress)
-    if not len(data.labels):
-        raise FeatherError(f"{data_path} holds no readable images")
+    judge = load_judge(judge_path, device)  # before the data loads: a wrong path fails at once
+    model, data, _, val, _ = load_with_photos(
+        folder, data_path, device, progress, "the feather could not be measured on them", FeatherError
+    )
     check_compatible(model, judge, data)  # a class judge of this data (an attribute judge cannot score classes)
-    _, val, _ = weights_split(folder, model, data, "the feather could not be measured on them")
     if val is None:
         raise FeatherError(
             f"{folder} records no held-out photos (figures.json 'split'): a feather measured on training photos "

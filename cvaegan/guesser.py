@@ -29,7 +29,6 @@ import torch
 
 from . import inference as I
 from .card import put_record
-from .data import load_images
 from .errors import InputError
 from .evaluate import (
     CARD_INPAINT_PHOTOS as CARD_PHOTOS,
@@ -41,7 +40,7 @@ from .gate import MIN_Z, paired
 from .images import uint8_to_float
 from .judge import HOLE_SHARE, HOLE_SIDES, load_judge, train_judge
 from .models import CVAEGAN, GUESSER_NAME, build_guesser
-from .refit import read_figures, weights_split
+from .refit import load_with_photos, read_figures
 from .serialization import WeightsError, float16_state, load_state_strict, load_tensors, save_tensors, verify_files
 
 EPOCHS = 60
@@ -148,19 +147,6 @@ def card_section(record: dict) -> str:
     )
 
 
-def _model_and_photos(folder: Path, data_path, device: str, progress: bool):
-    """(the weights folder's model, DATA at its resolution, its held-out photos or None): `weights_split`, which
-    checks that the data has every class of the model."""
-    from .hub import load_folder
-
-    model = load_folder(folder, device)
-    data = load_images(data_path, model.config.resolution, progress=progress)
-    if not len(data.labels):
-        raise GuesserError(f"{data_path} holds no readable images")
-    _, val, _ = weights_split(folder, model, data, "the guesser would not know them")
-    return model, data, val
-
-
 def fit_guesser(
     folder: str | os.PathLike,
     data_path: str | os.PathLike,
@@ -185,7 +171,9 @@ def fit_guesser(
             f"{folder} holds out {fraction:g} of the photos; the guesser holds out {SPLIT_FRACTION:g} and would train on "
             "photos the weights were measured on. Fit it on weights trained with --val-fraction 0.1"
         )
-    model, data, val = _model_and_photos(folder, data_path, device, progress)
+    model, data, _, val, _ = load_with_photos(
+        folder, data_path, device, progress, "the guesser would not know them", GuesserError
+    )
     threads = torch.get_num_threads()
     cpu0 = time.process_time()
     with tempfile.TemporaryDirectory() as tmp:
@@ -249,7 +237,9 @@ def measure_mix(
             f"{folder} has no class guesser with a figures.json record: fit one (`cvaegan fit-guesser` without "
             "--mix-only)"
         )
-    model, _, val = _model_and_photos(folder, data_path, device, progress)
+    model, _, _, val, _ = load_with_photos(
+        folder, data_path, device, progress, "the guesser would not know them", GuesserError
+    )
     if val is None:
         raise GuesserError(f"{folder} records no held-out photos to measure the guess on (figures.json 'split')")
     record = {**record, "mix_measured": date.today().isoformat()}

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from . import inference as I
-from .card import put_marked_block
+from .card import put_record
 from .data import LabelledImages, load_images, split_indices
 from .errors import InputError
 from .evaluate import box_layout, make_mask
@@ -183,6 +183,28 @@ def weights_split(
     return kept.subset(train_idx), (kept.subset(val_idx) if held_out else None), held_out
 
 
+def load_with_photos(
+    folder: Path,
+    data_path,
+    device: str,
+    progress: bool,
+    missing_means: str = "C would forget them",
+    error: type[InputError] = RefitError,
+) -> tuple[CVAEGAN, LabelledImages, LabelledImages, LabelledImages | None, bool]:
+    """(the weights folder's model, DATA at its resolution, the weights' training photos, their held-out photos or
+    None, whether the split was held out): what a command that fits or measures something on a weights folder's own
+    photos starts with. `error` (with the data's path) when DATA holds no readable images; `weights_split`'s error
+    when it lacks one of the model's classes."""
+    from .hub import load_folder
+
+    model = load_folder(folder, device)
+    data = load_images(data_path, model.config.resolution, progress=progress)
+    if not len(data.labels):
+        raise error(f"{data_path} holds no readable images")
+    train, val, held_out = weights_split(folder, model, data, missing_means)
+    return model, data, train, val, held_out
+
+
 def read_figures(folder: Path) -> dict:
     path = folder / "figures.json"
     if not path.is_file():
@@ -279,39 +301,28 @@ def refit_folder(
     """Refit C of a weights folder in place: classifier.safetensors and config.json's digest, figures.json (the
     record under "classifier_refit"; C's figures re-measured as `release` measures them) and the card's
     "Classifier refit" section. Nothing is written until the refit has finished."""
-    from .hub import load_folder
     from .release import measure
 
     check_settings(epochs, lr, hole_p)  # before anything loads: a typo fails at once
     folder = Path(folder)
-    model = load_folder(folder, device)
-    data = load_images(data_path, model.config.resolution, progress=progress)
-    if not len(data.labels):
-        raise RefitError(f"{data_path} holds no readable images")
-    train, val, held_out = weights_split(folder, model, data)
+    model, _, train, val, held_out = load_with_photos(folder, data_path, device, progress)
     record = refit_classifier(model, train, val, epochs, lr, hole_p, seed=seed, progress=progress)
     record["held_out"] = held_out
     figures = read_figures(folder)
     save_classifier(model, folder)
     record["running_means_refreshed"] = refresh_c_means(model, train, folder)
-    if figures:
-        previous = figures.get("classifier_refit")
-        if previous:
-            record["earlier"] = previous  # a second refit keeps the first one's record
-        if val is not None:
-            measured = measure(model, val, figures.get("generated_per_class", 4))
-            for key in ("c_top1_real_val", "c_top1_generated", "c_top1_generated_per_class"):
-                figures[key] = measured[key]
-        figures["classifier_refit"] = record
-        (folder / "figures.json").write_text(json.dumps(figures, indent=1) + "\n")
-    card = folder / "README.md"
-    if card.is_file():
-        text = card.read_text(encoding="utf-8")
-        if val is not None and figures.get("c_top1_real_val") is not None:  # re-measured above
-            text = _card_c_rows(text, figures)
-        card.write_text(
-            put_marked_block(text, "refit", card_section(record), after="<!-- judge:end -->"), encoding="utf-8"
+    if figures.get("classifier_refit"):
+        record["earlier"] = figures["classifier_refit"]  # a second refit keeps the first one's record
+    if figures and val is not None:  # C's figures re-measured as release measures them, in figures.json and the card
+        measured = measure(model, val, figures.get("generated_per_class", 4))
+        figures.update(
+            {key: measured[key] for key in ("c_top1_real_val", "c_top1_generated", "c_top1_generated_per_class")}
         )
+        (folder / "figures.json").write_text(json.dumps(figures, indent=1) + "\n")
+        card = folder / "README.md"
+        if card.is_file() and figures.get("c_top1_real_val") is not None:
+            card.write_text(_card_c_rows(card.read_text(encoding="utf-8"), figures), encoding="utf-8")
+    put_record(folder, "classifier_refit", record, "refit", card_section(record))
     return record
 
 

@@ -81,9 +81,31 @@ def test_inpainting_uses_the_weights_feather_unless_told(tiny_model):
     assert np.array_equal(np.asarray(blend.inpaint(tiny_model, photo, mask, 1, iterations=1, feather=0)["image"]), none)
     with pytest.raises(ValueError, match="feather must be 0 or more"):
         blend.inpaint(tiny_model, photo, mask, 1, iterations=1, feather=-1)
+    with pytest.raises(ValueError, match="feather must be 0 or more"):
+        blend.inpaint(tiny_model, photo, mask, 1, iterations=1, feathers=[0, -2])
     for bad in (-1.0, 65.0, "4"):
         with pytest.raises(ConfigError, match="inpaint_feather"):
             ModelConfig(num_classes=3, inpaint_feather=bad)
+
+
+def test_feathers_share_one_model_pass(tiny_model, monkeypatch):
+    # fit-feather compares feathers on the same fill: one encode-generate loop, each paste as a single call gives
+    from cvaegan import inference as I
+
+    rng = np.random.default_rng(1)
+    photo = rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)
+    mask = np.zeros((40, 40), bool)
+    mask[8:30, 10:20] = True
+    alone = {
+        f: np.asarray(blend.inpaint(tiny_model, photo, mask, 2, iterations=2, feather=f)["image"]) for f in (0, 2, 8)
+    }
+    runs = []
+    real = I.inpaint_tensor
+    monkeypatch.setattr(I, "inpaint_tensor", lambda *a, **k: runs.append(1) or real(*a, **k))
+    r = blend.inpaint(tiny_model, photo, mask, 2, iterations=2, feathers=[0, 2, 8])
+    assert len(runs) == 1 and sorted(r["feathered"]) == [0.0, 2.0, 8.0]
+    assert all(np.array_equal(np.asarray(r["feathered"][f]), alone[f]) for f in alone)
+    assert len({np.asarray(img).tobytes() for img in r["feathered"].values()}) == 3  # the feathers differ
 
 
 def _results(*rows):
