@@ -454,7 +454,8 @@ def _beats(ours: dict, telea: dict) -> list[str]:
 
 
 def guess_label(inp: dict) -> str:
-    """ "C's guess" or "the class guesser's guess": who named the class of an `inpainting_scores` report's 'auto' runs."""
+    """ "C's guess", "the class guesser's guess" or "C and the class guesser's guess" (`inference.guess_source`): who
+    named the class of an `inpainting_scores` report's 'auto' runs."""
     return f"{inp.get('guess_by', 'C')}'s guess"
 
 

@@ -137,8 +137,12 @@ def classify(model: CVAEGAN, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
 
 
 def guess_source(model: CVAEGAN) -> str:
-    """Who names the class of a photo to inpaint in "auto" mode: "the class guesser" or "C" (guess_probabilities)."""
-    return "the class guesser" if model.guesser is not None else "C"
+    """Who names the class of a photo to inpaint in "auto" mode (`guess_probabilities`): "C", "the class guesser"
+    (its share w is 1) or "C and the class guesser" (0 < w < 1)."""
+    if model.guesser is None:
+        return "C"
+    w = float(model.config.guesser.get("weight", 1.0))
+    return "the class guesser" if w >= 1 else "C" if w <= 0 else "C and the class guesser"
 
 
 @torch.no_grad()

@@ -330,8 +330,8 @@ def top_text(model: CVAEGAN, top: list[tuple[int, float]], source: str = "C") ->
     text = f"{who}'s guesses: " + ", ".join(f"{names[i]} (p = {p:.2f})" for i, p in top)
     if top and top[0][1] < blend.CONFIDENT:
         text += (
-            f". {who} is not confident (no class reaches p = {blend.CONFIDENT:.1f}): the photo may show none "
-            "of this model's classes; pick the class yourself if you know it"
+            f". {who} {'are' if ' and ' in source else 'is'} not confident (no class reaches p = {blend.CONFIDENT:.1f}): "
+            "the photo may show none of this model's classes; pick the class yourself if you know it"
         )
     return text
 

@@ -91,3 +91,24 @@ def test_bundled_flowers_guesser_names_the_models_own_samples():
     probs = guess_probabilities(model, x)
     assert probs.shape == (2 * k, k)
     assert (probs.argmax(1) == classes).float().mean() > 0.25
+
+
+def test_bundled_faces_guess_mixes_c_and_its_guesser():
+    """The faces weights carry a class guesser asked together with C (share w = 0.25, measured by `fit-guesser`):
+    it loads strictly, the app names both as the guess's source, and the mixed guess names the person of the
+    model's own samples far above chance (chance 0.4%), so a broken guesser file or a lost share fails here."""
+    from cvaegan.inference import generate, guess_probabilities, guess_source
+    from cvaegan.seeds import z_from_seeds
+
+    model = CVAEGAN.from_pretrained(str(ROOT / "weights" / "faces"))
+    assert model.guesser is not None and model.config.guesser["weight"] == 0.25
+    assert guess_source(model) == "C and the class guesser"
+    k = model.config.num_classes
+    classes = torch.arange(k)
+    x = generate(model, z_from_seeds(list(range(k)), model.config.z_dim), classes)
+    mixed = guess_probabilities(model, x).argmax(1)
+    assert (mixed == classes).float().mean() > 0.6  # 94.5% when it shipped (C alone 97.7%, the guesser 31.6%)
+    # the guesser alone knows whole samples far less well: the mix is not the guesser alone
+    model.config.guesser["weight"] = 1.0
+    alone = guess_probabilities(model, x).argmax(1)
+    assert (alone == classes).float().mean() < (mixed == classes).float().mean()

@@ -195,7 +195,7 @@ def test_the_auto_guess_weighs_the_guesser_against_c(tiny_model):
     """With the entry's weight w the guess is p_guesser^w * p_C^(1 - w), normalised; w = 1 is the guesser alone."""
     import dataclasses
 
-    from cvaegan.inference import guess_probabilities
+    from cvaegan.inference import guess_probabilities, guess_source
     from cvaegan.judge import Judge, JudgeConfig
     from cvaegan.models import build_guesser
 
@@ -206,10 +206,16 @@ def test_the_auto_guess_weighs_the_guesser_against_c(tiny_model):
         tiny_model.classifier.out.bias.copy_(torch.tensor([-3.0, 3.5, 0.0, 1.0]))
         pg = tiny_model.guesser(x)[0].softmax(1)
         pc = tiny_model.classifier(x)[0].softmax(1)
+    named = {1.0: "the class guesser", 0.5: "C and the class guesser", 0.25: "C and the class guesser", 0.0: "C"}
     for w in (1.0, 0.5, 0.25, 0.0):
         tiny_model.config = dataclasses.replace(tiny_model.config, guesser={"widths": [4, 8], "weight": w})
         expected = pg**w * pc ** (1 - w)
         assert torch.allclose(guess_probabilities(tiny_model, x), expected / expected.sum(1, keepdim=True), atol=1e-5)
+        assert guess_source(tiny_model) == named[w]  # what the app and the card say guessed
+        # the app's line names them, with the right verb when they are not sure
+        text = S.top_text(tiny_model, [(1, 0.3)], guess_source(tiny_model))
+        assert text.startswith(named[w][:1].upper() + named[w][1:] + "'s guesses")
+        assert (" are not confident" if w in (0.5, 0.25) else " is not confident") in text
     assert guess_probabilities(tiny_model, x).argmax(1).tolist() != pg.argmax(1).tolist()  # C's guess at w = 0
     bad = dataclasses.replace(tiny_model.config, guesser={"widths": [4, 8], "weight": 1.5})
     with pytest.raises(WeightsError, match="guesser entry is broken"):
