@@ -136,14 +136,20 @@ def card_section(record: dict) -> str:
         )
     else:
         mixed = ' The "auto" guess is the guesser\'s alone (its share against C was not measured).'
+    kept = (
+        f" Kept from the weights released before (it learned the photos, not the networks); its figures and its share "
+        f"were measured again with these networks on {record['carried_over']}."
+        if record.get("carried_over")
+        else ""
+    )
     return (
         f"## Class guesser\n\nInpainting without a chosen class asks a separate class guesser "
         f"({record['date']}, `cvaegan fit-guesser`): the judge's residual network with widths "
         f"{', '.join(map(str, record['widths']))} ({record['bytes'] / 2**20:.1f} MiB in float16), trained from scratch for "
         f"{record['epochs']} epochs on {record['train_images']:,} training photos with flips, shifts, zoom, random "
         f"erasing and a random square hole filled smoothly in half of them; {record['wall_s'] / 60:.1f} wall minutes "
-        f"with {record['threads']} thread(s). {measured}{mixed} E, G, C and D are unchanged, so samples, enrolment and every "
-        "other figure are the same.\n"
+        f"with {record['threads']} thread(s). {measured}{mixed}{kept} The guesser changes none of E, G, C and D: "
+        "samples, enrolment and every other figure are the networks' own.\n"
     )
 
 

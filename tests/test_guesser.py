@@ -57,7 +57,7 @@ def test_fit_guesser_adds_it_alone_and_auto_inpainting_asks_it(released, exclude
     assert rec["held_out_images"] == 6 and rec["train_images"] == 3 * 16 - 6 and rec["images_seen"] == 2 * 42
     assert rec["threads"] == 1 and set(rec["guesser_top1"]) == set(rec["c_top1"]) == {"whole", "box25"}
     card = (out / "README.md").read_text()
-    assert card.count("## Class guesser") == 1 and "widths 4, 8" in card
+    assert card.count("## Class guesser") == 1 and "widths 4, 8" in card and "Kept from" not in card
     # "auto" inpainting asks the guesser, not C: make it sure of class 2 and C of class 0
     with torch.no_grad():
         model.guesser.fc.bias.fill_(-50.0)
@@ -83,7 +83,8 @@ def test_fit_guesser_adds_it_alone_and_auto_inpainting_asks_it(released, exclude
     assert model.guesser is not None and model.config.guesser["widths"] == [4]
     figures = json.loads((out / "figures.json").read_text())
     assert figures["guesser"]["carried_over"] and figures["guesser"]["held_out_images"] == 6
-    assert (out / "README.md").read_text().count("## Class guesser") == 1
+    card = (out / "README.md").read_text()
+    assert card.count("## Class guesser") == 1 and "Kept from the weights released before" in card
     # without its record (so nothing says what it is) a release drops it rather than leave an unlisted file
     (out / "figures.json").write_text(json.dumps({k: v for k, v in figures.items() if k != "guesser"}))
     REL.release(excluded_run, out, shapes_dir, "shapes", hardware="test CPU", components=2, samples_per_class=2)
