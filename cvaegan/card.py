@@ -536,8 +536,8 @@ def put_record(folder: str | os.PathLike, key: str, record: dict, tag: str, sect
     figures.json) and `section` as the card's marked block `tag`, after the judge's figures (when it has a card)."""
     folder = Path(folder)
     path = folder / "figures.json"
-    if path.is_file():
-        figures = json.loads(path.read_text(encoding="utf-8"))
+    figures = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+    if isinstance(figures, dict):  # anything else is not a figures record (`refit.read_figures` reads it as none)
         figures[key] = record
         path.write_text(json.dumps(figures, indent=1) + "\n")
     card = folder / "README.md"

@@ -417,3 +417,22 @@ def test_picture_sheets_of_older_folders_still_show(tiny_model, tmp_path):
     Image.new("RGB", (4 * 32, 32), (1, 250, 1)).save(w / THUMBNAILS, quality=90)  # the new sheet wins
     assert sheet_file(w, THUMBNAILS) == w / THUMBNAILS and np.asarray(S._thumbnails(tiny_model)[3])[5, 5][1] > 240
     assert sheet_file(tmp_path / "nothing", THUMBNAILS) is None and sheet_file(None, THUMBNAILS) is None
+
+
+def test_a_measurement_record_goes_to_figures_and_card_and_skips_what_is_no_record(tmp_path):
+    """`card.put_record`, how fit-feather, fit-guesser and refit-classifier store what they measured: the record
+    under its key in figures.json (other keys kept), the section once in the card after the judge's figures; a
+    figures.json that is not a JSON object is left as it is (read as no figures, as `refit.read_figures` does)."""
+    from cvaegan.card import JUDGE_END, put_record
+
+    (tmp_path / "figures.json").write_text(json.dumps({"steps": 5}))
+    (tmp_path / "README.md").write_text(f"# card\n\n{JUDGE_END}\n\n## Usage\n")
+    for value in (1, 2):
+        put_record(tmp_path, "thing", {"value": value}, "thing", f"## Thing\n\nvalue {value}\n")
+    assert json.loads((tmp_path / "figures.json").read_text()) == {"steps": 5, "thing": {"value": 2}}
+    card = (tmp_path / "README.md").read_text()
+    assert card.count("## Thing") == 1 and "value 2" in card and card.index(JUDGE_END) < card.index("## Thing")
+    assert card.index("## Thing") < card.index("## Usage")
+    (tmp_path / "figures.json").write_text("[1, 2]")
+    put_record(tmp_path, "thing", {"value": 3}, "thing", "## Thing\n\nvalue 3\n")
+    assert (tmp_path / "figures.json").read_text() == "[1, 2]" and "value 3" in (tmp_path / "README.md").read_text()
