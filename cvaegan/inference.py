@@ -136,12 +136,16 @@ def classify(model: CVAEGAN, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tenso
     return i.cpu(), p.cpu()
 
 
+def guesser_share(model: CVAEGAN) -> float:
+    """The class guesser's share w of the "auto" guess (config.json's guesser entry, measured by `fit-guesser`; 1,
+    the guesser alone, for weights fitted before it was measured); 0 without a guesser (C alone)."""
+    return float(model.config.guesser.get("weight", 1.0)) if model.guesser is not None else 0.0
+
+
 def guess_source(model: CVAEGAN) -> str:
     """Who names the class of a photo to inpaint in "auto" mode (`guess_probabilities`): "C", "the class guesser"
     (its share w is 1) or "C and the class guesser" (0 < w < 1)."""
-    if model.guesser is None:
-        return "C"
-    w = float(model.config.guesser.get("weight", 1.0))
+    w = guesser_share(model)
     return "the class guesser" if w >= 1 else "C" if w <= 0 else "C and the class guesser"
 
 
@@ -159,7 +163,7 @@ def guess_probabilities(model: CVAEGAN, x: torch.Tensor) -> torch.Tensor:
 
     if model.guesser is None:
         return log_probs(model.classifier).exp()
-    w = float(model.config.guesser.get("weight", 1.0))
+    w = guesser_share(model)
     g = log_probs(model.guesser)
     k = g.shape[1]
     if w == 1 and model.classifier.out.out_features == k:  # the guesser alone, no class enrolled after it
