@@ -142,8 +142,16 @@ def card_section(record: dict) -> str:
         if record.get("carried_over")
         else ""
     )
+    w = w if mix else 1.0
+    who = (
+        "asks a separate class guesser"
+        if w >= 1
+        else "asks C: the separate class guesser fitted for it lost to C"
+        if w <= 0
+        else "asks C and a separate class guesser together"
+    )
     return (
-        f"## Class guesser\n\nInpainting without a chosen class asks a separate class guesser "
+        f"## Class guesser\n\nInpainting without a chosen class {who} "
         f"({record['date']}, `cvaegan fit-guesser`): the judge's residual network with widths "
         f"{', '.join(map(str, record['widths']))} ({record['bytes'] / 2**20:.1f} MiB in float16), trained from scratch for "
         f"{record['epochs']} epochs on {record['train_images']:,} training photos with flips, shifts, zoom, random "

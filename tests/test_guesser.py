@@ -260,3 +260,24 @@ def test_the_guessers_share_is_measured_after_the_cards_photos(released, shapes_
     shutil.copytree(released, out)
     assert cli.main(["fit-guesser", "--weights", str(out), "--data", str(shapes_dir), "--mix-only"]) == 1
     assert "has no class guesser" in capsys.readouterr().err
+
+
+def test_the_card_opens_with_who_guesses_in_auto_mode():
+    """The section's first sentence says whose guess "auto" inpainting uses, as the app's line does."""
+    top1 = {w: {"mean": m} for w, m in (("0", 0.40), ("0.25", 0.5), ("0.5", 0.6), ("0.75", 0.67), ("1", 0.66))}
+    base = {
+        "date": "2026-12-06", "widths": [4, 8], "bytes": 2**20, "epochs": 2, "train_images": 42, "wall_s": 60,
+        "threads": 1, "held_out_images": 6, "c_top1": {"whole": 0.5, "box25": 0.3},
+        "guesser_top1": {"whole": 0.6, "box25": 0.4},
+    }  # fmt: skip
+    opening = {
+        None: "asks a separate class guesser (",  # fitted before the share was measured: the guesser alone
+        1.0: "asks a separate class guesser (",
+        0.75: "asks C and a separate class guesser together (",
+        0.0: "asks C: the separate class guesser fitted for it lost to C (",
+    }
+    for w, words in opening.items():
+        rec = dict(base, mix=None) if w is None else dict(base, weight=w, mix={"top1": top1, "photos": 4})
+        first = GS.card_section(rec).split("\n\n")[1]
+        assert first.startswith("Inpainting without a chosen class " + words), (w, first[:120])
+        assert ("w = 0.75" in first) == (w == 0.75)
