@@ -317,7 +317,11 @@ def _release_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="weights folder to write, e.g. weights/faces")
     p.add_argument("--data", required=True, help="the run's training data (folder or .tar + metadata.csv)")
     p.add_argument("--name", required=True, help="data set key for the card: faces, flowers, birds or your own")
-    p.add_argument("--hardware", default=None, help="what it was trained on, for the card (default: this CPU)")
+    p.add_argument(
+        "--hardware",
+        default=None,
+        help='what it was trained on, for the card (default: this machine, "CPU only: N cores (model), T torch threads, no GPU")',
+    )
     p.add_argument("--notes", default="", help="extra paragraph for the card (e.g. known weaknesses)")
     p.add_argument("--components", type=int, default=8, help="principal directions to save (default 8)")
     p.add_argument(

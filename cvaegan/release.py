@@ -8,7 +8,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import platform
 import shutil
 import tempfile
 from pathlib import Path
@@ -41,6 +40,7 @@ from .judge import load_attribute_judge
 from .models import CVAEGAN, GUESSER_NAME
 from .refit import read_figures
 from .seeds import z_from_seeds
+from .speed import hardware_text
 from .train import WARM_START, drop_classes, export_checkpoint, grid_classes, run_checkpoint
 
 MAX_FOLDER_BYTES = 20 * 2**20  # a weights folder (the app's repo and the Hub carry several)
@@ -462,7 +462,7 @@ def release(
     save_png(make_grid(grid, ncol=8), out / "samples.png")
     save_jpeg(thumbnail_sheet(model), out / THUMBNAILS)
     loss_curves(rows, out / "loss_curves.png")
-    hw = hardware or f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    hw = hardware or hardware_text()
     (out / "README.md").write_text(model_card(name, model, run_cfg, figures, _wall_time(rows), hw, notes) + table_md)
     (out / "figures.json").write_text(json.dumps(figures, indent=1) + "\n")
     if kept_guesser is not None:

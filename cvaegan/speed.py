@@ -8,6 +8,7 @@ machines whose reference differs are then seen to differ in what a CPU-minute wa
 
 from __future__ import annotations
 
+import os
 import platform
 import time
 from pathlib import Path
@@ -29,6 +30,16 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine() or "unknown"
+
+
+def hardware_text(threads: int | None = None) -> str:
+    """This machine as a model card's hardware row: "CPU only: 2 cores (AMD EPYC ...), 2 torch threads, no GPU",
+    or the GPU's name when torch sees one."""
+    threads = threads or torch.get_num_threads()
+    cpu = f"{os.cpu_count() or '?'} cores ({cpu_name()}), {threads} torch thread{'s' if threads != 1 else ''}"
+    if torch.cuda.is_available():
+        return f"GPU ({torch.cuda.get_device_name(0)}); {cpu}"
+    return f"CPU only: {cpu}, no GPU"
 
 
 def reference_gflops(repeats: int = 7) -> float:

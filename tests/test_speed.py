@@ -28,3 +28,15 @@ def test_machine_record_and_its_description():
     assert speed.describe([{"conv_gflops": 27.3}, {"conv_gflops": 9.1}]) == "9.1-27.3"  # resumed elsewhere
     assert speed.describe([{"conv_gflops": 27.0}, {"conv_gflops": 28.0}]) == "27.0"  # within 10%: one machine
     assert speed.describe(None) == speed.describe([]) == "-"  # runs from before the reference
+
+
+def test_hardware_row_names_cores_cpu_threads_and_gpu(monkeypatch):
+    """The card's default hardware row (release without --hardware) says what a reader needs to compare runs."""
+    monkeypatch.setattr(speed, "cpu_name", lambda: "Test CPU 9000")
+    monkeypatch.setattr(speed.os, "cpu_count", lambda: 6)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert speed.hardware_text(2) == "CPU only: 6 cores (Test CPU 9000), 2 torch threads, no GPU"
+    assert speed.hardware_text(1) == "CPU only: 6 cores (Test CPU 9000), 1 torch thread, no GPU"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda i=0: "Test GPU")
+    assert speed.hardware_text(4) == "GPU (Test GPU); 6 cores (Test CPU 9000), 4 torch threads"
