@@ -142,14 +142,11 @@ def card_section(record: dict) -> str:
         if record.get("carried_over")
         else ""
     )
-    w = w if mix else 1.0
-    who = (
-        "asks a separate class guesser"
-        if w >= 1
-        else "asks C: the separate class guesser fitted for it lost to C"
-        if w <= 0
-        else "asks C and a separate class guesser together"
-    )
+    who = {
+        "the class guesser": "asks a separate class guesser",
+        "C": "asks C: the separate class guesser fitted for it lost to C",
+        "C and the class guesser": "asks C and a separate class guesser together",
+    }[I.share_source(w if mix else 1.0)]
     return (
         f"## Class guesser\n\nInpainting without a chosen class {who} "
         f"({record['date']}, `cvaegan fit-guesser`): the judge's residual network with widths "

@@ -145,7 +145,11 @@ def guesser_share(model: CVAEGAN) -> float:
 def guess_source(model: CVAEGAN) -> str:
     """Who names the class of a photo to inpaint in "auto" mode (`guess_probabilities`): "C", "the class guesser"
     (its share w is 1) or "C and the class guesser" (0 < w < 1)."""
-    w = guesser_share(model)
+    return share_source(guesser_share(model))
+
+
+def share_source(w: float) -> str:
+    """Who guesses for the guesser's share w: "the class guesser" (1), "C" (0) or "C and the class guesser"."""
     return "the class guesser" if w >= 1 else "C" if w <= 0 else "C and the class guesser"
 
 
