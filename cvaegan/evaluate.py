@@ -323,6 +323,17 @@ def user_inpaint_feathers(
     return {f: uint8_to_float(pil_to_uint8(img))[None] for f, img in r["feathered"].items()}
 
 
+def mcnemar(first: str, second: str, what: str = "samples") -> tuple[int, int, float]:
+    """McNemar's paired counts over two equal-length strings of hits ("1" right, "0" wrong, one character per
+    item both were judged on): b right for `first` only, c for `second` only, z = (b - c) / sqrt(b + c), 0 when
+    no item differs. The release gate, the guesser's share and the inpainting comparison all use it."""
+    if len(first) != len(second):
+        raise InputError(f"the two were judged on different numbers of {what} ({len(first)} vs {len(second)})")
+    b = sum(x == "1" and y == "0" for x, y in zip(first, second))
+    c = sum(x == "0" and y == "1" for x, y in zip(first, second))
+    return b, c, round((b - c) / math.sqrt(b + c), 3) if b + c else 0.0
+
+
 def inpaint_photo_order(count: int) -> torch.Tensor:
     """The order in which the inpainting figures take held-out photos: the card measures the first 64 (or
     `--inpaint-images`), `cvaegan fit-feather` the ones after them, so the card's photos stay unseen by it."""
@@ -429,18 +440,29 @@ def inpainting_scores(
         entry: dict = {"hole_fraction": round(float(np.mean(holes)), 4)}
         if kind in ("box25", "centre_box"):
             entry["box"] = dict(zip(("top", "left", "side"), box25(r, layout if kind == "box25" else "centre")))
+        hits = {}
         for k, (p, s) in scores.items():
             entry[k] = {"psnr_db": round(float(np.mean(p)), 3), "ssim": round(float(np.mean(s)), 4)}
             if judge is not None:
-                entry[k]["judge_top1"] = round(_judge_top1(judge, torch.cat(outs[k]), judge_y), 4)
+                hits[k] = _judge_hits(judge, torch.cat(outs[k]), judge_y)
+                entry[k]["judge_top1"] = round(hits[k].count("1") / n, 4)
+        for k in ("cvaegan", "cvaegan_predicted_class") if judge is not None else ():
+            b, c, z = mcnemar(hits[k], hits["telea"], "photos")
+            entry[k]["judge_vs_telea"] = {"ours_only": b, "telea_only": c, "z": z}
         entry["cvaegan_predicted_class"]["class_guess_top1"] = round(float(np.mean(guessed)), 4)
         report[kind] = done[kind] = entry
     return report
 
 
-def _judge_top1(judge: Judge, x: torch.Tensor, y: torch.Tensor) -> float:
+def _judge_hits(judge: Judge, x: torch.Tensor, y: torch.Tensor) -> str:
+    """ "1" where the judge names the photo's class, "0" where not: one character per photo, for paired tests."""
     logits, _ = predict(judge, x)
-    return (logits.argmax(1).cpu() == y).float().mean().item()
+    return "".join("1" if h else "0" for h in (logits.argmax(1).cpu() == y).tolist())
+
+
+def _judge_top1(judge: Judge, x: torch.Tensor, y: torch.Tensor) -> float:
+    hits = _judge_hits(judge, x, y)
+    return hits.count("1") / len(hits)
 
 
 def _beats(ours: dict, telea: dict) -> list[str]:
@@ -449,8 +471,21 @@ def _beats(ours: dict, telea: dict) -> list[str]:
     if ours["psnr_db"] < telea["psnr_db"]:
         short.append(f"PSNR {ours['psnr_db']:.2f} < {telea['psnr_db']:.2f} dB")
     if "judge_top1" in ours and ours["judge_top1"] < telea["judge_top1"]:
-        short.append(f"judge top-1 {ours['judge_top1']:.1%} < {telea['judge_top1']:.1%}")
+        text = f"judge top-1 {ours['judge_top1']:.1%} < {telea['judge_top1']:.1%}"
+        if "judge_vs_telea" in ours:  # the paired counts say whether the gap is more than noise
+            from .gate import MIN_Z  # the release gate's margin (gate imports this module)
+
+            v = ours["judge_vs_telea"]
+            text += (
+                f": Telea alone kept the class on {_photos(v['telea_only'])}, ours alone on "
+                f"{_photos(v['ours_only'])}, McNemar z {v['z']:.2f}" + (", within noise" if v["z"] > -MIN_Z else "")
+            )
+        short.append(text)
     return short
+
+
+def _photos(k: int) -> str:
+    return f"{k} photo" + ("" if k == 1 else "s")
 
 
 def guess_label(inp: dict) -> str:

@@ -19,7 +19,6 @@ z = (b - c) / sqrt(b + c) >= `min_z` (b: recognised for the candidate only, c: f
 from __future__ import annotations
 
 import json
-import math
 import os
 from pathlib import Path
 
@@ -28,7 +27,7 @@ import torch
 from . import inference as I
 from .data import LabelledImages, load_images
 from .errors import CVAEGANError, InputError
-from .evaluate import FIRST_SEED, fid_kid, psnr_ssim, require_libraries
+from .evaluate import FIRST_SEED, fid_kid, mcnemar, psnr_ssim, require_libraries
 from .images import uint8_to_float
 from .judge import Judge, predict
 from .models import CVAEGAN
@@ -108,12 +107,8 @@ def judge_scores(
 def paired(candidate: dict, released: dict) -> dict:
     """McNemar's counts over the samples both models drew from the same (class, seed): b recognised for the
     candidate only, c for the released only, z = (b - c) / sqrt(b + c) (0 when no pair differs)."""
-    a, r = candidate["hits"], released["hits"]
-    if len(a) != len(r):
-        raise InputError(f"the two models were judged on different numbers of samples ({len(a)} vs {len(r)})")
-    b = sum(x == "1" and y == "0" for x, y in zip(a, r))
-    c = sum(x == "0" and y == "1" for x, y in zip(a, r))
-    return {"candidate_only": b, "released_only": c, "z": round((b - c) / math.sqrt(b + c), 3) if b + c else 0.0}
+    b, c, z = mcnemar(candidate["hits"], released["hits"])
+    return {"candidate_only": b, "released_only": c, "z": z}
 
 
 def decide(

@@ -232,6 +232,10 @@ def test_inpainting_judges_every_method_by_folder(tiny_model):
         for method in E.INPAINT_METHODS:
             assert e[method]["psnr_db"] > 0 and 0 <= e[method]["judge_top1"] <= 1
         assert 0 <= e["cvaegan_predicted_class"]["class_guess_top1"] <= 1
+        for ours in ("cvaegan", "cvaegan_predicted_class"):  # paired with Telea photo by photo
+            v = e[ours]["judge_vs_telea"]
+            assert v["ours_only"] - v["telea_only"] == round((e[ours]["judge_top1"] - e["telea"]["judge_top1"]) * 6)
+            assert v["ours_only"] + v["telea_only"] <= 6
     assert rep["brush_thin"]["hole_fraction"] < rep["brush"]["hole_fraction"]
     # a judge that lacks one of the data's classes is refused, not silently mis-scored
     with pytest.raises(E.EvaluationError, match="does not know"):
@@ -239,6 +243,7 @@ def test_inpainting_judges_every_method_by_folder(tiny_model):
     # without a judge: the pixel figures only
     plain = E.inpainting_scores(tiny_model, val, 2, 1, kinds=("brush_thin",))
     assert "judge_top1_original" not in plain and "judge_top1" not in plain["brush_thin"]["telea"]
+    assert "judge_vs_telea" not in plain["brush_thin"]["cvaegan"]
     # the weights' detail feather unless one is given, and the report says which (the card repeats it)
     assert plain["feather_px"] == 0.0
     feathered = E.inpainting_scores(tiny_model, val, 2, 1, kinds=("brush_thin",), feather=3.0)
@@ -272,13 +277,35 @@ def test_inpainting_table_states_the_verdict():
         "navier_stokes": m(20.0, 0.45),
         "mean_fill": m(13.0, 0.4),
     }
+    inp["brush"] = {
+        "hole_fraction": 0.18,
+        "cvaegan": {**m(19.6, 0.766), "judge_vs_telea": {"ours_only": 2, "telea_only": 3, "z": -0.447}},
+        "cvaegan_predicted_class": {**m(19.7, 0.5), "judge_vs_telea": {"ours_only": 1, "telea_only": 19, "z": -4.025}},
+        "telea": m(19.1, 0.781),
+        "navier_stokes": m(19.0, 0.78),
+        "mean_fill": m(14.0, 0.7),
+    }
     lines = E.inpainting_table(inp).strip().splitlines()
-    assert len(lines) == 4 and all(line.count("|") == lines[0].count("|") for line in lines)
+    assert len(lines) == 5 and all(line.count("|") == lines[0].count("|") for line in lines)
     assert "25% box (faces: rows 20-51, columns 16-47)" in lines[2] and "25.0%" in lines[2]
     assert "true class: target met" in lines[2]
     assert "C's guess: target missed (judge top-1 10.0% < 20.0%)" in lines[2]
     assert "50.0% / 5.0%" in lines[2]  # ceiling / floor
     assert "Telea ahead (PSNR 16.00 < 20.00 dB)" in lines[3]  # the strokes: Telea's lead is stated
+    # with paired counts the verdict says how many photos the gap is and whether it is more than noise
+    assert (
+        "true class: Telea ahead (judge top-1 76.6% < 78.1%: Telea alone kept the class on 3 photos, ours alone "
+        "on 2 photos, McNemar z -0.45, within noise)" in lines[4]
+    )
+    assert "ours alone on 1 photo, McNemar z -4.03)" in lines[4]  # a clear loss is not called noise
+
+
+def test_mcnemar_counts_the_discordant_pairs():
+    assert E.mcnemar("1100", "1010") == (1, 1, 0.0)
+    assert E.mcnemar("1111", "0000") == (4, 0, 2.0)
+    assert E.mcnemar("0", "0") == (0, 0, 0.0)  # no item differs: no evidence either way
+    with pytest.raises(E.InputError, match="different numbers of photos"):
+        E.mcnemar("10", "1", "photos")
 
 
 @pytest.fixture(scope="module")
