@@ -375,7 +375,8 @@ def inpainting_scores(
     Ours runs `blend.inpaint`, the app's and the CLI's pipeline (seamless paste included), at the app's
     default iteration count unless `iterations` is given, once with the photo's true class and once with
     the guess of the class (the app's 'auto': the weights' class guesser, or C). For every mask kind: PSNR / SSIM inside the hole and, with a judge, the
-    judge's top-1 on the inpainted photos of every method (classes matched by folder name); the judge's
+    judge's top-1 on the inpainted photos of every method (classes matched by folder name), and for ours (true class
+    and guessed) `judge_vs_telea`: McNemar's counts against Telea photo by photo (`mcnemar`); the judge's
     top-1 on the untouched photos is the ceiling, on the mean-colour fill the floor. `layout`: where the 25%
     box goes ('faces' or 'centre'; default from the data's class folders, see `box_layout`). `feather`: the detail
     feather in model pixels (`blend.seamless_paste`; default: the weights' own, as users get it)."""
