@@ -323,6 +323,9 @@ def user_inpaint_feathers(
     return {f: uint8_to_float(pil_to_uint8(img))[None] for f, img in r["feathered"].items()}
 
 
+MIN_Z = 1.64  # McNemar's z for "clearly better" (one-sided 95%): the release gate's margin, the guesser's, noise's edge
+
+
 def mcnemar(first: str, second: str, what: str = "samples") -> tuple[int, int, float]:
     """McNemar's paired counts over two equal-length strings of hits ("1" right, "0" wrong, one character per
     item both were judged on): b right for `first` only, c for `second` only, z = (b - c) / sqrt(b + c), 0 when
@@ -474,8 +477,6 @@ def _beats(ours: dict, telea: dict) -> list[str]:
     if "judge_top1" in ours and ours["judge_top1"] < telea["judge_top1"]:
         text = f"judge top-1 {ours['judge_top1']:.1%} < {telea['judge_top1']:.1%}"
         if "judge_vs_telea" in ours:  # the paired counts say whether the gap is more than noise
-            from .gate import MIN_Z  # the release gate's margin (gate imports this module)
-
             v = ours["judge_vs_telea"]
             text += (
                 f": Telea alone kept the class on {_photos(v['telea_only'])}, ours alone on "

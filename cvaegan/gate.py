@@ -27,7 +27,7 @@ import torch
 from . import inference as I
 from .data import LabelledImages, load_images
 from .errors import CVAEGANError, InputError
-from .evaluate import FIRST_SEED, fid_kid, mcnemar, psnr_ssim, require_libraries
+from .evaluate import FIRST_SEED, MIN_Z, fid_kid, mcnemar, psnr_ssim, require_libraries
 from .images import uint8_to_float
 from .judge import Judge, predict
 from .models import CVAEGAN
@@ -39,7 +39,6 @@ RULE = (
     "candidate judge top-1 > released judge top-1, with McNemar's z = (b - c) / sqrt(b + c) >= {min_z:g} over the "
     "paired samples, and candidate FID <= {tol:g} x released FID"
 )
-MIN_Z = 1.64  # one-sided 95%
 
 
 class GateRefused(CVAEGANError):
