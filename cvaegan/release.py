@@ -40,7 +40,7 @@ from .judge import load_attribute_judge
 from .models import CVAEGAN, GUESSER_NAME
 from .refit import read_figures
 from .seeds import z_from_seeds
-from .speed import hardware_text
+from .speed import hardware_text, training_hardware
 from .train import WARM_START, drop_classes, export_checkpoint, grid_classes, run_checkpoint
 
 MAX_FOLDER_BYTES = 20 * 2**20  # a weights folder (the app's repo and the Hub carry several)
@@ -142,12 +142,15 @@ def measure_inpainting(model: CVAEGAN, val: LabelledImages, iterations=(1, 2, 4,
     return out
 
 
-def checkpoint_rows(run: Path, snapshot: float | None = None) -> tuple[int, list[dict]]:
-    """The step of RUN's checkpoint (or of its snapshot at SNAPSHOT CPU-minutes) and the metrics.jsonl rows up
-    to it (a run that went on after its last checkpoint logged steps that the exported networks never saw)."""
-    step = int(torch.load(run_checkpoint(run, snapshot), map_location="cpu", weights_only=True)["step"])
+def checkpoint_rows(run: Path, snapshot: float | None = None) -> tuple[int, list[dict], dict]:
+    """The step of RUN's checkpoint (or of its snapshot at SNAPSHOT CPU-minutes), the metrics.jsonl rows up to it
+    (a run that went on after its last checkpoint logged steps that the exported networks never saw) and its
+    clock ({} for runs from before the clock; "machines": the machine of each training process)."""
+    state = torch.load(run_checkpoint(run, snapshot), map_location="cpu", weights_only=True)
+    step, clock = int(state["step"]), dict(state.get("clock") or {})
+    del state
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
-    return step, [r for r in rows if r.get("step", 0) <= step]
+    return step, [r for r in rows if r.get("step", 0) <= step], clock
 
 
 def training_clock(rows: list[dict]) -> dict | None:
@@ -396,7 +399,7 @@ def release(
             f"training ({released_held:g} of each class): the gate would score the candidate on photos it trained "
             f"on. Train with --val-fraction {released_held:g} (`train --init-from` keeps it by default)"
         )
-    state_step, rows = checkpoint_rows(run, snapshot)
+    state_step, rows, state_clock = checkpoint_rows(run, snapshot)
     total = training_total(run, state_step, training_clock(rows))  # read now: a broken file stops before OUT changes
     gate = None
     with tempfile.TemporaryDirectory(prefix="cvaegan-release-") as tmp:
@@ -453,6 +456,7 @@ def release(
     figures["val_fraction"] = val_fraction if held_out else 0.1
     figures["excluded_classes"] = [{"folder": f, "name": names[f]} for f in excluded]
     figures["clock"] = training_clock(rows)
+    figures["machines"] = state_clock.get("machines", [])  # the card's hardware row; speed.training_hardware
     figures["training"] = recipe_options(run_cfg)  # what a warm start from these weights compares itself with
     figures.update(total)
     if gate is not None:
@@ -462,7 +466,11 @@ def release(
     save_png(make_grid(grid, ncol=8), out / "samples.png")
     save_jpeg(thumbnail_sheet(model), out / THUMBNAILS)
     loss_curves(rows, out / "loss_curves.png")
-    hw = hardware or hardware_text()
+    hw = (
+        hardware
+        or training_hardware(figures["machines"], state_clock.get("threads"))
+        or (f"{hardware_text()} (the machine that released it: the run recorded none)")
+    )
     (out / "README.md").write_text(model_card(name, model, run_cfg, figures, _wall_time(rows), hw, notes) + table_md)
     (out / "figures.json").write_text(json.dumps(figures, indent=1) + "\n")
     if kept_guesser is not None:

@@ -67,13 +67,66 @@ def _time_conv(repeats: int) -> float:
     return round(CONV_GFLOP / min(times), 2)
 
 
-def machine_record(step: int) -> dict:
-    """What the run's clock keeps about the machine a training process started on, at `step`."""
+def gpu_name(device) -> str | None:
+    """The name of the GPU a torch device is on, None for the CPU."""
+    device = torch.device(device)
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else None
+
+
+def machine_record(step: int, gpu: str | None = None) -> dict:
+    """What the run's clock keeps about the machine a training process started on, at `step`: the CPU's name, its
+    core count, torch's threads, the reference's GFLOP/s and the GPU the process trained on (None: the CPU)."""
     return {
         "step": int(step),
         "cpu": cpu_name(),
+        "cores": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "gpu": gpu,
         "conv_gflops": reference_gflops(),
     }
+
+
+def _same_machine(a: dict, b: dict) -> bool:
+    keys = ("cpu", "cores", "threads", "gpu")  # records from before cores, threads and GPU were kept lack them
+    if any(a[k] != b[k] for k in keys if k in a and k in b):
+        return False
+    lo, hi = sorted((a.get("conv_gflops", 0), b.get("conv_gflops", 0)))
+    return hi <= lo * 1.1
+
+
+def training_hardware(machines: list[dict] | None, threads: int | None = None) -> str | None:
+    """A model card's hardware row from a run's clock (the machine_record of each training process): the machines
+    in the order they trained, each with its reference speed and the first step it trained; consecutive processes
+    on one machine (same CPU, cores, threads and GPU, reference within 10%) count as one. threads: the clock's,
+    for records from before they kept their own. None when the run recorded no machine."""
+    groups: list[list[dict]] = []
+    for m in machines or []:
+        if groups and _same_machine(groups[-1][0], m):
+            groups[-1].append(m)
+        else:
+            groups.append([m])
+    if not groups:
+        return None
+
+    def one(group: list[dict]) -> str:
+        m = {k: v for rec in group for k, v in rec.items()}  # the newest record knows the most about the machine
+        n = m.get("threads") or threads
+        parts = [m.get("cpu") or "unknown CPU"]
+        if m.get("cores"):
+            parts[0] += f" ({m['cores']} cores)"
+        if m.get("gpu"):
+            parts.insert(0, f"GPU {m['gpu']}")
+        if n:
+            parts.append(f"{n} torch thread{'s' if n != 1 else ''}")
+        parts.append(f"reference {describe(group)} GFLOP/s per thread")
+        parts.append(
+            f"from step {group[0].get('step', 0):,}" + (f" ({len(group)} processes)" if len(group) > 1 else "")
+        )
+        return ", ".join(parts)
+
+    gpu = any(m.get("gpu") for g in groups for m in g)
+    where = "one machine" if len(groups) == 1 else f"{len(groups)} machines"
+    return f"{'' if gpu else 'CPU only, no GPU; '}this run trained on {where}: " + "; ".join(one(g) for g in groups)
 
 
 def describe(machines: list[dict] | None) -> str:

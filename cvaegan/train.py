@@ -33,7 +33,7 @@ from .hub import save_pretrained
 from .images import make_grid, save_png, uint8_to_float
 from .models import CVAEGAN
 from .seeds import step_generator, z_from_seeds
-from .speed import machine_record
+from .speed import gpu_name, machine_record
 
 CHECKPOINT = "checkpoint.pt"
 SNAPSHOTS = "snapshots"  # RUN/snapshots/minute_<M>.pt: the checkpoint as it was at M CPU-minutes
@@ -714,7 +714,7 @@ def train(
     elif warm is not None:
         trainer.load_networks(warm)
     if rank == 0:  # what a CPU-minute was worth on this process's machine (kept with the clock)
-        trainer.clock["machines"] = [*trainer.clock.get("machines", []), machine_record(trainer.step)]
+        trainer.clock["machines"] = [*trainer.clock.get("machines", []), machine_record(trainer.step, gpu_name(device))]
     # fixed real images: training ones re-estimate the EMA encoder's BatchNorm; training vs held-out
     # ones measure D's memorisation (acc/D_train_eval vs acc/D_val_eval in metrics.jsonl)
     pick = torch.randperm(n, generator=torch.Generator().manual_seed(4321))

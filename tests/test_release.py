@@ -19,6 +19,7 @@ from cvaegan.errors import InputError
 from cvaegan.hub import recorded_recipe
 from cvaegan.judge import JudgeConfig, train_judge
 from cvaegan.release import MAX_FILE_BYTES, ReleaseError, check_folder_size, refresh_directions, release
+from cvaegan.speed import cpu_name
 from cvaegan.train import SNAPSHOTS, TrainError, export_checkpoint, snapshot_name
 
 from conftest import EXCLUDED, tiny_config
@@ -35,7 +36,6 @@ def test_release_folder(trained_export, shapes_dir, tmp_path):
         out,
         shapes_dir,
         "shapes",
-        hardware="test CPU",
         notes="Tiny test model.",
         examples=tmp_path / "examples",
         attribute_judge=tmp_path / "attr_judge",
@@ -74,12 +74,17 @@ def test_release_folder(trained_export, shapes_dir, tmp_path):
         and "n/a (principal component)" in (out / "README.md").read_text()
     )
     card = (out / "README.md").read_text()
+    # no --hardware: the card names the machine the run's one training process recorded (this one)
+    machine = figures["machines"][0]
+    assert machine["cpu"] == cpu_name() and machine["cores"] == os.cpu_count() and machine["gpu"] is None
+    assert f"| hardware | CPU only, no GPU; this run trained on one machine: {cpu_name()} (" in card
+    assert f"reference {machine['conv_gflops']:.1f} GFLOP/s per thread, from step 0 |" in card
     # the attr_* directions were fitted on generated samples scored by the same judge: the card says so
     assert figures["direction_fits"]["attr_x"]["source"] == "generated samples, judged"
     assert figures["direction_fits"]["attr_x"]["n"] == 4096 and figures["direction_judge"]["same_as_attribute_judge"]
     assert "NOT independent of the fit" in card and "on 4,096 generated samples" in card
     assert checks["pc1"]["samples"] == 16 and "over 16 samples" in card  # all 4 classes x 4 seeds
-    assert "test CPU" in card and "not** an independent judge" in card and "Tiny test model." in card
+    assert "not** an independent judge" in card and "Tiny test model." in card
     assert f"{figures['c_top1_real_val']:.1%}" in card
     assert json.loads((out / "figures.json").read_text())["steps"] == figures["steps"]
     # a run that was not warm-started: its own training is all the networks had; the card adds no "in all" row
@@ -132,11 +137,13 @@ def test_release_counts_the_steps_of_the_checkpoint_not_of_the_log(trained_expor
 
     run = tmp_path / "run"
     shutil.copytree(trained_export.parent, run)
-    step, rows = checkpoint_rows(run)
+    step, rows, clock = checkpoint_rows(run)
     assert step == rows[-1]["step"] and len(rows) > 2
+    # the clock comes with it: the one training process's machine, for the card's hardware row
+    assert clock["images"] == step * 32 and [m["step"] for m in clock["machines"]] == [0]
     with open(run / "metrics.jsonl", "a") as f:
         f.write(json.dumps({"step": step + 150, "loss/C": 0.1, "time/step_s": 1.0}) + "\n")
-    again_step, again_rows = checkpoint_rows(run)
+    again_step, again_rows, _ = checkpoint_rows(run)
     assert again_step == step and again_rows == rows
 
 
@@ -161,6 +168,7 @@ def test_release_of_a_run_with_excluded_classes_behind_the_gate(
     assert gate["classes"] == 3 and gate["judge"]["classes"] == 4 and gate["candidate"]["samples"] == 6
     assert 0 <= gate["candidate"]["judge_top1"] <= 1 and gate["candidate"]["recon_psnr_db"] > 0
     assert figures["release_gate"]["candidate"] == gate["candidate"]
+    assert "| hardware | test CPU |" in (out / "README.md").read_text()  # --hardware still wins
 
     model = CVAEGAN.from_pretrained(str(out))
     assert model.config.class_folders == ["000.circle", "001.square", "003.cross"]

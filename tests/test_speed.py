@@ -1,5 +1,7 @@
 """The machine speed reference kept with every run's clock."""
 
+import os
+
 import pytest
 import torch
 
@@ -24,6 +26,7 @@ def test_reference_runs_on_one_thread_and_restores_the_thread_count(monkeypatch)
 def test_machine_record_and_its_description():
     rec = speed.machine_record(7)
     assert rec["step"] == 7 and rec["cpu"] and rec["conv_gflops"] > 0
+    assert rec["cores"] == os.cpu_count() and rec["threads"] == torch.get_num_threads() and rec["gpu"] is None
     assert speed.describe([rec]) == f"{rec['conv_gflops']:.1f}"
     assert speed.describe([{"conv_gflops": 27.3}, {"conv_gflops": 9.1}]) == "9.1-27.3"  # resumed elsewhere
     assert speed.describe([{"conv_gflops": 27.0}, {"conv_gflops": 28.0}]) == "27.0"  # within 10%: one machine
@@ -40,3 +43,32 @@ def test_hardware_row_names_cores_cpu_threads_and_gpu(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda i=0: "Test GPU")
     assert speed.hardware_text(4) == "GPU (Test GPU); 6 cores (Test CPU 9000), 4 torch threads"
+
+
+def test_the_cards_hardware_row_follows_the_runs_machines():
+    """A run resumed on other machines: its card names each machine once, in order, with the step it took over."""
+    xeon = {"cpu": "Xeon", "cores": 2, "threads": 2, "gpu": None}
+    runs = [
+        {**xeon, "step": 0, "conv_gflops": 108.9},
+        {**xeon, "step": 2031, "conv_gflops": 104.0},  # the same machine, resumed: within 10%, one entry
+        {"cpu": "EPYC", "cores": 2, "threads": 2, "gpu": None, "step": 5000, "conv_gflops": 27.3},
+        {**xeon, "step": 9000, "conv_gflops": 108.0},  # back on a Xeon: a new entry, order kept
+    ]
+    assert speed.training_hardware(runs) == (
+        "CPU only, no GPU; this run trained on 3 machines: "
+        "Xeon (2 cores), 2 torch threads, reference 104.0 GFLOP/s per thread, from step 0 (2 processes); "
+        "EPYC (2 cores), 2 torch threads, reference 27.3 GFLOP/s per thread, from step 5,000; "
+        "Xeon (2 cores), 2 torch threads, reference 108.0 GFLOP/s per thread, from step 9,000"
+    )
+    # a same-named CPU three times slower is another machine (a shared host), not the same one
+    assert "2 machines" in speed.training_hardware([runs[0], {**xeon, "step": 10, "conv_gflops": 36.0}])
+    # records from before cores, threads and GPU were kept: the clock's threads fill in
+    old = speed.training_hardware([{"step": 0, "cpu": "Xeon", "conv_gflops": 50.0}], threads=1)
+    assert (
+        old
+        == "CPU only, no GPU; this run trained on one machine: Xeon, 1 torch thread, reference 50.0 GFLOP/s per thread, from step 0"
+    )
+    gpu = speed.training_hardware([{**xeon, "gpu": "Test GPU", "step": 0, "conv_gflops": 50.0}])
+    assert gpu.startswith("this run trained on one machine: GPU Test GPU, Xeon (2 cores)") and "CPU only" not in gpu
+    assert speed.training_hardware([]) is None and speed.training_hardware(None) is None
+    assert speed.gpu_name("cpu") is None
