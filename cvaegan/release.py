@@ -469,7 +469,7 @@ def release(
     hw = (
         hardware
         or training_hardware(figures["machines"], state_clock.get("threads"))
-        or (f"{hardware_text()} (the machine that released it: the run recorded none)")
+        or f"{hardware_text()} (the machine that released it: the run recorded none)"
     )
     (out / "README.md").write_text(model_card(name, model, run_cfg, figures, _wall_time(rows), hw, notes) + table_md)
     (out / "figures.json").write_text(json.dumps(figures, indent=1) + "\n")

@@ -86,22 +86,20 @@ def machine_record(step: int, gpu: str | None = None) -> dict:
     }
 
 
-def _same_machine(a: dict, b: dict) -> bool:
+def _same_hardware(a: dict, b: dict) -> bool:
     keys = ("cpu", "cores", "threads", "gpu")  # records from before cores, threads and GPU were kept lack them
-    if any(a[k] != b[k] for k in keys if k in a and k in b):
-        return False
-    lo, hi = sorted((a.get("conv_gflops", 0), b.get("conv_gflops", 0)))
-    return hi <= lo * 1.1
+    return all(a[k] == b[k] for k in keys if k in a and k in b)
 
 
 def training_hardware(machines: list[dict] | None, threads: int | None = None) -> str | None:
-    """A model card's hardware row from a run's clock (the machine_record of each training process): the machines
-    in the order they trained, each with its reference speed and the first step it trained; consecutive processes
-    on one machine (same CPU, cores, threads and GPU, reference within 10%) count as one. threads: the clock's,
-    for records from before they kept their own. None when the run recorded no machine."""
+    """A model card's hardware row from a run's clock (the machine_record of each training process): the hardware in
+    the order it trained, consecutive processes on the same CPU, cores, threads and GPU counted together with the
+    range of their reference speeds (one host's reference varies with its neighbours' load, so the speed does not
+    tell machines apart) and the step the first of them started at. threads: the clock's, for records from before
+    they kept their own. None when the run recorded no machine."""
     groups: list[list[dict]] = []
     for m in machines or []:
-        if groups and _same_machine(groups[-1][0], m):
+        if groups and _same_hardware(groups[-1][-1], m):
             groups[-1].append(m)
         else:
             groups.append([m])
@@ -119,14 +117,12 @@ def training_hardware(machines: list[dict] | None, threads: int | None = None) -
         if n:
             parts.append(f"{n} torch thread{'s' if n != 1 else ''}")
         parts.append(f"reference {describe(group)} GFLOP/s per thread")
-        parts.append(
-            f"from step {group[0].get('step', 0):,}" + (f" ({len(group)} processes)" if len(group) > 1 else "")
-        )
+        runs = f"{len(group)} processes" if len(group) > 1 else "1 process"
+        parts.append(f"{runs} from step {group[0].get('step', 0):,}")
         return ", ".join(parts)
 
     gpu = any(m.get("gpu") for g in groups for m in g)
-    where = "one machine" if len(groups) == 1 else f"{len(groups)} machines"
-    return f"{'' if gpu else 'CPU only, no GPU; '}this run trained on {where}: " + "; ".join(one(g) for g in groups)
+    return f"{'' if gpu else 'CPU only, no GPU; '}this run trained on " + "; then ".join(one(g) for g in groups)
 
 
 def describe(machines: list[dict] | None) -> str:

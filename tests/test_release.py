@@ -77,8 +77,8 @@ def test_release_folder(trained_export, shapes_dir, tmp_path):
     # no --hardware: the card names the machine the run's one training process recorded (this one)
     machine = figures["machines"][0]
     assert machine["cpu"] == cpu_name() and machine["cores"] == os.cpu_count() and machine["gpu"] is None
-    assert f"| hardware | CPU only, no GPU; this run trained on one machine: {cpu_name()} (" in card
-    assert f"reference {machine['conv_gflops']:.1f} GFLOP/s per thread, from step 0 |" in card
+    assert f"| hardware | CPU only, no GPU; this run trained on {cpu_name()} (" in card
+    assert f"reference {machine['conv_gflops']:.1f} GFLOP/s per thread, 1 process from step 0 |" in card
     # the attr_* directions were fitted on generated samples scored by the same judge: the card says so
     assert figures["direction_fits"]["attr_x"]["source"] == "generated samples, judged"
     assert figures["direction_fits"]["attr_x"]["n"] == 4096 and figures["direction_judge"]["same_as_attribute_judge"]

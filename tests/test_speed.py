@@ -46,29 +46,32 @@ def test_hardware_row_names_cores_cpu_threads_and_gpu(monkeypatch):
 
 
 def test_the_cards_hardware_row_follows_the_runs_machines():
-    """A run resumed on other machines: its card names each machine once, in order, with the step it took over."""
+    """A run resumed on other hardware: its card names each in order, with the step it took over."""
     xeon = {"cpu": "Xeon", "cores": 2, "threads": 2, "gpu": None}
     runs = [
         {**xeon, "step": 0, "conv_gflops": 108.9},
-        {**xeon, "step": 2031, "conv_gflops": 104.0},  # the same machine, resumed: within 10%, one entry
+        {**xeon, "step": 2031, "conv_gflops": 70.5},  # resumed on the same kind of CPU, a busier moment: one entry
         {"cpu": "EPYC", "cores": 2, "threads": 2, "gpu": None, "step": 5000, "conv_gflops": 27.3},
         {**xeon, "step": 9000, "conv_gflops": 108.0},  # back on a Xeon: a new entry, order kept
     ]
     assert speed.training_hardware(runs) == (
-        "CPU only, no GPU; this run trained on 3 machines: "
-        "Xeon (2 cores), 2 torch threads, reference 104.0 GFLOP/s per thread, from step 0 (2 processes); "
-        "EPYC (2 cores), 2 torch threads, reference 27.3 GFLOP/s per thread, from step 5,000; "
-        "Xeon (2 cores), 2 torch threads, reference 108.0 GFLOP/s per thread, from step 9,000"
+        "CPU only, no GPU; this run trained on "
+        "Xeon (2 cores), 2 torch threads, reference 70.5-108.9 GFLOP/s per thread, 2 processes from step 0; then "
+        "EPYC (2 cores), 2 torch threads, reference 27.3 GFLOP/s per thread, 1 process from step 5,000; then "
+        "Xeon (2 cores), 2 torch threads, reference 108.0 GFLOP/s per thread, 1 process from step 9,000"
     )
-    # a same-named CPU three times slower is another machine (a shared host), not the same one
-    assert "2 machines" in speed.training_hardware([runs[0], {**xeon, "step": 10, "conv_gflops": 36.0}])
-    # records from before cores, threads and GPU were kept: the clock's threads fill in
-    old = speed.training_hardware([{"step": 0, "cpu": "Xeon", "conv_gflops": 50.0}], threads=1)
-    assert (
-        old
-        == "CPU only, no GPU; this run trained on one machine: Xeon, 1 torch thread, reference 50.0 GFLOP/s per thread, from step 0"
+    # records from before cores, threads and GPU were kept: the clock's threads fill in, and they merge with new ones
+    old = {"step": 0, "cpu": "Xeon", "conv_gflops": 50.0}
+    assert speed.training_hardware([old], threads=1) == (
+        "CPU only, no GPU; this run trained on Xeon, 1 torch thread, reference 50.0 GFLOP/s per thread, "
+        "1 process from step 0"
     )
+    resumed = speed.training_hardware([old, {**xeon, "step": 9, "conv_gflops": 51.0}])
+    assert "on Xeon (2 cores), 2 torch threads" in resumed and "2 processes from step 0" in resumed
+    assert "then" not in resumed
+    # another thread count is another entry
+    assert "; then " in speed.training_hardware([runs[0], {**xeon, "threads": 1, "step": 5, "conv_gflops": 50.0}])
     gpu = speed.training_hardware([{**xeon, "gpu": "Test GPU", "step": 0, "conv_gflops": 50.0}])
-    assert gpu.startswith("this run trained on one machine: GPU Test GPU, Xeon (2 cores)") and "CPU only" not in gpu
+    assert gpu.startswith("this run trained on GPU Test GPU, Xeon (2 cores)") and "CPU only" not in gpu
     assert speed.training_hardware([]) is None and speed.training_hardware(None) is None
     assert speed.gpu_name("cpu") is None
