@@ -320,9 +320,9 @@ def _release_parser(sub) -> argparse.ArgumentParser:
     p.add_argument(
         "--hardware",
         default=None,
-        help="what it was trained on, for the card (default: the machines the run's checkpoint recorded, one per "
-        "training process: CPU, cores, torch threads, GPU, reference speed, first step; for runs that recorded "
-        "none, this machine)",
+        help="what it was trained on, for the card (default: what the run's checkpoint recorded for each training "
+        "process, consecutive ones on the same hardware together: CPU, cores, torch threads, GPU, reference speed, "
+        "first step; for runs that recorded none, this machine)",
     )
     p.add_argument("--notes", default="", help="extra paragraph for the card (e.g. known weaknesses)")
     p.add_argument("--components", type=int, default=8, help="principal directions to save (default 8)")

@@ -32,11 +32,15 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine() or "unknown"
 
 
+def _threads(n: int) -> str:
+    return f"{n} torch thread{'s' if n != 1 else ''}"
+
+
 def hardware_text(threads: int | None = None) -> str:
     """This machine as a model card's hardware row: "CPU only: 2 cores (AMD EPYC ...), 2 torch threads, no GPU",
     or the GPU's name when torch sees one."""
     threads = threads or torch.get_num_threads()
-    cpu = f"{os.cpu_count() or '?'} cores ({cpu_name()}), {threads} torch thread{'s' if threads != 1 else ''}"
+    cpu = f"{os.cpu_count() or '?'} cores ({cpu_name()}), {_threads(threads)}"
     if torch.cuda.is_available():
         return f"GPU ({torch.cuda.get_device_name(0)}); {cpu}"
     return f"CPU only: {cpu}, no GPU"
@@ -115,7 +119,7 @@ def training_hardware(machines: list[dict] | None, threads: int | None = None) -
         if m.get("gpu"):
             parts.insert(0, f"GPU {m['gpu']}")
         if n:
-            parts.append(f"{n} torch thread{'s' if n != 1 else ''}")
+            parts.append(_threads(n))
         parts.append(f"reference {describe(group)} GFLOP/s per thread")
         runs = f"{len(group)} processes" if len(group) > 1 else "1 process"
         parts.append(f"{runs} from step {group[0].get('step', 0):,}")
