@@ -385,6 +385,15 @@ def _release_parser(sub) -> argparse.ArgumentParser:
         help="generated samples per class and model for --judge (default 10)",
     )
     p.add_argument(
+        "--gate-first-seed",
+        type=int,
+        default=None,
+        help="first seed of the gate's samples (default evaluate.FIRST_SEED = 20,000, as every gate and model card). To confirm "
+        "a snapshot picked as the best of several gates, gate it again on seeds it was not picked on, e.g. "
+        "--gate-first-seed 30000 with more --samples-per-class: its lead on the seeds it was picked on is partly "
+        "their luck",
+    )
+    p.add_argument(
         "--no-discriminator",
         action="store_true",
         help="leave D and the running feature means out of OUT (smaller; `train --init-from OUT` then cannot go on)",
@@ -429,6 +438,7 @@ def cmd_release(a: argparse.Namespace) -> int:
             fid_tolerance=a.fid_tolerance,
             **({} if a.min_z is None else {"min_z": a.min_z}),
             samples_per_class=a.samples_per_class,
+            **({} if a.gate_first_seed is None else {"gate_first_seed": a.gate_first_seed}),
             include_discriminator=not a.no_discriminator,
             gate_only=a.gate_only,
             snapshot=a.snapshot,

@@ -31,6 +31,7 @@ from .config import recipe_options
 from .data import LabelledImages, load_images, split_indices
 from .directions import check_directions, compute_directions, directions_sheet
 from .errors import CVAEGANError, InputError
+from .evaluate import FIRST_SEED
 from .feather import FeatherError, carry_over, fit_feather
 from .gate import MIN_Z
 from .guesser import read_guesser, reattach
@@ -352,6 +353,7 @@ def release(
     fid_tolerance: float = 1.1,
     min_z: float = MIN_Z,
     samples_per_class: int = 10,
+    gate_first_seed: int = FIRST_SEED,
     include_discriminator: bool = True,
     gate_only: bool = False,
     snapshot: float | None = None,
@@ -372,6 +374,7 @@ def release(
     gate_only (needs judge): the gate as a dry run, for a working stretch that ends before a release fits: the
     comparison is measured and written to RUN/gate.json, and OUT is never touched. Returns {"release_gate":
     the comparison} when the candidate would be released; raises gate.GateRefused when it would not.
+    gate_first_seed: the first seed of the gate's samples (gate.compare).
 
     snapshot: release (or gate) the checkpoint the run kept at that many CPU-minutes (`train --snapshot-minutes`,
     RUN/snapshots/minute_<M>.pt) instead of its last one, e.g. when the run got worse after it; the card, the
@@ -425,6 +428,7 @@ def release(
                 fid_tolerance,
                 held_out,
                 min_z,
+                gate_first_seed,
             )
             gate["candidate"]["run"], gate["candidate"]["step"] = str(run), state_step
             gate["candidate"]["checkpoint"] = checkpoint

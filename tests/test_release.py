@@ -283,9 +283,11 @@ def test_gate_rule():
 
 def _fake_judge_scores(scores: dict, out):
     """A stand-in for gate.judge_scores: the weights in OUT score scores["released"], anything else
-    scores["candidate"] (read at call time, so a test can change them between releases)."""
+    scores["candidate"] (read at call time, so a test can change them between releases). The first seed of
+    each call is appended to scores["seeds"], if that list is there."""
 
-    def fake_scores(model, judge, data, val_idx, folders, samples_per_class=10, **kw):
+    def fake_scores(model, judge, data, val_idx, folders, samples_per_class=10, first_seed=G.FIRST_SEED):
+        scores.get("seeds", []).append(first_seed)
         s = scores["released" if model.source == str(out) else "candidate"]
         n = len(folders) * 100  # enough samples for a 10-point lead to be clear (z above 5)
         hits = "1" * round(s["judge_top1"] * n) + "0" * (n - round(s["judge_top1"] * n))
@@ -350,6 +352,21 @@ def test_gate_only_measures_and_never_touches_out(excluded_run, class_judge, sha
     scores["candidate"]["judge_top1"] = 0.4  # a tie: refused, exit code 3
     assert cli.main([*base, "--judge", str(class_judge), "--gate-only"]) == cli.REFUSED_EXIT
     assert "left untouched" in capsys.readouterr().err and _files(out) == before
+    # a confirmation on other seeds: both models draw from the seed asked for, and gate.json records it
+    scores["seeds"] = []
+    confirm = ["--gate-first-seed", "30000", "--samples-per-class", "30"]
+    assert cli.main([*base, "--judge", str(class_judge), "--gate-only", *confirm]) == cli.REFUSED_EXIT
+    gate = json.loads((excluded_run / G.GATE_FILE).read_text())
+    assert scores["seeds"] == [30000, 30000] and (gate["first_seed"], gate["samples_per_class"]) == (30000, 30)
+    assert "seeds from 30,000" in capsys.readouterr().out
+    assert cli.main([*base, "--judge", str(class_judge), "--gate-only"]) == cli.REFUSED_EXIT
+    assert (
+        scores["seeds"][2:] == [G.FIRST_SEED] * 2
+        and json.loads((excluded_run / G.GATE_FILE).read_text())["first_seed"] == G.FIRST_SEED
+    )
+    with pytest.raises(InputError, match="--gate-first-seed must be at least 0"):
+        release(excluded_run, out, shapes_dir, "shapes", judge=class_judge, gate_only=True, gate_first_seed=-1)
+    assert _files(out) == before
 
 
 class _FolderOracle(torch.nn.Module):
@@ -386,6 +403,8 @@ def test_gate_matches_the_judges_classes_by_folder(shapes_dir, monkeypatch):
     s = G.judge_scores(model, judge, data, val, model.config.class_folders, samples_per_class=3)
     assert s["judge_top1"] == 1.0 and s["samples"] == 9 and s["real_images"] == 12  # triangle's 4 photos left out
     assert np.isfinite(s["fid"]) and s["recon_psnr_db"] > 0
+    other = G.judge_scores(model, judge, data, val, model.config.class_folders, 3, G.FIRST_SEED + 1000)
+    assert other["judge_top1"] == 1.0 and other["fid"] != s["fid"]  # other seeds, other samples
     with pytest.raises(InputError, match="missing"):
         G.judge_scores(model, judge, data, val, ["002.triangle"], samples_per_class=1)  # not a class of the model
 
