@@ -183,11 +183,19 @@ def gate_section(gate: dict | None) -> str:
     def old(key: str, fmt: str) -> str:
         return fmt.format(r[key]) if r and r.get(key) is not None else "(none: first release)"
 
+    from .evaluate import FIRST_SEED
+
+    seeds = f"seeds from {gate['first_seed']:,}"
+    if gate["first_seed"] != FIRST_SEED:
+        seeds += (
+            f" (not the {FIRST_SEED:,} on of the default gate and of the card's judge figures: a gate on other seeds "
+            "confirms a snapshot on samples it was not picked on, so both models may score lower here than there)"
+        )
     return f"""## Released because the judge said better
 
 Judge `{Path(j["folder"]).name}` ({j["resolution"]} px, {j["classes"]} classes, trained on real photos only; its
 top-1 on its held-out real photos, the ceiling: {ceiling}). Both models generated {gate["samples_per_class"]}
-samples for each of the {gate["classes"]} classes they share, seeds from {gate["first_seed"]}.
+samples for each of the {gate["classes"]} classes they share, {seeds}.
 
 | figure | this release (step {c.get("step")}) | the weights it replaced |
 |---|---|---|

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from cvaegan import CVAEGAN, cli, gate as G, service as S
-from cvaegan.card import DIRECTIONS_SHEET, THUMBNAILS, directions_table, loss_curves, sheet_file
+from cvaegan.card import DIRECTIONS_SHEET, THUMBNAILS, directions_table, gate_section, loss_curves, sheet_file
 from cvaegan.config import recipe_options
 from cvaegan.data import load_images, split_indices
 from cvaegan.directions import judged_effects
@@ -359,6 +359,10 @@ def test_gate_only_measures_and_never_touches_out(excluded_run, class_judge, sha
     gate = json.loads((excluded_run / G.GATE_FILE).read_text())
     assert scores["seeds"] == [30000, 30000] and (gate["first_seed"], gate["samples_per_class"]) == (30000, 30)
     assert "seeds from 30,000" in capsys.readouterr().out
+    # the card says when its gate drew other seeds than the default
+    assert "(not the 20,000 on" in gate_section(gate) and "seeds from 30,000 (" in gate_section(gate)
+    default = {**gate, "first_seed": G.FIRST_SEED}
+    assert "seeds from 20,000." in gate_section(default) and "(not the" not in gate_section(default)
     assert cli.main([*base, "--judge", str(class_judge), "--gate-only"]) == cli.REFUSED_EXIT
     assert (
         scores["seeds"][2:] == [G.FIRST_SEED] * 2
