@@ -388,10 +388,10 @@ def _release_parser(sub) -> argparse.ArgumentParser:
         "--gate-first-seed",
         type=int,
         default=None,
-        help="first seed of the gate's samples (default evaluate.FIRST_SEED = 20,000, as every gate and model card). To confirm "
-        "a snapshot picked as the best of several gates, gate it again on seeds it was not picked on, e.g. "
-        "--gate-first-seed 30000 with more --samples-per-class: its lead on the seeds it was picked on is partly "
-        "their luck",
+        help="first seed of the gate's samples (default evaluate.FIRST_SEED = 20,000, as every gate and model "
+        "card). To confirm a snapshot picked as the best of several gates, gate it again on seeds it was not picked "
+        "on, e.g. --gate-first-seed 30000 with more --samples-per-class: its lead on the seeds it was picked on is "
+        "partly their luck",
     )
     p.add_argument(
         "--no-discriminator",

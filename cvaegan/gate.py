@@ -236,7 +236,7 @@ def table(comparison: dict) -> str:
     photos = "held-out photos" if comparison.get("held_out", True) else "photos (the run kept no held-out split)"
     lines = [
         f"release gate: {comparison['samples_per_class']} samples x {comparison['classes']} classes per model "
-        f"(seeds from {comparison.get('first_seed', FIRST_SEED):,}), "
+        f"(seeds from {comparison['first_seed']:,}), "
         f"FID against {c['real_images']:,} {photos}, judge {comparison['judge']['folder']}",
         f"{'':<10} {'judge top-1':>12} {'FID (judge)':>12} {'recon PSNR':>11}",
     ]
