@@ -188,7 +188,7 @@ def gate_section(gate: dict | None) -> str:
     seeds = f"seeds from {gate['first_seed']:,}"
     if gate["first_seed"] != FIRST_SEED:
         seeds += (
-            f" (not the {FIRST_SEED:,} on of the default gate and of the card's judge figures: a gate on other seeds "
+            f" (the default gate and the card's judge figures draw seeds from {FIRST_SEED:,}: a gate on other seeds "
             "confirms a snapshot on samples it was not picked on, so both models may score lower here than there)"
         )
     return f"""## Released because the judge said better
