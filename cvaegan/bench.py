@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from .config import ModelConfig, TrainConfig
+from .config import ModelConfig, TrainConfig, default_widths
 from .models import CVAEGAN
 from .service import AUTO
 
@@ -381,10 +381,11 @@ def step_variants(resolution: int = 64, batch: int = 32, steps: int = 10, preset
 def run(write_readme: bool = False, quick: bool = False, app: bool = True) -> str:
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     train_cfgs = [(32, 32), (64, 32), (64, 64), (128, 16)] if not quick else [(32, 8)]
+    widths = ", ".join(f"base {default_widths(r)['base_channels']} at {r} px" for r in (32, 64, 128))
     lines = [
         f"Measured {time.strftime('%Y-%m-%d')} with `python -m cvaegan.bench` on {platform.machine()} "
         f"({os.cpu_count()} cores, torch {torch.__version__}, {torch.get_num_threads()} threads); default "
-        "widths per resolution, 264 classes, random weights (speed does not depend on training).",
+        f"widths per resolution ({widths}), 264 classes, random weights (speed does not depend on training).",
         "",
         "| training step | device | seconds / step | peak memory (MiB) | GFLOP / step | achieved TFLOP/s "
         "| fraction of bf16 peak |",

@@ -188,7 +188,10 @@ def collect(out: Path) -> dict[str, dict]:
     """Every recipe folder's judged snapshots: recipe -> minute -> figures."""
     res = {}
     for p in sorted(out.glob("*/judged.json")):
-        res[p.parent.name] = json.loads(p.read_text())
+        rows = json.loads(p.read_text())
+        arch = p.parent / "model_config.json"  # the width: train's default changed (base 32 -> 16 at 64 px)
+        base = json.loads(arch.read_text()).get("base_channels") if arch.is_file() else None
+        res[p.parent.name] = {m: {**r, "base_channels": base} for m, r in rows.items()}
     return res
 
 
@@ -201,9 +204,9 @@ def markdown(results: dict[str, dict], data_name: str) -> str:
         f"`{data_name}`, {'/'.join(threads)} threads, judge top-1 on held-out real photos "
         f"{100 * any_row['real_top1']:.1f}% (the ceiling); {any_row['samples']} samples per row.",
         "",
-        "| recipe | CPU-minutes | steps | images seen | wall minutes | machine (GFLOP/CPU-s) "
+        "| recipe | CPU-minutes | steps | images seen | wall minutes | machine (GFLOP/CPU-s) | base width "
         "| judge top-1 on samples (G used) | top-1: EMA / live G | FID (judge) | recon PSNR (held-out) | diversity |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for recipe, rows in results.items():
         for minute in sorted(rows, key=float):
@@ -211,7 +214,8 @@ def markdown(results: dict[str, dict], data_name: str) -> str:
             both = " / ".join(f"{100 * r[k]:.1f}%" if k in r else "-" for k in ("top1_ema", "top1_live"))
             lines.append(
                 f"| {recipe} | {minute} | {r['step']:,} | {r['images_seen']:,} | {r['wall_min']} "
-                f"| {r.get('machine_gflops', '-')} | {100 * r['top1']:.1f}% ({r.get('generator', 'live')}) | {both} | {r['fid']:.2f} "
+                f"| {r.get('machine_gflops', '-')} | {r.get('base_channels') or '-'} "
+                f"| {100 * r['top1']:.1f}% ({r.get('generator', 'live')}) | {both} | {r['fid']:.2f} "
                 f"| {r['psnr']:.2f} dB | {r['diversity']:.3f} |"
             )
     lines.append("")

@@ -41,7 +41,7 @@ def test_budget_trains_judges_tabulates_and_resumes(shapes_dir, tmp_path, monkey
     assert sheet.size[0] > 8 * 32  # 8 seeds of 32 px with padding
     md = (out / "budget.md").read_text()
     assert "| tiny | 0.03 |" in md and f"{row['step']:,}" in md
-    assert float(row["machine_gflops"]) > 0 and f"| {row['machine_gflops']} |" in md  # one machine: one figure
+    assert float(row["machine_gflops"]) > 0 and f"| {row['machine_gflops']} | 8 |" in md  # machine, width
     assert Image.open(out / "budget.png").size == (720, 420)
     cfg = json.loads((out / "tiny" / "train_config.json").read_text())
     assert cfg["preset"] == "v1" and cfg["stratify"] == 2 and cfg["budget_minutes"] == 0.03

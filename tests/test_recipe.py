@@ -434,7 +434,7 @@ def test_presets_and_explicit_options(tmp_path):
     tcfg, mcfg = cli.train_configs(a, num_classes=5)
     assert tcfg.preset == "v1" and tcfg.batch_size == 32 and tcfg.diffaugment == "translation,color"
     assert tcfg.stratify == 4 and tcfg.betas == (0.5, 0.99) and tcfg.export_fp16 is False
-    assert mcfg.resolution == 64 and mcfg.base_channels == 32 and mcfg.d_norm == "batch"
+    assert mcfg.resolution == 64 and mcfg.base_channels == 16 and mcfg.d_norm == "batch"  # the bundled width
     a = ap.parse_args(["train", "--data", "d", "--out", "o", "--resolution", "32"])
     tcfg, mcfg = cli.train_configs(a, num_classes=5)
     assert tcfg == TrainConfig.from_preset("v3") and tcfg.preset == "v3" and mcfg.base_channels == 64
@@ -446,6 +446,26 @@ def test_presets_and_explicit_options(tmp_path):
     for name, values in PRESETS.items():
         assert TrainConfig.from_preset(name).preset == name
         assert all(getattr(TrainConfig.from_preset(name), k) == v for k, v in values.items())
+
+
+def test_default_width_at_64px_makes_a_folder_release_accepts(tmp_path):
+    """A 64-px run with train's default width (base 16), 264 classes (more than any bundled data set), exports a
+    weights folder, D and running means included, that passes release's size limits; base 32, the default before
+    2026-12-06, did not (about 27 MB for 95 birds), so a user's first release after hours of training was refused."""
+    from cvaegan.hub import save_pretrained
+    from cvaegan.release import ReleaseError, check_folder_size
+
+    def export(base: int | None, folder: Path) -> None:
+        kw = {} if base is None else {"base_channels": base}
+        tr = Trainer(CVAEGAN(ModelConfig.for_resolution(64, 264, **kw)), TrainConfig(), torch.device("cpu"))
+        save_pretrained(tr.export_model(), folder, include_discriminator=True, running_means=tr.means)
+
+    export(None, tmp_path / "default")
+    assert json.loads((tmp_path / "default" / "config.json").read_text())["base_channels"] == 16
+    assert check_folder_size(tmp_path / "default") > 10 * 2**20  # the whole folder was written (about 18 MB)
+    export(32, tmp_path / "base32")
+    with pytest.raises(ReleaseError, match="over the limits"):
+        check_folder_size(tmp_path / "base32")
 
 
 def test_old_run_configs_keep_the_recipe_they_trained_with():
