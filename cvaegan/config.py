@@ -51,7 +51,8 @@ class ModelConfig:
     class_folders: list[str] = option(help="folder name per class index (len K)", factory=list, cli=False)
     z_dim: int = option(256, "latent attribute code size (paper: 256 (?))")
     base_channels: int = option(
-        16, "channels at full resolution, doubling per halving (default: per resolution, 16 at 64 px, see README)"
+        default_widths(64)["base_channels"],  # the default resolution's width: one place to change it
+        "channels at full resolution, doubling per halving (default: per resolution, 16 at 64 px, see README)",
     )
     max_channels: int = option(256, "channel cap at low resolutions")
     label_dim: int = option(128, "size of the learned class embedding fed to E and G", cli=False)
