@@ -172,6 +172,30 @@ def resume_config(a: argparse.Namespace, tcfg: TrainConfig) -> TrainConfig:
     return dataclasses.replace(saved, **{k: getattr(tcfg, k) for k in RESUME_OPTIONS if k in always or k in given})
 
 
+def resume_architecture(a: argparse.Namespace) -> int | None:
+    """--resume: the run's resolution (from model_config.json in --out; None before its first checkpoint). The
+    checkpoint's architecture is the one trained, so an architecture option given with another value (say
+    --base-channels 16 to a base 32 run) is an error that names it, before any photo is read, rather than
+    silently ignored."""
+    path = Path(a.out) / "model_config.json"
+    if not path.is_file():  # train() reports the missing checkpoint
+        return None
+    saved = json.loads(path.read_text())
+    mfields = {f.name for f in dataclasses.fields(ModelConfig) if f.metadata.get("cli", True)}
+    differ = [
+        f"--{k.replace('_', '-')} (the run has {saved[k]!r}, given {v!r})"
+        for k, v in sorted(vars(a).items())
+        if k in mfields and k in saved and v != saved[k]
+    ]
+    if differ:
+        raise InputError(
+            f"--resume continues {a.out} with the networks its checkpoint holds, but these architecture options "
+            f"differ from them: {'; '.join(differ)}. Drop them to resume, or start a new run in another --out "
+            f"(--init-from warm-starts from a weights folder)."
+        )
+    return saved["resolution"]
+
+
 def init_from_config(a: argparse.Namespace, tcfg: TrainConfig) -> TrainConfig:
     """--init-from: the warm-start steps (plain CVAE + C, so that the feature-matching targets mean something
     when they start) are for networks that start from scratch; networks loaded from weights skip them unless
@@ -193,10 +217,8 @@ def cmd_train(a: argparse.Namespace) -> int:
     if a.threads:
         torch.set_num_threads(a.threads)
     resolution = getattr(a, "resolution", 64)
-    if a.resume:  # the checkpoint's resolution wins
-        ckpt = Path(a.out) / "model_config.json"
-        if ckpt.is_file():
-            resolution = json.loads(ckpt.read_text())["resolution"]
+    if a.resume:  # the checkpoint's architecture wins; one given that differs from it is an error
+        resolution = resume_architecture(a) or resolution
     elif a.init_from:
         from .hub import read_config
 

@@ -109,6 +109,10 @@ def test_train_resume_and_export_via_cli(shapes_dir, tmp_path):
     out = run_cli("train", *common, "--steps", "5", "--resume", "--lr", "0.001", check=False)
     assert out.returncode == 1 and "--lr (the run has 0.0002, given 0.001)" in out.stderr
     assert (run / "checkpoint.pt").read_bytes() == ckpt
+    # so is an architecture option: the checkpoint's networks would win, and the user would not be told
+    out = run_cli("train", *common, "--steps", "5", "--resume", "--base-channels", "16", check=False)
+    assert out.returncode == 1 and "--base-channels (the run has 8, given 16)" in out.stderr
+    assert "Traceback" not in out.stderr and (run / "checkpoint.pt").read_bytes() == ckpt
     # a gradient clip may be switched on when resuming; the run's config records it, and it stays on
     run_cli("train", *common, "--steps", "5", "--resume", "--grad-clip-auto", "4")
     assert json.loads((run / "train_config.json").read_text())["grad_clip_auto"] == 4.0
