@@ -165,6 +165,22 @@ def intra_class_diversity(x: torch.Tensor, labels: torch.Tensor) -> float:
     return float("nan") if not per else 1.0 - float(np.mean(per))
 
 
+def feature_spread(feats: torch.Tensor, labels: torch.Tensor) -> float:
+    """Variety within a class as the judge sees it: the mean pairwise cosine distance (1 - cosine similarity) of
+    the features of images of the same class, averaged over classes with >= 2 images. 0 when a class's images
+    all look alike to the judge; samples bunched where the judge is sure score below photos of the class (a
+    narrower model can gain top-1 that way; birds, 2026-12-07: 0.284 for a wide run against 0.318 for base 16 at
+    equal CPU time, photos 0.326)."""
+    f = torch.nn.functional.normalize(feats.double(), dim=1)
+    per = []
+    for c in labels.unique().tolist():
+        g = f[labels == c]
+        n = len(g)
+        if n >= 2:
+            per.append(1.0 - ((g @ g.T).sum() - n).item() / (n * (n - 1)))
+    return float("nan") if not per else float(np.mean(per))
+
+
 def psnr_ssim(
     pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -27,7 +27,7 @@ import torch
 from . import inference as I
 from .data import LabelledImages, load_images
 from .errors import CVAEGANError, InputError
-from .evaluate import FIRST_SEED, MIN_Z, fid_kid, mcnemar, psnr_ssim, require_libraries
+from .evaluate import FIRST_SEED, MIN_Z, feature_spread, fid_kid, mcnemar, psnr_ssim, require_libraries
 from .images import uint8_to_float
 from .judge import Judge, predict
 from .models import CVAEGAN
@@ -61,7 +61,9 @@ def judge_scores(
     first_seed: int = FIRST_SEED,
 ) -> dict:
     """The judge's top-1 on generated samples, FID (judge features) of the samples against the held-out
-    photos, and E->G reconstruction PSNR of those photos, over the classes `folders`. "hits" is a string
+    photos, and E->G reconstruction PSNR of those photos, over the classes `folders`; also, reported and not part
+    of the rule, the judge-feature spread within a class (evaluate.feature_spread) of the samples and of those
+    photos. "hits" is a string
     with one character per sample ("1" recognised, "0" not), for the paired test in decide().
 
     Classes are matched by folder name between the model, the judge and `data` (all of the data's classes,
@@ -81,7 +83,8 @@ def judge_scores(
     c_judge = torch.tensor([j_idx[f] for f in folders]).repeat_interleave(samples_per_class)
     seeds = [first_seed + i for i in range(len(c_model))]
     fake = I.generate(model, z_from_seeds(seeds, model.config.z_dim), c_model, batch_size=64)
-    hit = predict(judge, fake)[0].argmax(1) == c_judge
+    logits, feats = predict(judge, fake)
+    hit = logits.argmax(1) == c_judge
     top1 = hit.float().mean().item()
 
     # held-out photos of these classes, labelled with the model's class index
@@ -96,6 +99,8 @@ def judge_scores(
     return {
         "judge_top1": round(top1, 5),
         "fid": round(fid, 4),
+        "judge_spread": round(feature_spread(feats, c_model), 4),
+        "judge_spread_real": round(feature_spread(predict(judge, real)[1], labels), 4),
         "recon_psnr_db": round(db.mean().item(), 3),
         "samples": len(seeds),
         "real_images": len(val_idx),
@@ -238,12 +243,18 @@ def table(comparison: dict) -> str:
         f"release gate: {comparison['samples_per_class']} samples x {comparison['classes']} classes per model "
         f"(seeds from {comparison['first_seed']:,}), "
         f"FID against {c['real_images']:,} {photos}, judge {comparison['judge']['folder']}",
-        f"{'':<10} {'judge top-1':>12} {'FID (judge)':>12} {'recon PSNR':>11}",
+        f"{'':<10} {'judge top-1':>12} {'FID (judge)':>12} {'recon PSNR':>11} {'spread':>7}",
     ]
     for name, s in (("candidate", c), ("released", r)):
         if s is None:
-            lines.append(f"{name:<10} {'-':>12} {'-':>12} {'-':>11}")
+            lines.append(f"{name:<10} {'-':>12} {'-':>12} {'-':>11} {'-':>7}")
         else:
-            lines.append(f"{name:<10} {s['judge_top1']:>12.2%} {s['fid']:>12.2f} {s['recon_psnr_db']:>8.2f} dB")
+            spread = f"{s['judge_spread']:.3f}" if "judge_spread" in s else "-"  # comparisons older than the figure
+            lines.append(
+                f"{name:<10} {s['judge_top1']:>12.2%} {s['fid']:>12.2f} {s['recon_psnr_db']:>8.2f} dB {spread:>7}"
+            )
+    real = (c or {}).get("judge_spread_real")
+    if real is not None:
+        lines.append(f"spread: the judge-feature spread within a class (0 = all alike); the photos' is {real:.3f}")
     lines.append(f"{'passed' if comparison['passed'] else 'refused'}: {comparison['reason']}")
     return "\n".join(lines)

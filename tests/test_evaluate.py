@@ -73,6 +73,17 @@ def test_ms_ssim_of_identical_images_is_one_and_diversity_zero():
     assert E.pairwise_ms_ssim(_images(1)) != E.pairwise_ms_ssim(_images(1))  # nan for a single image
 
 
+def test_feature_spread_is_zero_for_alike_and_one_for_orthogonal_features():
+    labels = torch.tensor([0, 0, 0, 1, 1, 2])  # class 2 has one image: left out of the mean
+    alike = torch.tensor([[1.0, 0, 0]] * 3 + [[0, 2.0, 0]] * 2 + [[0, 0, 1.0]])  # scale does not matter
+    assert E.feature_spread(alike, labels) == pytest.approx(0.0, abs=1e-9)
+    apart = torch.tensor([[1.0, 0, 0], [0, 1.0, 0], [0, 0, 3.0], [1.0, 0, 0], [0, 1.0, 0], [1.0, 1.0, 1.0]])
+    assert E.feature_spread(apart, labels) == pytest.approx(1.0)
+    half = torch.tensor([[1.0, 0, 0]] * 3 + [[1.0, 0, 0], [0, 1.0, 0]] + [[0, 0, 1.0]])  # class 0: 0, class 1: 1
+    assert E.feature_spread(half, labels) == pytest.approx(0.5)
+    assert np.isnan(E.feature_spread(alike[:1], labels[:1]))
+
+
 def test_psnr_ssim_known_values_and_mask_restriction():
     t = torch.zeros(2, 3, 32, 32)
     p, s = E.psnr_ssim(t + 0.2, t)  # 0.1 in [0, 1] units -> 20 dB

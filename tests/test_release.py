@@ -408,6 +408,12 @@ def test_gate_matches_the_judges_classes_by_folder(shapes_dir, monkeypatch):
     s = G.judge_scores(model, judge, data, val, model.config.class_folders, samples_per_class=3)
     assert s["judge_top1"] == 1.0 and s["samples"] == 9 and s["real_images"] == 12  # triangle's 4 photos left out
     assert np.isfinite(s["fid"]) and s["recon_psnr_db"] > 0
+    # the spread within a class, reported beside the rule: this judge's features are its one-hot guesses, so the
+    # samples of a class are alike to it (spread about 0; over all classes at once it would be about 2/3)
+    assert 0 <= s["judge_spread"] < 0.01 and 0 <= s["judge_spread_real"] <= 1
+    comparison = {"candidate": s, "released": None, "held_out": True, "samples_per_class": 3, "classes": 3}
+    shown = G.table({**comparison, "first_seed": G.FIRST_SEED, "judge": {"folder": "j"}, "passed": True, "reason": "r"})
+    assert f"{s['judge_spread']:.3f}" in shown and "spread" in shown and shown.splitlines()[-1] == "passed: r"
     other = G.judge_scores(model, judge, data, val, model.config.class_folders, 3, G.FIRST_SEED + 1000)
     assert other["judge_top1"] == 1.0 and other["fid"] != s["fid"]  # other seeds, other samples
     with pytest.raises(InputError, match="missing"):
