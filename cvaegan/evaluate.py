@@ -170,7 +170,7 @@ def feature_spread(feats: torch.Tensor, labels: torch.Tensor) -> float:
     the features of images of the same class, averaged over classes with >= 2 images. 0 when a class's images
     all look alike to the judge; samples bunched where the judge is sure score below photos of the class (a
     narrower model can gain top-1 that way; birds, 2026-12-07: 0.284 for a wide run against 0.318 for base 16 at
-    equal CPU time, photos 0.326)."""
+    equal CPU time; training photos 0.326, held-out photos 0.402)."""
     f = torch.nn.functional.normalize(feats.double(), dim=1)
     per = []
     for c in labels.unique().tolist():
