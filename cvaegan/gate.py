@@ -63,8 +63,8 @@ def judge_scores(
     """The judge's top-1 on generated samples, FID (judge features) of the samples against the held-out
     photos, and E->G reconstruction PSNR of those photos, over the classes `folders`; also, reported and not part
     of the rule, the judge-feature spread within a class (evaluate.feature_spread) of the samples and of those
-    photos. "hits" is a string
-    with one character per sample ("1" recognised, "0" not), for the paired test in decide().
+    photos. "hits" is a string with one character per sample ("1" recognised, "0" not), for the paired test in
+    decide().
 
     Classes are matched by folder name between the model, the judge and `data` (all of the data's classes,
     at the model's resolution); val_idx: the held-out photos, indices into data. Class k of `folders` gets
