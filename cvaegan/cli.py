@@ -120,6 +120,16 @@ def _train_parser(sub) -> argparse.ArgumentParser:
     return p
 
 
+def model_options() -> set[str]:
+    """The ModelConfig fields `train` takes as options (the architecture a user can choose)."""
+    return {f.name for f in dataclasses.fields(ModelConfig) if f.metadata.get("cli", True)}
+
+
+def differs(option: str, run_value, given_value) -> str:
+    """How a --resume error names an option whose given value is not the run's."""
+    return f"--{option.replace('_', '-')} (the run has {run_value!r}, given {given_value!r})"
+
+
 def train_configs(
     a: argparse.Namespace, num_classes: int, resolution: int | None = None
 ) -> tuple[TrainConfig, ModelConfig]:
@@ -132,8 +142,8 @@ def train_configs(
         d = TrainConfig.from_preset(preset).betas
         over["betas"] = (given.get("betas_0", d[0]), given.get("betas_1", d[1]))
     tcfg = TrainConfig.from_preset(preset, **over)
-    mfields = {f.name for f in dataclasses.fields(ModelConfig) if f.metadata.get("cli", True)}
-    arch = {**MODEL_PRESETS[preset], **{k: v for k, v in given.items() if k in mfields}}
+    options = model_options()
+    arch = {**MODEL_PRESETS[preset], **{k: v for k, v in given.items() if k in options}}
     given_res = arch.pop("resolution", 64)
     res = resolution or given_res
     widths = default_widths(res)
@@ -156,7 +166,7 @@ def resume_config(a: argparse.Namespace, tcfg: TrainConfig) -> TrainConfig:
     given = vars(a)
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     differ = [
-        f"--{k.replace('_', '-')} (the run has {getattr(saved, k)!r}, given {getattr(tcfg, k)!r})"
+        differs(k, getattr(saved, k), getattr(tcfg, k))
         for k in sorted(fields & set(given))
         if k not in RESUME_OPTIONS and getattr(tcfg, k) != getattr(saved, k)
     ]
@@ -181,11 +191,9 @@ def resume_architecture(a: argparse.Namespace) -> int | None:
     if not path.is_file():  # train() reports the missing checkpoint
         return None
     saved = json.loads(path.read_text())
-    mfields = {f.name for f in dataclasses.fields(ModelConfig) if f.metadata.get("cli", True)}
+    options = model_options()
     differ = [
-        f"--{k.replace('_', '-')} (the run has {saved[k]!r}, given {v!r})"
-        for k, v in sorted(vars(a).items())
-        if k in mfields and k in saved and v != saved[k]
+        differs(k, saved[k], v) for k, v in sorted(vars(a).items()) if k in options and k in saved and v != saved[k]
     ]
     if differ:
         raise InputError(
