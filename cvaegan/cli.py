@@ -186,15 +186,18 @@ def resume_architecture(a: argparse.Namespace) -> int | None:
     """--resume: the run's resolution (from model_config.json in --out; None before its first checkpoint). The
     checkpoint's architecture is the one trained, so an architecture option given with another value (say
     --base-channels 16 to a base 32 run) is an error that names it, before any photo is read, rather than
-    silently ignored."""
+    silently ignored. A key missing from an older run's file is compared with the value train() gives it on
+    resume (the field's default), so old run folders are checked too."""
     path = Path(a.out) / "model_config.json"
     if not path.is_file():  # train() reports the missing checkpoint
         return None
-    saved = json.loads(path.read_text())
+    try:
+        raw = json.loads(path.read_text())
+    except json.JSONDecodeError as e:  # say which file; nothing is touched
+        raise InputError(f"{path} is not valid JSON ({e}); restore it or start a new run in another --out") from e
+    saved = ModelConfig.from_dict(raw, source=str(path)).to_dict()
     options = model_options()
-    differ = [
-        differs(k, saved[k], v) for k, v in sorted(vars(a).items()) if k in options and k in saved and v != saved[k]
-    ]
+    differ = [differs(k, saved[k], v) for k, v in sorted(vars(a).items()) if k in options and v != saved[k]]
     if differ:
         raise InputError(
             f"--resume continues {a.out} with the networks its checkpoint holds, but these architecture options "

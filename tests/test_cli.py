@@ -74,6 +74,30 @@ def test_errors_are_one_line(trained_export, tmp_path):
     assert out.returncode == 1 and "does not exist" in out.stderr and "Traceback" not in out.stderr
 
 
+def test_resume_checks_options_an_old_run_folder_does_not_record(tmp_path, capsys):
+    """A run written before an option existed has no key for it; --resume compares the given value with the one
+    the checkpoint loads (the field's default), and a model_config.json that is not JSON is named, untouched."""
+    from cvaegan.config import ModelConfig
+
+    run = tmp_path / "old_run"
+    run.mkdir()
+    old = ModelConfig.for_resolution(32, 3, base_channels=8).to_dict()
+    del old["max_channels"], old["d_selfsup"]  # keys an older cvaegan did not write
+    (run / "model_config.json").write_text(json.dumps(old))
+    args = ["train", "--data", str(tmp_path / "no_photos_needed"), "--out", str(run), "--resume"]
+    assert main([*args, "--max-channels", "128", "--d-selfsup"]) == 1
+    err = capsys.readouterr().err
+    assert "--max-channels (the run has 256, given 128)" in err and "--d-selfsup (the run has False, given True)" in err
+    # the same values as the run's defaults pass the check (and the run then fails on the missing photos)
+    assert main([*args, "--max-channels", "256", "--base-channels", "8"]) == 1
+    err = capsys.readouterr().err
+    assert "differ" not in err and "no_photos_needed" in err
+    (run / "model_config.json").write_text("{not json")
+    assert main(args) == 1
+    assert "model_config.json is not valid JSON" in capsys.readouterr().err
+    assert (run / "model_config.json").read_text() == "{not json"
+
+
 @pytest.mark.slow
 def test_train_resume_and_export_via_cli(shapes_dir, tmp_path):
     run = tmp_path / "run"
