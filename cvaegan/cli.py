@@ -157,12 +157,16 @@ def resume_config(a: argparse.Namespace, tcfg: TrainConfig) -> TrainConfig:
     change (train.RESUME_OPTIONS) taken from the command line. steps, device, budget and snapshot marks always
     come from the command line (as before); the others only when given. Any other option given with a value
     other than the run's is an error, rather than silently ignored."""
+    from .serialization import read_json
     from .train import RESUME_OPTIONS
 
     path = Path(a.out) / "train_config.json"
     if not path.is_file():  # train() reports the missing checkpoint
         return tcfg
-    saved = TrainConfig.from_dict(json.loads(path.read_text()))
+    raw = read_json(path, "", "restore it or start a new run in another --out")  # names the file; touches nothing
+    if not isinstance(raw, dict):
+        raise InputError(f"{path}: expected a JSON object, got {type(raw).__name__}; restore it or start a new run")
+    saved = TrainConfig.from_dict(raw)
     given = vars(a)
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
     differ = [
@@ -191,10 +195,9 @@ def resume_architecture(a: argparse.Namespace) -> int | None:
     path = Path(a.out) / "model_config.json"
     if not path.is_file():  # train() reports the missing checkpoint
         return None
-    try:
-        raw = json.loads(path.read_text())
-    except json.JSONDecodeError as e:  # say which file; nothing is touched
-        raise InputError(f"{path} is not valid JSON ({e}); restore it or start a new run in another --out") from e
+    from .serialization import read_json
+
+    raw = read_json(path, "", "restore it or start a new run in another --out")  # names the file; touches nothing
     saved = ModelConfig.from_dict(raw, source=str(path)).to_dict()
     options = model_options()
     differ = [differs(k, saved[k], v) for k, v in sorted(vars(a).items()) if k in options and v != saved[k]]

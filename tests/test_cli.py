@@ -74,9 +74,10 @@ def test_errors_are_one_line(trained_export, tmp_path):
     assert out.returncode == 1 and "does not exist" in out.stderr and "Traceback" not in out.stderr
 
 
-def test_resume_checks_options_an_old_run_folder_does_not_record(tmp_path, capsys):
+def test_resume_checks_options_an_old_run_folder_does_not_record(tmp_path, shapes_dir, capsys):
     """A run written before an option existed has no key for it; --resume compares the given value with the one
-    the checkpoint loads (the field's default), and a model_config.json that is not JSON is named, untouched."""
+    the checkpoint loads (the field's default), and a model_config.json or train_config.json that is not JSON
+    (or not text) is named, untouched."""
     from cvaegan.config import ModelConfig
 
     run = tmp_path / "old_run"
@@ -94,8 +95,20 @@ def test_resume_checks_options_an_old_run_folder_does_not_record(tmp_path, capsy
     assert "differ" not in err and "no_photos_needed" in err
     (run / "model_config.json").write_text("{not json")
     assert main(args) == 1
-    assert "model_config.json is not valid JSON" in capsys.readouterr().err
+    assert "model_config.json: not valid JSON" in capsys.readouterr().err
     assert (run / "model_config.json").read_text() == "{not json"
+    (run / "model_config.json").write_bytes(b"\xff\xfe\x00binary")  # not even text
+    assert main(args) == 1
+    assert "model_config.json: not valid JSON" in capsys.readouterr().err
+    assert (run / "model_config.json").read_bytes() == b"\xff\xfe\x00binary"
+    # the run's train_config.json, read once the photos are (so with photos here), is named the same way
+    (run / "model_config.json").write_text(json.dumps(old))
+    for broken in ("{not json", "[1, 2]"):
+        (run / "train_config.json").write_text(broken)
+        assert main(["train", "--data", str(shapes_dir), "--out", str(run), "--resume"]) == 1
+        err = capsys.readouterr().err
+        assert "train_config.json: " in err and ("not valid JSON" in err or "expected a JSON object" in err)
+        assert (run / "train_config.json").read_text() == broken
 
 
 @pytest.mark.slow
