@@ -57,17 +57,16 @@ def require_libraries() -> None:
         )
 
 
-class _JudgeFeatures(torch.nn.Module):
-    """Adapter: torchmetrics calls feature(imgs) on float images in [-1, 1]; we return judge features."""
+class _Given(torch.nn.Module):
+    """torchmetrics' "feature extractor" for vectors computed already (the judge's features or logits, by
+    judge.predict): it passes them through, so each image set goes through the judge once for all metrics."""
 
-    def __init__(self, judge: Judge, logits: bool = False):
+    def __init__(self, num_features: int):
         super().__init__()
-        self.judge, self.logits = judge, logits
-        self.num_features = judge.config.num_classes if logits else judge.config.feature_dim
+        self.num_features = num_features
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        logits, feats = predict(self.judge, x)
-        return (logits if self.logits else feats).double()
+        return x.double()
 
 
 def _to01(x: torch.Tensor) -> torch.Tensor:
@@ -77,43 +76,45 @@ def _to01(x: torch.Tensor) -> torch.Tensor:
 # ---- metrics (each a thin, tested wrapper around a library) ------------------------------------
 
 
-def fid_kid(judge: Judge, real: torch.Tensor, fake: torch.Tensor, seed: int = 0) -> dict:
-    """FID and KID between two image sets (float, [-1, 1]) in the judge's feature space."""
+def fid_kid(real: torch.Tensor, fake: torch.Tensor, seed: int = 0, kid: bool = True) -> dict:
+    """FID and KID between two sets of judge features ((N, D) from judge.predict on images in [-1, 1]), as
+    torchmetrics computes them (features accumulated in float64). kid=False skips KID (the release gate uses
+    FID only)."""
     from torchmetrics.image.fid import FrechetInceptionDistance
     from torchmetrics.image.kid import KernelInceptionDistance
 
-    feat = _JudgeFeatures(judge)
-    fid = FrechetInceptionDistance(feature=feat, normalize=False)
+    if real.ndim != 2 or fake.ndim != 2 or real.shape[1] != fake.shape[1] or min(len(real), len(fake)) < 2:
+        raise EvaluationError(
+            f"FID needs two (N, D) feature sets of the same D and N >= 2, got {tuple(real.shape)} and "
+            f"{tuple(fake.shape)}"
+        )
+    feat = _Given(real.shape[1])
+    metrics = [FrechetInceptionDistance(feature=feat, normalize=False)]
     subset = min(1000, len(real), len(fake))
-    with warnings.catch_warnings():  # "will save all extracted features": a few thousand vectors here
-        warnings.simplefilter("ignore", UserWarning)
-        kid = KernelInceptionDistance(feature=feat, subsets=50, subset_size=subset, normalize=False)
-    for m in (fid, kid):
+    if kid:
+        with warnings.catch_warnings():  # "will save all extracted features": a few thousand vectors here
+            warnings.simplefilter("ignore", UserWarning)
+            metrics.append(KernelInceptionDistance(feature=feat, subsets=50, subset_size=subset, normalize=False))
+    for m in metrics:
         for i in range(0, len(real), 256):
             m.update(real[i : i + 256], real=True)
         for i in range(0, len(fake), 256):
             m.update(fake[i : i + 256], real=False)
-    torch.manual_seed(seed)  # KID draws random subsets
-    kid_mean, kid_std = kid.compute()
-    return {
-        "fid": float(fid.compute()),
-        "kid_mean": float(kid_mean),
-        "kid_std": float(kid_std),
-        "kid_subset_size": subset,
-    }
+    out = {"fid": float(metrics[0].compute())}
+    if kid:
+        torch.manual_seed(seed)  # KID draws random subsets
+        kid_mean, kid_std = metrics[1].compute()
+        out.update(kid_mean=float(kid_mean), kid_std=float(kid_std), kid_subset_size=subset)
+    return out
 
 
 def inception_score(logits: torch.Tensor, splits: int = 10, seed: int = 0) -> dict:
     """Inception score computed from the judge's logits (torchmetrics' formula: exp E[KL(p(y|x) || p(y))])."""
     from torchmetrics.image.inception import InceptionScore
 
-    class _Given(torch.nn.Module):
-        def forward(self, x):  # the "images" are already logits
-            return x
-
     with warnings.catch_warnings():  # the buffer warning, and std() of a single split
         warnings.simplefilter("ignore", UserWarning)
-        m = InceptionScore(feature=_Given(), splits=max(1, min(splits, len(logits))), normalize=False)
+        m = InceptionScore(feature=_Given(logits.shape[1]), splits=max(1, min(splits, len(logits))), normalize=False)
         m.update(logits.double())
         torch.manual_seed(seed)  # the score shuffles before splitting
         mean, std = m.compute()
@@ -657,7 +658,7 @@ def evaluate(
     real_top1 = (logits_r.argmax(1) == val.labels).float().mean().item()
     bar.update(1)
 
-    dist = fid_kid(judge, x_val, x_fake)
+    dist = fid_kid(feats_r, feats_f)
     pr = prdc_metrics(feats_r, feats_f)
     bar.update(1)
     div_fake = intra_class_diversity(x_fake, c_fake)

@@ -94,13 +94,14 @@ def judge_scores(
     if len(val_idx) < 2:
         raise InputError(f"only {len(val_idx)} held-out photo(s) of the compared classes; FID needs at least 2")
     real, labels = uint8_to_float(data.images[val_idx]), lut[data.labels[val_idx]]
-    fid = fid_kid(judge, real, fake)["fid"]
+    feats_real = predict(judge, real)[1]  # each image set goes through the judge once
+    fid = fid_kid(feats_real, feats, kid=False)["fid"]
     db = psnr_ssim(I.reconstruct_batch(model, real, labels), real)[0]
     return {
         "judge_top1": round(top1, 5),
         "fid": round(fid, 4),
         "judge_spread": round(feature_spread(feats, c_model), 4),
-        "judge_spread_real": round(feature_spread(predict(judge, real)[1], labels), 4),
+        "judge_spread_real": round(feature_spread(feats_real, labels), 4),
         "recon_psnr_db": round(db.mean().item(), 3),
         "samples": len(seeds),
         "real_images": len(val_idx),

@@ -13,7 +13,7 @@ from cvaegan import cli, evaluate as E
 from cvaegan.card import OLD_JUDGE_LINE
 from cvaegan.data import load_images
 from cvaegan.hub import WeightsError
-from cvaegan.judge import Judge, JudgeConfig, load_judge, save_judge, top1, train_judge
+from cvaegan.judge import Judge, JudgeConfig, load_judge, predict, save_judge, top1, train_judge
 
 
 def _random_judge(res=32, k=4):
@@ -27,11 +27,30 @@ def _images(n, res=32, seed=0):
 
 def test_fid_kid_zero_for_identical_sets_and_positive_otherwise():
     j = _random_judge()
-    x = _images(200)
-    same = E.fid_kid(j, x, x)
+    x = predict(j, _images(200))[1]
+    same = E.fid_kid(x, x)
     assert abs(same["fid"]) < 1e-6 and abs(same["kid_mean"]) < 5e-3
-    other = E.fid_kid(j, x, _images(200, seed=1) * 0.3)
+    other = E.fid_kid(x, predict(j, _images(200, seed=1) * 0.3)[1])
     assert other["fid"] > 0.1 and other["kid_mean"] > same["kid_mean"]
+
+
+def test_fid_on_features_known_answer():
+    """The Frechet distance of two feature sets, against the formula written out with numpy:
+    |m1 - m2|^2 + tr(S1) + tr(S2) - 2 tr((S1 S2)^1/2), sample covariances."""
+    rng = np.random.default_rng(0)
+    a = torch.from_numpy(rng.normal(size=(300, 6))).float()
+    b = torch.from_numpy(rng.normal(size=(200, 6)) * 1.5 + 0.7).float()
+    a64, b64 = a.double().numpy(), b.double().numpy()
+    s1, s2 = np.cov(a64.T), np.cov(b64.T)
+    root_trace = np.sqrt(np.linalg.eigvals(s1 @ s2).real.clip(0)).sum()
+    want = ((a64.mean(0) - b64.mean(0)) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * root_trace
+    got = E.fid_kid(a, b)
+    assert got["fid"] == pytest.approx(want, rel=1e-4) and want > 1
+    assert got["kid_mean"] > 0 and got["kid_subset_size"] == 200
+    assert E.fid_kid(a, b, kid=False) == {"fid": pytest.approx(got["fid"], rel=1e-9)}  # FID alone: the same FID
+    for bad in (b[:, :5], b[:1], b[None]):
+        with pytest.raises(E.EvaluationError, match="feature sets"):
+            E.fid_kid(a, bad)
 
 
 class _Oracle(torch.nn.Module):

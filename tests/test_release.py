@@ -405,8 +405,11 @@ def test_gate_matches_the_judges_classes_by_folder(shapes_dir, monkeypatch):
 
     monkeypatch.setattr(G.I, "generate", drawn)
     val = split_indices(data.labels, 0.25)[1]
+    judged = []  # the batch sizes the judge sees: each image once, for top-1, FID and spread alike
+    judge.register_forward_hook(lambda module, args, out: judged.append(len(args[0])))
     s = G.judge_scores(model, judge, data, val, model.config.class_folders, samples_per_class=3)
     assert s["judge_top1"] == 1.0 and s["samples"] == 9 and s["real_images"] == 12  # triangle's 4 photos left out
+    assert sum(judged) == 9 + 12
     assert np.isfinite(s["fid"]) and s["recon_psnr_db"] > 0
     # the spread within a class, reported beside the rule: this judge's features are its one-hot guesses, so the
     # samples of a class are alike to it (spread about 0; over all classes at once it would be about 2/3)
