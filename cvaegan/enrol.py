@@ -30,6 +30,7 @@ from .inference import Progress, sample
 from .losses import kl_loss, mean_feature_matching, reconstruction_loss
 from .models import CVAEGAN
 from .seeds import z_from_seeds
+from .speed import use_channels_last
 
 MIN_PHOTOS = 3  # fewer photos cannot tell the class from one picture's pose and lighting
 MAX_PHOTOS = 50  # more are accepted in batches of BATCH_PHOTOS; enrolment is meant for a handful
@@ -421,6 +422,8 @@ def enrol(
     x = x.to(dev)
     n, k_new = len(x), cfg.num_classes
     net = copy.deepcopy(model).eval().requires_grad_(False)  # private: the served model is never touched
+    if use_channels_last("auto", torch.device(dev)):  # about 1.2-1.4x faster on CPU (README, Add a new person)
+        net.to(memory_format=torch.channels_last)
     gen = torch.Generator().manual_seed(seed)
     l1, l2, l3, l4 = lambdas
 

@@ -21,6 +21,18 @@ _BATCH, _CH, _SIDE = 16, 32, 32
 CONV_GFLOP = 3 * 2 * _BATCH * _CH * _CH * 9 * _SIDE * _SIDE / 1e9  # forward + grads of input and weight
 
 
+# channels_last on CPU: set from README Benchmarks ("Training step variants", `bench --step-variants`)
+CPU_CHANNELS_LAST = True  # 1.47x faster than contiguous for the v2 step at 64 px, batch 32, 2 threads (2026-11-24)
+
+
+def use_channels_last(memory_format: str, device: torch.device) -> bool:
+    """Whether the networks and batches use the channels_last memory format (the values do not change beyond
+    float rounding). Training uses it (TrainConfig.memory_format), and so does enrolment ("auto")."""
+    if memory_format == "auto":
+        return device.type == "cuda" or (device.type == "cpu" and CPU_CHANNELS_LAST)
+    return memory_format == "channels_last"
+
+
 def cpu_name() -> str:
     """The CPU's model name (/proc/cpuinfo on Linux), else what `platform` knows."""
     try:

@@ -33,7 +33,7 @@ from .hub import save_pretrained
 from .images import make_grid, save_png, uint8_to_float
 from .models import CVAEGAN
 from .seeds import step_generator, z_from_seeds
-from .speed import gpu_name, machine_record
+from .speed import gpu_name, machine_record, use_channels_last
 
 CHECKPOINT = "checkpoint.pt"
 SNAPSHOTS = "snapshots"  # RUN/snapshots/minute_<M>.pt: the checkpoint as it was at M CPU-minutes
@@ -184,17 +184,6 @@ def atomic_torch_save(obj, path: Path) -> None:
             f"could not write {path} ({e}); the previous checkpoint is intact. "
             "Free disk space or make the run folder writable, then --resume"
         ) from e
-
-
-# channels_last for CPU training: set from README Benchmarks ("Training step variants", `bench --step-variants`)
-CPU_CHANNELS_LAST = True  # 1.47x faster than contiguous for the v2 step at 64 px, batch 32, 2 threads (2026-11-24)
-
-
-def use_channels_last(memory_format: str, device: torch.device) -> bool:
-    """Whether the networks and batches use the channels_last memory format (the values do not change)."""
-    if memory_format == "auto":
-        return device.type == "cuda" or (device.type == "cpu" and CPU_CHANNELS_LAST)
-    return memory_format == "channels_last"
 
 
 class Trainer:

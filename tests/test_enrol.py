@@ -373,6 +373,33 @@ def test_enrolled_class_gets_its_own_terms_in_gs_class_batchnorms(cbn_weights, p
     assert torch.equal(a.generator_offsets, cls.generator_offsets) and not b.generator_offsets.any()
 
 
+def test_enrolment_runs_in_channels_last_on_cpu_with_the_same_result(cbn_weights, photos, monkeypatch):
+    """A speed choice only (speed.use_channels_last): the private copy's convolutions run in channels_last on the
+    CPU, the served model keeps its layout, and the class learned is the contiguous one's to float rounding."""
+    from cvaegan import speed
+
+    model = CVAEGAN.from_pretrained(cbn_weights)
+    conv = next(m for m in model.generator.modules() if isinstance(m, torch.nn.Conv2d))
+    seen = []  # deepcopy copies the hook, so it reports the private copy's layout
+    conv.register_forward_hook(
+        lambda m, args, out: seen.append(m.weight.is_contiguous(memory_format=torch.channels_last))
+    )
+    fast = enrol(model, photos, "Green Cross", steps=STEPS)
+    assert seen and all(seen) and conv.weight.is_contiguous()  # (a 3x3 conv's weight is not both)
+    seen.clear()
+    monkeypatch.setattr(speed, "CPU_CHANNELS_LAST", False)
+    plain = enrol(model, photos, "Green Cross", steps=STEPS)
+    assert seen and not any(seen)
+    for a, b in [
+        (fast.generator_embed, plain.generator_embed),
+        (fast.encoder_embed, plain.encoder_embed),
+        (fast.generator_offsets, plain.generator_offsets),
+        (fast.classifier_weight, plain.classifier_weight),
+        (fast.z_mean, plain.z_mean),
+    ]:
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4)
+
+
 @pytest.mark.parametrize(
     "case,match",
     [

@@ -287,7 +287,7 @@ def test_channels_last_trains_the_same_values_and_exports(shapes_dir, tmp_path):
     """The memory format is a speed choice only: 3 steps in channels_last give the same parameters and losses as
     in the contiguous layout (to float rounding), and the run exports and loads strictly."""
     from cvaegan.hub import load_pretrained
-    from cvaegan.train import use_channels_last
+    from cvaegan.speed import use_channels_last
 
     assert use_channels_last("auto", torch.device("cuda")) and not use_channels_last("contiguous", torch.device("cuda"))
     assert use_channels_last("channels_last", torch.device("cpu"))
