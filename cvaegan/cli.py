@@ -152,20 +152,30 @@ def train_configs(
     return tcfg, ModelConfig.for_resolution(res, num_classes, **arch)
 
 
+def run_json(out: str, name: str) -> dict | None:
+    """A run folder's config file (--resume), or None when the run has none yet. A file that is not valid JSON,
+    not text or not a JSON object is named in a one-line error, and left as it is."""
+    from .serialization import read_json
+
+    path = Path(out) / name
+    if not path.is_file():
+        return None
+    raw = read_json(path, "", "restore it or start a new run in another --out")
+    if not isinstance(raw, dict):
+        raise InputError(f"{path}: expected a JSON object, got {type(raw).__name__}; restore it or start a new run")
+    return raw
+
+
 def resume_config(a: argparse.Namespace, tcfg: TrainConfig) -> TrainConfig:
     """--resume: the run's own training config (train_config.json in --out), with the options a resumed run may
     change (train.RESUME_OPTIONS) taken from the command line. steps, device, budget and snapshot marks always
     come from the command line (as before); the others only when given. Any other option given with a value
     other than the run's is an error, rather than silently ignored."""
-    from .serialization import read_json
     from .train import RESUME_OPTIONS
 
-    path = Path(a.out) / "train_config.json"
-    if not path.is_file():  # train() reports the missing checkpoint
+    raw = run_json(a.out, "train_config.json")
+    if raw is None:  # train() reports the missing checkpoint
         return tcfg
-    raw = read_json(path, "", "restore it or start a new run in another --out")  # names the file; touches nothing
-    if not isinstance(raw, dict):
-        raise InputError(f"{path}: expected a JSON object, got {type(raw).__name__}; restore it or start a new run")
     saved = TrainConfig.from_dict(raw)
     given = vars(a)
     fields = {f.name for f in dataclasses.fields(TrainConfig)}
@@ -192,13 +202,10 @@ def resume_architecture(a: argparse.Namespace) -> int | None:
     --base-channels 16 to a base 32 run) is an error that names it, before any photo is read, rather than
     silently ignored. A key missing from an older run's file is compared with the value train() gives it on
     resume (the field's default), so old run folders are checked too."""
-    path = Path(a.out) / "model_config.json"
-    if not path.is_file():  # train() reports the missing checkpoint
+    raw = run_json(a.out, "model_config.json")
+    if raw is None:  # train() reports the missing checkpoint
         return None
-    from .serialization import read_json
-
-    raw = read_json(path, "", "restore it or start a new run in another --out")  # names the file; touches nothing
-    saved = ModelConfig.from_dict(raw, source=str(path)).to_dict()
+    saved = ModelConfig.from_dict(raw, source=str(Path(a.out) / "model_config.json")).to_dict()
     options = model_options()
     differ = [differs(k, saved[k], v) for k, v in sorted(vars(a).items()) if k in options and v != saved[k]]
     if differ:

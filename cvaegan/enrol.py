@@ -422,7 +422,7 @@ def enrol(
     x = x.to(dev)
     n, k_new = len(x), cfg.num_classes
     net = copy.deepcopy(model).eval().requires_grad_(False)  # private: the served model is never touched
-    if use_channels_last("auto", torch.device(dev)):  # about 1.2-1.4x faster on CPU (README, Add a new person)
+    if use_channels_last("auto", dev):  # about 1.2-1.4x faster on CPU (README, Add a new person)
         net.to(memory_format=torch.channels_last)
     gen = torch.Generator().manual_seed(seed)
     l1, l2, l3, l4 = lambdas
