@@ -191,6 +191,16 @@ def gate_section(gate: dict | None) -> str:
             f" (the default gate and the card's judge figures draw seeds from {FIRST_SEED:,}: a gate on other seeds "
             "confirms a snapshot on samples it was not picked on, so both models may score lower here than there)"
         )
+    diversity = ""  # reported beside the rule since 2026-12-07; older gate records have no such row
+    if "judge_recall" in c:
+        pr = "{:.3f} / {:.3f}"
+        theirs = old("judge_recall", "")  # "(none: first release)" without weights to compare with
+        if r and "judge_recall" in r:
+            theirs = pr.format(r["judge_precision"], r["judge_recall"])
+        diversity = (
+            "| precision / recall of the samples against held-out photos (judge features, k = 5; not part of the "
+            f"rule) | {pr.format(c['judge_precision'], c['judge_recall'])} | {theirs} |\n"
+        )
     return f"""## Released because the judge said better
 
 Judge `{Path(j["folder"]).name}` ({j["resolution"]} px, {j["classes"]} classes, trained on real photos only; its
@@ -202,7 +212,7 @@ samples for each of the {gate["classes"]} classes they share, {seeds}.
 | judge top-1 on samples | {c["judge_top1"]:.1%} | {old("judge_top1", "{:.1%}")} |
 | FID in the judge's feature space (against held-out photos) | {c["fid"]:.2f} | {old("fid", "{:.2f}")} |
 | reconstruction PSNR (held-out photos) | {c["recon_psnr_db"]:.2f} dB | {old("recon_psnr_db", "{:.2f} dB")} |
-
+{diversity}
 Rule: {gate["rule"]}. Verdict: {gate["reason"]}.
 
 """

@@ -9,6 +9,8 @@ density / coverage, Naeem et al. 2020) and OpenCV (Telea and Navier-Stokes inpai
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 import math
 import os
@@ -126,9 +128,10 @@ def prdc_metrics(real_feats: torch.Tensor, fake_feats: torch.Tensor, k: int = 5)
     from prdc import compute_prdc
 
     k = max(1, min(k, len(real_feats) - 1, len(fake_feats) - 1))
-    out = compute_prdc(
-        real_features=real_feats.double().numpy(), fake_features=fake_feats.double().numpy(), nearest_k=k
-    )
+    with contextlib.redirect_stdout(io.StringIO()):  # prdc prints the set sizes; ours are in the report
+        out = compute_prdc(
+            real_features=real_feats.double().numpy(), fake_features=fake_feats.double().numpy(), nearest_k=k
+        )
     return {name: float(v) for name, v in out.items()} | {"nearest_k": k}
 
 

@@ -27,7 +27,16 @@ import torch
 from . import inference as I
 from .data import LabelledImages, load_images
 from .errors import CVAEGANError, InputError
-from .evaluate import FIRST_SEED, MIN_Z, feature_spread, fid_kid, mcnemar, psnr_ssim, require_libraries
+from .evaluate import (
+    FIRST_SEED,
+    MIN_Z,
+    feature_spread,
+    fid_kid,
+    mcnemar,
+    prdc_metrics,
+    psnr_ssim,
+    require_libraries,
+)
 from .images import uint8_to_float
 from .judge import Judge, predict
 from .models import CVAEGAN
@@ -63,8 +72,10 @@ def judge_scores(
     """The judge's top-1 on generated samples, FID (judge features) of the samples against the held-out
     photos, and E->G reconstruction PSNR of those photos, over the classes `folders`; also, reported and not part
     of the rule, the judge-feature spread within a class (evaluate.feature_spread) of the samples and of those
-    photos. "hits" is a string with one character per sample ("1" recognised, "0" not), for the paired test in
-    decide().
+    photos, and the samples' precision and recall against those photos in judge features (evaluate.prdc_metrics,
+    k = 5: precision, how many samples lie among the photos; recall, how much of the photos' spread the samples
+    reach; FID counts both, so a model with recall to gain is refused on FID even when its top-1 is level).
+    "hits" is a string with one character per sample ("1" recognised, "0" not), for the paired test in decide().
 
     Classes are matched by folder name between the model, the judge and `data` (all of the data's classes,
     at the model's resolution); val_idx: the held-out photos, indices into data. Class k of `folders` gets
@@ -96,12 +107,15 @@ def judge_scores(
     real, labels = uint8_to_float(data.images[val_idx]), lut[data.labels[val_idx]]
     feats_real = predict(judge, real)[1]  # each image set goes through the judge once
     fid = fid_kid(feats_real, feats, kid=False)["fid"]
+    pr = prdc_metrics(feats_real, feats)
     db = psnr_ssim(I.reconstruct_batch(model, real, labels), real)[0]
     return {
         "judge_top1": round(top1, 5),
         "fid": round(fid, 4),
         "judge_spread": round(feature_spread(feats, c_model), 4),
         "judge_spread_real": round(feature_spread(feats_real, labels), 4),
+        "judge_precision": round(pr["precision"], 4),
+        "judge_recall": round(pr["recall"], 4),
         "recon_psnr_db": round(db.mean().item(), 3),
         "samples": len(seeds),
         "real_images": len(val_idx),
@@ -244,18 +258,24 @@ def table(comparison: dict) -> str:
         f"release gate: {comparison['samples_per_class']} samples x {comparison['classes']} classes per model "
         f"(seeds from {comparison['first_seed']:,}), "
         f"FID against {c['real_images']:,} {photos}, judge {comparison['judge']['folder']}",
-        f"{'':<10} {'judge top-1':>12} {'FID (judge)':>12} {'recon PSNR':>11} {'spread':>7}",
+        f"{'':<10} {'judge top-1':>12} {'FID (judge)':>12} {'recon PSNR':>11} {'spread':>7} {'precision':>9} "
+        f"{'recall':>7}",
     ]
     for name, s in (("candidate", c), ("released", r)):
         if s is None:
-            lines.append(f"{name:<10} {'-':>12} {'-':>12} {'-':>11} {'-':>7}")
+            lines.append(f"{name:<10} {'-':>12} {'-':>12} {'-':>11} {'-':>7} {'-':>9} {'-':>7}")
         else:
-            spread = f"{s['judge_spread']:.3f}" if "judge_spread" in s else "-"  # comparisons older than the figure
-            lines.append(
-                f"{name:<10} {s['judge_top1']:>12.2%} {s['fid']:>12.2f} {s['recon_psnr_db']:>8.2f} dB {spread:>7}"
+            extra = " ".join(  # "-" in comparisons older than the figure
+                f"{s[key]:>{w}.3f}" if key in s else f"{'-':>{w}}"
+                for key, w in (("judge_spread", 7), ("judge_precision", 9), ("judge_recall", 7))
             )
+            lines.append(f"{name:<10} {s['judge_top1']:>12.2%} {s['fid']:>12.2f} {s['recon_psnr_db']:>8.2f} dB {extra}")
     real = (c or {}).get("judge_spread_real")
     if real is not None:
         lines.append(f"spread: the judge-feature spread within a class (0 = all alike); the photos' is {real:.3f}")
+    if "judge_recall" in (c or {}):
+        lines.append(
+            "precision / recall: of the samples among the photos / of the photos reached by the samples (k = 5)"
+        )
     lines.append(f"{'passed' if comparison['passed'] else 'refused'}: {comparison['reason']}")
     return "\n".join(lines)

@@ -390,6 +390,64 @@ class _FolderOracle(torch.nn.Module):
         return logits, logits.flatten(1)
 
 
+class _ColourJudge(torch.nn.Module):
+    """A judge whose features are an image's mean colour per channel (its logits say nothing)."""
+
+    def __init__(self, folders: list[str]):
+        super().__init__()
+        self.config = JudgeConfig(resolution=32, num_classes=len(folders), widths=[3])
+        self.config.class_folders = self.config.class_names = list(folders)
+        self.w = torch.nn.Parameter(torch.zeros(1))
+
+    def forward(self, x):
+        return x.new_zeros(len(x), len(self.config.class_folders)), x.mean((2, 3))
+
+
+def test_gate_reports_precision_and_recall_beside_the_rule(shapes_dir, monkeypatch):
+    """Samples that ignore z reach less of the held-out photos' spread than samples that vary with it: the gate's
+    recall says so (reported, not part of the rule) in its record, the terminal table and the card's gate section;
+    a record from before the figure shows none."""
+    data = load_images(shapes_dir, 32, progress=False)
+    folders = data.class_folders
+    model = CVAEGAN(tiny_config(num_classes=len(folders), class_folders=folders)).eval()
+    train_idx, val = split_indices(data.labels, 0.25)
+    photos = [data.images[train_idx[data.labels[train_idx] == k]].float() / 127.5 - 1 for k in range(len(folders))]
+
+    def drawer(vary: bool):
+        def drawn(model, z, c, batch_size=1):  # training photos of each sample's class: all of them, or one
+            seen = torch.zeros(len(folders), dtype=torch.long)
+            out = []
+            for k in c.tolist():
+                out.append(photos[k][seen[k] % len(photos[k]) if vary else 0])
+                seen[k] += 1
+            return torch.stack(out)
+
+        return drawn
+
+    judge, scores = _ColourJudge(folders), {}
+    for vary in (True, False):
+        monkeypatch.setattr(G.I, "generate", drawer(vary))
+        scores[vary] = G.judge_scores(model, judge, data, val, folders, samples_per_class=12)
+    varied, alike = scores[True], scores[False]
+    assert 0 < varied["judge_recall"] <= 1 and 0 <= varied["judge_precision"] <= 1
+    assert alike["judge_recall"] == 0 < varied["judge_recall"]  # one photo per class, twelve times: no radius
+    assert alike["fid"] > varied["fid"]
+    comparison = {"candidate": alike, "released": varied, "held_out": True, "samples_per_class": 12, "classes": 4}
+    comparison |= {"first_seed": G.FIRST_SEED, "judge": {"folder": "j", "resolution": 32, "classes": 4}}
+    comparison |= {"passed": False, "reason": "r", "rule": "the rule"}
+    shown = G.table(comparison).splitlines()
+    assert "recall" in shown[1] and shown[2].split()[-1] == "0.000"
+    assert shown[3].split()[-2:] == [f"{varied['judge_precision']:.3f}", f"{varied['judge_recall']:.3f}"]
+    card = gate_section(comparison)
+    row = f"| {alike['judge_precision']:.3f} / 0.000 | {varied['judge_precision']:.3f} / {varied['judge_recall']:.3f} |"
+    assert "precision / recall of the samples" in card and row in card
+    # a record written before the figure: no row in the card, "-" in the table
+    older = {k: v for k, v in alike.items() if k not in ("judge_precision", "judge_recall")}
+    before = comparison | {"candidate": older, "released": None}
+    assert "precision / recall" not in gate_section(before)
+    assert G.table(before).splitlines()[2].split()[-2:] == ["-", "-"]
+
+
 def test_gate_matches_the_judges_classes_by_folder(shapes_dir, monkeypatch):
     """A judge of more classes, in another order: the scores map classes by folder name, never by index."""
     data = load_images(shapes_dir, 32, progress=False)
