@@ -192,10 +192,10 @@ def gate_section(gate: dict | None) -> str:
             "confirms a snapshot on samples it was not picked on, so both models may score lower here than there)"
         )
     diversity = ""  # reported beside the rule since 2026-12-07; older gate records have no such row
-    if "judge_recall" in c:
+    if c.get("judge_recall") is not None:
         pr = "{:.3f} / {:.3f}"
-        theirs = old("judge_recall", "")  # "(none: first release)" without weights to compare with
-        if r and "judge_recall" in r:
+        theirs = "(none: first release)" if not r else "-"  # "-": a released record without the figures
+        if r and r.get("judge_recall") is not None:
             theirs = pr.format(r["judge_precision"], r["judge_recall"])
         diversity = (
             "| precision / recall of the samples against held-out photos (judge features, k = 5; not part of the "

@@ -124,10 +124,14 @@ def inception_score(logits: torch.Tensor, splits: int = 10, seed: int = 0) -> di
 
 
 def prdc_metrics(real_feats: torch.Tensor, fake_feats: torch.Tensor, k: int = 5) -> dict:
-    """Precision, recall, density, coverage (prdc package) on judge features."""
+    """Precision, recall, density, coverage (prdc package) on judge features. Each set needs at least 3 points:
+    prdc's radius is the distance to the k-th neighbour other than the point itself, so k is at most n - 2."""
     from prdc import compute_prdc
 
-    k = max(1, min(k, len(real_feats) - 1, len(fake_feats) - 1))
+    n = min(len(real_feats), len(fake_feats))
+    if n < 3:
+        raise InputError(f"precision and recall need at least 3 real and 3 generated images, got {n}")
+    k = max(1, min(k, n - 2))
     with contextlib.redirect_stdout(io.StringIO()):  # prdc prints the set sizes; ours are in the report
         out = compute_prdc(
             real_features=real_feats.double().numpy(), fake_features=fake_feats.double().numpy(), nearest_k=k

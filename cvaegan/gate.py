@@ -107,15 +107,16 @@ def judge_scores(
     real, labels = uint8_to_float(data.images[val_idx]), lut[data.labels[val_idx]]
     feats_real = predict(judge, real)[1]  # each image set goes through the judge once
     fid = fid_kid(feats_real, feats, kid=False)["fid"]
-    pr = prdc_metrics(feats_real, feats)
+    # reported, not part of the rule: too few images for k-nearest-neighbour radii leave them unmeasured
+    pr = prdc_metrics(feats_real, feats) if min(len(feats_real), len(feats)) >= 3 else None
     db = psnr_ssim(I.reconstruct_batch(model, real, labels), real)[0]
     return {
         "judge_top1": round(top1, 5),
         "fid": round(fid, 4),
         "judge_spread": round(feature_spread(feats, c_model), 4),
         "judge_spread_real": round(feature_spread(feats_real, labels), 4),
-        "judge_precision": round(pr["precision"], 4),
-        "judge_recall": round(pr["recall"], 4),
+        "judge_precision": round(pr["precision"], 4) if pr else None,
+        "judge_recall": round(pr["recall"], 4) if pr else None,
         "recon_psnr_db": round(db.mean().item(), 3),
         "samples": len(seeds),
         "real_images": len(val_idx),
@@ -266,14 +267,14 @@ def table(comparison: dict) -> str:
             lines.append(f"{name:<10} {'-':>12} {'-':>12} {'-':>11} {'-':>7} {'-':>9} {'-':>7}")
         else:
             extra = " ".join(  # "-" in comparisons older than the figure
-                f"{s[key]:>{w}.3f}" if key in s else f"{'-':>{w}}"
+                f"{s[key]:>{w}.3f}" if s.get(key) is not None else f"{'-':>{w}}"
                 for key, w in (("judge_spread", 7), ("judge_precision", 9), ("judge_recall", 7))
             )
             lines.append(f"{name:<10} {s['judge_top1']:>12.2%} {s['fid']:>12.2f} {s['recon_psnr_db']:>8.2f} dB {extra}")
     real = (c or {}).get("judge_spread_real")
     if real is not None:
         lines.append(f"spread: the judge-feature spread within a class (0 = all alike); the photos' is {real:.3f}")
-    if "judge_recall" in (c or {}):
+    if (c or {}).get("judge_recall") is not None:
         lines.append(
             "precision / recall: of the samples among the photos / of the photos reached by the samples (k = 5)"
         )

@@ -121,6 +121,15 @@ def test_prdc_of_identical_features_is_perfect():
     assert out["precision"] == out["recall"] == out["coverage"] == 1.0
 
 
+def test_prdc_on_small_sets():
+    """k is clamped to n - 2 (prdc's radius skips the point itself), and fewer than 3 images is a clear error."""
+    g = torch.Generator().manual_seed(0)
+    out = E.prdc_metrics(torch.randn(6, 4, generator=g), torch.randn(6, 4, generator=g))
+    assert out["nearest_k"] == 4 and 0 <= out["precision"] <= 1 and 0 <= out["recall"] <= 1
+    with pytest.raises(E.InputError, match="at least 3"):
+        E.prdc_metrics(torch.randn(2, 4, generator=g), torch.randn(10, 4, generator=g))
+
+
 def test_masks_and_baselines():
     box = E.centre_box_mask(64)
     assert box.float().mean().item() == pytest.approx(0.25)
