@@ -123,14 +123,19 @@ def inception_score(logits: torch.Tensor, splits: int = 10, seed: int = 0) -> di
     return {"mean": float(mean), "std": float(0.0 if torch.isnan(std) else std)}
 
 
+PRDC_MIN_IMAGES = 3  # prdc's k-th-neighbour radius needs k + 2 points per set, k >= 1
+
+
 def prdc_metrics(real_feats: torch.Tensor, fake_feats: torch.Tensor, k: int = 5) -> dict:
     """Precision, recall, density, coverage (prdc package) on judge features. Each set needs at least 3 points:
     prdc's radius is the distance to the k-th neighbour other than the point itself, so k is at most n - 2."""
     from prdc import compute_prdc
 
     n = min(len(real_feats), len(fake_feats))
-    if n < 3:
-        raise InputError(f"precision and recall need at least 3 real and 3 generated images, got {n}")
+    if n < PRDC_MIN_IMAGES:
+        raise InputError(
+            f"precision and recall need at least {PRDC_MIN_IMAGES} real and {PRDC_MIN_IMAGES} generated images, got {n}"
+        )
     k = max(1, min(k, n - 2))
     with contextlib.redirect_stdout(io.StringIO()):  # prdc prints the set sizes; ours are in the report
         out = compute_prdc(

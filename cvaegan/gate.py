@@ -30,6 +30,7 @@ from .errors import CVAEGANError, InputError
 from .evaluate import (
     FIRST_SEED,
     MIN_Z,
+    PRDC_MIN_IMAGES,
     feature_spread,
     fid_kid,
     mcnemar,
@@ -108,7 +109,7 @@ def judge_scores(
     feats_real = predict(judge, real)[1]  # each image set goes through the judge once
     fid = fid_kid(feats_real, feats, kid=False)["fid"]
     # reported, not part of the rule: too few images for k-nearest-neighbour radii leave them unmeasured
-    pr = prdc_metrics(feats_real, feats) if min(len(feats_real), len(feats)) >= 3 else None
+    pr = prdc_metrics(feats_real, feats) if min(len(feats_real), len(feats)) >= PRDC_MIN_IMAGES else None
     db = psnr_ssim(I.reconstruct_batch(model, real, labels), real)[0]
     return {
         "judge_top1": round(top1, 5),
