@@ -61,6 +61,25 @@ def class_mean_feature_matching(
     return 0.5 * diff.pow(2).sum()
 
 
+def std_feature_matching(
+    mean_real: torch.Tensor,
+    sq_real: torch.Tensor,
+    mean_fake: torch.Tensor,
+    sq_fake: torch.Tensor,
+    present: torch.Tensor,
+    eps: float = 1e-6,
+) -> torch.Tensor:
+    """1/2 sum_g ||std_g f(x_r) - std_g f(x_p)||^2 over the groups marked in `present` (not in the paper):
+    the second-moment counterpart of L_GD / L_GC. mean_* and sq_*: (G, F) estimates of E[f] and E[f^2]; the
+    per-dimension standard deviation is sqrt(max(E[f^2] - E[f]^2, 0) + eps)."""
+
+    def std(mean: torch.Tensor, sq: torch.Tensor) -> torch.Tensor:
+        return (sq.float() - mean.float().pow(2)).clamp(min=0).add(eps).sqrt()
+
+    diff = (std(mean_real, sq_real) - std(mean_fake, sq_fake))[present]
+    return 0.5 * diff.pow(2).sum()
+
+
 def discriminator_loss(logit_real: torch.Tensor, logit_recon: torch.Tensor, logit_prior: torch.Tensor) -> torch.Tensor:
     """L_D = -[log D(x_r) + log(1 - D(x_f)) + log(1 - D(x_p))], each term a batch-mean cross-entropy."""
     bce = F.binary_cross_entropy_with_logits
@@ -206,6 +225,9 @@ class LossContext:
     augments: bool  # whether `augment` changes anything
     autocast: Callable[[], object]
     lecam: LeCamAnchors | None = None  # the LeCam anchors; read only when lecam_weight > 0
+    # running E[f^2] of the same four feature sets as `means` (keys d_real, d_fake, c_real, c_fake); read only
+    # when std_matching > 0
+    moments: nn.ModuleDict | None = None
 
 
 class MethodLoss:
@@ -319,29 +341,44 @@ class CVAEGANLoss(MethodLoss):
         _, fc_f = n["C"](x_f)
         return reconstruction_loss(b.x_r, x_f, b.cache["fd_r"], fd_f, b.cache["fc_r"], fc_f)
 
-    def _mean_terms(self, b: Batch, x_p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """L_GD and L_GC of the prior samples against the running real means; stores the new estimates."""
-        n, means, k = self.ctx.nets, self.ctx.means, self.ctx.num_classes
+    def _mean_terms(self, b: Batch, x_p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict]:
+        """L_GD and L_GC of the prior samples against the running real means; stores the new estimates. Also
+        the std-matching term (std_matching > 0; already weighted, else 0) and its scalars."""
+        n, t, k = self.ctx.nets, self.t, self.ctx.num_classes
         _, fd_p = n["D"](self.ctx.augment(x_p, b.gen))
         _, fc_p = n["C"](x_p)
         one = torch.ones(1, dtype=torch.bool, device=x_p.device)
-        d_real = means["d_real"].estimate(b.cache["fd_r_mean_in"].float().mean(0, keepdim=True), one)
-        d_fake = means["d_fake"].estimate(fd_p.float().mean(0, keepdim=True), one)
-        loss_gd = mean_feature_matching(d_real[0], d_fake[0])
         real_cm, real_n = class_means(b.cache["fc_r"], b.c_r, k)
         fake_cm, fake_n = class_means(fc_p, b.c_p, k)
-        c_real = means["c_real"].estimate(real_cm, real_n > 0)
-        c_fake = means["c_fake"].estimate(fake_cm, fake_n > 0)
-        covered = (fake_n > 0) & (means["c_real"].seen | (real_n > 0))
-        loss_gc = class_mean_feature_matching(c_real, c_fake, covered)
-        for key, est, present in (
-            ("d_real", d_real, one),
-            ("d_fake", d_fake, one),
-            ("c_real", c_real, real_n > 0),
-            ("c_fake", c_fake, fake_n > 0),
-        ):
-            means[key].update(est, present)
-        return loss_gd, loss_gc
+        feats = {  # batch means (per class for C) and the groups each batch covers
+            "d_real": (b.cache["fd_r_mean_in"].float().mean(0, keepdim=True), one),
+            "d_fake": (fd_p.float().mean(0, keepdim=True), one),
+            "c_real": (real_cm, real_n > 0),
+            "c_fake": (fake_cm, fake_n > 0),
+        }
+        est = {key: self.ctx.means[key].estimate(m, present) for key, (m, present) in feats.items()}
+        covered = (fake_n > 0) & (self.ctx.means["c_real"].seen | (real_n > 0))
+        loss_gd = mean_feature_matching(est["d_real"][0], est["d_fake"][0])
+        loss_gc = class_mean_feature_matching(est["c_real"], est["c_fake"], covered)
+        stores = [(self.ctx.means, est)]
+        extra, scalars = loss_gd.new_zeros(()), {}
+        if t.std_matching > 0:
+            squares = {
+                "d_real": b.cache["fd_r_mean_in"].float().pow(2).mean(0, keepdim=True),
+                "d_fake": fd_p.float().pow(2).mean(0, keepdim=True),
+                "c_real": class_means(b.cache["fc_r"].float().pow(2), b.c_r, k)[0],
+                "c_fake": class_means(fc_p.float().pow(2), b.c_p, k)[0],
+            }
+            sq = {key: self.ctx.moments[key].estimate(squares[key], feats[key][1]) for key in feats}
+            std_gd = std_feature_matching(est["d_real"], sq["d_real"], est["d_fake"], sq["d_fake"], one)
+            std_gc = std_feature_matching(est["c_real"], sq["c_real"], est["c_fake"], sq["c_fake"], covered)
+            extra = t.std_matching * (t.lambda3 * std_gd + t.lambda4 * std_gc)
+            scalars = {"loss/G_std_fm_D": std_gd.item(), "loss/G_std_fm_C": std_gc.item()}
+            stores.append((self.ctx.moments, sq))
+        for store, values in stores:
+            for key, (_, present) in feats.items():
+                store[key].update(values[key], present)
+        return loss_gd, loss_gc, extra, scalars
 
     def phase_G(self, b: Batch):
         """lambda2 L_G + lambda3 L_GD + lambda4 L_GC; the generator never sees -log D(G(z))."""
@@ -352,9 +389,10 @@ class CVAEGANLoss(MethodLoss):
                 torch.cat([b.cache["z"].detach(), b.z_p]), torch.cat([b.c_r, b.c_p])
             ).split(size)
             loss_rec = self._pairwise(b, x_f)
-            loss_gd, loss_gc = self._mean_terms(b, x_p)
-        loss = t.lambda2 * loss_rec + t.lambda3 * loss_gd + t.lambda4 * loss_gc
+            loss_gd, loss_gc, loss_std, scalars = self._mean_terms(b, x_p)
+        loss = t.lambda2 * loss_rec + t.lambda3 * loss_gd + t.lambda4 * loss_gc + loss_std
         return loss, {
+            **scalars,
             "loss/G_recon": loss_rec.item(),
             "loss/G_mean_fm_D": loss_gd.item(),
             "loss/G_mean_fm_C": loss_gc.item(),
@@ -380,11 +418,12 @@ class CVAEGANLoss(MethodLoss):
             mu, logvar, z = self._encode(b, self.ctx.train_nets["E"])
             x_f, x_p = self.ctx.train_nets["G"](torch.cat([z, b.z_p]), torch.cat([b.c_r, b.c_p])).split(size)
             loss_rec = self._pairwise(b, x_f)
-            loss_gd, loss_gc = self._mean_terms(b, x_p)
+            loss_gd, loss_gc, loss_std, scalars = self._mean_terms(b, x_p)
             loss_kl = kl_loss(mu, logvar)
-        loss_g = t.lambda2 * loss_rec + t.lambda3 * loss_gd + t.lambda4 * loss_gc
+        loss_g = t.lambda2 * loss_rec + t.lambda3 * loss_gd + t.lambda4 * loss_gc + loss_std
         loss = loss_g + t.lambda1 * loss_kl
         return loss, {
+            **scalars,
             "loss/G_recon": loss_rec.item(),
             "loss/G_mean_fm_D": loss_gd.item(),
             "loss/G_mean_fm_C": loss_gc.item(),

@@ -234,6 +234,11 @@ class Trainer:
                 "c_fake": L.RunningMeans(k, f, tcfg.momentum),
             }
         ).to(device)
+        # running E[f^2] of the same features, for std_matching; kept in the checkpoint, not in exported weights
+        # (a warm start estimates them afresh: with momentum 0.9, within a few dozen steps)
+        self.moments = nn.ModuleDict(
+            {key: L.RunningMeans(m.mean.shape[0], f, tcfg.momentum) for key, m in self.means.items()}
+        ).to(device)
         self.lecam = L.LeCamAnchors(tcfg.lecam_decay).to(device)  # used when lecam_weight > 0
         ctx = L.LossContext(
             nets={**self.grad_nets},
@@ -245,6 +250,7 @@ class Trainer:
             augments=bool(self.policy),
             autocast=self.autocast,
             lecam=self.lecam,
+            moments=self.moments,
         )
         self.loss = L.method_loss(ctx)
         self.warmup_loss = L.CVAELoss(ctx, with_classifier=True)  # the first `pretrain_steps` steps
@@ -406,6 +412,7 @@ class Trainer:
             "nets": {k: v.state_dict() for k, v in self.nets.items()},
             "opt": {k: v.state_dict() for k, v in self.opt.items()},
             "means": self.means.state_dict(),
+            "moments": self.moments.state_dict(),
             "lecam": self.lecam.state_dict(),
             "ema": self.ema.state_dict() if self.ema is not None else None,
             "ema_E": self.ema_encoder().state_dict() if self.ema_e is not None else None,
@@ -436,6 +443,8 @@ class Trainer:
         for k, opt in self.opt.items():
             opt.load_state_dict(state["opt"][k])
         self.means.load_state_dict(state["means"])
+        if state.get("moments") is not None:  # checkpoints from before std_matching start the moments afresh
+            self.moments.load_state_dict(state["moments"])
         if state.get("lecam") is not None:  # checkpoints from before the LeCam option have no anchors
             self.lecam.load_state_dict(state["lecam"])
         if self.ema is not None:
@@ -802,7 +811,7 @@ def train(
             crossed = [m for m in marks if minutes >= m]
             if s % tcfg.checkpoint_every == 0 or last or crossed:
                 if world > 1:  # every process must hold identical running means before saving
-                    for buf in [*trainer.means.buffers(), *trainer.lecam.buffers()]:
+                    for buf in [*trainer.means.buffers(), *trainer.moments.buffers(), *trainer.lecam.buffers()]:
                         if buf.is_floating_point():
                             dist.all_reduce(buf)
                             buf /= world

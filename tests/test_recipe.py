@@ -77,6 +77,75 @@ def test_lecam_enters_only_d_s_phase_and_its_anchors_resume():
         TrainConfig(lecam_weight=-1.0)
 
 
+def test_std_feature_matching_is_the_gap_between_standard_deviations():
+    from cvaegan.losses import std_feature_matching
+
+    # group 0: real std 2 in both dims (E[f] = 0, E[f^2] = 4), generated std 1 (E[f] = 1, E[f^2] = 2) -> 1/2 (1 + 1)
+    # group 1: equal spreads at different means -> 0; group 2: left out by `present`
+    mean_r, sq_r = (
+        torch.tensor([[0.0, 0.0], [5.0, 5.0], [0.0, 0.0]]),
+        torch.tensor([[4.0, 4.0], [26.0, 26.0], [9.0, 9.0]]),
+    )
+    mean_f, sq_f = (
+        torch.tensor([[1.0, 1.0], [0.0, 0.0], [0.0, 0.0]]),
+        torch.tensor([[2.0, 2.0], [1.0, 1.0], [0.0, 0.0]]),
+    )
+    present = torch.tensor([True, True, False])
+    assert std_feature_matching(mean_r, sq_r, mean_f, sq_f, present).item() == pytest.approx(1.0, abs=1e-3)
+    # a collapsed set (every sample alike) is pulled apart towards the real spread; the mean term alone has no pull
+    real = torch.randn(256, 4) * 3.0
+    fake = (torch.randn(256, 4) * 0.01).requires_grad_(True)
+    opt = torch.optim.SGD([fake], lr=0.1)
+    everyone = torch.ones(1, dtype=torch.bool)
+    for _ in range(300):
+        opt.zero_grad()
+        loss = std_feature_matching(
+            real.mean(0, keepdim=True),
+            real.pow(2).mean(0, keepdim=True),
+            fake.mean(0, keepdim=True),
+            fake.pow(2).mean(0, keepdim=True),
+            everyone,
+        )
+        (loss * 256).backward()
+        opt.step()
+    assert fake.detach().std(0) == pytest.approx(real.std(0), rel=0.05)
+
+
+def test_std_matching_enters_g_s_loss_and_its_moments_resume():
+    # lambda2 = 0: G's loss is the feature-matching terms alone, so the new term's share is visible in float32
+    off = _trainer(stratify=4, lambda2=0.0)
+    x, c, noise = _batch(off.model)
+    c_same = torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])
+    noise["c_p"] = c_same
+    log_off = off.train_step(x, c_same, step_generator(0, 0), noise)
+    assert "loss/G_std_fm_D" not in log_off and not any(m.seen.any() for m in off.moments.values())
+    on = _trainer(stratify=4, lambda2=0.0, std_matching=10.0)
+    seen = record_optimizer_steps(on)
+    log = on.train_step(x, c_same, step_generator(0, 0), noise)
+    assert seen == [("C", ["C"]), ("D", ["D"]), ("G", ["G"]), ("E", ["E"])]
+    assert log["loss/G_std_fm_D"] > 0 and log["loss/G_std_fm_C"] > 0
+    assert log["loss/G_mean_fm_C"] == pytest.approx(log_off["loss/G_mean_fm_C"])  # same networks, same batch
+    t = on.tcfg
+    means = t.lambda3 * log["loss/G_mean_fm_D"] + t.lambda4 * log["loss/G_mean_fm_C"]
+    stds = t.lambda3 * log["loss/G_std_fm_D"] + t.lambda4 * log["loss/G_std_fm_C"]
+    assert log["loss/G"] == pytest.approx(means + 10.0 * stds, rel=1e-4)
+    moved = [not torch.equal(a, b) for a, b in zip(on.nets["G"].parameters(), off.nets["G"].parameters())]
+    assert any(moved)  # the term reaches G's update
+    assert all(m.seen.all() for m in on.moments.values())  # every class of this batch, and D's one group
+    # E[f^2] >= E[f]^2 in every stored estimate
+    for key in ("d_real", "d_fake", "c_real", "c_fake"):
+        assert (on.moments[key].mean + 1e-5 >= on.means[key].mean.pow(2)).all()
+    again = _trainer(stratify=4, lambda2=0.0, std_matching=10.0)
+    again.load_state_dict(on.state_dict())
+    assert torch.equal(again.moments["c_fake"].mean, on.moments["c_fake"].mean)
+    older = {k: v for k, v in on.state_dict().items() if k != "moments"}  # a checkpoint from before the option
+    fresh = _trainer(stratify=4, lambda2=0.0, std_matching=10.0)
+    fresh.load_state_dict(older)
+    assert not any(m.seen.any() for m in fresh.moments.values())
+    with pytest.raises(ValueError, match="std_matching"):
+        TrainConfig(std_matching=-1.0)
+
+
 def test_joint_ge_is_one_phase_for_g_and_e_and_the_rest_stays_routed():
     tr = _trainer(joint_ge=True)
     seen = record_optimizer_steps(tr)
