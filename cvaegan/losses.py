@@ -348,36 +348,43 @@ class CVAEGANLoss(MethodLoss):
         _, fd_p = n["D"](self.ctx.augment(x_p, b.gen))
         _, fc_p = n["C"](x_p)
         one = torch.ones(1, dtype=torch.bool, device=x_p.device)
-        real_cm, real_n = class_means(b.cache["fc_r"], b.c_r, k)
-        fake_cm, fake_n = class_means(fc_p, b.c_p, k)
-        feats = {  # batch means (per class for C) and the groups each batch covers
-            "d_real": (b.cache["fd_r_mean_in"].float().mean(0, keepdim=True), one),
-            "d_fake": (fd_p.float().mean(0, keepdim=True), one),
-            "c_real": (real_cm, real_n > 0),
-            "c_fake": (fake_cm, fake_n > 0),
+        # the four feature sets, with their labels (None: D's features, one group for the whole batch)
+        sets = {
+            "d_real": (b.cache["fd_r_mean_in"], None),
+            "d_fake": (fd_p, None),
+            "c_real": (b.cache["fc_r"], b.c_r),
+            "c_fake": (fc_p, b.c_p),
         }
-        est = {key: self.ctx.means[key].estimate(m, present) for key, (m, present) in feats.items()}
-        covered = (fake_n > 0) & (self.ctx.means["c_real"].seen | (real_n > 0))
+        present = {key: one if y is None else torch.bincount(y, minlength=k) > 0 for key, (_, y) in sets.items()}
+
+        def batch_means(power: int) -> dict[str, torch.Tensor]:
+            """E[f^power] of each set in this batch: (1, F) for D, (K, F) per class for C."""
+            return {
+                key: f.float().pow(power).mean(0, keepdim=True)
+                if y is None
+                else class_means(f.float().pow(power), y, k)[0]
+                for key, (f, y) in sets.items()
+            }
+
+        def estimates(store: nn.ModuleDict, power: int) -> dict[str, torch.Tensor]:
+            return {key: store[key].estimate(m, present[key]) for key, m in batch_means(power).items()}
+
+        est = estimates(self.ctx.means, 1)
+        covered = present["c_fake"] & (self.ctx.means["c_real"].seen | present["c_real"])
         loss_gd = mean_feature_matching(est["d_real"][0], est["d_fake"][0])
         loss_gc = class_mean_feature_matching(est["c_real"], est["c_fake"], covered)
         stores = [(self.ctx.means, est)]
         extra, scalars = loss_gd.new_zeros(()), {}
         if t.std_matching > 0:
-            squares = {
-                "d_real": b.cache["fd_r_mean_in"].float().pow(2).mean(0, keepdim=True),
-                "d_fake": fd_p.float().pow(2).mean(0, keepdim=True),
-                "c_real": class_means(b.cache["fc_r"].float().pow(2), b.c_r, k)[0],
-                "c_fake": class_means(fc_p.float().pow(2), b.c_p, k)[0],
-            }
-            sq = {key: self.ctx.moments[key].estimate(squares[key], feats[key][1]) for key in feats}
+            sq = estimates(self.ctx.moments, 2)
             std_gd = std_feature_matching(est["d_real"], sq["d_real"], est["d_fake"], sq["d_fake"], one)
             std_gc = std_feature_matching(est["c_real"], sq["c_real"], est["c_fake"], sq["c_fake"], covered)
             extra = t.std_matching * (t.lambda3 * std_gd + t.lambda4 * std_gc)
             scalars = {"loss/G_std_fm_D": std_gd.item(), "loss/G_std_fm_C": std_gc.item()}
             stores.append((self.ctx.moments, sq))
         for store, values in stores:
-            for key, (_, present) in feats.items():
-                store[key].update(values[key], present)
+            for key in sets:
+                store[key].update(values[key], present[key])
         return loss_gd, loss_gc, extra, scalars
 
     def phase_G(self, b: Batch):
