@@ -395,6 +395,7 @@ def enrol(
     init_from: str | int | None = None,
     progress: Progress = None,
     layer_lr: float = LAYER_LR,
+    discriminator: nn.Module | None = None,
 ) -> EnrolledClass:
     """Learn a new class from 3-50 photos (5-10 recommended) without changing the model.
 
@@ -408,6 +409,8 @@ def enrol(
     with x_f = G(E(x_r, new), new), L_G = 1/2 (||x_r - x_f||^2 + ||f_D(x_r) - f_D(x_f)||^2 + ||f_C(x_r) - f_C(x_f)||^2)
     (the D term only when the weights carry D), L_GD / L_GC = 1/2 ||mean f(x_r) - running mean f(x_p)||^2.
     init_from: the existing class to start from (name or index; default: the one C finds nearest).
+    discriminator: D to take features from when `model` was loaded without one (`model.load_discriminator()`;
+    the app does this), so the class learned is the one `model` with D would learn.
     The model passed in is not modified (enrolment runs on a private copy): add the result with add_classes.
     progress(fraction, message) is called as it goes. Deterministic for a given seed.
     """
@@ -421,7 +424,10 @@ def enrol(
     x, sizes = _open_photos(images, cfg.resolution)
     x = x.to(dev)
     n, k_new = len(x), cfg.num_classes
-    net = copy.deepcopy(model).eval().requires_grad_(False)  # private: the served model is never touched
+    net = copy.deepcopy(model)  # private: the served model is never touched
+    if net.discriminator is None and discriminator is not None:
+        net.discriminator = copy.deepcopy(discriminator).to(dev)
+    net.eval().requires_grad_(False)
     if use_channels_last("auto", dev):  # about 1.2-1.4x faster on CPU (README, Add a new person)
         net.to(memory_format=torch.channels_last)
     gen = torch.Generator().manual_seed(seed)

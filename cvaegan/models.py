@@ -21,6 +21,7 @@ from .serialization import (
     load_tensors,
     save_tensors,
     unwrap_state,
+    verify_files,
 )
 
 DIRECTIONS_NAME = "directions.safetensors"
@@ -486,3 +487,17 @@ class CVAEGAN(PretrainedMixin, nn.Module):
                 f"{folder}: no discriminator.safetensors; export with --export-discriminator to fine-tune"
             )
         return super().from_folder(folder, device, verify, with_discriminator=with_discriminator)
+
+    def load_discriminator(self, folder: str | os.PathLike | None = None) -> Discriminator | None:
+        """D from `folder` (default: the folder these weights were loaded from), checked against its config.json
+        entry and loaded strictly, in eval mode on this model's device; None when the folder has no
+        discriminator.safetensors. The model itself is left as it is: served models load without D, and
+        enrolment borrows it (`enrol(..., discriminator=...)`) for D's features."""
+        folder = Path(folder if folder is not None else self.source or "")
+        path = folder / "discriminator.safetensors"
+        if not str(folder) or not path.is_file():
+            return None
+        verify_files(folder, {path.name: self.read_config(folder).files.get(path.name, "")}, self.config_broken)
+        net = Discriminator(self.config)  # a D of other weights fails the strict load, with its file named
+        load_state_strict(net, load_tensors(path), str(path))
+        return net.to(self.device).eval()

@@ -26,6 +26,7 @@ from .hub import BUNDLED_DIR, BUNDLED_ORDER, CONFIG_NAME, Resolved, resolve_weig
 from .images import ImageError, open_image, open_mask, psnr, save_png, to_pil
 from .models import CVAEGAN
 from .seeds import MAX_SEED, check_seed, z_from_seeds
+from .serialization import WeightsError
 
 MAX_SAMPLES = 16  # images per Generate request
 # The app's starting truncation (z scale) for Generate and Explore. On the bundled faces weights (judge faces64,
@@ -192,6 +193,14 @@ class Loaded:
     thumbnails: list[Image.Image] = field(default_factory=list)
     card: str = ""
     enrolled: list[EN.EnrolledClass] = field(default_factory=list)  # classes added in this process ("Add your own")
+    _discriminator: tuple | None = field(default=None, repr=False)  # (D or None, why not) once looked up
+
+    def discriminator(self) -> tuple[torch.nn.Module | None, str]:
+        """D of these weights for "Add your own" (loaded on first use and kept; not part of the served model),
+        or None and why not."""
+        if self._discriminator is None:
+            self._discriminator = enrol_discriminator(self.model)
+        return self._discriminator
 
     @property
     def samples_png(self) -> str | None:
@@ -566,6 +575,19 @@ def _class_thumbnail(model: CVAEGAN, idx: int, seed: int = 0, truncation: float 
     return to_pil(I.generate(model, z, torch.tensor([idx]))[0])
 
 
+def enrol_discriminator(model: CVAEGAN) -> tuple[torch.nn.Module | None, str]:
+    """(D, "") from the folder the served weights came from, so the app enrols with the loss `cvaegan enrol` and
+    the enrolment experiment use (README, Add a new person or species); (None, why) when the weights carry no D
+    or it cannot be read: enrolment then goes on without D's features and says so."""
+    if model.discriminator is not None:
+        return model.discriminator, ""
+    try:
+        d = model.load_discriminator()
+    except WeightsError as e:
+        return None, f"D's features were not used: {e}"
+    return d, "" if d is not None else "these weights carry no discriminator, so D's features were not used"
+
+
 def enrol_class(
     target: Loaded | CVAEGAN, files, name, progress=None, steps: int | None = None, seed: int = 0
 ) -> tuple[str, Image.Image, str]:
@@ -585,7 +607,8 @@ def enrol_class(
         if progress is not None:
             progress(0.95 * f, msg)
 
-    cls = EN.enrol(model, paths, name, steps=n, seed=seed, progress=report)
+    disc, no_disc = loaded.discriminator() if loaded is not None else enrol_discriminator(model)
+    cls = EN.enrol(model, paths, name, steps=n, seed=seed, progress=report, discriminator=disc)
     if progress is not None:
         progress(0.97, "adding the class to the model")
     with _enrol_lock:
@@ -605,6 +628,7 @@ def enrol_class(
         "as the model sees them; below: samples with seeds 0-7, then the same seeds near your photos (tick "
         "'Classes added from photos: sample near their photos' in Generate for those)."
     )
-    if cls.warnings:
-        text += "\n\n" + "\n".join(f"- Note: {w}" for w in cls.warnings)
+    notes = cls.warnings + ([no_disc] if no_disc else [])
+    if notes:
+        text += "\n\n" + "\n".join(f"- Note: {w}" for w in notes)
     return cls.name, sheet, text

@@ -85,6 +85,39 @@ def test_enrol_class_errors_are_clear(weights, tmp_path):
         S.enrol_class(model, files, "ONCE", steps=STEPS)
 
 
+def test_the_app_enrols_with_d_s_features_like_the_cli(weights, tmp_path):
+    """Served models load without D; "Add your own" borrows D from the weights folder, so the class it learns is the
+    one `cvaegan enrol` (which loads D) learns. Without D, or with a broken D file, it enrols without and says so."""
+    from cvaegan.enrol import enrol
+    from cvaegan.hub import load_pretrained
+
+    with_d = tmp_path / "with_d"
+    torch.manual_seed(1)
+    CVAEGAN(tiny_config(class_names=["Circle 0", "Square 1", "Triangle 2", "Cross 3"])).eval().save_pretrained(
+        with_d, fp16=False, include_discriminator=True
+    )
+    files = photo_files(tmp_path / "p", 3)
+    loaded = S.ModelRegistry(str(with_d), device="cpu").get(str(with_d))
+    assert loaded.model.discriminator is None  # the served model stays without D
+    _, _, text = S.enrol_class(loaded, files, "Green Cross", steps=STEPS)
+    assert loaded.model.discriminator is None and "D's features" not in text
+    ours = loaded.enrolled[0]
+    cli = enrol(load_pretrained(with_d, with_discriminator=True), files, "Green Cross", steps=STEPS)
+    no_d = enrol(load_pretrained(with_d), files, "Green Cross", steps=STEPS)
+    assert ours.info["discriminator"] and cli.info["discriminator"] and not no_d.info["discriminator"]
+    assert torch.equal(ours.generator_embed, cli.generator_embed) and torch.equal(ours.encoder_embed, cli.encoder_embed)
+    assert not torch.equal(ours.generator_embed, no_d.generator_embed)  # D's features change what is learned
+    assert loaded.discriminator()[0] is loaded.discriminator()[0]  # loaded once, kept for the next enrolment
+
+    _, _, text = S.enrol_class(S.ModelRegistry(str(weights), device="cpu").get(str(weights)), files, "A", steps=STEPS)
+    assert "carry no discriminator" in text  # the module's weights were saved without D
+
+    fresh = S.ModelRegistry(str(with_d), device="cpu").get(str(with_d))  # (loading checks every file's sha256)
+    (with_d / "discriminator.safetensors").write_bytes(b"broken")  # replaced on disk while the app serves
+    _, _, text = S.enrol_class(fresh, files, "B", steps=STEPS)
+    assert "D's features were not used" in text and "sha256" in text and not fresh.enrolled[0].info["discriminator"]
+
+
 def test_enrol_endpoint_over_http(weights, tmp_path, monkeypatch):
     from gradio_client import Client, handle_file
 
