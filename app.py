@@ -126,8 +126,8 @@ def build_enrol(ui):
     with gr.Accordion("Add your own person or species", open=False):
         gr.Markdown(
             f"Upload 3-10 different photos of one person, flower or bird this model has never seen, give "
-            f"it a name and press Add: the model learns a new class in one to two minutes on a 2-core CPU (its networks stay "
-            f"unchanged) and the class appears in every picker until the app restarts. Framing: "
+            f"it a name and press Add: the model learns a new class in one to two minutes on a 2-core CPU (its "
+            f"networks stay unchanged) and the class appears in every picker until the app restarts. Framing: "
             f"{S.EN.FRAMING_HINT}."
         )
         with gr.Row():
