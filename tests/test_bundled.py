@@ -78,8 +78,8 @@ def test_cli_sample_on_bundled_weights(name, tmp_path):
 
 # (weights, the guesser's share w measured by `fit-guesser` / the release, top-1 of the mixed guess on 2 samples of
 # every class when it shipped, of the guesser alone): faces 94.5% / 31.6% (C alone 97.7%), flowers 64.2% / 56.9%,
-# birds 92.6% / 58.4% (C alone 97.9%; shipped 2026-12-06)
-GUESSERS = [("faces", 0.25, 0.6), ("flowers", 0.75, 0.45), ("birds", 0.75, 0.6)]
+# birds 92.6% / 58.4% (C alone 97.9%; shipped 2026-12-06; the share re-measured by birds release v6, 2026-12-07: 0.5)
+GUESSERS = [("faces", 0.25, 0.6), ("flowers", 0.75, 0.45), ("birds", 0.5, 0.6)]
 
 
 @pytest.mark.parametrize("name,weight,floor", GUESSERS)
