@@ -493,9 +493,11 @@ class CVAEGAN(PretrainedMixin, nn.Module):
         entry and loaded strictly, in eval mode on this model's device; None when the folder has no
         discriminator.safetensors. The model itself is left as it is: served models load without D, and
         enrolment borrows it (`enrol(..., discriminator=...)`) for D's features."""
-        folder = Path(folder if folder is not None else self.source or "")
+        if folder is None and not self.source:  # built in memory: no folder to look in (not the working directory)
+            return None
+        folder = Path(folder if folder is not None else self.source)
         path = folder / "discriminator.safetensors"
-        if not str(folder) or not path.is_file():
+        if not path.is_file():
             return None
         verify_files(folder, {path.name: self.read_config(folder).files.get(path.name, "")}, self.config_broken)
         net = Discriminator(self.config)  # a D of other weights fails the strict load, with its file named

@@ -85,7 +85,7 @@ def test_enrol_class_errors_are_clear(weights, tmp_path):
         S.enrol_class(model, files, "ONCE", steps=STEPS)
 
 
-def test_the_app_enrols_with_d_s_features_like_the_cli(weights, tmp_path):
+def test_the_app_enrols_with_d_s_features_like_the_cli(weights, tmp_path, monkeypatch):
     """Served models load without D; "Add your own" borrows D from the weights folder, so the class it learns is the
     one `cvaegan enrol` (which loads D) learns. Without D, or with a broken D file, it enrols without and says so."""
     from cvaegan.enrol import enrol
@@ -108,6 +108,8 @@ def test_the_app_enrols_with_d_s_features_like_the_cli(weights, tmp_path):
     assert torch.equal(ours.generator_embed, cli.generator_embed) and torch.equal(ours.encoder_embed, cli.encoder_embed)
     assert not torch.equal(ours.generator_embed, no_d.generator_embed)  # D's features change what is learned
     assert loaded.discriminator()[0] is loaded.discriminator()[0]  # loaded once, kept for the next enrolment
+    monkeypatch.chdir(with_d)  # a model built in memory has no folder: the working directory's D is not taken
+    assert CVAEGAN(tiny_config(), with_discriminator=False).load_discriminator() is None
 
     _, _, text = S.enrol_class(S.ModelRegistry(str(weights), device="cpu").get(str(weights)), files, "A", steps=STEPS)
     assert "carry no discriminator" in text  # the module's weights were saved without D
