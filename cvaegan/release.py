@@ -197,16 +197,32 @@ def _wall_time(rows: list[dict]) -> float:
     return total
 
 
+EXAMPLE_SEEDS = range(100, 108)  # the candidates of each example photo
+
+
+@torch.no_grad()
+def clearest_sample(model: CVAEGAN, c: int, seeds=EXAMPLE_SEEDS, truncation: float = 0.8) -> tuple[int, torch.Tensor]:
+    """Of one class's samples for `seeds`, the one the model's own C gives the highest probability of that
+    class (the first on ties) -> (seed, image (3, R, R)). An example photo should read as its class."""
+    seeds = list(seeds)
+    imgs = I.sample(model, c, seeds, truncation=truncation)
+    model.classifier.eval()
+    p = model.classifier(imgs.to(model.device))[0].float().softmax(1)[:, c].cpu()
+    best = int(p.argmax())
+    return seeds[best], imgs[best]
+
+
 def write_examples(model: CVAEGAN, name: str, out: str | os.PathLike, count: int = 3) -> list[Path]:
     """Generated example photos + masks for the app's Inpaint tab: OUT/<name>_<i>_image.png and _mask.png
-    (mask: opaque white = fill in; a centre box, a horizontal band, a diagonal stroke)."""
+    (mask: opaque white = fill in; a centre box, a horizontal band, a diagonal stroke). Each photo is the
+    sample C is surest of among seeds 100-107 of its class (clearest_sample)."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     r = model.config.resolution
     classes = grid_classes(model.config.num_classes, count)
     paths = []
     for i, c in enumerate(classes):
-        img = I.sample(model, c, [100 + i], truncation=0.8)[0]
+        img = clearest_sample(model, c)[1]
         mask = Image.new("RGBA", (r, r), (0, 0, 0, 0))
         d = ImageDraw.Draw(mask)
         white = (255, 255, 255, 255)

@@ -535,3 +535,32 @@ def test_a_measurement_record_goes_to_figures_and_card_and_skips_what_is_no_reco
     (tmp_path / "figures.json").write_text("[1, 2]")
     put_record(tmp_path, "thing", {"value": 3}, "thing", "## Thing\n\nvalue 3\n")
     assert (tmp_path / "figures.json").read_text() == "[1, 2]" and "value 3" in (tmp_path / "README.md").read_text()
+
+
+def test_example_photos_are_the_samples_c_is_surest_of(tiny_model, tmp_path):
+    from cvaegan import inference as I
+    from cvaegan.images import to_pil
+    from cvaegan.release import EXAMPLE_SEEDS, clearest_sample, write_examples
+    from cvaegan.train import grid_classes
+
+    model = tiny_model
+    with torch.no_grad():  # a C whose verdict depends on the image, so that the seeds differ in C's eyes
+        for p in model.classifier.parameters():
+            p.normal_(0, 0.5)
+    model.eval()
+    seeds = list(EXAMPLE_SEEDS)
+    for c in range(model.config.num_classes):
+        imgs = I.sample(model, c, seeds, truncation=0.8)
+        with torch.no_grad():
+            p = model.classifier(imgs)[0].float().softmax(1)[:, c]
+        seed, img = clearest_sample(model, c)
+        assert seed == seeds[int(p.argmax())] and torch.equal(img, imgs[int(p.argmax())])
+    # the written photo is that sample, as a PNG (8-bit) of it
+    paths = write_examples(model, "tiny", tmp_path, count=3)
+    c = grid_classes(model.config.num_classes, 3)[0]
+    written = np.asarray(Image.open(paths[0]).convert("RGB"))
+    expected = np.asarray(to_pil(clearest_sample(model, c)[1]))
+    assert np.array_equal(written, expected)
+    # and not merely seed 100's, for some class (C prefers different seeds for different classes)
+    firsts = [torch.equal(clearest_sample(model, k)[1], I.sample(model, k, [100], truncation=0.8)[0]) for k in range(4)]
+    assert not all(firsts)
